@@ -1,0 +1,55 @@
+"""All service settings in one place: environment variables prefixed HETSERVE_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HETSERVE_", env_file=None, extra="ignore")
+
+    # -- where things live ---------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="artifacts, SQLite file, embedded broker, API key")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hetserve.db")
+    broker_url: str | None = Field(None, description="Celery broker; default an embedded sqla+sqlite broker")
+    result_backend: str | None = Field(None, description="Celery result backend; default the database")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # -- auth -----------------------------------------------------------------
+    api_keys: str | None = Field(None, description="comma-separated bearer keys; unset: one generated key")
+
+    # -- uploads and jobs --------------------------------------------------------
+    max_upload_bytes: int = 256 * 1024 * 1024
+    job_time_limit_s: int = 6 * 3600
+    broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
+
+    # -- serving -------------------------------------------------------------------
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_batch_rows: int = 1024
+    max_mc_samples: int = 10_000
+    session_cache_size: int = 8
+    ort_intra_op_threads: int = 0  # 0: onnxruntime's default
+    ort_inter_op_threads: int = 1
+    batching: bool = True
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 5.0
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'hetserve.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,62 @@
+"""A classifier = input standardisation + backbone + head (HET or linear baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.backbones import build_backbone
+from models.heads import build_head
+from models.spec import RunSpec
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        # Standardisation statistics travel with the weights (and into the ONNX graph).
+        self.register_buffer("input_mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("input_std", torch.as_tensor(std, dtype=torch.float32))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.input_mean) / self.input_std)
+
+    def forward(self, x: torch.Tensor):
+        return self.head.latent(self.features(x))
+
+    def loss(self, x, y, num_samples=None, generator=None):
+        return self.head.loss(self.features(x), y, num_samples, generator)
+
+    def log_likelihood(self, x, y, num_samples=None, generator=None):
+        return self.head.log_likelihood(self.features(x), y, num_samples, generator)
+
+    @torch.no_grad()
+    def predict(self, x, num_samples=None, generator=None):
+        return self.head.predict(self.features(x), num_samples, generator)
+
+
+def build_classifier(
+    spec: RunSpec, input_shape: list[int], num_classes: int, mean: np.ndarray, std: np.ndarray
+) -> Classifier:
+    """Build from a RunSpec; the temperature must be a number or "learned" here
+    ("auto" is resolved by the training loop's grid)."""
+    backbone = build_backbone(spec.backbone, input_shape)
+    h = spec.head
+    if h.kind == "het" and h.temperature == "auto":
+        raise ValueError('temperature "auto" is resolved by train(), not by the model')
+    head = build_head(
+        h.kind,
+        backbone.out_features,
+        num_classes,
+        spec.task,
+        num_factors=h.num_factors,
+        parameter_efficient=h.parameter_efficient,
+        temperature=h.temperature,
+        temperature_bounds=tuple(h.temperature_bounds),
+        train_mc_samples=h.train_mc_samples,
+        eval_mc_samples=h.eval_mc_samples,
+        share_samples_across_batch=h.share_samples_across_batch,
+    )
+    return Classifier(backbone, head, mean, std)

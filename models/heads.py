@@ -1,0 +1,405 @@
+"""Classification heads: the heteroscedastic (HET) head and the linear baseline.
+
+The HET head (Collier et al., CVPR 2021; edward2's ``MCSoftmaxDenseFA`` /
+``MCSigmoidDenseFA``) puts a Gaussian on the logits of a backbone feature ``h``::
+
+    mu(x) = W_mu h + b_mu                         K means
+    V(x)  = reshape(W_V h + b_V, K x R)           R low-rank factors
+          = diag(v(x)) J,  v(x) = W_v h           (parameter-efficient variant)
+    d(x)  = softplus(W_d h + b_d) + min_scale     a standard deviation per class
+    u     ~ N(mu, V V^T + diag(d^2)),  drawn as  u_s = mu + V eps_R,s + d * eps_K,s
+
+    multiclass: p(y|x)  ~= 1/S sum_s softmax(u_s / tau)
+    multilabel: p_k(x)  ~= 1/S sum_s sigmoid(u_s,k / tau)
+
+The training loss stays in log space (no clipping of p before the log, unlike the
+reference, whose clip at 1e-7 zeroes the gradient of confidently wrong examples)::
+
+    log p_y = logsumexp_s( log_softmax(u_s / tau)_y ) - log S
+
+Samples are processed in chunks of S with a running logsumexp, so the B x S x K
+tensor never exists whole; during training each chunk is recomputed in the backward
+pass (activation checkpointing) so peak memory stays bounded there too.
+
+By default one draw of eps is shared by every example of a batch (edward2's
+``share_samples_across_batch``): each example's estimate stays unbiased and the
+random numbers drop B-fold.
+
+Both heads share one interface (``latent``, ``loss``, ``predict``, ``moments``) so
+training, evaluation and export do not care which head they hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+MULTICLASS = "multiclass"
+MULTILABEL = "multilabel"
+
+
+@dataclass
+class LogitGaussian:
+    """The per-example Gaussian over logits: u ~ N(mu, V V^T + diag(scale^2)).
+
+    ``factors`` is V, shape (B, K, R), or None when R = 0. For the parameter-efficient
+    variant ``factor_scale`` holds v(x) (B, K) and ``factor_basis`` J (K, R), and
+    ``factors`` is v[..., None] * J (materialised lazily only when asked for).
+    """
+
+    mu: torch.Tensor  # (B, K)
+    scale: torch.Tensor  # (B, K); zeros for a deterministic head
+    factors: torch.Tensor | None = None  # (B, K, R)
+    factor_scale: torch.Tensor | None = None  # (B, K), parameter-efficient only
+    factor_basis: torch.Tensor | None = None  # (K, R), parameter-efficient only
+
+    @property
+    def num_factors(self) -> int:
+        if self.factor_basis is not None:
+            return self.factor_basis.shape[1]
+        return 0 if self.factors is None else self.factors.shape[-1]
+
+    def factor_matrix(self) -> torch.Tensor | None:
+        """V(x) as an explicit (B, K, R) tensor."""
+        if self.factor_basis is not None:
+            return self.factor_scale.unsqueeze(-1) * self.factor_basis
+        return self.factors
+
+    def covariance(self) -> torch.Tensor:
+        """Sigma(x) = V V^T + diag(d^2), (B, K, K). Exact, no sampling."""
+        cov = torch.diag_embed(self.scale.square())
+        v = self.factor_matrix()
+        if v is not None:
+            cov = cov + v @ v.transpose(-1, -2)
+        return cov
+
+    def variance(self) -> torch.Tensor:
+        """diag Sigma(x), (B, K), without forming the K x K matrix."""
+        var = self.scale.square()
+        v = self.factor_matrix()
+        if v is not None:
+            var = var + v.square().sum(-1)
+        return var
+
+    def sample(self, eps_r: torch.Tensor | None, eps_k: torch.Tensor) -> torch.Tensor:
+        """u = mu + V eps_R + d * eps_K for a chunk of C draws, (B, C, K).
+
+        eps_k is (C, K) when shared across the batch, (B, C, K) per example;
+        eps_r likewise (C, R) or (B, C, R).
+        """
+        u = self.mu.unsqueeze(1) + self.scale.unsqueeze(1) * eps_k
+        if eps_r is None or self.num_factors == 0:
+            return u
+        if self.factor_basis is not None:
+            # diag(v) J eps = v * (eps J^T): one (C, K) product shared by the batch
+            # when eps is shared, instead of a B x C x K x R contraction.
+            return u + self.factor_scale.unsqueeze(1) * (eps_r @ self.factor_basis.T)
+        # (C, R) @ (B, R, K) -> (B, C, K): one batched GEMM.
+        return u + eps_r @ self.factors.transpose(1, 2)
+
+
+def _noise_shape(batch: int, num: int, dim: int, shared: bool) -> tuple[int, ...]:
+    return (num, dim) if shared else (batch, num, dim)
+
+
+def _chunk_sizes(total: int, chunk: int) -> list[int]:
+    sizes = [chunk] * (total // chunk)
+    if total % chunk:
+        sizes.append(total % chunk)
+    return sizes
+
+
+class HetHead(nn.Module):
+    """Heteroscedastic last layer over any backbone feature of size ``in_features``.
+
+    Args:
+        num_factors: R >= 0; R = 0 keeps only the diagonal d(x).
+        task: "multiclass" (softmax) or "multilabel" (sigmoid).
+        parameter_efficient: V(x) = diag(v(x)) J with J (K x R) input independent.
+        temperature: a fixed tau, or "learned": tau = lo + (hi - lo) * sigmoid(t).
+        share_samples_across_batch: one eps draw per step for the whole batch.
+        chunk_elements: cap on B x C x K elements processed at once.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_factors: int = 4,
+        task: str = MULTICLASS,
+        parameter_efficient: bool = False,
+        temperature: float | str = 1.0,
+        temperature_bounds: tuple[float, float] = (0.3, 3.0),
+        initial_temperature: float = 1.0,
+        train_mc_samples: int = 200,
+        eval_mc_samples: int = 1000,
+        share_samples_across_batch: bool = True,
+        min_scale: float = 1e-3,
+        chunk_elements: int = 1 << 24,
+    ):
+        super().__init__()
+        if task not in (MULTICLASS, MULTILABEL):
+            raise ValueError(f"task must be {MULTICLASS!r} or {MULTILABEL!r}, got {task!r}")
+        if num_factors < 0:
+            raise ValueError(f"num_factors must be >= 0, got {num_factors}")
+        if train_mc_samples < 1 or eval_mc_samples < 1:
+            raise ValueError("train_mc_samples and eval_mc_samples must be >= 1")
+        self.num_classes = num_classes
+        self.num_factors = num_factors
+        self.task = task
+        self.parameter_efficient = parameter_efficient and num_factors > 0
+        self.train_mc_samples = train_mc_samples
+        self.eval_mc_samples = eval_mc_samples
+        self.share_samples_across_batch = share_samples_across_batch
+        self.min_scale = min_scale
+        self.chunk_elements = chunk_elements
+
+        self.loc = nn.Linear(in_features, num_classes)
+        self.diag = nn.Linear(in_features, num_classes)
+        if num_factors == 0:
+            self.factor = None
+        elif self.parameter_efficient:
+            self.factor = nn.Linear(in_features, num_classes, bias=False)  # v(x)
+            self.factor_basis = nn.Parameter(torch.randn(num_classes, num_factors) / math.sqrt(num_factors))
+        else:
+            self.factor = nn.Linear(in_features, num_classes * num_factors)
+
+        self.learned_temperature = temperature == "learned"
+        if self.learned_temperature:
+            lo, hi = temperature_bounds
+            if not lo < initial_temperature < hi:
+                raise ValueError(f"initial temperature {initial_temperature} outside ({lo}, {hi})")
+            frac = (initial_temperature - lo) / (hi - lo)
+            self.register_buffer("temperature_bounds", torch.tensor([lo, hi]))
+            self.temperature_logit = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+        else:
+            tau = float(temperature)
+            if not tau > 0:
+                raise ValueError(f"temperature must be > 0, got {temperature!r}")
+            self.register_buffer("fixed_temperature", torch.tensor(tau))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        if self.learned_temperature:
+            lo, hi = self.temperature_bounds
+            return lo + (hi - lo) * torch.sigmoid(self.temperature_logit)
+        return self.fixed_temperature
+
+    def latent(self, h: torch.Tensor) -> LogitGaussian:
+        mu = self.loc(h)
+        scale = F.softplus(self.diag(h)) + self.min_scale
+        if self.factor is None:
+            return LogitGaussian(mu, scale)
+        if self.parameter_efficient:
+            return LogitGaussian(mu, scale, factor_scale=self.factor(h), factor_basis=self.factor_basis)
+        factors = self.factor(h).view(h.shape[0], self.num_classes, self.num_factors)
+        return LogitGaussian(mu, scale, factors=factors)
+
+    forward = latent
+
+    # -- noise ---------------------------------------------------------------
+
+    def draw_noise(
+        self, batch: int, num_samples: int, device, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        shared = self.share_samples_across_batch
+        eps_k = torch.randn(
+            _noise_shape(batch, num_samples, self.num_classes, shared), device=device, generator=generator
+        )
+        eps_r = None
+        if self.num_factors:
+            eps_r = torch.randn(
+                _noise_shape(batch, num_samples, self.num_factors, shared), device=device, generator=generator
+            )
+        return eps_r, eps_k
+
+    def _chunks(self, batch: int, eps_r, eps_k):
+        """Split the drawn noise along S into chunks of at most chunk_elements."""
+        num_samples = eps_k.shape[-2]
+        chunk = max(1, self.chunk_elements // max(1, batch * self.num_classes))
+        for start in range(0, num_samples, chunk):
+            stop = min(start + chunk, num_samples)
+            er = None if eps_r is None else eps_r[..., start:stop, :]
+            yield er, eps_k[..., start:stop, :]
+
+    # -- training loss -------------------------------------------------------
+
+    def loss(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: tuple[torch.Tensor | None, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood of the MC predictive, computed in log space."""
+        return -self.log_likelihood(h, y, num_samples, generator, noise).mean()
+
+    def log_likelihood(self, h, y, num_samples=None, generator=None, noise=None) -> torch.Tensor:
+        """log p_hat(y|x) per example, (B,): a running logsumexp over chunks of samples."""
+        latent = self.latent(h)
+        batch = h.shape[0]
+        if noise is None:
+            s = num_samples or (self.train_mc_samples if self.training else self.eval_mc_samples)
+            noise = self.draw_noise(batch, s, h.device, generator)
+        eps_r, eps_k = noise
+        num = eps_k.shape[-2]
+        inv_tau = 1.0 / self.temperature
+        per_chunk = _multiclass_chunk_loglik if self.task == MULTICLASS else _multilabel_chunk_loglik
+        chunks = list(self._chunks(batch, eps_r, eps_k))
+        parts = []
+        for er, ek in chunks:
+            args = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis, er, ek, y, inv_tau)
+            if len(chunks) > 1 and torch.is_grad_enabled():
+                # Recompute this chunk in backward instead of keeping its B x C x K graph.
+                parts.append(checkpoint(per_chunk, *args, use_reentrant=False))
+            else:
+                parts.append(per_chunk(*args))
+        log_s = math.log(num)
+        if self.task == MULTICLASS:
+            return torch.logsumexp(torch.stack(parts, 0), 0) - log_s
+        pos = torch.logsumexp(torch.stack([p[0] for p in parts], 0), 0) - log_s
+        neg = torch.logsumexp(torch.stack([p[1] for p in parts], 0), 0) - log_s
+        y = y.to(pos.dtype)
+        return (y * pos + (1 - y) * neg).sum(-1)
+
+    # -- prediction ------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
+        return self.moments(h, num_samples, generator, noise)["probs"]
+
+    @torch.no_grad()
+    def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:
+        """MC moments of the sampled probabilities, accumulated chunk by chunk.
+
+        Returns probs (mean), prob_std (per-class std over samples), expected_entropy
+        (mean per-sample entropy; per label for multilabel) and num_samples.
+        """
+        latent = self.latent(h)
+        batch = h.shape[0]
+        if noise is None:
+            noise = self.draw_noise(batch, num_samples or self.eval_mc_samples, h.device, generator)
+        eps_r, eps_k = noise
+        num = eps_k.shape[-2]
+        inv_tau = 1.0 / self.temperature
+        total = torch.zeros_like(latent.mu)
+        total_sq = torch.zeros_like(latent.mu)
+        ent_shape = (batch,) if self.task == MULTICLASS else latent.mu.shape
+        total_ent = torch.zeros(ent_shape, device=h.device, dtype=latent.mu.dtype)
+        for er, ek in self._chunks(batch, eps_r, eps_k):
+            z = latent.sample(er, ek) * inv_tau
+            if self.task == MULTICLASS:
+                logp = torch.log_softmax(z, -1)
+                p = logp.exp()
+                total_ent -= (p * logp).sum((-1, -2))
+            else:
+                p = torch.sigmoid(z)
+                total_ent += _binary_entropy_from_logits(z).sum(1)
+            total += p.sum(1)
+            total_sq += p.square().sum(1)
+        mean = total / num
+        var = (total_sq / num - mean.square()).clamp_min(0) * (num / max(num - 1, 1))
+        return {
+            "probs": mean,
+            "prob_std": var.sqrt(),
+            "expected_entropy": total_ent / num,
+            "num_samples": torch.tensor(num),
+        }
+
+
+def _binary_entropy_from_logits(z: torch.Tensor) -> torch.Tensor:
+    """H[Bernoulli(sigmoid(z))] = softplus(z) - z * sigmoid(z), stable for large |z|."""
+    return F.softplus(z) - z * torch.sigmoid(z)
+
+
+def _multiclass_chunk_loglik(mu, scale, factors, factor_scale, factor_basis, eps_r, eps_k, y, inv_tau):
+    """logsumexp_s log_softmax(u_s / tau)_y over one chunk of draws, (B,)."""
+    latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
+    z = latent.sample(eps_r, eps_k) * inv_tau  # (B, C, K)
+    idx = y.view(-1, 1, 1).expand(-1, z.shape[1], 1)
+    log_py = z.gather(-1, idx).squeeze(-1) - torch.logsumexp(z, -1)  # (B, C)
+    return torch.logsumexp(log_py, 1)
+
+
+def _multilabel_chunk_loglik(mu, scale, factors, factor_scale, factor_basis, eps_r, eps_k, y, inv_tau):
+    """logsumexp_s log sigmoid(+-u_s / tau) over one chunk: two (B, K) tensors."""
+    latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
+    z = latent.sample(eps_r, eps_k) * inv_tau  # (B, C, K)
+    return torch.logsumexp(F.logsigmoid(z), 1), torch.logsumexp(F.logsigmoid(-z), 1)
+
+
+class LinearHead(nn.Module):
+    """The baseline: a plain linear softmax (sigmoid) head, same interface as HetHead.
+
+    It is deterministic: sample counts are accepted and ignored, and the latent
+    Gaussian has zero scale, so the uncertainty outputs degrade to their exact values.
+    """
+
+    num_factors = 0
+    parameter_efficient = False
+    learned_temperature = False
+
+    def __init__(self, in_features: int, num_classes: int, task: str = MULTICLASS, **_ignored):
+        super().__init__()
+        if task not in (MULTICLASS, MULTILABEL):
+            raise ValueError(f"task must be {MULTICLASS!r} or {MULTILABEL!r}, got {task!r}")
+        self.num_classes = num_classes
+        self.task = task
+        self.train_mc_samples = self.eval_mc_samples = 1
+        self.loc = nn.Linear(in_features, num_classes)
+        self.register_buffer("fixed_temperature", torch.tensor(1.0))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.fixed_temperature
+
+    def latent(self, h: torch.Tensor) -> LogitGaussian:
+        mu = self.loc(h)
+        return LogitGaussian(mu, torch.zeros_like(mu))
+
+    forward = latent
+
+    def log_likelihood(self, h, y, num_samples=None, generator=None, noise=None) -> torch.Tensor:
+        logits = self.loc(h)
+        if self.task == MULTICLASS:
+            return -F.cross_entropy(logits, y, reduction="none")
+        return -F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none").sum(-1)
+
+    def loss(self, h, y, num_samples=None, generator=None, noise=None) -> torch.Tensor:
+        return -self.log_likelihood(h, y).mean()
+
+    @torch.no_grad()
+    def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
+        return self.moments(h)["probs"]
+
+    @torch.no_grad()
+    def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:
+        logits = self.loc(h)
+        if self.task == MULTICLASS:
+            logp = torch.log_softmax(logits, -1)
+            probs = logp.exp()
+            ent = -(probs * logp).sum(-1)
+        else:
+            probs = torch.sigmoid(logits)
+            ent = _binary_entropy_from_logits(logits)
+        return {
+            "probs": probs,
+            "prob_std": torch.zeros_like(probs),
+            "expected_entropy": ent,
+            "num_samples": torch.tensor(1),
+        }
+
+
+def build_head(kind: str, in_features: int, num_classes: int, task: str, **options) -> nn.Module:
+    """``kind`` is "het" or "softmax" (the linear baseline; sigmoid for multilabel)."""
+    if kind == "het":
+        return HetHead(in_features, num_classes, task=task, **options)
+    if kind == "softmax":
+        return LinearHead(in_features, num_classes, task=task)
+    raise ValueError(f"unknown head kind {kind!r}")

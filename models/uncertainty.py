@@ -1,0 +1,109 @@
+"""Per-example uncertainty of a head's predictive (DESIGN §2).
+
+This is the reference the exported ONNX graph is tested against.
+
+| field              | meaning                                                        |
+|--------------------|----------------------------------------------------------------|
+| probs              | the MC predictive p_hat                                        |
+| entropy            | H[p_hat], total predictive uncertainty                         |
+| expected_entropy   | mean_s H[softmax(u_s / tau)]                                   |
+| prob_std           | per-class std of the sampled probabilities                     |
+| mc_stderr          | prob_std / sqrt(S): how precise p_hat is                       |
+| noise_std          | sqrt(diag Sigma(x)): label noise in logit space, exact         |
+| correlated_pairs   | among the most probable classes (up to 10), the pairs with the |
+|                    | largest |rho_ij|, rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj)   |
+
+For multilabel heads entropy and expected_entropy are per label (binary entropies).
+
+The HET model captures aleatoric (label-noise) uncertainty only: entropy minus
+expected_entropy is *not* an epistemic estimate here. Under a softmax a negative
+rho_ij widens u_i - u_j, so i and j swap more often; a positive one moves them together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.heads import MULTICLASS
+
+TOP_CLASSES = 10
+
+
+def entropy_of(probs: torch.Tensor, task: str) -> torch.Tensor:
+    p = probs.clamp_min(1e-12)
+    if task == MULTICLASS:
+        return -(probs * p.log()).sum(-1)
+    q = (1 - probs).clamp_min(1e-12)
+    return -(probs * p.log() + (1 - probs) * q.log())
+
+
+def top_correlations(latent, probs: torch.Tensor, top: int = TOP_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent correlation matrix among each row's `top` most probable classes.
+
+    Returns (classes (B, T), rho (B, T, T)) with T = min(top, K). Only the T x T block
+    of Sigma is formed: Sigma_top = V_top V_top^T + diag(d_top^2).
+    """
+    t = min(top, probs.shape[-1])
+    classes = probs.topk(t, dim=-1).indices  # (B, T)
+    scale = latent.scale.gather(-1, classes)
+    cov = torch.diag_embed(scale.square())
+    v = latent.factor_matrix()
+    if v is not None:
+        v_top = v.gather(1, classes.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # (B, T, R)
+        cov = cov + v_top @ v_top.transpose(-1, -2)
+    std = cov.diagonal(dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
+    rho = cov / (std.unsqueeze(-1) * std.unsqueeze(-2))
+    return classes, rho
+
+
+def rank_pairs(classes, rho, max_pairs: int = 5) -> list[list[dict]]:
+    """Per row, the off-diagonal pairs with the largest |rho|, largest first."""
+    out = []
+    t = classes.shape[-1]
+    iu = torch.triu_indices(t, t, offset=1)
+    for row_classes, row_rho in zip(classes.tolist(), rho, strict=True):
+        vals = row_rho[iu[0], iu[1]]
+        order = vals.abs().argsort(descending=True)[:max_pairs].tolist()
+        # R = 0 and the baseline have an exactly diagonal Sigma: no pairs to report.
+        order = [k for k in order if vals[k] != 0]
+        out.append(
+            [
+                {
+                    "classes": [row_classes[iu[0, k]], row_classes[iu[1, k]]],
+                    "correlation": float(vals[k]),
+                }
+                for k in order
+            ]
+        )
+    return out
+
+
+@torch.no_grad()
+def predictive_uncertainty(
+    head,
+    h: torch.Tensor,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    noise=None,
+    max_pairs: int = 5,
+) -> dict:
+    """All DESIGN §2 quantities for a batch of backbone features h."""
+    m = head.moments(h, num_samples, generator, noise)
+    latent = head.latent(h)
+    num = int(m["num_samples"])
+    probs = m["probs"]
+    classes, rho = top_correlations(latent, probs)
+    return {
+        "probs": probs,
+        "entropy": entropy_of(probs, head.task),
+        "expected_entropy": m["expected_entropy"],
+        "prob_std": m["prob_std"],
+        "mc_stderr": m["prob_std"] / math.sqrt(num),
+        "noise_std": latent.variance().sqrt(),
+        "top_classes": classes,
+        "top_correlation": rho,
+        "correlated_pairs": rank_pairs(classes, rho, max_pairs),
+        "num_samples": num,
+    }
