@@ -1,0 +1,206 @@
+"""Serving-side runtime for hetserve's ONNX files: onnxruntime and numpy only (no torch).
+
+    model = OnnxModel("model.onnx")
+    out = model.run(x, num_samples=1000, seed=None)     # graph outputs, numpy arrays
+    rows = model.rows(out, 1000, top_k=3, correlated_pairs=True)   # DESIGN §2 fields
+
+Randomness. The graph draws its noise from a counter-based generator keyed by the
+``seed`` input (models/export.py). With ``seed=None`` this runtime passes a fresh
+63-bit seed from ``os.urandom`` on every call instead of letting the graph fall back to
+onnxruntime's own random node, because onnxruntime seeds those from one process-wide
+clock seed: two sessions in one process, or processes forked after a session was
+created, would repeat each other's draws (onnxruntime#27771). ``os.urandom`` reads the
+kernel's generator, so forked workers never share a stream. A caller's seed makes the
+output a pure function of (input row, S, seed): bit-identical across calls, sessions,
+processes, and whatever else is batched with the row (the noise is shared by the batch).
+
+Fork safety. A session's thread pool does not survive ``fork``; a model used in a
+process other than the one that created it rebuilds its session there on first use.
+
+Memory. The graph holds a B x S x K tensor; ``run`` splits the batch into row chunks
+of at most ``max_elements`` B x S x K elements. Rows do not depend on each other, so
+chunking changes nothing in the output (one seed serves every chunk of a call).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+META_PREFIX = "hetserve."
+REQUIRED_METADATA = ("class_names", "input_shape", "task", "head", "eval_mc_samples", "version")
+MAX_SEED = 2**63 - 1
+MULTICLASS = "multiclass"
+
+
+class ModelFileError(ValueError):
+    """The file is not a usable hetserve ONNX model."""
+
+
+def fresh_seed() -> int:
+    """63 random bits from the kernel: fork safe, never shared between processes."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def read_metadata(session: ort.InferenceSession) -> dict:
+    """The ``hetserve.*`` metadata_props, JSON-decoded, prefix stripped."""
+    props = session.get_modelmeta().custom_metadata_map
+    meta = {}
+    for key, value in props.items():
+        if key.startswith(META_PREFIX):
+            try:
+                meta[key[len(META_PREFIX) :]] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ModelFileError(f"metadata {key!r} is not JSON: {exc}") from exc
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ModelFileError(f"not a hetserve model: metadata {', '.join(META_PREFIX + k for k in missing)} missing")
+    meta.setdefault("parity", None)
+    return meta
+
+
+class OnnxModel:
+    """One exported model, loaded into an onnxruntime CPU session.
+
+    ``intra_op_threads=0`` lets onnxruntime pick (one per core); ``inter_op_threads``
+    only matters for parallel graph branches. ``run`` is safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        max_elements: int = 1 << 24,
+    ):
+        self.path = Path(path)
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.max_elements = max_elements
+        self._lock = threading.Lock()
+        self._session = self._new_session()
+        self._pid = os.getpid()
+        self.metadata = read_metadata(self._session)
+        self.input_shape = [int(d) for d in self.metadata["input_shape"]]
+        self.class_names = list(self.metadata["class_names"])
+        self.num_classes = len(self.class_names)
+        self.task = self.metadata["task"]
+        self.eval_mc_samples = int(self.metadata["eval_mc_samples"])
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def _new_session(self) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = self.inter_op_threads
+        # The defaults num_samples / seed are initializers that are also inputs; that
+        # warning (and other chatter) is expected on every load.
+        opts.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFileError(f"cannot load {self.path}: {exc}") from exc
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if os.getpid() != self._pid:  # forked: the parent's thread pool is not ours
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._session = self._new_session()
+                    self._pid = os.getpid()
+        return self._session
+
+    # -- running the graph ---------------------------------------------------------
+
+    def check_input(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if list(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
+            raise ValueError(f"inputs must have shape [batch, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
+        if len(x) == 0:
+            raise ValueError("inputs must hold at least one example")
+        if not np.isfinite(x).all():
+            raise ValueError("inputs must be finite numbers")
+        return np.ascontiguousarray(x)
+
+    def run(self, x: np.ndarray, num_samples: int | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs for a batch x [B, ...]: probs, entropy, expected_entropy,
+        prob_std, noise_std, top_classes, top_correlation.
+
+        num_samples: S (default: the model's eval S). seed: 0 <= seed < 2^63 for
+        reproducible draws; None for fresh ones.
+        """
+        x = self.check_input(x)
+        num_samples = self.eval_mc_samples if num_samples is None else int(num_samples)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        seed = fresh_seed() if seed is None else int(seed)
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2^63 - 1], got {seed}")
+        feeds = {"num_samples": np.asarray(num_samples, dtype=np.int64), "seed": np.asarray(seed, dtype=np.int64)}
+        rows_per_call = max(1, self.max_elements // (num_samples * self.num_classes))
+        session = self.session
+        parts = [
+            session.run(self.output_names, {"input": x[start : start + rows_per_call], **feeds})
+            for start in range(0, len(x), rows_per_call)
+        ]
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)}
+
+    # -- per-example fields (DESIGN §2) ------------------------------------------------
+
+    def rows(
+        self,
+        outputs: dict[str, np.ndarray],
+        num_samples: int,
+        top_k: int | None = None,
+        correlated_pairs: bool = True,
+        max_pairs: int = 5,
+    ) -> list[dict]:
+        """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
+        expected_entropy, prob_std, mc_stderr = prob_std / sqrt(S), noise_std, and
+        correlated_pairs (when asked) and top_k (when given)."""
+        probs = outputs["probs"]
+        labels = probs.argmax(-1)
+        mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
+        rows = []
+        for i, label in enumerate(labels.tolist()):
+            row = {
+                "probs": probs[i].tolist(),
+                "label": label,
+                "class_name": self.class_names[label],
+                "confidence": float(probs[i, label]),
+                "entropy": outputs["entropy"][i].tolist(),
+                "expected_entropy": outputs["expected_entropy"][i].tolist(),
+                "prob_std": outputs["prob_std"][i].tolist(),
+                "mc_stderr": mc_stderr[i].tolist(),
+                "noise_std": outputs["noise_std"][i].tolist(),
+            }
+            if correlated_pairs:
+                row["correlated_pairs"] = rank_pairs(
+                    outputs["top_classes"][i], outputs["top_correlation"][i], max_pairs
+                )
+            if top_k is not None:
+                row["top_k"] = self.top_k(probs[i], top_k)
+            rows.append(row)
+        return rows
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
+        order = np.argsort(-probs, kind="stable")[: max(0, k)]
+        return [{"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])} for c in order]
+
+
+def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict]:
+    """The off-diagonal pairs of rho (T x T, among ``classes``) with the largest |rho|,
+    largest first; exact zeros (R = 0, the baseline) are no pairs."""
+    first, second = np.triu_indices(len(classes), k=1)
+    values = rho[first, second]
+    order = np.argsort(-np.abs(values), kind="stable")[: max(0, max_pairs)]
+    return [
+        {"classes": [int(classes[first[k]]), int(classes[second[k]])], "correlation": float(values[k])}
+        for k in order
+        if values[k] != 0
+    ]
