@@ -1,0 +1,46 @@
+"""The FastAPI application: ``create_app(settings)`` and the module-level ``app``.
+
+Entry point (CONTRACTS.md): ``uvicorn app.main:app``. On start (lifespan) the app loads
+(or generates) the API keys and, with ``auto_migrate``, brings the schema to head.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import db
+from app.auth import load_or_create_keys
+from app.routers import datasets, health, jobs, models
+from app.settings import Settings, get_settings
+
+DESCRIPTION = """
+Train **heteroscedastic (HET) classifiers** on request and serve predictions with
+uncertainty. Upload a dataset, post a job, poll it (or follow its server-sent events),
+then predict with the registered model.
+
+Every `/v1` route needs `Authorization: Bearer <key>` (keys from `HETSERVE_API_KEYS`).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # TODO(logs): call app.logs.configure_logging(settings.log_level, "api") once
+        # app/logs.py (CLI/deploy helper) lands.
+        app.state.api_keys = load_or_create_keys(settings)
+        if settings.auto_migrate:
+            db.migrate(settings)
+        yield
+
+    app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    for module in (health, datasets, jobs, models):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,161 @@
+"""POST/GET/DELETE /v1/datasets: upload, inspect, remove datasets.
+
+An upload is parsed and validated completely in memory before anything is written;
+then the canonical .npz goes into the content-addressed artifact store and one row into
+the store. A failure at any point leaves neither behind.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from app.artifacts import ArtifactStore
+from app.auth import require_api_key
+from app.db import session_scope
+from app.routers import get_artifacts, get_session, get_settings_dep
+from app.schemas import DatasetOut
+from app.settings import Settings
+from app.store import DatasetStore, InUseError
+from app.uploads import UploadError, parse_upload
+
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)]
+)
+
+ERRORS = {
+    401: {"description": "missing or invalid API key"},
+    413: {"description": "upload larger than HETSERVE_MAX_UPLOAD_BYTES"},
+    415: {"description": "not a .npz, .csv or .zip"},
+    422: {
+        "description": "malformed dataset; the detail names the problem",
+        "content": {
+            "application/json": {
+                "example": {
+                    "detail": "x_train has 100 rows but y_train has 99 (mismatched lengths)"
+                }
+            }
+        },
+    },
+}
+
+
+def read_limited(upload: UploadFile, limit: int) -> bytes:
+    """Read the upload, refusing (413) as soon as it exceeds `limit` bytes."""
+    chunks, total = [], 0
+    while chunk := upload.file.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "", status_code=201, response_model=DatasetOut, responses=ERRORS, summary="Upload a dataset"
+)
+def upload_dataset(
+    request: Request,
+    file: UploadFile = File(
+        ...,
+        description=".npz (x_train, y_train, optional x_val/y_val/x_test/y_test/class_names), .csv (label column + numeric features) or .zip (train/<class>/*.png|jpg, optional val/ test/)",
+    ),
+    name: str | None = Form(
+        None, max_length=255, description="display name; default the file name"
+    ),
+    image_size: int = Form(
+        32, ge=4, le=512, description=".zip only: images are resized to image_size × image_size"
+    ),
+    grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
+    settings: Settings = Depends(get_settings_dep),
+    artifacts: ArtifactStore = Depends(get_artifacts),
+) -> DatasetOut:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise HTTPException(413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
+    data = read_limited(file, settings.max_upload_bytes)
+    filename = file.filename or "upload"
+    if not filename.lower().endswith((".npz", ".csv", ".zip")):
+        raise HTTPException(415, f"unsupported file type {filename!r}: upload a .npz, .csv or .zip")
+    try:
+        fmt, dataset = parse_upload(filename, data, image_size=image_size, grayscale=grayscale)
+    except UploadError as exc:
+        raise HTTPException(422, str(exc)) from None
+    canonical = dataset.to_npz_bytes()
+    relative, sha256 = artifacts.put_bytes(canonical, ".npz")
+    try:
+        with session_scope(settings) as session:
+            row = DatasetStore(session).add(
+                name=name or filename,
+                format=fmt,
+                task=dataset.task,
+                **dataset.counts,
+                input_shape=dataset.input_shape,
+                num_classes=len(dataset.class_names),
+                class_names=dataset.class_names,
+                sha256=sha256,
+                size_bytes=len(canonical),
+                artifact_path=relative,
+            )
+            return DatasetOut.model_validate(row)
+    except BaseException:
+        _remove_if_unreferenced(settings, artifacts, relative)
+        raise
+
+
+def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relative: str) -> None:
+    with session_scope(settings) as session:
+        if DatasetStore(session).count_with_artifact(relative) == 0:
+            artifacts.remove(relative)
+
+
+@router.get(
+    "", response_model=list[DatasetOut], responses=ERRORS, summary="List datasets, newest first"
+)
+def list_datasets(
+    limit: int = 100, offset: int = 0, session: Session = Depends(get_session)
+) -> list[DatasetOut]:
+    limit = max(1, min(limit, 1000))
+    return [DatasetOut.model_validate(d) for d in DatasetStore(session).list(limit, max(0, offset))]
+
+
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses={**ERRORS, 404: {"description": "no such dataset"}},
+)
+def get_dataset(dataset_id: str, session: Session = Depends(get_session)) -> DatasetOut:
+    dataset = DatasetStore(session).get(dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"dataset {dataset_id} not found")
+    return DatasetOut.model_validate(dataset)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={
+        **ERRORS,
+        404: {"description": "no such dataset"},
+        409: {"description": "jobs use the dataset"},
+    },
+)
+async def delete_dataset(
+    dataset_id: str,
+    settings: Settings = Depends(get_settings_dep),
+    artifacts: ArtifactStore = Depends(get_artifacts),
+) -> Response:
+    def delete() -> None:
+        with session_scope(settings) as session:
+            try:
+                dataset = DatasetStore(session).delete(dataset_id)
+            except InUseError as exc:
+                raise HTTPException(409, str(exc)) from None
+            if dataset is None:
+                raise HTTPException(404, f"dataset {dataset_id} not found")
+            relative = dataset.artifact_path
+        _remove_if_unreferenced(settings, artifacts, relative)
+
+    await run_in_threadpool(delete)
+    return Response(status_code=204)

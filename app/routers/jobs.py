@@ -1,0 +1,185 @@
+"""POST/GET /v1/jobs, cancel, and a server-sent event stream of progress.
+
+A job row is committed before its task is sent, so a worker never receives the id of a
+job it cannot read; if the broker refuses the message the job ends ``failed`` and the
+client gets a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from app import broker
+from app.auth import require_api_key
+from app.db import session_scope
+from app.routers import get_session, get_settings_dep
+from app.schemas import JobOut, JobSpec
+from app.settings import Settings
+from app.store import TERMINAL_STATUSES, DatasetStore, Job, JobStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+EVENT_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+NOT_FOUND = {
+    404: {"description": "no such job"},
+    401: {"description": "missing or invalid API key"},
+}
+
+
+def job_out(job: Job, history: list | None = None) -> JobOut:
+    out = JobOut.model_validate(job)
+    if history is not None:
+        out.history = [{"epoch": h.epoch, **h.payload} for h in history]
+    return out
+
+
+def check_spec_fits(spec: JobSpec, dataset) -> dict:
+    """Checks that need the dataset; returns the spec to store, task filled in."""
+    task = spec.task or dataset.task
+    if task != dataset.task:
+        raise HTTPException(
+            422, f"task {task!r} does not match dataset {dataset.id}, which is {dataset.task}"
+        )
+    images = len(dataset.input_shape) == 3
+    if spec.backbone.kind == "mlp" and images:
+        raise HTTPException(
+            422,
+            f"backbone 'mlp' takes vectors; dataset {dataset.id} holds images {dataset.input_shape}: use 'cnn' or 'resnet18'",
+        )
+    if spec.backbone.kind != "mlp" and not images:
+        raise HTTPException(
+            422,
+            f"backbone {spec.backbone.kind!r} takes images; dataset {dataset.id} holds vectors: use 'mlp'",
+        )
+    return spec.model_dump(mode="json") | {"task": task}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a training job",
+    responses={
+        401: {"description": "missing or invalid API key"},
+        422: {
+            "description": "invalid spec or unknown dataset",
+            "content": {"application/json": {"example": {"detail": "dataset_id 'abc' not found"}}},
+        },
+        503: {"description": "the broker did not accept the job"},
+    },
+)
+def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) -> JobOut:
+    with session_scope(settings) as session:
+        dataset = DatasetStore(session).get(spec.dataset_id)
+        if dataset is None:
+            raise HTTPException(422, f"dataset_id {spec.dataset_id!r} not found")
+        job = JobStore(session).create(dataset.id, check_spec_fits(spec, dataset))
+    try:
+        broker.send_train_job(settings, job.id)
+    except Exception as exc:
+        with session_scope(settings) as session:
+            JobStore(session).finish(
+                job.id, "failed", error=f"broker did not accept the job: {exc}"
+            )
+        raise HTTPException(
+            503, f"broker unavailable, job {job.id} not queued: {type(exc).__name__}"
+        ) from None
+    return job_out(job)
+
+
+@router.get("", response_model=list[JobOut], summary="List jobs, newest first", responses=NOT_FOUND)
+def list_jobs(
+    limit: int = 100,
+    offset: int = 0,
+    status: str | None = None,
+    session: Session = Depends(get_session),
+) -> list[JobOut]:
+    jobs = JobStore(session).list(max(1, min(limit, 1000)), max(0, offset), status)
+    return [job_out(j) for j in jobs]
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="A job with its per-epoch history",
+    responses=NOT_FOUND,
+)
+def get_job(job_id: str, session: Session = Depends(get_session)) -> JobOut:
+    store = JobStore(session)
+    job = store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job_out(job, store.history(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Ask a job to stop (cooperative: the worker stops within about a second)",
+    responses={**NOT_FOUND, 409: {"description": "the job already ended"}},
+)
+def cancel_job(job_id: str, session: Session = Depends(get_session)) -> JobOut:
+    job = JobStore(session).request_cancel(job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    if job.status in TERMINAL_STATUSES and not job.cancel_requested:
+        raise HTTPException(409, f"job {job_id} already {job.status}")
+    return job_out(job)
+
+
+def _snapshot(settings: Settings, job_id: str) -> dict | None:
+    with session_scope(settings) as session:
+        job = JobStore(session).get(job_id)
+        return None if job is None else job_out(job).model_dump(mode="json")
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-sent events: `progress` on every change, then one `end` with the final job",
+    response_class=StreamingResponse,
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "example": 'event: progress\ndata: {"status": "running", "progress": {"epoch": 2, "epochs": 30, "fraction": 0.06}, ...}\n\n'
+                }
+            }
+        },
+    },
+)
+async def job_events(job_id: str, request: Request, settings: Settings = Depends(get_settings_dep)):
+    first = await run_in_threadpool(_snapshot, settings, job_id)
+    if first is None:
+        raise HTTPException(404, f"job {job_id} not found")
+
+    async def stream():
+        job, last, quiet = first, None, 0.0
+        while True:
+            key = (job["status"], json.dumps(job["progress"], sort_keys=True))
+            if job["status"] in TERMINAL_STATUSES:
+                yield f"event: end\ndata: {json.dumps(job)}\n\n"
+                return
+            if key != last:
+                yield f"event: progress\ndata: {json.dumps(job)}\n\n"
+                last, quiet = key, 0.0
+            elif quiet >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            await asyncio.sleep(EVENT_POLL_S)
+            quiet += EVENT_POLL_S
+            if await request.is_disconnected():
+                return
+            job = await run_in_threadpool(_snapshot, settings, job_id) or job
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
