@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -72,7 +73,9 @@ class ServingRoute(APIRoute):
             limit = request.app.state.settings.max_request_bytes
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
-                raise HTTPException(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+                raise HTTPException(
+                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+                )
             capped = LimitedBodyRequest(request.scope, request.receive)
             capped.limit = limit
             return await handler(capped)
@@ -83,8 +86,13 @@ class ServingRoute(APIRoute):
 router = APIRouter(route_class=ServingRoute)
 auth = [Depends(require_api_key)]
 
-ModelRef = Annotated[str, PathParam(min_length=1, max_length=128, description="a model id or an alias name")]
-AliasName = Annotated[str, PathParam(pattern=ALIAS_PATTERN, description="letters, digits, _ . - ; starts with a letter")]
+ModelRef = Annotated[
+    str, PathParam(min_length=1, max_length=128, description="a model id or an alias name")
+]
+AliasName = Annotated[
+    str,
+    PathParam(pattern=ALIAS_PATTERN, description="letters, digits, _ . - ; starts with a letter"),
+]
 
 NOT_FOUND = {404: {"description": "no model with that id or alias"}}
 AUTH_ERRORS = {401: {"description": "missing or invalid API key"}}
@@ -124,10 +132,19 @@ def find_model(session: Session, model_ref: str) -> Model:
 # -- registry ----------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=list[ModelOut], dependencies=auth, responses=AUTH_ERRORS,
-            tags=["models"], summary="Registered models, newest first")
+@router.get(
+    "/v1/models",
+    response_model=list[ModelOut],
+    dependencies=auth,
+    responses=AUTH_ERRORS,
+    tags=["models"],
+    summary="Registered models, newest first",
+)
 def list_models(
-    limit: int = 100, offset: int = 0, role: str | None = None, session: Session = Depends(get_session)
+    limit: int = 100,
+    offset: int = 0,
+    role: str | None = None,
+    session: Session = Depends(get_session),
 ) -> list[ModelOut]:
     if not 1 <= limit <= MAX_LIST or offset < 0:
         raise HTTPException(422, f"limit must be in [1, {MAX_LIST}] and offset >= 0")
@@ -136,18 +153,30 @@ def list_models(
     return [model_out(m, baselines.get(m.job_id) if m.role == "model" else None) for m in models]
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelOut, dependencies=auth,
-            responses={**AUTH_ERRORS, **NOT_FOUND}, tags=["models"], summary="One model (id or alias)")
-def get_model(request: Request, model_id: ModelRef, session: Session = Depends(get_session)) -> ModelOut:
+@router.get(
+    "/v1/models/{model_id}",
+    response_model=ModelOut,
+    dependencies=auth,
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+    tags=["models"],
+    summary="One model (id or alias)",
+)
+def get_model(
+    request: Request, model_id: ModelRef, session: Session = Depends(get_session)
+) -> ModelOut:
     model = find_model(session, model_id)
     request.state.model_id = model.id
     baseline = baseline_ids(session, [model]).get(model.job_id) if model.role == "model" else None
     return model_out(model, baseline)
 
 
-@router.get("/v1/models/{model_id}/onnx", dependencies=auth, tags=["models"],
-            summary="The model's self-contained ONNX file (sampling inside)",
-            responses={**AUTH_ERRORS, **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/v1/models/{model_id}/onnx",
+    dependencies=auth,
+    tags=["models"],
+    summary="The model's self-contained ONNX file (sampling inside)",
+    responses={**AUTH_ERRORS, **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
+)
 def get_onnx(
     request: Request,
     model_id: ModelRef,
@@ -158,15 +187,29 @@ def get_onnx(
     request.state.model_id = model.id
     path = artifacts.resolve(model.onnx_path)
     if not path.is_file():
-        raise HTTPException(404, f"the ONNX file of model {model.id} is missing from the artifact store")
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{model.id}.onnx",
-                        headers={"X-Onnx-Sha256": model.onnx_sha256})
+        raise HTTPException(
+            404, f"the ONNX file of model {model.id} is missing from the artifact store"
+        )
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{model.id}.onnx",
+        headers={"X-Onnx-Sha256": model.onnx_sha256},
+    )
 
 
-@router.delete("/v1/models/{model_id}", status_code=204, dependencies=auth, tags=["models"],
-               summary="Remove a model (by id; refused while an alias points at it)",
-               responses={**AUTH_ERRORS, 404: {"description": "no model with that id"},
-                          409: {"description": "an alias points at the model"}})
+@router.delete(
+    "/v1/models/{model_id}",
+    status_code=204,
+    dependencies=auth,
+    tags=["models"],
+    summary="Remove a model (by id; refused while an alias points at it)",
+    responses={
+        **AUTH_ERRORS,
+        404: {"description": "no model with that id"},
+        409: {"description": "an alias points at the model"},
+    },
+)
 def delete_model(
     request: Request,
     model_id: ModelRef,
@@ -178,12 +221,16 @@ def delete_model(
         raise HTTPException(404, f"no model {model_id!r}")
     aliases = list(session.scalars(select(Alias.name).where(Alias.model_id == model.id)))
     if aliases:
-        raise HTTPException(409, f"aliases {aliases} point at model {model.id}: move or delete them first")
+        raise HTTPException(
+            409, f"aliases {aliases} point at model {model.id}: move or delete them first"
+        )
     onnx_path = model.onnx_path
     session.delete(model)
     session.flush()
     # Content-addressed: another model may share the file (same weights exported twice).
-    shared = session.scalar(select(func.count()).select_from(Model).where(Model.onnx_path == onnx_path))
+    shared = session.scalar(
+        select(func.count()).select_from(Model).where(Model.onnx_path == onnx_path)
+    )
     session.commit()
     if not shared:
         artifacts.remove(onnx_path)
@@ -194,30 +241,64 @@ def delete_model(
 # -- aliases -----------------------------------------------------------------------
 
 
-@router.put("/v1/aliases/{name}", response_model=AliasOut, dependencies=auth, tags=["aliases"],
-            summary="Point an alias at a model (create or move)",
-            responses={**AUTH_ERRORS, 422: {"description": "bad name, or no model with that id"}})
+@router.put(
+    "/v1/aliases/{name}",
+    response_model=AliasOut,
+    dependencies=auth,
+    tags=["aliases"],
+    summary="Point an alias at a model (create or move)",
+    responses={**AUTH_ERRORS, 422: {"description": "bad name, or no model with that id"}},
+)
 def put_alias(name: AliasName, body: AliasIn, session: Session = Depends(get_session)) -> AliasOut:
     if len(name) == 32 and all(c in "0123456789abcdef" for c in name):
-        raise HTTPException(422, [{"loc": ["path", "name"], "msg": "an alias may not look like a model id",
-                                   "type": "value_error"}])
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["path", "name"],
+                    "msg": "an alias may not look like a model id",
+                    "type": "value_error",
+                }
+            ],
+        )
     store = ModelStore(session)
     if store.get(body.model_id) is None:
-        raise HTTPException(422, [{"loc": ["body", "model_id"], "msg": f"no model {body.model_id!r}",
-                                   "type": "value_error"}])
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["body", "model_id"],
+                    "msg": f"no model {body.model_id!r}",
+                    "type": "value_error",
+                }
+            ],
+        )
     return AliasOut.model_validate(store.set_alias(name, body.model_id))
 
 
-@router.get("/v1/aliases", response_model=list[AliasOut], dependencies=auth, responses=AUTH_ERRORS,
-            tags=["aliases"], summary="Every alias")
+@router.get(
+    "/v1/aliases",
+    response_model=list[AliasOut],
+    dependencies=auth,
+    responses=AUTH_ERRORS,
+    tags=["aliases"],
+    summary="Every alias",
+)
 def list_aliases(session: Session = Depends(get_session)) -> list[AliasOut]:
     return [AliasOut.model_validate(a) for a in ModelStore(session).list_aliases()]
 
 
-@router.delete("/v1/aliases/{name}", status_code=204, dependencies=auth, tags=["aliases"],
-               summary="Remove an alias (the model stays)",
-               responses={**AUTH_ERRORS, 404: {"description": "no such alias"}})
-def delete_alias(name: Annotated[str, PathParam(max_length=128)], session: Session = Depends(get_session)) -> Response:
+@router.delete(
+    "/v1/aliases/{name}",
+    status_code=204,
+    dependencies=auth,
+    tags=["aliases"],
+    summary="Remove an alias (the model stays)",
+    responses={**AUTH_ERRORS, 404: {"description": "no such alias"}},
+)
+def delete_alias(
+    name: Annotated[str, PathParam(max_length=128)], session: Session = Depends(get_session)
+) -> Response:
     if not ModelStore(session).delete_alias(name):
         raise HTTPException(404, f"no alias {name!r}")
     return Response(status_code=204)
@@ -230,7 +311,11 @@ def resolve_for_serving(settings: Settings, model_ref: str) -> tuple[str, str, P
     """(model id, onnx sha256, file path) of an id or alias; 404 when neither exists."""
     with session_scope(settings) as session:
         model = find_model(session, model_ref)
-        return model.id, model.onnx_sha256, ArtifactStore(settings.data_dir).resolve(model.onnx_path)
+        return (
+            model.id,
+            model.onnx_sha256,
+            ArtifactStore(settings.data_dir).resolve(model.onnx_path),
+        )
 
 
 def unprocessable(loc: list, msg: str) -> HTTPException:
@@ -259,7 +344,9 @@ async def predict(
     if (body.inputs is None) == (body.images is None):
         raise unprocessable(["body"], "give exactly one of `inputs` or `images`")
     if body.mc_samples is not None and not 1 <= body.mc_samples <= settings.max_mc_samples:
-        raise unprocessable(["body", "mc_samples"], f"mc_samples must be in [1, {settings.max_mc_samples}]")
+        raise unprocessable(
+            ["body", "mc_samples"], f"mc_samples must be in [1, {settings.max_mc_samples}]"
+        )
 
     resolved_id, sha256, path = await run_in_threadpool(resolve_for_serving, settings, model_id)
     request.state.model_id = resolved_id
@@ -270,13 +357,17 @@ async def predict(
         if body.inputs is not None:
             x = parse_inputs(body.inputs, input_shape, settings.max_batch_rows)
         else:
-            x = await run_in_threadpool(parse_images, body.images, input_shape, settings.max_batch_rows)
+            x = await run_in_threadpool(
+                parse_images, body.images, input_shape, settings.max_batch_rows
+            )
     except InputError as exc:
         raise HTTPException(422, exc.detail()) from None
 
     num_samples = body.mc_samples or int(model.metadata["eval_mc_samples"])
     outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
-    rows = model.rows(outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs)
+    rows = model.rows(
+        outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs
+    )
     return JSONResponse({"model_id": resolved_id, "mc_samples": num_samples, "predictions": rows})
 
 
@@ -285,11 +376,17 @@ async def predict(
 
 def count_jobs_by_status(settings: Settings) -> dict[str, int]:
     with session_scope(settings) as session:
-        return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+        return dict(
+            session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
+        )
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics (no API key)",
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics (no API key)",
+    responses={200: {"content": {"text/plain": {}}}},
+)
 def prometheus_metrics(request: Request) -> Response:
     settings = request.app.state.settings
     return metrics.exposition(metrics.JobsByStatus(lambda: count_jobs_by_status(settings)))

@@ -1,0 +1,155 @@
+"""Prometheus metrics of the serving path, exposed at ``GET /metrics`` (no auth).
+
+| metric                                   | labels                      | what                                  |
+|------------------------------------------|-----------------------------|---------------------------------------|
+| hetserve_http_requests_total             | route, method, model, status| requests answered                     |
+| hetserve_http_request_duration_seconds   | route, method, model        | handler latency (histogram)           |
+| hetserve_batch_rows                      | model                       | rows per onnxruntime call (histogram) |
+| hetserve_batch_requests                  | model                       | requests merged per call (histogram)  |
+| hetserve_inference_duration_seconds      | model                       | one onnxruntime call (histogram)      |
+| hetserve_queue_depth                     | model                       | requests waiting for a batch          |
+| hetserve_sessions_loaded                 |                             | onnxruntime sessions in the cache     |
+| hetserve_jobs                            | status                      | jobs in the store, read at scrape time|
+
+``route`` is the route template (``/v1/models/{model_ref}/predict``), never the raw
+path, and ``model`` is a resolved model id (empty when the request named none that
+exists): labels never carry client-chosen strings, so their number stays bounded.
+
+Each API process counts for itself. With ``uvicorn --workers N`` set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before start: prometheus_client then
+writes every process's values there and ``/metrics`` sums them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from starlette.exceptions import HTTPException
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter(
+    "hetserve_http_requests", "HTTP requests answered", ["route", "method", "model", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "hetserve_http_request_duration_seconds",
+    "time from routing to the response being ready",
+    ["route", "method", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_ROWS = Histogram(
+    "hetserve_batch_rows", "rows per onnxruntime call", ["model"], buckets=BATCH_BUCKETS
+)
+BATCH_REQUESTS = Histogram(
+    "hetserve_batch_requests",
+    "requests merged into one onnxruntime call",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+)
+INFERENCE_LATENCY = Histogram(
+    "hetserve_inference_duration_seconds",
+    "one onnxruntime call",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "hetserve_queue_depth", "requests waiting for a batch", ["model"], multiprocess_mode="livesum"
+)
+SESSIONS_LOADED = Gauge(
+    "hetserve_sessions_loaded", "onnxruntime sessions in the cache", multiprocess_mode="livesum"
+)
+
+
+class JobsByStatus:
+    """``hetserve_jobs{status}``: counted in the store when scraped, so it is the same
+    whichever API process answers."""
+
+    def __init__(self, count_jobs: Callable[[], dict[str, int]]):
+        self.count_jobs = count_jobs
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "hetserve_jobs", "jobs in the store by status", labels=["status"]
+        )
+        try:
+            counts = self.count_jobs()
+        except Exception:  # an unreachable store must not break the scrape; /readyz reports it
+            counts = {}
+        for status, count in sorted(counts.items()):
+            family.add_metric([status], count)
+        yield family
+
+
+def exposition(jobs: JobsByStatus | None) -> Response:
+    """The Prometheus text format of this process (or of all, in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    if jobs is not None:
+        registry.register(jobs)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Forward:
+    """Expose the process-wide registry inside a per-scrape one (which adds the jobs)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()
+
+
+def instrument(handler: Callable, route: str, methods: set[str] | None) -> Callable:
+    """Wrap a route handler so each request is counted and timed.
+
+    An endpoint names the model it served with ``request.state.model_id = ...``.
+    """
+    method = ",".join(sorted(methods or ()))
+
+    async def instrumented(request: Request) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status_code
+            return response
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
+        except RequestValidationError:
+            status = 422
+            raise
+        finally:
+            model = getattr(request.state, "model_id", "")
+            REQUESTS.labels(route, method, model, str(status)).inc()
+            REQUEST_LATENCY.labels(route, method, model).observe(time.perf_counter() - start)
+
+    return instrumented
+
+
+class InstrumentedRoute(APIRoute):
+    """An APIRoute counted and timed for /metrics: ``APIRouter(route_class=InstrumentedRoute)``."""
+
+    def get_route_handler(self) -> Callable:
+        return instrument(super().get_route_handler(), self.path, self.methods)

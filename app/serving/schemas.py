@@ -1,0 +1,151 @@
+"""Boundary models of the model registry and prediction routes (DESIGN §2, §5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+SEED_MAX = 2**63 - 1  # the graph's seed is an int64; negative means "fresh draws"
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5b2e0c1d9f8a4e3b8c7d6e5f4a3b2c1d",
+                    "job_id": "0a1b2c3d4e5f40718293a4b5c6d7e8f9",
+                    "role": "model",
+                    "head": "het",
+                    "task": "multiclass",
+                    "input_shape": [64],
+                    "num_classes": 10,
+                    "class_names": [str(i) for i in range(10)],
+                    "metrics": {
+                        "test_accuracy": 0.845,
+                        "test_nll": 0.468,
+                        "test_ece": 0.03,
+                        "test_brier": 0.22,
+                    },
+                    "baseline_metrics": {
+                        "test_accuracy": 0.764,
+                        "test_nll": 0.561,
+                        "test_ece": 0.05,
+                        "test_brier": 0.31,
+                    },
+                    "baseline_model_id": "9e8d7c6b5a4f43e2d1c0b9a8f7e6d5c4",
+                    "onnx_sha256": "4f0c…",
+                    "created_at": "2026-11-25T21:40:00Z",
+                }
+            ]
+        },
+    )
+
+    id: str
+    job_id: str
+    role: str = Field(description='"model", or "baseline" for a job\'s softmax comparison model')
+    head: str
+    task: str
+    input_shape: list[int]
+    num_classes: int
+    class_names: list[str]
+    metrics: dict[str, Any] = Field(
+        description="test_accuracy, test_nll, test_ece, test_brier, ..."
+    )
+    baseline_metrics: dict[str, Any] | None = Field(
+        None,
+        description="the same metrics of the softmax baseline trained beside it (compare_baseline)",
+    )
+    baseline_model_id: str | None = Field(
+        None, description="the baseline's own model id, when registered"
+    )
+    onnx_sha256: str
+    created_at: datetime
+
+
+class AliasIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model_id": "5b2e0c1d9f8a4e3b8c7d6e5f4a3b2c1d"}]},
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+
+
+class AliasOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    model_id: str
+    updated_at: datetime
+
+
+PREDICT_EXAMPLE = {
+    "inputs": [[0.0] * 4, [1.0, 2.0, 3.0, 4.0]],
+    "mc_samples": 1000,
+    "seed": 7,
+    "top_k": 3,
+    "correlated_pairs": True,
+}
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PREDICT_EXAMPLE]})
+
+    inputs: list[Any] | None = Field(
+        None, description="rows as nested lists of numbers, each of the model's input_shape"
+    )
+    images: list[str] | None = Field(
+        None,
+        description="image models only: base64 PNG/JPEG, decoded and resized as at training time",
+    )
+    mc_samples: int | None = Field(
+        None,
+        description="S, Monte-Carlo samples, 1 ≤ S ≤ HETSERVE_MAX_MC_SAMPLES; default the model's eval S",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=SEED_MAX,
+        description="reproducible draws: equal seeds give equal outputs, whatever else is batched",
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="also list the k most probable classes per row"
+    )
+    correlated_pairs: bool = Field(
+        False, description="report each row's most correlated class pairs"
+    )
+
+
+class CorrelatedPair(BaseModel):
+    classes: list[int]
+    correlation: float
+
+
+class Prediction(BaseModel):
+    """One row's DESIGN §2 fields (per label where the model is multilabel)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    probs: list[float] = Field(description="the MC predictive p̂")
+    label: int | list[int] = Field(description="argmax (multilabel: the labels with p̂ ≥ 0.5)")
+    class_name: str | list[str]
+    confidence: float | list[float]
+    entropy: float | list[float] = Field(
+        description="H[p̂], total predictive (aleatoric) uncertainty"
+    )
+    expected_entropy: float | list[float] = Field(description="mean_s H[softmax(u_s / τ)]")
+    prob_std: list[float] = Field(description="per-class std of the sampled probabilities")
+    mc_stderr: list[float] = Field(description="prob_std / sqrt(S): how precise p̂ is")
+    noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
+    correlated_pairs: list[CorrelatedPair] | None = None
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    mc_samples: int
+    predictions: list[Prediction]

@@ -1,0 +1,85 @@
+"""An LRU cache of loaded ONNX models (onnxruntime sessions), one per (model id, file hash).
+
+Creating a session parses the graph and plans memory (tens to hundreds of ms), so a
+model is loaded once per process and reused; the least recently used one is dropped
+when more than ``capacity`` are held. A dropped model that is still running a batch
+finishes it: the cache only forgets its reference.
+
+Keyed by the ONNX file's sha256 as well as the model id, so a file that changed under
+an id (it never should: artifacts are content addressed) is never served stale.
+Each load runs one small prediction (warm-up) so the first client request does not
+pay for onnxruntime's lazy initialisation. Fresh random draws per process need nothing
+here: app/inference.py feeds each call a seed from os.urandom (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from app.inference import OnnxModel
+from app.serving.metrics import SESSIONS_LOADED
+
+ModelKey = tuple[str, str]  # (model id, onnx sha256)
+
+WARMUP_ROWS = 2
+WARMUP_SAMPLES = 8
+
+
+class SessionCache:
+    def __init__(self, capacity: int, intra_op_threads: int = 0, inter_op_threads: int = 1):
+        if capacity < 1:
+            raise ValueError(f"session cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self._models: OrderedDict[ModelKey, OnnxModel] = OrderedDict()
+        self._lock = threading.Lock()  # guards _models; held only for dict operations
+        self._load_lock = threading.Lock()  # one load at a time: no model is loaded twice
+
+    def peek(self, key: ModelKey) -> OnnxModel | None:
+        """The cached model, marked most recently used, or None (never loads)."""
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
+
+    def get(self, key: ModelKey, path: Path) -> OnnxModel:
+        """The cached model, loading (and warming up) ``path`` on a miss. Blocking."""
+        model = self.peek(key)
+        if model is not None:
+            return model
+        with self._load_lock:
+            model = self.peek(key)  # another thread may have loaded it while we waited
+            if model is not None:
+                return model
+            model = OnnxModel(
+                path, intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads
+            )
+            warm_up(model)
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+                SESSIONS_LOADED.set(len(self._models))
+        return model
+
+    def forget(self, model_id: str) -> None:
+        """Drop every cached session of a model (after it was deleted)."""
+        with self._lock:
+            for key in [k for k in self._models if k[0] == model_id]:
+                del self._models[key]
+            SESSIONS_LOADED.set(len(self._models))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def warm_up(model: OnnxModel) -> None:
+    """One small run through the whole graph (allocations, kernel selection)."""
+    shape = [WARMUP_ROWS, *model.metadata["input_shape"]]
+    model.run(np.zeros(shape, np.float32), num_samples=WARMUP_SAMPLES, seed=0)
