@@ -143,14 +143,14 @@ def _snapshot(settings: Settings, job_id: str) -> dict | None:
 
 @router.get(
     "/{job_id}/events",
-    summary="Server-sent events: `progress` on every change, then one `end` with the final job",
+    summary="Server-sent events: `progress` ({id, status, progress, attempts}) on every change, then `end` with the whole job",
     response_class=StreamingResponse,
     responses={
         **NOT_FOUND,
         200: {
             "content": {
                 "text/event-stream": {
-                    "example": 'event: progress\ndata: {"status": "running", "progress": {"epoch": 2, "epochs": 30, "fraction": 0.06}, ...}\n\n'
+                    "example": 'event: progress\ndata: {"id": "c2a7…", "status": "running", "progress": {"epoch": 2, "epochs": 30, "fraction": 0.06, "phase": "model"}, "attempts": 1}\n\n'
                 }
             }
         },
@@ -169,7 +169,8 @@ async def job_events(job_id: str, request: Request, settings: Settings = Depends
                 yield f"event: end\ndata: {json.dumps(job)}\n\n"
                 return
             if key != last:
-                yield f"event: progress\ndata: {json.dumps(job)}\n\n"
+                brief = {k: job[k] for k in ("id", "status", "progress", "attempts")}
+                yield f"event: progress\ndata: {json.dumps(brief)}\n\n"
                 last, quiet = key, 0.0
             elif quiet >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"

@@ -1,0 +1,36 @@
+"""Celery tasks: parse the message, call a plain function of worker/jobs.py.
+
+``hetserve.train_job(job_id)`` runs a job; for temperature "auto" it fans the units out
+as a chord: ``hetserve.train_unit(job_id, phase)`` for each grid temperature (and the
+baseline), then ``hetserve.finish_units(summaries, job_id)`` keeps the best validation
+NLL. A chord needs a result backend: Celery's database backend (settings.result_backend).
+"""
+
+from __future__ import annotations
+
+from celery import chord
+
+from app.settings import get_settings
+from worker import jobs
+from worker.celery_app import celery_app
+
+
+@celery_app.task(name="hetserve.train_job")
+def train_job(job_id: str) -> str:
+    settings = get_settings()
+    outcome = jobs.run_job(str(job_id), settings)
+    if isinstance(outcome, jobs.FanOut):
+        header = [train_unit.s(outcome.job_id, phase) for phase in outcome.units]
+        chord(header)(finish_units.s(outcome.job_id))
+        return "fanned out"
+    return outcome
+
+
+@celery_app.task(name="hetserve.train_unit", ignore_result=False)
+def train_unit(job_id: str, phase: str) -> dict:
+    return jobs.run_unit(str(job_id), str(phase), get_settings())
+
+
+@celery_app.task(name="hetserve.finish_units")
+def finish_units(summaries: list[dict], job_id: str) -> str:
+    return jobs.finish_units(str(job_id), list(summaries), get_settings())
