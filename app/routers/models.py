@@ -352,7 +352,7 @@ async def predict(
     request.state.model_id = resolved_id
     runtime = runtime_of(request)
     model = await runtime.model((resolved_id, sha256), path)
-    input_shape = list(model.metadata["input_shape"])
+    input_shape = model.input_shape
     try:
         if body.inputs is not None:
             x = parse_inputs(body.inputs, input_shape, settings.max_batch_rows)
@@ -363,7 +363,7 @@ async def predict(
     except InputError as exc:
         raise HTTPException(422, exc.detail()) from None
 
-    num_samples = body.mc_samples or int(model.metadata["eval_mc_samples"])
+    num_samples = body.mc_samples or model.eval_mc_samples
     outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
     rows = model.rows(
         outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs

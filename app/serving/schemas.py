@@ -122,19 +122,28 @@ class PredictRequest(BaseModel):
 
 
 class CorrelatedPair(BaseModel):
-    classes: list[int]
-    correlation: float
+    classes: list[int] = Field(description="two class indices among the row's most probable")
+    correlation: float = Field(
+        description="ρ_ij = Σ_ij / sqrt(Σ_ii Σ_jj), latent (logit) correlation"
+    )
+
+
+class TopClass(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: int = Field(alias="class")
+    class_name: str
+    prob: float
 
 
 class Prediction(BaseModel):
-    """One row's DESIGN §2 fields (per label where the model is multilabel)."""
-
-    model_config = ConfigDict(extra="allow")
+    """One row's DESIGN §2 fields. Multilabel models: probs are per label, and entropy
+    and expected_entropy are per-label binary entropies (lists)."""
 
     probs: list[float] = Field(description="the MC predictive p̂")
-    label: int | list[int] = Field(description="argmax (multilabel: the labels with p̂ ≥ 0.5)")
-    class_name: str | list[str]
-    confidence: float | list[float]
+    label: int = Field(description="argmax of p̂")
+    class_name: str
+    confidence: float = Field(description="p̂ of the label")
     entropy: float | list[float] = Field(
         description="H[p̂], total predictive (aleatoric) uncertainty"
     )
@@ -142,10 +151,14 @@ class Prediction(BaseModel):
     prob_std: list[float] = Field(description="per-class std of the sampled probabilities")
     mc_stderr: list[float] = Field(description="prob_std / sqrt(S): how precise p̂ is")
     noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
-    correlated_pairs: list[CorrelatedPair] | None = None
+    correlated_pairs: list[CorrelatedPair] | None = Field(
+        None,
+        description="only when asked (correlated_pairs: true); up to 5 pairs, largest |ρ| first",
+    )
+    top_k: list[TopClass] | None = Field(None, description="only when top_k is given")
 
 
 class PredictResponse(BaseModel):
-    model_id: str
-    mc_samples: int
+    model_id: str = Field(description="the model that answered (an alias resolved)")
+    mc_samples: int = Field(description="S used")
     predictions: list[Prediction]

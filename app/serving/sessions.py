@@ -81,5 +81,5 @@ class SessionCache:
 
 def warm_up(model: OnnxModel) -> None:
     """One small run through the whole graph (allocations, kernel selection)."""
-    shape = [WARMUP_ROWS, *model.metadata["input_shape"]]
+    shape = [WARMUP_ROWS, *model.input_shape]
     model.run(np.zeros(shape, np.float32), num_samples=WARMUP_SAMPLES, seed=0)

@@ -1,0 +1,111 @@
+"""app/serving/batching.py and sessions.py in-process, on a real exported model."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from app.inference import OnnxModel
+from app.serving.batching import DynamicBatcher
+from app.serving.sessions import SessionCache
+from tests.app.serving_support import D, exported
+
+S = 200
+
+
+@pytest.fixture(scope="module")
+def model():
+    return OnnxModel(exported("het"))
+
+
+def rows(n, seed):
+    return np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
+
+
+def test_rows_are_independent_given_the_seed(model):
+    """out_b = g(x_b, eps(seed, S)): a row's outputs do not depend on its batch mates."""
+    x = rows(9, 1)
+    together = model.run(x, num_samples=S, seed=11)
+    for b in (0, 4, 8):
+        alone = model.run(x[b : b + 1], num_samples=S, seed=11)
+        for name, value in alone.items():
+            np.testing.assert_allclose(
+                together[name][b], value[0], rtol=1e-6, atol=1e-7, err_msg=name
+            )
+    # ...and the seed matters: another seed gives other draws.
+    other = model.run(x, num_samples=S, seed=12)
+    assert np.abs(other["probs"] - together["probs"]).max() > 1e-4
+
+
+def batch_count(model_id):
+    return REGISTRY.get_sample_value("hetserve_batch_rows_count", {"model": model_id}) or 0.0
+
+
+async def run_concurrently(batcher, model, model_id, requests):
+    return await asyncio.gather(*(batcher.run(model, model_id, x, S, seed) for x, seed in requests))
+
+
+def test_batcher_merges_and_splits_back_exactly(model):
+    """Concurrent requests with one seed merge into few calls; each gets exactly what a
+    lone run of its own rows gives. Requests with other seeds never share a call."""
+    model_id = "batching-test"
+    batcher = DynamicBatcher(ThreadPoolExecutor(2), max_batch_size=16, max_queue_delay_ms=50)
+    sizes = [1, 3, 2, 5, 1, 4, 2, 1, 3, 2]  # 24 rows: at least 2 batches of <= 16
+    requests = [(rows(n, 100 + i), 5) for i, n in enumerate(sizes)]
+    requests += [(rows(2, 200), 6), (rows(1, 201), None)]
+    before = batch_count(model_id)
+    results = asyncio.run(run_concurrently(batcher, model, model_id, requests))
+    calls = batch_count(model_id) - before
+    # seed 5: 24 rows in batches of <= 16 -> 2 calls; seed 6 and unseeded: 1 each.
+    assert calls == 4, calls
+    for (x, seed), got in zip(requests[:-1], results[:-1], strict=True):
+        want = model.run(x, num_samples=S, seed=seed)
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name].shape == want[name].shape
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert results[-1]["probs"].shape == (1, 5)
+    assert not batcher._lanes  # every lane drained and removed
+
+
+def test_batch_never_exceeds_max_rows_and_big_requests_run_alone(model):
+    model_id = "batching-limit"
+    batcher = DynamicBatcher(ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay_ms=20)
+    requests = [(rows(3, 1), 1), (rows(3, 2), 1), (rows(9, 3), 1), (rows(1, 4), 1)]
+    before = REGISTRY.get_sample_value("hetserve_batch_rows_sum", {"model": model_id}) or 0.0
+    results = asyncio.run(run_concurrently(batcher, model, model_id, requests))
+    assert [len(r["probs"]) for r in results] == [3, 3, 9, 1]
+    # 3 | 3 | 9 (alone, never split) | 1 -> 4 calls, 16 rows.
+    assert batch_count(model_id) == 4
+    assert REGISTRY.get_sample_value("hetserve_batch_rows_sum", {"model": model_id}) - before == 16
+    bucket4 = REGISTRY.get_sample_value(
+        "hetserve_batch_rows_bucket", {"model": model_id, "le": "4.0"}
+    )
+    assert bucket4 == 3  # every call but the oversized one held <= 4 rows
+
+
+def test_unseeded_calls_draw_fresh_noise(model):
+    x = rows(1, 7)
+    a, b = model.run(x, num_samples=S), model.run(x, num_samples=S)
+    assert not np.array_equal(a["probs"], b["probs"])
+
+
+def test_session_cache_is_lru_and_warm(tmp_path):
+    path = exported("het")
+    cache = SessionCache(capacity=2)
+    first = cache.get(("a", "sha"), path)
+    assert cache.get(("a", "sha"), path) is first  # a hit is the same session
+    cache.get(("b", "sha"), path)
+    cache.get(("a", "sha"), path)  # a is now the most recent
+    cache.get(("c", "sha"), path)  # evicts b, the least recently used
+    assert cache.peek(("b", "sha")) is None
+    assert cache.peek(("a", "sha")) is first
+    assert cache.peek(("a", "other-sha")) is None  # the file hash is part of the key
+    assert len(cache) == 2
+    assert REGISTRY.get_sample_value("hetserve_sessions_loaded") == 2
+    cache.forget("a")
+    assert cache.peek(("a", "sha")) is None and len(cache) == 1
