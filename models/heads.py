@@ -32,7 +32,7 @@ training, evaluation and export do not care which head they hold.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,7 @@ class LogitGaussian:
     factors: torch.Tensor | None = None  # (B, K, R)
     factor_scale: torch.Tensor | None = None  # (B, K), parameter-efficient only
     factor_basis: torch.Tensor | None = None  # (K, R), parameter-efficient only
+    _loc_and_factors: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_factors(self) -> int:
@@ -86,32 +87,114 @@ class LogitGaussian:
             var = var + v.square().sum(-1)
         return var
 
+    def scaled(self, factor) -> LogitGaussian:
+        """The Gaussian of factor * u: mu, d and V scaled (J, input independent, is not)."""
+
+        def mul(t):
+            return None if t is None else t * factor
+
+        return LogitGaussian(
+            self.mu * factor, self.scale * factor, mul(self.factors), mul(self.factor_scale), self.factor_basis
+        )
+
     def sample(self, eps_r: torch.Tensor | None, eps_k: torch.Tensor) -> torch.Tensor:
         """u = mu + V eps_R + d * eps_K for a chunk of C draws, (B, C, K).
 
         eps_k is (C, K) when shared across the batch, (B, C, K) per example;
-        eps_r likewise (C, R) or (B, C, R).
+        eps_r likewise (C, R) or (B, C, R). The result is a fresh tensor the caller
+        may overwrite.
         """
-        u = self.mu.unsqueeze(1) + self.scale.unsqueeze(1) * eps_k
+        mu, scale = self.mu.unsqueeze(1), self.scale.unsqueeze(1)
         if eps_r is None or self.num_factors == 0:
-            return u
+            return torch.addcmul(mu, scale, eps_k)
         if self.factor_basis is not None:
             # diag(v) J eps = v * (eps J^T): one (C, K) product shared by the batch
             # when eps is shared, instead of a B x C x K x R contraction.
-            return u + self.factor_scale.unsqueeze(1) * (eps_r @ self.factor_basis.T)
-        # (C, R) @ (B, R, K) -> (B, C, K): one batched GEMM.
-        return u + eps_r @ self.factors.transpose(1, 2)
+            u = torch.addcmul(mu, scale, eps_k)
+            return u.addcmul_(self.factor_scale.unsqueeze(1), eps_r @ self.factor_basis.T)
+        # mu + V eps_R as one GEMM: [1, eps_R] @ [mu; V^T], then d * eps_K in place.
+        ones = eps_r.new_ones(*eps_r.shape[:-1], 1)
+        u = torch.matmul(torch.cat([ones, eps_r], -1), self.loc_and_factors())
+        return u.addcmul_(scale, eps_k)
+
+    def loc_and_factors(self) -> torch.Tensor:
+        """[mu; V^T] stacked as (B, 1 + R, K), built once and reused by every chunk."""
+        if self._loc_and_factors is None:
+            self._loc_and_factors = torch.cat([self.mu.unsqueeze(1), self.factors.transpose(1, 2)], 1)
+        return self._loc_and_factors
 
 
 def _noise_shape(batch: int, num: int, dim: int, shared: bool) -> tuple[int, ...]:
     return (num, dim) if shared else (batch, num, dim)
 
 
-def _chunk_sizes(total: int, chunk: int) -> list[int]:
-    sizes = [chunk] * (total // chunk)
-    if total % chunk:
-        sizes.append(total % chunk)
-    return sizes
+def chunk_slices(num_samples: int, chunk: int) -> list[slice]:
+    """[0, S) cut into consecutive slices of at most ``chunk`` samples."""
+    return [slice(start, min(start + chunk, num_samples)) for start in range(0, num_samples, chunk)]
+
+
+class _MulticlassLogLikelihood(torch.autograd.Function):
+    """L = logsumexp_s log_softmax(z_s)_y per example, z_s = u_s / tau, chunk by chunk.
+
+    The forward keeps only two (B, S) tables, log p_s = log_softmax(z_s)_y and
+    lse_s = logsumexp_k z_s,k, never the (B, S, K) logits. The backward redraws each
+    chunk's z from the same noise and uses
+
+        dL/dz_s,k = w_s (1[k = y] - softmax(z_s)_k),   w_s = exp(log p_s - L),
+
+    then maps dz onto mu, d and V (or v and J): d mu = sum_s dz_s,
+    d d = sum_s dz_s * eps_K,s, d V = sum_s dz_s eps_R,s^T. Each chunk's work stays in
+    cache, which on a CPU is what makes the head fast; peak memory is one chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, y, chunk, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
+        latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
+        num = eps_k.shape[-2]
+        log_p = mu.new_empty(mu.shape[0], num)
+        lse = mu.new_empty(mu.shape[0], num)
+        for sl in chunk_slices(num, chunk):
+            z = latent.sample(None if eps_r is None else eps_r[..., sl, :], eps_k[..., sl, :])
+            idx = y.view(-1, 1, 1).expand(-1, z.shape[1], 1)
+            z_y = z.gather(-1, idx).squeeze(-1)
+            log_p[:, sl] = torch.log_softmax(z, -1).gather(-1, idx).squeeze(-1)
+            lse[:, sl] = z_y - log_p[:, sl]
+        total = torch.logsumexp(log_p, 1)
+        ctx.chunk = chunk
+        ctx.save_for_backward(y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total = ctx.saved_tensors
+        latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
+        weight = grad.unsqueeze(1) * torch.exp(log_p - total.unsqueeze(1))  # (B, S)
+        d_mu, d_scale = torch.zeros_like(mu), torch.zeros_like(scale)
+        # dV is accumulated as (B, R, K), the layout the GEMM produces, and transposed once.
+        d_factors_t = None if factors is None else factors.new_zeros(factors.shape[0], factors.shape[2], factors.shape[1])
+        d_fscale = None if factor_scale is None else torch.zeros_like(factor_scale)
+        d_basis = None if factor_basis is None else torch.zeros_like(factor_basis)
+        for sl in chunk_slices(eps_k.shape[-2], ctx.chunk):
+            er = None if eps_r is None else eps_r[..., sl, :]
+            ek = eps_k[..., sl, :]
+            w = weight[:, sl].unsqueeze(-1)  # (B, C, 1)
+            dz = latent.sample(er, ek)
+            dz.sub_(lse[:, sl].unsqueeze(-1)).exp_()  # softmax(z_s)
+            dz.mul_(-w).scatter_add_(-1, y.view(-1, 1, 1).expand(-1, dz.shape[1], 1), w)
+            d_mu += dz.sum(1)
+            if d_factors_t is not None:
+                d_factors_t += er.transpose(-1, -2) @ dz  # sum_s eps_R,s dz_s^T: (B, R, K)
+            if d_fscale is not None:
+                a = er @ factor_basis.T  # eps_R J^T: (C, K) or (B, C, K)
+                d_fscale += (dz * a).sum(1)
+                dz_v = dz * factor_scale.unsqueeze(1)  # (B, C, K)
+                if er.dim() == 2:
+                    d_basis += dz_v.sum(0).T @ er
+                else:
+                    d_basis += torch.einsum("bck,bcr->kr", dz_v, er)
+            d_scale += dz.mul_(ek).sum(1)
+        d_factors = None if d_factors_t is None else d_factors_t.transpose(1, 2)
+        return None, None, None, None, d_mu, d_scale, d_factors, d_fscale, d_basis
 
 
 class HetHead(nn.Module):
@@ -123,7 +206,8 @@ class HetHead(nn.Module):
         parameter_efficient: V(x) = diag(v(x)) J with J (K x R) input independent.
         temperature: a fixed tau, or "learned": tau = lo + (hi - lo) * sigmoid(t).
         share_samples_across_batch: one eps draw per step for the whole batch.
-        chunk_elements: cap on B x C x K elements processed at once.
+        chunk_elements: cap on B x C x K elements processed at once. About a million
+            (4 MB) keeps a chunk in cache; larger chunks are slower on a CPU.
     """
 
     def __init__(
@@ -140,7 +224,7 @@ class HetHead(nn.Module):
         eval_mc_samples: int = 1000,
         share_samples_across_batch: bool = True,
         min_scale: float = 1e-3,
-        chunk_elements: int = 1 << 24,
+        chunk_elements: int = 1 << 20,
     ):
         super().__init__()
         if task not in (MULTICLASS, MULTILABEL):
@@ -172,7 +256,7 @@ class HetHead(nn.Module):
         self.learned_temperature = temperature == "learned"
         if self.learned_temperature:
             lo, hi = temperature_bounds
-            if not lo < initial_temperature < hi:
+            if not 0 < lo < initial_temperature < hi:
                 raise ValueError(f"initial temperature {initial_temperature} outside ({lo}, {hi})")
             frac = (initial_temperature - lo) / (hi - lo)
             self.register_buffer("temperature_bounds", torch.tensor([lo, hi]))
@@ -218,14 +302,17 @@ class HetHead(nn.Module):
             )
         return eps_r, eps_k
 
-    def _chunks(self, batch: int, eps_r, eps_k):
-        """Split the drawn noise along S into chunks of at most chunk_elements."""
-        num_samples = eps_k.shape[-2]
-        chunk = max(1, self.chunk_elements // max(1, batch * self.num_classes))
-        for start in range(0, num_samples, chunk):
-            stop = min(start + chunk, num_samples)
-            er = None if eps_r is None else eps_r[..., start:stop, :]
-            yield er, eps_k[..., start:stop, :]
+    def chunk_size(self, batch: int) -> int:
+        """Samples per chunk so that one chunk holds at most chunk_elements logits."""
+        return max(1, self.chunk_elements // max(1, batch * self.num_classes))
+
+    def _scaled_latent_and_noise(self, h, num_samples, generator, noise):
+        """The Gaussian of z = u / tau and the noise to draw it with."""
+        latent = self.latent(h).scaled(1.0 / self.temperature)
+        if noise is None:
+            s = num_samples or (self.train_mc_samples if self.training else self.eval_mc_samples)
+            noise = self.draw_noise(h.shape[0], s, h.device, generator)
+        return latent, noise
 
     # -- training loss -------------------------------------------------------
 
@@ -241,32 +328,36 @@ class HetHead(nn.Module):
         return -self.log_likelihood(h, y, num_samples, generator, noise).mean()
 
     def log_likelihood(self, h, y, num_samples=None, generator=None, noise=None) -> torch.Tensor:
-        """log p_hat(y|x) per example, (B,): a running logsumexp over chunks of samples."""
-        latent = self.latent(h)
-        batch = h.shape[0]
-        if noise is None:
-            s = num_samples or (self.train_mc_samples if self.training else self.eval_mc_samples)
-            noise = self.draw_noise(batch, s, h.device, generator)
-        eps_r, eps_k = noise
+        """log p_hat(y|x) per example, (B,), accumulated chunk by chunk over the samples.
+
+        multiclass: logsumexp_s log_softmax(z_s)_y - log S
+        multilabel: sum_k [y_k log p_k + (1 - y_k) log(1 - p_k)], with
+                    log p_k = logsumexp_s logsigmoid(z_s,k) - log S and
+                    log(1 - p_k) = logsumexp_s logsigmoid(-z_s,k) - log S
+        """
+        latent, (eps_r, eps_k) = self._scaled_latent_and_noise(h, num_samples, generator, noise)
         num = eps_k.shape[-2]
-        inv_tau = 1.0 / self.temperature
-        per_chunk = _multiclass_chunk_loglik if self.task == MULTICLASS else _multilabel_chunk_loglik
-        chunks = list(self._chunks(batch, eps_r, eps_k))
-        parts = []
-        for er, ek in chunks:
-            args = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis, er, ek, y, inv_tau)
-            if len(chunks) > 1 and torch.is_grad_enabled():
-                # Recompute this chunk in backward instead of keeping its B x C x K graph.
-                parts.append(checkpoint(per_chunk, *args, use_reentrant=False))
-            else:
-                parts.append(per_chunk(*args))
-        log_s = math.log(num)
+        chunk = self.chunk_size(h.shape[0])
         if self.task == MULTICLASS:
-            return torch.logsumexp(torch.stack(parts, 0), 0) - log_s
-        pos = torch.logsumexp(torch.stack([p[0] for p in parts], 0), 0) - log_s
-        neg = torch.logsumexp(torch.stack([p[1] for p in parts], 0), 0) - log_s
-        y = y.to(pos.dtype)
-        return (y * pos + (1 - y) * neg).sum(-1)
+            total = _MulticlassLogLikelihood.apply(
+                y, chunk, eps_r, eps_k, latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis
+            )
+            return total - math.log(num)
+        slices = chunk_slices(num, chunk)
+        pos, neg = [], []
+        for sl in slices:
+            args = (latent, None if eps_r is None else eps_r[..., sl, :], eps_k[..., sl, :])
+            if len(slices) > 1 and torch.is_grad_enabled():
+                # Recompute this chunk in backward instead of keeping its B x C x K graph.
+                p, n = checkpoint(_multilabel_chunk_loglik, *args, use_reentrant=False)
+            else:
+                p, n = _multilabel_chunk_loglik(*args)
+            pos.append(p)
+            neg.append(n)
+        log_p = torch.logsumexp(torch.stack(pos, 0), 0) - math.log(num)
+        log_not_p = torch.logsumexp(torch.stack(neg, 0), 0) - math.log(num)
+        y = y.to(log_p.dtype)
+        return (y * log_p + (1 - y) * log_not_p).sum(-1)
 
     # -- prediction ------------------------------------------------------------
 
@@ -278,35 +369,37 @@ class HetHead(nn.Module):
     def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:
         """MC moments of the sampled probabilities, accumulated chunk by chunk.
 
-        Returns probs (mean), prob_std (per-class std over samples), expected_entropy
-        (mean per-sample entropy; per label for multilabel) and num_samples.
+        Returns probs (mean), prob_std (per-class std over samples, with S - 1),
+        expected_entropy (mean per-sample entropy; per label for multilabel) and
+        num_samples. The sample count defaults to eval_mc_samples.
         """
-        latent = self.latent(h)
-        batch = h.shape[0]
         if noise is None:
-            noise = self.draw_noise(batch, num_samples or self.eval_mc_samples, h.device, generator)
-        eps_r, eps_k = noise
+            noise = self.draw_noise(h.shape[0], num_samples or self.eval_mc_samples, h.device, generator)
+        latent, (eps_r, eps_k) = self._scaled_latent_and_noise(h, None, generator, noise)
         num = eps_k.shape[-2]
-        inv_tau = 1.0 / self.temperature
+        # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
+        # cancels catastrophically when the spread is far below p, shifted sums do not.
+        shift = torch.softmax(latent.mu, -1) if self.task == MULTICLASS else torch.sigmoid(latent.mu)
         total = torch.zeros_like(latent.mu)
         total_sq = torch.zeros_like(latent.mu)
-        ent_shape = (batch,) if self.task == MULTICLASS else latent.mu.shape
+        ent_shape = (h.shape[0],) if self.task == MULTICLASS else latent.mu.shape
         total_ent = torch.zeros(ent_shape, device=h.device, dtype=latent.mu.dtype)
-        for er, ek in self._chunks(batch, eps_r, eps_k):
-            z = latent.sample(er, ek) * inv_tau
+        for sl in chunk_slices(num, self.chunk_size(h.shape[0])):
+            z = latent.sample(None if eps_r is None else eps_r[..., sl, :], eps_k[..., sl, :])
             if self.task == MULTICLASS:
-                logp = torch.log_softmax(z, -1)
-                p = logp.exp()
-                total_ent -= (p * logp).sum((-1, -2))
+                log_p = torch.log_softmax(z, -1)
+                p = log_p.exp()
+                total_ent -= torch.linalg.vecdot(p, log_p).sum(-1)  # H = -sum_k p log p
             else:
                 p = torch.sigmoid(z)
                 total_ent += _binary_entropy_from_logits(z).sum(1)
+            p.sub_(shift.unsqueeze(1))
             total += p.sum(1)
-            total_sq += p.square().sum(1)
-        mean = total / num
-        var = (total_sq / num - mean.square()).clamp_min(0) * (num / max(num - 1, 1))
+            total_sq += p.square_().sum(1)
+        mean_shifted = total / num
+        var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
         return {
-            "probs": mean,
+            "probs": shift + mean_shifted,
             "prob_std": var.sqrt(),
             "expected_entropy": total_ent / num,
             "num_samples": torch.tensor(num),
@@ -318,19 +411,9 @@ def _binary_entropy_from_logits(z: torch.Tensor) -> torch.Tensor:
     return F.softplus(z) - z * torch.sigmoid(z)
 
 
-def _multiclass_chunk_loglik(mu, scale, factors, factor_scale, factor_basis, eps_r, eps_k, y, inv_tau):
-    """logsumexp_s log_softmax(u_s / tau)_y over one chunk of draws, (B,)."""
-    latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
-    z = latent.sample(eps_r, eps_k) * inv_tau  # (B, C, K)
-    idx = y.view(-1, 1, 1).expand(-1, z.shape[1], 1)
-    log_py = z.gather(-1, idx).squeeze(-1) - torch.logsumexp(z, -1)  # (B, C)
-    return torch.logsumexp(log_py, 1)
-
-
-def _multilabel_chunk_loglik(mu, scale, factors, factor_scale, factor_basis, eps_r, eps_k, y, inv_tau):
-    """logsumexp_s log sigmoid(+-u_s / tau) over one chunk: two (B, K) tensors."""
-    latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
-    z = latent.sample(eps_r, eps_k) * inv_tau  # (B, C, K)
+def _multilabel_chunk_loglik(latent: LogitGaussian, eps_r, eps_k):
+    """logsumexp_s logsigmoid(+-z_s) over one chunk of draws: two (B, K) tensors."""
+    z = latent.sample(eps_r, eps_k)  # (B, C, K)
     return torch.logsumexp(F.logsigmoid(z), 1), torch.logsumexp(F.logsigmoid(-z), 1)
 
 

@@ -1,0 +1,252 @@
+"""The HET head against the formulas of DESIGN §1, checked within Monte Carlo error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead, LogitGaussian, build_head
+
+
+def make_head(d=6, k=5, r=3, **kw) -> HetHead:
+    torch.manual_seed(0)
+    return HetHead(d, k, r, **kw)
+
+
+def silence_noise(head: HetHead) -> None:
+    """V = 0 and d at its floor: softplus(-100) + min_scale = min_scale."""
+    with torch.no_grad():
+        head.diag.weight.zero_()
+        head.diag.bias.fill_(-100.0)
+        if head.factor is not None:
+            head.factor.weight.zero_()
+            if head.factor.bias is not None:
+                head.factor.bias.zero_()
+
+
+def naive_log_likelihood(latent: LogitGaussian, y, eps_r, eps_k, tau, task=MULTICLASS):
+    """The whole (B, S, K) tensor at once, autograd all the way: the reference."""
+    u = latent.mu.unsqueeze(1) + latent.scale.unsqueeze(1) * eps_k
+    v = latent.factor_matrix()
+    if v is not None:
+        u = u + torch.einsum("bkr,...sr->bsk", v, eps_r) if eps_r.dim() == 2 else u + torch.einsum("bkr,bsr->bsk", v, eps_r)
+    z = u / tau
+    log_s = math.log(eps_k.shape[-2])
+    if task == MULTICLASS:
+        log_py = torch.log_softmax(z, -1).gather(-1, y.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(-1)
+        return torch.logsumexp(log_py, 1) - log_s
+    log_p = torch.logsumexp(F.logsigmoid(z), 1) - log_s
+    log_q = torch.logsumexp(F.logsigmoid(-z), 1) - log_s
+    return (y * log_p + (1 - y) * log_q).sum(-1)
+
+
+# -- the Gaussian and its samples ---------------------------------------------------
+
+
+@pytest.mark.parametrize("parameter_efficient", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+def test_sample_covariance_matches_low_rank_plus_diagonal(parameter_efficient, shared):
+    """Per entry, z = (empirical cov - (V V^T + diag d^2)) / its standard error.
+
+    A draw with one diagonal scalar for all classes (edward2's JAX bug) would add
+    d_i d_j off the diagonal and fail here by tens of standard errors.
+    """
+    head = make_head(d=4, k=4, r=2, parameter_efficient=parameter_efficient, share_samples_across_batch=shared)
+    with torch.no_grad():
+        head.diag.bias.fill_(0.5)  # d well above its floor, so the diagonal term matters
+    h = torch.randn(2, 4)
+    latent = head.latent(h)
+    n = 100_000
+    gen = torch.Generator().manual_seed(1)
+    eps_r, eps_k = head.draw_noise(2, n, "cpu", gen)
+    u = latent.sample(eps_r, eps_k).double()  # (2, n, K)
+    sigma = latent.covariance().double()
+    v = latent.factor_matrix()
+    assert torch.allclose(latent.covariance(), v @ v.transpose(1, 2) + torch.diag_embed(latent.scale**2))
+    assert torch.allclose(latent.variance(), sigma.diagonal(dim1=1, dim2=2).float())
+    for b in range(2):
+        centred = u[b] - u[b].mean(0)
+        emp = centred.T @ centred / (n - 1)
+        # Var of a Gaussian sample covariance entry: (S_ii S_jj + S_ij^2) / n
+        se = ((sigma[b].diagonal().outer(sigma[b].diagonal()) + sigma[b] ** 2) / n).sqrt()
+        z = (emp - sigma[b]) / se
+        assert z.abs().max() < 5, z
+        z_mean = (u[b].mean(0) - latent.mu[b].double()) / (sigma[b].diagonal() / n).sqrt()
+        assert z_mean.abs().max() < 5
+
+
+def test_noise_is_drawn_per_class_not_one_scalar():
+    head = make_head(k=5, r=0)
+    eps_r, eps_k = head.draw_noise(3, 7, "cpu")
+    assert eps_r is None and eps_k.shape == (7, 5)
+    assert eps_k.std(-1).min() > 0  # distinct values across classes of one draw
+
+
+def test_per_example_noise_option():
+    h = torch.randn(1, 6).repeat(2, 1)  # two identical examples
+    shared = make_head(share_samples_across_batch=True)
+    own = make_head(share_samples_across_batch=False)
+    eps_r, eps_k = own.draw_noise(2, 50, "cpu")
+    assert eps_r.shape == (2, 50, 3) and eps_k.shape == (2, 50, 5)
+    p_shared = shared.predict(h, 50, torch.Generator().manual_seed(0))
+    p_own = own.predict(h, 50, torch.Generator().manual_seed(0))
+    assert torch.allclose(p_shared[0], p_shared[1], atol=1e-6)  # the same draws for both rows
+    assert (p_own[0] - p_own[1]).abs().max() > 1e-3  # independent draws per row
+
+
+# -- the predictive ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_no_noise_reduces_to_tempered_softmax(tau):
+    head = make_head(temperature=tau)
+    silence_noise(head)
+    h = torch.randn(8, 6)
+    m = head.moments(h, 400, torch.Generator().manual_seed(0))
+    exact = torch.softmax(head.loc(h) / tau, -1)
+    stderr = m["prob_std"] / 20
+    # d = 1e-3 moves p by O(d^2 / tau^2) ~ 1e-6 at most on top of the MC error
+    assert ((m["probs"] - exact).abs() <= 4 * stderr + 1e-5).all()
+    assert not torch.allclose(exact, torch.softmax(head.loc(h), -1), atol=1e-3)  # tau matters
+
+
+def test_mc_estimate_converges_to_large_sample_estimate():
+    head = make_head(k=6, r=3, temperature=1.0)
+    with torch.no_grad():
+        head.diag.bias.fill_(1.0)
+    h = torch.randn(16, 6)
+    small = head.moments(h, 200, torch.Generator().manual_seed(0))
+    large = head.moments(h, 100_000, torch.Generator().manual_seed(1))
+    se_small = small["prob_std"] / math.sqrt(200)
+    se_large = large["prob_std"] / math.sqrt(100_000)
+    z = (small["probs"] - large["probs"]) / (se_small**2 + se_large**2).sqrt()
+    assert se_small.min() > 1e-4  # the noise is real, so the test has teeth
+    assert z.abs().max() < 4.5
+    assert torch.allclose(small["probs"].sum(-1), torch.ones(16))
+
+
+# -- the loss --------------------------------------------------------------------------
+
+
+def test_log_space_loss_has_gradient_where_clipped_loss_has_none():
+    head = make_head(d=3, k=4, r=1)
+    silence_noise(head)
+    with torch.no_grad():
+        head.loc.weight.zero_()
+        head.loc.bias.copy_(torch.tensor([60.0, -60.0, 0.0, 0.0]))
+    h = torch.randn(1, 3, requires_grad=True)
+    y = torch.tensor([1])  # confidently wrong: p_y ~ exp(-120)
+    noise = head.draw_noise(1, 32, "cpu", torch.Generator().manual_seed(0))
+
+    head.loss(h, y, noise=noise).backward()
+    ours = head.loc.bias.grad.clone()
+    assert torch.isfinite(ours).all() and ours.abs().sum() > 1.0
+
+    head.zero_grad()
+    z = head.latent(h).scaled(1 / head.temperature).sample(*noise)
+    p_y = torch.softmax(z, -1).mean(1)[:, 1]
+    clipped = -torch.log(p_y.clamp(1e-7, 1.0)).mean()  # edward2's loss
+    clipped.backward()
+    assert head.loc.bias.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_factors": 3},
+        {"num_factors": 0},
+        {"num_factors": 3, "parameter_efficient": True},
+        {"num_factors": 3, "share_samples_across_batch": False},
+        {"num_factors": 2, "parameter_efficient": True, "share_samples_across_batch": False},
+        {"num_factors": 3, "temperature": "learned"},
+        {"num_factors": 3, "task": MULTILABEL},
+        {"num_factors": 2, "task": MULTILABEL, "parameter_efficient": True},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_loss_and_gradients_equal_the_naive_formula_chunked_or_not(options):
+    """The chunked custom backward = autograd through the whole (B, S, K) tensor."""
+    task = options.get("task", MULTICLASS)
+    torch.manual_seed(0)
+    head = HetHead(5, 7, **options).double()
+    h = torch.randn(4, 5, dtype=torch.double)
+    y = torch.randint(0, 7, (4,)) if task == MULTICLASS else torch.randint(0, 2, (4, 7)).double()
+    eps_r, eps_k = head.draw_noise(4, 60, "cpu", torch.Generator().manual_seed(3))
+    eps_r = None if eps_r is None else eps_r.double()
+    noise = (eps_r, eps_k.double())
+
+    def loss_and_grads(fn):
+        head.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in head.named_parameters()}
+
+    ref, ref_grads = loss_and_grads(
+        lambda: -naive_log_likelihood(head.latent(h), y, *noise, head.temperature, task).mean()
+    )
+    for chunk_elements in (10**9, 4 * 7 * 7):  # one chunk; chunks of 7 samples (9 chunks)
+        head.chunk_elements = chunk_elements
+        loss, grads = loss_and_grads(lambda: head.loss(h, y, noise=noise))  # noqa: B023
+        assert torch.allclose(loss, ref, rtol=1e-10, atol=1e-12)
+        for name, g in grads.items():
+            assert torch.allclose(g, ref_grads[name], rtol=1e-8, atol=1e-10), name
+        assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_sigmoid_head_probabilities_and_bce_limit():
+    head = make_head(k=4, r=2, task=MULTILABEL, temperature=1.5)
+    h = torch.randn(10, 6)
+    p = head.predict(h, 300, torch.Generator().manual_seed(0))
+    assert ((p > 0) & (p < 1)).all()
+    silence_noise(head)
+    y = torch.randint(0, 2, (10, 4)).float()
+    loss = head.loss(h, y, num_samples=200, generator=torch.Generator().manual_seed(0))
+    bce = F.binary_cross_entropy_with_logits(head.loc(h) / 1.5, y, reduction="none").sum(-1).mean()
+    # d = 1e-3 moves the log-likelihood by O(d^2) per label; the rest is float32 rounding
+    assert abs(float(loss.detach()) - float(bce.detach())) < 1e-4
+    assert torch.allclose(head.predict(h, 200), torch.sigmoid(head.loc(h) / 1.5), atol=1e-4)
+
+
+def test_learned_temperature_stays_within_bounds_and_learns():
+    head = make_head(temperature="learned", temperature_bounds=(0.3, 3.0), initial_temperature=1.0)
+    assert abs(float(head.temperature) - 1.0) < 1e-6
+    h, y = torch.randn(32, 6), torch.randint(0, 5, (32,))
+    head.loss(h, y, num_samples=20).backward()
+    assert head.temperature_logit.grad.abs() > 0
+    for logit, bound in ((1e4, 3.0), (-1e4, 0.3)):
+        with torch.no_grad():
+            head.temperature_logit.fill_(logit)
+        assert 0.3 <= float(head.temperature) <= 3.0
+        assert abs(float(head.temperature) - bound) < 1e-6
+    with pytest.raises(ValueError):
+        make_head(temperature="learned", initial_temperature=5.0)
+
+
+def test_parameter_efficient_variant_structure():
+    full = make_head(d=8, k=50, r=4)
+    pe = make_head(d=8, k=50, r=4, parameter_efficient=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(pe) < count(full)
+    assert count(full) - count(pe) == (8 * 200 + 200) - (8 * 50 + 50 * 4)
+    h = torch.randn(3, 8)
+    latent = pe.latent(h)
+    v = latent.factor_matrix()
+    assert torch.allclose(v, pe.factor(h).unsqueeze(-1) * pe.factor_basis)  # V = diag(v(x)) J
+    assert latent.factors is None and latent.num_factors == 4
+
+
+def test_linear_head_is_the_plain_softmax_and_sigmoid():
+    torch.manual_seed(0)
+    h = torch.randn(5, 6)
+    head = build_head("softmax", 6, 4, MULTICLASS)
+    y = torch.randint(0, 4, (5,))
+    assert isinstance(head, LinearHead)
+    assert torch.allclose(head.loss(h, y), F.cross_entropy(head.loc(h), y))
+    assert torch.allclose(head.predict(h), torch.softmax(head.loc(h), -1))
+    ml = build_head("softmax", 6, 4, MULTILABEL)
+    assert torch.allclose(ml.predict(h), torch.sigmoid(ml.loc(h)))
+    with pytest.raises(ValueError):
+        build_head("bayes", 6, 4, MULTICLASS)
