@@ -65,6 +65,8 @@ def broker_config(settings: Settings) -> dict:
         transport_options = {"polling_interval": settings.broker_polling_interval_s}
         if broker_url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
+    elif broker_url.startswith(("redis", "rediss")) and settings.broker_key_prefix:
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
     elif broker_url.startswith("filesystem"):
         transport_options["polling_interval"] = settings.broker_polling_interval_s
     return {

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.auth import load_or_create_keys
+from app.logs import configure_logging
 from app.routers import datasets, health, jobs, models
 from app.settings import Settings, get_settings
 
@@ -29,8 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # TODO(logs): call app.logs.configure_logging(settings.log_level, "api") once
-        # app/logs.py (CLI/deploy helper) lands.
+        configure_logging(settings.log_level, "api")
         app.state.api_keys = load_or_create_keys(settings)
         if settings.auto_migrate:
             db.migrate(settings)

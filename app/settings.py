@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 256 * 1024 * 1024
     job_time_limit_s: int = 6 * 3600
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
+    broker_key_prefix: str | None = Field(None, description="Redis broker: prefix of every key (several deployments, one Redis)")
     broker_polling_interval_s: float = 0.2  # embedded (sqla+sqlite) broker: how often the worker polls
     cancel_poll_interval_s: float = 1.0  # worker reads the job's cancel flag at most this often
     auto_migrate: bool = True  # the API runs `alembic upgrade head` on start

@@ -21,17 +21,17 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import setup_logging, worker_ready
 
 from app.broker import TRAIN_QUEUE, TRAIN_TASK, broker_config
 from app.db import session_scope
+from app.logs import configure_logging
 from app.settings import get_settings
 from app.store import JobStore
 
 log = logging.getLogger("hetserve.worker")
 
 settings = get_settings()
-# TODO(logs): call app.logs.configure_logging(settings.log_level, "worker") once app/logs.py lands.
 
 celery_app = Celery("hetserve", include=["worker.tasks"])
 celery_app.conf.update(broker_config(settings))
@@ -48,6 +48,12 @@ celery_app.conf.update(
     worker_send_task_events=False,
     result_expires=7 * 24 * 3600,
 )
+
+
+@setup_logging.connect
+def json_logging(**_kwargs) -> None:
+    # Connecting this signal stops Celery from installing its own handlers.
+    configure_logging(settings.log_level, "worker")
 
 
 def embedded_broker() -> bool:

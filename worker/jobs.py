@@ -15,8 +15,8 @@ Crash safety: each epoch ends with a checkpoint (models.train), so a redelivered
 resumes from its last finished epoch; model registration is idempotent
 (UNIQUE(job_id, role)); a job that already ended is never run again.
 Cancellation is cooperative: ``should_cancel`` reads the job's flag at most once per
-``cancel_poll_interval_s``. The per-job time limit is enforced the same way (the solo
-pool cannot enforce Celery's time limits).
+``cancel_poll_interval_s``. The job time limit (per attempt) is enforced the same way:
+the solo pool cannot enforce Celery's time limits.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class JobContext:
     spec: dict
     run_spec: RunSpec
     dataset_path: Path
-    deadline: float  # time.time() after which the job fails
+    deadline: float  # time.time() after which this attempt fails
     units: list[str]
 
 
@@ -176,13 +176,14 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
         if dataset is None:
             raise FileNotFoundError(f"dataset {job.dataset_id} no longer exists")
         spec = dict(job.spec)
-        started = job.started_at.timestamp() if job.started_at else time.time()
         dataset_path = ArtifactStore(settings.data_dir).resolve(dataset.artifact_path)
     run_spec = RunSpec.model_validate({k: spec[k] for k in ("task", "head", "backbone", "train") if k in spec})
     units = [f"tau={t:g}" for t in run_spec.head.temperature_grid] if is_auto(run_spec) else ["model"]
     if spec.get("compare_baseline"):
         units.append("baseline")
-    return JobContext(job_id, spec, run_spec, dataset_path, started + settings.job_time_limit_s, units)
+    # The limit holds per attempt (like Celery's task time limit): a redelivered job that
+    # resumes from a checkpoint gets the full time again.
+    return JobContext(job_id, spec, run_spec, dataset_path, time.time() + settings.job_time_limit_s, units)
 
 
 def unit_spec(ctx: JobContext, phase: str) -> RunSpec:

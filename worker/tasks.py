@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import chord
 
+from app.logs import bind_job
 from app.settings import get_settings
 from worker import jobs
 from worker.celery_app import celery_app
@@ -17,8 +18,8 @@ from worker.celery_app import celery_app
 
 @celery_app.task(name="hetserve.train_job")
 def train_job(job_id: str) -> str:
-    settings = get_settings()
-    outcome = jobs.run_job(str(job_id), settings)
+    with bind_job(str(job_id)):
+        outcome = jobs.run_job(str(job_id), get_settings())
     if isinstance(outcome, jobs.FanOut):
         header = [train_unit.s(outcome.job_id, phase) for phase in outcome.units]
         chord(header)(finish_units.s(outcome.job_id))
@@ -28,9 +29,11 @@ def train_job(job_id: str) -> str:
 
 @celery_app.task(name="hetserve.train_unit", ignore_result=False)
 def train_unit(job_id: str, phase: str) -> dict:
-    return jobs.run_unit(str(job_id), str(phase), get_settings())
+    with bind_job(str(job_id)):
+        return jobs.run_unit(str(job_id), str(phase), get_settings())
 
 
 @celery_app.task(name="hetserve.finish_units")
 def finish_units(summaries: list[dict], job_id: str) -> str:
-    return jobs.finish_units(str(job_id), list(summaries), get_settings())
+    with bind_job(str(job_id)):
+        return jobs.finish_units(str(job_id), list(summaries), get_settings())

@@ -1,0 +1,180 @@
+"""POST/GET /v1/jobs in-process: spec validation, unknown datasets, cancel, events, readiness.
+
+Jobs are sent to the real embedded broker (a SQLite file); no worker runs here, so a job
+stays queued (tests/e2e runs real workers).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.db import session_scope
+from app.schemas import BackboneSpec, HeadSpec, TrainSpec
+from app.store import JobStore
+from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
+
+
+@pytest.fixture
+def service(tmp_path):
+    settings = make_settings(tmp_path / "data")
+    with client_for(settings) as client:
+        r = client.post(
+            "/v1/datasets", files={"file": ("t.npz", npz_bytes(**tiny_arrays()))}, headers=AUTH
+        )
+        assert r.status_code == 201
+        yield client, settings, r.json()["id"]
+
+
+def job_count(settings) -> int:
+    with session_scope(settings) as session:
+        return len(JobStore(session).list())
+
+
+def test_post_job_queues_and_get_returns_it(service):
+    client, settings, dataset_id = service
+    r = client.post(
+        "/v1/jobs", json={"dataset_id": dataset_id, "train": {"epochs": 2}}, headers=AUTH
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["spec"]["task"] == "multiclass"
+    assert job["spec"]["train"]["epochs"] == 2 and job["spec"]["head"]["kind"] == "het"
+    got = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
+    assert got["status"] == "queued" and got["history"] == []
+    assert [j["id"] for j in client.get("/v1/jobs", headers=AUTH).json()] == [job["id"]]
+
+
+BAD_SPECS = {
+    "S=0 training": ({"head": {"train_mc_samples": 0}}, "train_mc_samples"),
+    "S=0 evaluation": ({"head": {"eval_mc_samples": 0}}, "eval_mc_samples"),
+    "R<0": ({"head": {"num_factors": -1}}, "num_factors"),
+    "tau=0": ({"head": {"temperature": 0}}, "temperature"),
+    "unknown temperature word": ({"head": {"temperature": "hot"}}, "temperature"),
+    "zero epochs": ({"train": {"epochs": 0}}, "epochs"),
+    "unknown head": ({"head": {"kind": "bayes"}}, "kind"),
+    "unknown field": ({"learning_rate": 0.1}, "learning_rate"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_invalid_spec_is_422_naming_the_field(service, case):
+    client, settings, dataset_id = service
+    extra, field = BAD_SPECS[case]
+    r = client.post("/v1/jobs", json={"dataset_id": dataset_id, **extra}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert field in json.dumps(r.json()["detail"])
+    assert job_count(settings) == 0
+
+
+def test_unknown_dataset_is_422(service):
+    client, settings, _ = service
+    r = client.post("/v1/jobs", json={"dataset_id": "f" * 32}, headers=AUTH)
+    assert (
+        r.status_code == 422
+        and "f" * 32 in r.json()["detail"]
+        and "not found" in r.json()["detail"]
+    )
+    assert job_count(settings) == 0
+
+
+def test_backbone_and_task_must_fit_the_dataset(service):
+    client, settings, dataset_id = service
+    r = client.post(
+        "/v1/jobs", json={"dataset_id": dataset_id, "backbone": {"kind": "cnn"}}, headers=AUTH
+    )
+    assert r.status_code == 422 and "vectors" in r.json()["detail"]
+    r = client.post("/v1/jobs", json={"dataset_id": dataset_id, "task": "multilabel"}, headers=AUTH)
+    assert r.status_code == 422 and "multiclass" in r.json()["detail"]
+    assert job_count(settings) == 0
+
+
+def test_cancel_a_queued_job_ends_it_and_events_report_the_end(service):
+    client, _, dataset_id = service
+    job_id = client.post("/v1/jobs", json={"dataset_id": dataset_id}, headers=AUTH).json()["id"]
+    r = client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH)
+    assert (
+        r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["cancel_requested"]
+    )
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 202  # idempotent
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=AUTH) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        body = "".join(events.iter_text())
+    assert body.startswith("event: end\ndata: ")
+    assert json.loads(body.split("data: ", 1)[1])["status"] == "cancelled"
+
+
+def test_unknown_job_is_404_and_auth_is_required(service):
+    client, _, _ = service
+    for method, path in (
+        ("get", "/v1/jobs/nope"),
+        ("post", "/v1/jobs/nope/cancel"),
+        ("get", "/v1/jobs/nope/events"),
+    ):
+        assert getattr(client, method)(path, headers=AUTH).status_code == 404
+        assert getattr(client, method)(path).status_code == 401
+    assert client.post("/v1/jobs", json={"dataset_id": "x"}).status_code == 401
+
+
+def test_readyz_is_200_with_embedded_services(service):
+    client, _, _ = service
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "store": "ok", "broker": "ok"}
+
+
+def test_unreachable_broker_gives_503_on_readyz_and_post(tmp_path):
+    settings = make_settings(tmp_path / "data", broker_url="redis://127.0.0.1:1/0")
+    with client_for(settings) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["store"] == "ok" and r.json()["broker"] != "ok"
+        ds = client.post(
+            "/v1/datasets", files={"file": ("t.npz", npz_bytes(**tiny_arrays()))}, headers=AUTH
+        )
+        r = client.post("/v1/jobs", json={"dataset_id": ds.json()["id"]}, headers=AUTH)
+        assert r.status_code == 503 and "broker" in r.json()["detail"]
+        (job,) = client.get("/v1/jobs", headers=AUTH).json()
+        assert job["status"] == "failed" and "broker" in job["error"]
+
+
+def test_unreachable_store_gives_503_on_readyz(tmp_path):
+    settings = make_settings(
+        tmp_path / "data",
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",
+        auto_migrate=False,
+    )
+    with client_for(settings) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["store"] != "ok"
+
+
+def _bounds(schema: dict) -> dict:
+    keys = (
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "enum",
+        "const",
+        "default",
+    )
+    out = {}
+    for name, prop in schema["properties"].items():
+        out[name] = {k: v for k, v in prop.items() if k in keys}
+    return out
+
+
+@pytest.mark.parametrize("pair", ["head", "backbone", "train"])
+def test_boundary_spec_matches_the_training_spec(pair):
+    """app/schemas.py repeats models/spec.py (the app may not import models): same
+    fields, defaults and bounds, so the boundary accepts exactly what training can run."""
+    from models.spec import BackboneSpec as MB
+    from models.spec import HeadSpec as MH
+    from models.spec import TrainSpec as MT
+
+    app_model, core_model = {
+        "head": (HeadSpec, MH),
+        "backbone": (BackboneSpec, MB),
+        "train": (TrainSpec, MT),
+    }[pair]
+    assert _bounds(app_model.model_json_schema()) == _bounds(core_model.model_json_schema())
