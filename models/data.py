@@ -159,10 +159,12 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
             raise DatasetError(f"x_{s} is empty")
         if len(x) != len(y):
             raise DatasetError(f"x_{s} has {len(x)} rows but y_{s} has {len(y)}")
+        # Checked after the cast: 1e300 is finite in float64 but inf in float32.
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(1))[0, 0])
-            raise DatasetError(f"x_{s} contains NaN or inf (first at row {bad})")
-        x = x.astype(np.float32, copy=False)
+            raise DatasetError(f"x_{s} contains NaN or inf in float32 (first at row {bad})")
         if multilabel:
             if y.ndim != 2:
                 raise DatasetError(f"y_{s} must be [N, K] 0/1 like y_train, got shape {list(y.shape)}")

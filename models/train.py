@@ -173,7 +173,7 @@ def train_run(
         val.pop("reliability")
         entry = _progress(epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, idx, cand_total, running / seen, tau_label)
         entry["val"] = val
-        entry["temperature_value"] = float(model.head.temperature)
+        entry["temperature_value"] = model.head.temperature.item()
         history.append(entry)
         if val["nll"] < best["nll"]:
             best = {"nll": val["nll"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
@@ -204,7 +204,7 @@ def train_run(
     val.pop("reliability")
     metrics = {f"test_{k}": v for k, v in test.items()} | {f"val_{k}": v for k, v in val.items()}
     metrics["test_split"] = "test" if data.x_test is not None else "val"
-    metrics["temperature"] = float(model.head.temperature)
+    metrics["temperature"] = model.head.temperature.item()
     if spec.head.kind == "het" and spec.head.temperature == "learned":
         spec = spec.with_temperature(round(metrics["temperature"], 6))
     return TrainResult(model, spec, metrics, reliability, history, best["epoch"] + 1, resumed_from_epoch=resumed_from)

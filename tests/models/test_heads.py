@@ -212,15 +212,15 @@ def test_sigmoid_head_probabilities_and_bce_limit():
 
 def test_learned_temperature_stays_within_bounds_and_learns():
     head = make_head(temperature="learned", temperature_bounds=(0.3, 3.0), initial_temperature=1.0)
-    assert abs(float(head.temperature) - 1.0) < 1e-6
+    assert abs(head.temperature.item() - 1.0) < 1e-6
     h, y = torch.randn(32, 6), torch.randint(0, 5, (32,))
     head.loss(h, y, num_samples=20).backward()
     assert head.temperature_logit.grad.abs() > 0
     for logit, bound in ((1e4, 3.0), (-1e4, 0.3)):
         with torch.no_grad():
             head.temperature_logit.fill_(logit)
-        assert 0.3 <= float(head.temperature) <= 3.0
-        assert abs(float(head.temperature) - bound) < 1e-6
+        assert 0.3 <= head.temperature.item() <= 3.0
+        assert abs(head.temperature.item() - bound) < 1e-6
     with pytest.raises(ValueError):
         make_head(temperature="learned", initial_temperature=5.0)
 
