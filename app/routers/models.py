@@ -85,6 +85,9 @@ class ServingRoute(APIRoute):
 
 router = APIRouter(route_class=ServingRoute)
 auth = [Depends(require_api_key)]
+# Commit before the response is sent (scope="function"): with the default scope the
+# commit runs after it, and a client's next request could miss its own write.
+SESSION = Depends(get_session, scope="function")
 
 ModelRef = Annotated[
     str, PathParam(min_length=1, max_length=128, description="a model id or an alias name")
@@ -144,7 +147,7 @@ def list_models(
     limit: int = 100,
     offset: int = 0,
     role: str | None = None,
-    session: Session = Depends(get_session),
+    session: Session = SESSION,
 ) -> list[ModelOut]:
     if not 1 <= limit <= MAX_LIST or offset < 0:
         raise HTTPException(422, f"limit must be in [1, {MAX_LIST}] and offset >= 0")
@@ -161,9 +164,7 @@ def list_models(
     tags=["models"],
     summary="One model (id or alias)",
 )
-def get_model(
-    request: Request, model_id: ModelRef, session: Session = Depends(get_session)
-) -> ModelOut:
+def get_model(request: Request, model_id: ModelRef, session: Session = SESSION) -> ModelOut:
     model = find_model(session, model_id)
     request.state.model_id = model.id
     baseline = baseline_ids(session, [model]).get(model.job_id) if model.role == "model" else None
@@ -180,7 +181,7 @@ def get_model(
 def get_onnx(
     request: Request,
     model_id: ModelRef,
-    session: Session = Depends(get_session),
+    session: Session = SESSION,
     artifacts: ArtifactStore = Depends(get_artifacts),
 ) -> FileResponse:
     model = find_model(session, model_id)
@@ -213,7 +214,7 @@ def get_onnx(
 def delete_model(
     request: Request,
     model_id: ModelRef,
-    session: Session = Depends(get_session),
+    session: Session = SESSION,
     artifacts: ArtifactStore = Depends(get_artifacts),
 ) -> Response:
     model = session.get(Model, model_id, with_for_update=True)
@@ -249,7 +250,7 @@ def delete_model(
     summary="Point an alias at a model (create or move)",
     responses={**AUTH_ERRORS, 422: {"description": "bad name, or no model with that id"}},
 )
-def put_alias(name: AliasName, body: AliasIn, session: Session = Depends(get_session)) -> AliasOut:
+def put_alias(name: AliasName, body: AliasIn, session: Session = SESSION) -> AliasOut:
     if len(name) == 32 and all(c in "0123456789abcdef" for c in name):
         raise HTTPException(
             422,
@@ -284,7 +285,7 @@ def put_alias(name: AliasName, body: AliasIn, session: Session = Depends(get_ses
     tags=["aliases"],
     summary="Every alias",
 )
-def list_aliases(session: Session = Depends(get_session)) -> list[AliasOut]:
+def list_aliases(session: Session = SESSION) -> list[AliasOut]:
     return [AliasOut.model_validate(a) for a in ModelStore(session).list_aliases()]
 
 
@@ -297,7 +298,7 @@ def list_aliases(session: Session = Depends(get_session)) -> list[AliasOut]:
     responses={**AUTH_ERRORS, 404: {"description": "no such alias"}},
 )
 def delete_alias(
-    name: Annotated[str, PathParam(max_length=128)], session: Session = Depends(get_session)
+    name: Annotated[str, PathParam(max_length=128)], session: Session = SESSION
 ) -> Response:
     if not ModelStore(session).delete_alias(name):
         raise HTTPException(404, f"no alias {name!r}")
