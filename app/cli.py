@@ -483,10 +483,10 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 # noise model lives in models/, which the app package never imports.
 DEMO_DATASET_SCRIPT = """
 import sys
-import numpy as np
-import models.benchmarks as benchmarks
-ds = benchmarks.noisy_digits(seed=int(sys.argv[2]))
-np.savez(sys.argv[1], **ds)
+import models.benchmarks
+import models.data
+dataset = models.benchmarks.noisy_digits(seed=int(sys.argv[2]))
+models.data.save_npz(dataset, sys.argv[1])
 """
 
 
