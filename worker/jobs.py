@@ -113,7 +113,12 @@ def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
         data = load_dataset(ctx.dataset_path)
         result = train_unit(ctx, phase, data, settings, ctx.units.index(phase))
         torch.save(result.model.cpu(), unit_dir / "model.pt")
-        summary = {"phase": phase, "status": "trained", "val_nll": result.metrics["val_nll"], "error": None}
+        summary = {
+            "phase": phase,
+            "status": "trained",
+            "val_nll": result.metrics["val_nll"],
+            "error": None,
+        }
         (unit_dir / "metrics.json").write_text(json.dumps(unit_metrics(result)))
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary))
@@ -135,7 +140,9 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
         cancel = job.cancel_requested
     failed = [s for s in summaries if s["status"] == "failed"]
     if failed:
-        return fail(job_id, settings, RuntimeError(f"unit {failed[0]['phase']}: {failed[0]['error']}"))
+        return fail(
+            job_id, settings, RuntimeError(f"unit {failed[0]['phase']}: {failed[0]['error']}")
+        )
     if cancel or any(s["status"] == "cancelled" for s in summaries):
         return end_cancelled(job_id, settings)
     try:
@@ -153,7 +160,11 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
             metrics = json.loads((unit_dir / "metrics.json").read_text())
             results[phase] = (model, metrics)
         table = [
-            {"temperature": float(s["phase"].removeprefix("tau=")), "val_nll": s["val_nll"], "chosen": s is best}
+            {
+                "temperature": float(s["phase"].removeprefix("tau=")),
+                "val_nll": s["val_nll"],
+                "chosen": s is best,
+            }
             for s in candidates
         ]
         register_trained(ctx, results, data, settings, candidates=table)
@@ -177,13 +188,19 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
             raise FileNotFoundError(f"dataset {job.dataset_id} no longer exists")
         spec = dict(job.spec)
         dataset_path = ArtifactStore(settings.data_dir).resolve(dataset.artifact_path)
-    run_spec = RunSpec.model_validate({k: spec[k] for k in ("task", "head", "backbone", "train") if k in spec})
-    units = [f"tau={t:g}" for t in run_spec.head.temperature_grid] if is_auto(run_spec) else ["model"]
+    run_spec = RunSpec.model_validate(
+        {k: spec[k] for k in ("task", "head", "backbone", "train") if k in spec}
+    )
+    units = (
+        [f"tau={t:g}" for t in run_spec.head.temperature_grid] if is_auto(run_spec) else ["model"]
+    )
     if spec.get("compare_baseline"):
         units.append("baseline")
     # The limit holds per attempt (like Celery's task time limit): a redelivered job that
     # resumes from a checkpoint gets the full time again.
-    return JobContext(job_id, spec, run_spec, dataset_path, time.time() + settings.job_time_limit_s, units)
+    return JobContext(
+        job_id, spec, run_spec, dataset_path, time.time() + settings.job_time_limit_s, units
+    )
 
 
 def unit_spec(ctx: JobContext, phase: str) -> RunSpec:
@@ -200,9 +217,26 @@ def unit_checkpoint_dir(settings: Settings, job_id: str, phase: str) -> Path:
     return path
 
 
-def train_unit(ctx: JobContext, phase: str, data: ArrayDataset, settings: Settings, index: int) -> TrainResult:
+def train_unit(
+    ctx: JobContext, phase: str, data: ArrayDataset, settings: Settings, index: int
+) -> TrainResult:
     callbacks = StoreCallbacks(ctx, phase, index, settings).callbacks()
-    return train(unit_spec(ctx, phase), data, callbacks, unit_checkpoint_dir(settings, ctx.job_id, phase))
+    result = train(
+        unit_spec(ctx, phase), data, callbacks, unit_checkpoint_dir(settings, ctx.job_id, phase)
+    )
+    backfill_history(ctx.job_id, phase, result.history, settings)
+    return result
+
+
+def backfill_history(job_id: str, phase: str, history: list[dict], settings: Settings) -> None:
+    """Record epochs a killed attempt checkpointed but did not report (the checkpoint is
+    written just before the epoch's callback), so the history lists every epoch once."""
+    with session_scope(settings) as session:
+        store = JobStore(session)
+        seen = {h.epoch for h in store.history(job_id) if h.payload.get("phase") == phase}
+        for entry in history:
+            if entry["epoch"] not in seen:
+                store.add_history(job_id, entry["epoch"], history_payload(phase, entry))
 
 
 class StoreCallbacks:
@@ -220,7 +254,9 @@ class StoreCallbacks:
         self.last_cancel_check = 0.0
 
     def callbacks(self) -> Callbacks:
-        return Callbacks(on_step=self.on_step, on_epoch_end=self.on_epoch_end, should_cancel=self.should_cancel)
+        return Callbacks(
+            on_step=self.on_step, on_epoch_end=self.on_epoch_end, should_cancel=self.should_cancel
+        )
 
     def _history_count(self) -> int:
         with session_scope(self.settings) as session:
@@ -230,7 +266,12 @@ class StoreCallbacks:
         # Finished epochs are in epochs_done already; add the part of the epoch under way.
         within = p["step"] / p["steps"] if p["step"] < p["steps"] else 0.0
         fraction = min(1.0, (self.epochs_done + within) / self.total_epochs)
-        return {"epoch": p["epoch"], "epochs": p["epochs"], "fraction": round(fraction, 4), "phase": self.phase}
+        return {
+            "epoch": p["epoch"],
+            "epochs": p["epochs"],
+            "fraction": round(fraction, 4),
+            "phase": self.phase,
+        }
 
     def on_step(self, p: dict) -> None:
         now = time.monotonic()
@@ -241,13 +282,20 @@ class StoreCallbacks:
             JobStore(session).set_progress(self.ctx.job_id, self._progress(p))
 
     def on_epoch_end(self, entry: dict) -> None:
-        payload = {"phase": self.phase, **{k: v for k, v in entry.items() if k != "epoch"}}
+        payload = history_payload(self.phase, entry)
         with session_scope(self.settings) as session:
             store = JobStore(session)
             store.add_history(self.ctx.job_id, entry["epoch"], payload)
             self.epochs_done = len(store.history(self.ctx.job_id))
             store.set_progress(self.ctx.job_id, self._progress(entry))
-        log.info("job %s %s epoch %d/%d val %s", self.ctx.job_id, self.phase, entry["epoch"], entry["epochs"], entry["val"])
+        log.info(
+            "job %s %s epoch %d/%d val %s",
+            self.ctx.job_id,
+            self.phase,
+            entry["epoch"],
+            entry["epochs"],
+            entry["val"],
+        )
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -260,6 +308,10 @@ class StoreCallbacks:
             return JobStore(session).cancel_requested(self.ctx.job_id)
 
 
+def history_payload(phase: str, entry: dict) -> dict:
+    return {"phase": phase, **{k: v for k, v in entry.items() if k != "epoch"}}
+
+
 def unit_metrics(result: TrainResult) -> dict:
     return {
         **result.metrics,
@@ -269,13 +321,19 @@ def unit_metrics(result: TrainResult) -> dict:
     }
 
 
-def register_and_finish(ctx: JobContext, results: dict[str, TrainResult], data: ArrayDataset, settings: Settings):
+def register_and_finish(
+    ctx: JobContext, results: dict[str, TrainResult], data: ArrayDataset, settings: Settings
+):
     trained = {phase: (r.model, unit_metrics(r)) for phase, r in results.items()}
     register_trained(ctx, trained, data, settings, candidates=None)
 
 
 def register_trained(
-    ctx: JobContext, trained: dict[str, tuple], data: ArrayDataset, settings: Settings, candidates: list | None
+    ctx: JobContext,
+    trained: dict[str, tuple],
+    data: ArrayDataset,
+    settings: Settings,
+    candidates: list | None,
 ) -> None:
     """Export each trained model to ONNX, register it, and end the job ``succeeded``.
 
@@ -319,9 +377,21 @@ def register_trained(
             )
             ids[phase] = row.id
         JobStore(session).finish(
-            ctx.job_id, "succeeded", metrics=job_metrics, model_id=ids.get("model"), baseline_model_id=ids.get("baseline")
+            ctx.job_id,
+            "succeeded",
+            metrics=job_metrics,
+            model_id=ids.get("model"),
+            baseline_model_id=ids.get("baseline"),
         )
-    log.info("job %s succeeded: %s", ctx.job_id, {p: {k: m.get(k) for k in REPORTED_METRICS} for p, m in job_metrics.items() if p != "candidates"})
+    log.info(
+        "job %s succeeded: %s",
+        ctx.job_id,
+        {
+            p: {k: m.get(k) for k in REPORTED_METRICS}
+            for p, m in job_metrics.items()
+            if p != "candidates"
+        },
+    )
     remove_checkpoints(settings, ctx.job_id)
 
 

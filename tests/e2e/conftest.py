@@ -1,0 +1,257 @@
+"""End-to-end fixtures: a REAL uvicorn process and REAL Celery worker processes on a fresh
+data_dir, on two backends:
+
+- ``embedded``: SQLite store, kombu's SQL transport on a SQLite file, nothing to start;
+- ``redis-postgres``: the Redis and PostgreSQL named by HETSERVE_TEST_REDIS_URL and
+  HETSERVE_TEST_DATABASE_URL (.ci/run sets them). Unset: skipped with the reason; set
+  but unreachable: the tests fail. Each session gets a fresh PostgreSQL database
+  (dropped afterwards) and its own Redis key prefix (deleted afterwards).
+
+The processes are started with the exact commands of CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from app.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+API_KEY = "e2e-key-0123456789"
+START_TIMEOUT_S = 120
+BACKENDS = ("embedded", "redis-postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """One API process, its workers, and the settings they share."""
+
+    backend: str
+    env: dict[str, str]
+    data_dir: Path
+    port: int
+    api: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        """The same settings the processes read from their environment."""
+        prefixed = {
+            k.removeprefix("HETSERVE_").lower(): v
+            for k, v in self.env.items()
+            if k.startswith("HETSERVE_")
+        }
+        return Settings(**prefixed)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = self.data_dir.parent / f"{name}-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def start_api(self) -> None:
+        argv = [
+            str(BIN / "uvicorn"),
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self.api = self._spawn("api", argv)
+
+        def ready():
+            if self.api.poll() is not None:
+                raise AssertionError(
+                    f"API exited with {self.api.returncode}: {self.logs[-1].read_text()[-3000:]}"
+                )
+            try:
+                return (
+                    httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status_code == 200
+                )
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, START_TIMEOUT_S, "the API's /readyz")
+
+    def start_worker(self) -> subprocess.Popen:
+        argv = [
+            str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker",
+            "--pool=solo", "--concurrency=1", "-Q", "train", "--loglevel=INFO",
+            "--hostname", f"e2e-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        worker = self._spawn("worker", argv)
+        log = self.logs[-1]
+        self.workers.append(worker)
+
+        def ready():
+            if worker.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {worker.returncode}: {log.read_text()[-3000:]}"
+                )
+            return " ready." in log.read_text(errors="replace")
+
+        wait_until(ready, START_TIMEOUT_S, "the worker to be ready")
+        return worker
+
+    def kill_worker(self, worker: subprocess.Popen) -> None:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.api]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.workers, self.api]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def redis_postgres_env(session_id: str) -> Iterator[dict[str, str]]:
+    redis_url = os.environ.get("HETSERVE_TEST_REDIS_URL")
+    database_url = os.environ.get("HETSERVE_TEST_DATABASE_URL")
+    if not redis_url or not database_url:
+        pytest.skip(
+            "HETSERVE_TEST_REDIS_URL / HETSERVE_TEST_DATABASE_URL not set (.ci/run sets them)"
+        )
+    import psycopg
+    import redis
+    from sqlalchemy.engine import make_url
+
+    try:
+        redis_client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis_client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"HETSERVE_TEST_REDIS_URL={redis_url} is set but unreachable: {exc}")
+    admin = make_url(database_url)
+    database = f"hetserve_e2e_{session_id}"
+    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+    except psycopg.Error as exc:
+        pytest.fail(f"HETSERVE_TEST_DATABASE_URL={database_url} is set but unusable: {exc}")
+    prefix = f"hetserve-e2e-{session_id}:"
+    try:
+        yield {
+            "HETSERVE_DATABASE_URL": admin.set(database=database).render_as_string(
+                hide_password=False
+            ),
+            "HETSERVE_BROKER_URL": redis_url,
+            "HETSERVE_BROKER_KEY_PREFIX": prefix,
+            # Short so the SIGKILL test sees Redis redeliver; the limit stays below it.
+            "HETSERVE_JOB_TIME_LIMIT_S": "30",
+            "HETSERVE_BROKER_VISIBILITY_TIMEOUT_S": "32",
+        }
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        for key in redis_client.scan_iter(match=f"{prefix}*"):
+            redis_client.delete(key)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request, tmp_path_factory) -> Iterator[Stack]:
+    session_id = uuid.uuid4().hex[:10]
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    env = base_env | {
+        "HETSERVE_DATA_DIR": str(root / "data"),
+        "HETSERVE_API_KEYS": API_KEY,
+        "HETSERVE_CANCEL_POLL_INTERVAL_S": "0.2",
+        "HETSERVE_BROKER_POLLING_INTERVAL_S": "0.1",
+        "PYTHONUNBUFFERED": "1",
+        # One thread per process: on a shared 2-core box torch's spinning OpenMP threads
+        # made an epoch 3-10x slower.
+        "OMP_NUM_THREADS": "1",
+    }
+    backend_env = (
+        redis_postgres_env(session_id) if request.param == "redis-postgres" else iter([{}])
+    )
+    extra = next(backend_env)
+    port = free_port()
+    stack = Stack(request.param, env | extra | {"HETSERVE_PORT": str(port)}, root / "data", port)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        next(backend_env, None)  # drop the database and the Redis keys
+
+
+def dataset_npz(path: Path, n: int, seed: int = 0) -> Path:
+    """Two Gaussian classes in 8 dimensions, 3/4 train, 1/4 test."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = (rng.normal(size=(n, 8)) + 1.5 * y[:, None] * np.eye(8)[0]).astype(np.float32)
+    cut = 3 * n // 4
+    np.savez(
+        path,
+        x_train=x[:cut],
+        y_train=y[:cut],
+        x_test=x[cut:],
+        y_test=y[cut:],
+        class_names=np.array(["neg", "pos"]),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets(stack, tmp_path_factory) -> dict[str, str]:
+    """Two uploaded datasets: "tiny" (fast jobs) and "slow" (jobs that run long enough to
+    be cancelled or killed mid-way)."""
+    folder = tmp_path_factory.mktemp("datasets")
+    ids = {}
+    with stack.client() as client:
+        for name, n in (("tiny", 240), ("slow", 2000)):
+            with open(dataset_npz(folder / f"{name}.npz", n), "rb") as f:
+                r = client.post("/v1/datasets", files={"file": (f"{name}.npz", f)})
+            assert r.status_code == 201, r.text
+            ids[name] = r.json()["id"]
+    return ids
