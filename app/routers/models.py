@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -46,6 +46,7 @@ from app.settings import Settings
 from app.store import Alias, Job, Model, ModelStore
 
 MAX_LIST = 1000
+MAX_OFFSET = 2**62  # the store's integers are 64-bit: a larger offset is a 422, not a 500
 
 
 class LimitedBodyRequest(Request):
@@ -144,13 +145,11 @@ def find_model(session: Session, model_ref: str) -> Model:
     summary="Registered models, newest first",
 )
 def list_models(
-    limit: int = 100,
-    offset: int = 0,
-    role: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    role: Literal["model", "baseline"] | None = None,
     session: Session = SESSION,
 ) -> list[ModelOut]:
-    if not 1 <= limit <= MAX_LIST or offset < 0:
-        raise HTTPException(422, f"limit must be in [1, {MAX_LIST}] and offset >= 0")
     models = ModelStore(session).list(limit=limit, offset=offset, role=role)
     baselines = baseline_ids(session, models)
     return [model_out(m, baselines.get(m.job_id) if m.role == "model" else None) for m in models]
