@@ -29,7 +29,7 @@ import sys
 import time
 
 DEFAULT_SLOTS_DIR = "/var/lib/hetserve/gpu-slots"
-RETRY_S = 5.0
+RETRY_S = 1.0
 
 
 def visible_gpus() -> list[str]:
