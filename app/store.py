@@ -196,7 +196,9 @@ class JobStore:
         self.session = session
 
     def create(self, dataset_id: str, spec: dict) -> Job:
-        job = Job(dataset_id=dataset_id, spec=spec, status="queued")
+        epochs = int(spec.get("train", {}).get("epochs", 0))
+        progress = {"epoch": 0, "epochs": epochs, "fraction": 0.0}
+        job = Job(dataset_id=dataset_id, spec=spec, status="queued", progress=progress)
         self.session.add(job)
         self.session.flush()
         return job

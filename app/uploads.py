@@ -31,6 +31,7 @@ ALLOWED_NPZ_KEYS = frozenset({f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"cl
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGE_SIZE = 512
 MAX_ZIP_ENTRIES = 200_000
+MAX_ZIP_EXPANDED_BYTES = 4 << 30  # a zip bomb is refused before anything is decompressed
 
 
 class UploadError(ValueError):
@@ -160,6 +161,11 @@ def read_image_zip(
         if len(infos) > MAX_ZIP_ENTRIES:
             raise UploadError(
                 f"zip has {len(infos)} entries, at most {MAX_ZIP_ENTRIES} are accepted"
+            )
+        expanded = sum(info.file_size for info in infos)
+        if expanded > MAX_ZIP_EXPANDED_BYTES:
+            raise UploadError(
+                f"zip expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
             )
         files = []
         for info in infos:

@@ -41,6 +41,7 @@ def test_post_job_queues_and_get_returns_it(service):
     job = r.json()
     assert job["status"] == "queued" and job["spec"]["task"] == "multiclass"
     assert job["spec"]["train"]["epochs"] == 2 and job["spec"]["head"]["kind"] == "het"
+    assert job["progress"] == {"epoch": 0, "epochs": 2, "fraction": 0.0, "phase": None}
     got = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
     assert got["status"] == "queued" and got["history"] == []
     assert [j["id"] for j in client.get("/v1/jobs", headers=AUTH).json()] == [job["id"]]
