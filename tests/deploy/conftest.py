@@ -48,8 +48,9 @@ def run_compose(*args: str, files=(COMPOSE_FILE,), env: dict | None = None, cwd=
     )  # fmt: skip
 
 
-def compose_config(files=(COMPOSE_FILE,), profiles=("flower",)) -> dict:
+def compose_config(files=(COMPOSE_FILE,), profiles=("flower",), env: dict | None = None) -> dict:
     profile_args = [arg for p in profiles for arg in ("--profile", p)]
-    done = run_compose(*profile_args, "config", "--format", "json", files=files)
+    done = run_compose(*profile_args, "config", "--format", "json", files=files,
+                       env=CONFIG_ENV | (env or {}))  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from app.settings import Settings
-from tests.deploy.conftest import COMPOSE_FILE, CPU_OVERRIDE, compose_config, run_compose
+from tests.deploy.conftest import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_config, run_compose
 
 HETSERVE_SERVICES = ("migrate", "api", "worker")
 
@@ -126,3 +126,29 @@ def test_images_are_pinned(config):
         assert "@sha256:" in image or re.fullmatch(r"[\w./-]+:\d+\.\d+(\.\d+)?(-\w+)?", image), (
             image
         )
+
+
+def test_multi_host_overrides(config):
+    """docs/readme/deploy.md's extra-GPU-host recipe: NFS artifacts everywhere, stores
+    published on the main host's private address, workers elsewhere pointed at them."""
+    nfs, expose, remote = (
+        REPO / "docker" / f"compose.{name}.yml"
+        for name in ("nfs", "expose-stores", "remote-worker")
+    )
+    addresses = {"NFS_SERVER": "10.0.0.9", "PRIVATE_ADDR": "10.0.0.5", "MAIN_HOST_ADDR": "10.0.0.5"}
+    main = compose_config(files=(COMPOSE_FILE, nfs, expose), env=addresses)
+    assert main["volumes"]["artifacts"]["driver_opts"]["type"] == "nfs"
+    assert "addr=10.0.0.9" in main["volumes"]["artifacts"]["driver_opts"]["o"]
+    for name, port in (("postgres", 5432), ("redis", 6379)):
+        (published,) = main["services"][name]["ports"]
+        assert (published["host_ip"], published["target"]) == ("10.0.0.5", port)
+    assert "ports" not in config["services"]["postgres"]  # not published by default
+
+    extra = compose_config(files=(COMPOSE_FILE, nfs, remote), env=addresses)
+    worker = extra["services"]["worker"]
+    assert not worker.get("depends_on")
+    assert worker["environment"]["HETSERVE_DATABASE_URL"].endswith("@10.0.0.5:5432/hetserve")
+    assert worker["environment"]["HETSERVE_BROKER_URL"] == "redis://10.0.0.5:6379/0"
+    assert worker["command"] == config["services"]["worker"]["command"]
+    missing = run_compose("config", "--quiet", files=(COMPOSE_FILE, remote))
+    assert missing.returncode != 0 and "MAIN_HOST_ADDR" in missing.stderr
