@@ -14,20 +14,31 @@ kernel's generator, so forked workers never share a stream. A caller's seed make
 output a pure function of (input row, S, seed): bit-identical across calls, sessions,
 processes, and whatever else is batched with the row (the noise is shared by the batch).
 
-Fork safety. A session's thread pool does not survive ``fork``; a model used in a
-process other than the one that created it rebuilds its session there on first use.
+Fork safety. A session's thread pool does not survive ``fork``: in a forked child the
+inherited session must be neither used nor destroyed (its destructor joins threads that
+do not exist there and hangs forever). After a fork every live OnnxModel in the child
+sets its inherited session aside for good and builds a fresh one on first use.
 
-Memory. The graph holds a B x S x K tensor; ``run`` splits the batch into row chunks
-of at most ``max_elements`` B x S x K elements. Rows do not depend on each other, so
-chunking changes nothing in the output (one seed serves every chunk of a call).
+Batch companions. The noise does not depend on the batch, but onnxruntime's
+elementwise kernels (Softplus, for one) compute a tensor's last few elements in a scalar
+tail loop that rounds differently from the vectorised body, so a row's last bits depend
+on where it sits in the batch. A seeded call therefore runs one row per session call:
+the row's output is then a function of (row, S, seed) alone, bit for bit, whatever it is
+batched with (measured also identical across 1, 2 and 4 intra-op threads). Unseeded
+calls draw fresh noise anyway and run batched.
+
+Memory. The graph holds a B x S x K tensor; unseeded batches are split into row chunks
+of at most ``max_elements`` B x S x K elements (one seed serves every chunk of a call).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +71,22 @@ def read_metadata(session: ort.InferenceSession) -> dict:
                 raise ModelFileError(f"metadata {key!r} is not JSON: {exc}") from exc
     missing = [k for k in REQUIRED_METADATA if k not in meta]
     if missing:
-        raise ModelFileError(f"not a hetserve model: metadata {', '.join(META_PREFIX + k for k in missing)} missing")
+        raise ModelFileError(
+            f"not a hetserve model: metadata {', '.join(META_PREFIX + k for k in missing)} missing"
+        )
     meta.setdefault("parity", None)
     return meta
+
+
+_live_models: weakref.WeakSet[OnnxModel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for model in list(_live_models):
+        model._abandon_inherited_session()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class OnnxModel:
@@ -84,8 +108,8 @@ class OnnxModel:
         self.inter_op_threads = inter_op_threads
         self.max_elements = max_elements
         self._lock = threading.Lock()
-        self._session = self._new_session()
-        self._pid = os.getpid()
+        self._session: ort.InferenceSession | None = self._new_session()
+        _live_models.add(self)
         self.metadata = read_metadata(self._session)
         self.input_shape = [int(d) for d in self.metadata["input_shape"]]
         self.class_names = list(self.metadata["class_names"])
@@ -102,32 +126,47 @@ class OnnxModel:
         # warning (and other chatter) is expected on every load.
         opts.log_severity_level = 3
         try:
-            return ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelFileError(f"cannot load {self.path}: {exc}") from exc
 
     @property
     def session(self) -> ort.InferenceSession:
-        if os.getpid() != self._pid:  # forked: the parent's thread pool is not ours
+        session = self._session
+        if session is None:  # first use after a fork
             with self._lock:
-                if os.getpid() != self._pid:
+                if self._session is None:
                     self._session = self._new_session()
-                    self._pid = os.getpid()
-        return self._session
+                session = self._session
+        return session
+
+    def _abandon_inherited_session(self) -> None:
+        """In a forked child: keep the parent's session alive forever (one extra
+        reference, never released), since destroying it would hang; build anew later."""
+        if self._session is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._session))
+        self._session = None
+        self._lock = threading.Lock()  # another thread may have held it during the fork
 
     # -- running the graph ---------------------------------------------------------
 
     def check_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if list(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
-            raise ValueError(f"inputs must have shape [batch, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
+            raise ValueError(
+                f"inputs must have shape [batch, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}"
+            )
         if len(x) == 0:
             raise ValueError("inputs must hold at least one example")
         if not np.isfinite(x).all():
             raise ValueError("inputs must be finite numbers")
         return np.ascontiguousarray(x)
 
-    def run(self, x: np.ndarray, num_samples: int | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, x: np.ndarray, num_samples: int | None = None, seed: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The graph's outputs for a batch x [B, ...]: probs, entropy, expected_entropy,
         prob_std, noise_std, top_classes, top_correlation.
 
@@ -138,17 +177,26 @@ class OnnxModel:
         num_samples = self.eval_mc_samples if num_samples is None else int(num_samples)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        seed = fresh_seed() if seed is None else int(seed)
+        if seed is None:
+            seed = fresh_seed()
+            rows_per_call = max(1, self.max_elements // (num_samples * self.num_classes))
+        else:
+            seed = int(seed)
+            rows_per_call = 1  # bit-identical whatever the row is batched with
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2^63 - 1], got {seed}")
-        feeds = {"num_samples": np.asarray(num_samples, dtype=np.int64), "seed": np.asarray(seed, dtype=np.int64)}
-        rows_per_call = max(1, self.max_elements // (num_samples * self.num_classes))
+        feeds = {
+            "num_samples": np.asarray(num_samples, dtype=np.int64),
+            "seed": np.asarray(seed, dtype=np.int64),
+        }
         session = self.session
         parts = [
             session.run(self.output_names, {"input": x[start : start + rows_per_call], **feeds})
             for start in range(0, len(x), rows_per_call)
         ]
-        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)}
+        return {
+            name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)
+        }
 
     # -- per-example fields (DESIGN §2) ------------------------------------------------
 
@@ -157,7 +205,7 @@ class OnnxModel:
         outputs: dict[str, np.ndarray],
         num_samples: int,
         top_k: int | None = None,
-        correlated_pairs: bool = True,
+        correlated_pairs: bool = False,
         max_pairs: int = 5,
     ) -> list[dict]:
         """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
@@ -190,7 +238,10 @@ class OnnxModel:
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
         order = np.argsort(-probs, kind="stable")[: max(0, k)]
-        return [{"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])} for c in order]
+        return [
+            {"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])}
+            for c in order
+        ]
 
 
 def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict]:
@@ -200,7 +251,10 @@ def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list
     values = rho[first, second]
     order = np.argsort(-np.abs(values), kind="stable")[: max(0, max_pairs)]
     return [
-        {"classes": [int(classes[first[k]]), int(classes[second[k]])], "correlation": float(values[k])}
+        {
+            "classes": [int(classes[first[k]]), int(classes[second[k]])],
+            "correlation": float(values[k]),
+        }
         for k in order
         if values[k] != 0
     ]

@@ -129,7 +129,9 @@ class SampledCore(nn.Module):
         latent = head.latent(h)
         k = self.num_classes
         eps_k, eps_r = noise[:, :k], noise[:, k:]
-        z = _scaled(latent, 1.0 / head.temperature).sample(eps_r if head.num_factors else None, eps_k)
+        z = _scaled(latent, 1.0 / head.temperature).sample(
+            eps_r if head.num_factors else None, eps_k
+        )
         num = torch.ones_like(noise[:, 0]).sum()  # S as a tensor: stays symbolic
         if head.task == MULTICLASS:
             logp = torch.log_softmax(z, -1)
@@ -225,7 +227,9 @@ def _mix64_nodes(x: str, out: str, tag: str) -> list[onnx.NodeProto]:
 
     z = (x ^ (x >> 30)) * MIX1;  z = (z ^ (z >> 27)) * MIX2;  out = z ^ (z >> 31)
     """
-    n = lambda op, ins, o: oh.make_node(op, ins, [o], **({"direction": "RIGHT"} if op == "BitShift" else {}))  # noqa: E731
+    n = lambda op, ins, o: oh.make_node(
+        op, ins, [o], **({"direction": "RIGHT"} if op == "BitShift" else {})
+    )  # noqa: E731
     return [
         n("BitShift", [x, "c_u30"], f"{tag}_a"),
         n("BitwiseXor", [x, f"{tag}_a"], f"{tag}_b"),
@@ -281,7 +285,15 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
         _const("c_two_pi", 2 * math.pi, np.float32),
         # key: the caller's seed, or 53 random bits when seed < 0
         oh.make_node("Less", ["seed", "c_zero"], ["fresh"]),
-        oh.make_node("RandomUniform", [], ["fresh_f"], dtype=TensorProto.DOUBLE, shape=[1], low=0.0, high=2.0**53),
+        oh.make_node(
+            "RandomUniform",
+            [],
+            ["fresh_f"],
+            dtype=TensorProto.DOUBLE,
+            shape=[1],
+            low=0.0,
+            high=2.0**53,
+        ),
         oh.make_node("Floor", ["fresh_f"], ["fresh_floor"]),
         oh.make_node("Cast", ["fresh_floor"], ["fresh_key"], to=TensorProto.INT64),
         oh.make_node("Where", ["fresh", "fresh_key", "seed"], ["key_i"]),
@@ -326,7 +338,9 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
             _const("c_slice_start", [0], np.int64),
             _const("c_slice_stop", [width], np.int64),
             _const("c_slice_axis", [1], np.int64),
-            oh.make_node("Slice", ["noise_even", "c_slice_start", "c_slice_stop", "c_slice_axis"], ["noise"]),
+            oh.make_node(
+                "Slice", ["noise_even", "c_slice_start", "c_slice_stop", "c_slice_axis"], ["noise"]
+            ),
         ]
     return nodes
 
@@ -443,9 +457,13 @@ def export_onnx(
     head = model.head
     parity_inputs = np.ascontiguousarray(parity_inputs, dtype=np.float32)
     if parity_inputs.ndim < 2 or len(parity_inputs) == 0:
-        raise ExportError(f"parity_inputs must be a non-empty batch [N, ...], got shape {parity_inputs.shape}")
+        raise ExportError(
+            f"parity_inputs must be a non-empty batch [N, ...], got shape {parity_inputs.shape}"
+        )
     if len(class_names) != head.num_classes:
-        raise ExportError(f"{len(class_names)} class names for a model with {head.num_classes} classes")
+        raise ExportError(
+            f"{len(class_names)} class names for a model with {head.num_classes} classes"
+        )
     input_shape = [int(d) for d in parity_inputs.shape[1:]]
 
     try:
@@ -468,7 +486,9 @@ def export_onnx(
         "outputs": list(OUTPUT_NAMES),
         **(extra_metadata or {}),
     }
-    onnx.helper.set_model_props(proto, {META_PREFIX + k: json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(
+        proto, {META_PREFIX + k: json.dumps(v) for k, v in metadata.items()}
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
