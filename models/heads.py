@@ -41,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 MULTICLASS = "multiclass"
 MULTILABEL = "multilabel"
+CLASS_MAJOR_MAX_CLASSES = 32
 
 
 @dataclass
@@ -58,6 +59,7 @@ class LogitGaussian:
     factor_scale: torch.Tensor | None = None  # (B, K), parameter-efficient only
     factor_basis: torch.Tensor | None = None  # (K, R), parameter-efficient only
     _loc_and_factors: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _loc_and_factors_t: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_factors(self) -> int:
@@ -117,6 +119,25 @@ class LogitGaussian:
         u = torch.matmul(torch.cat([ones, eps_r], -1), self.loc_and_factors())
         return u.addcmul_(scale, eps_k)
 
+    def sample_class_major(self, eps_r_t: torch.Tensor | None, eps_k_t: torch.Tensor) -> torch.Tensor:
+        """The same draws laid out class-major, (B, K, C): sample(eps_r, eps_k).transpose(1, 2).
+
+        Takes the noise transposed too: eps_k_t (K, C) or (B, K, C), eps_r_t (R, C) or
+        (B, R, C). With few classes a reduction over K is then a vectorised reduction
+        across rows instead of many tiny per-row reductions.
+        """
+        mu, scale = self.mu.unsqueeze(-1), self.scale.unsqueeze(-1)
+        if eps_r_t is None or self.num_factors == 0:
+            return torch.addcmul(mu, scale, eps_k_t)
+        if self.factor_basis is not None:
+            u = torch.addcmul(mu, scale, eps_k_t)
+            return u.addcmul_(self.factor_scale.unsqueeze(-1), self.factor_basis @ eps_r_t)
+        ones = eps_r_t.new_ones(*eps_r_t.shape[:-2], 1, eps_r_t.shape[-1])
+        if self._loc_and_factors_t is None:
+            self._loc_and_factors_t = torch.cat([self.mu.unsqueeze(-1), self.factors], -1)  # (B, K, 1 + R)
+        u = torch.matmul(self._loc_and_factors_t, torch.cat([ones, eps_r_t], -2))
+        return u.addcmul_(scale, eps_k_t)
+
     def loc_and_factors(self) -> torch.Tensor:
         """[mu; V^T] stacked as (B, 1 + R, K), built once and reused by every chunk."""
         if self._loc_and_factors is None:
@@ -131,6 +152,40 @@ def _noise_shape(batch: int, num: int, dim: int, shared: bool) -> tuple[int, ...
 def chunk_slices(num_samples: int, chunk: int) -> list[slice]:
     """[0, S) cut into consecutive slices of at most ``chunk`` samples."""
     return [slice(start, min(start + chunk, num_samples)) for start in range(0, num_samples, chunk)]
+
+
+class _Draws:
+    """Chunks of z = latent.sample(eps) in one of two layouts.
+
+    sample-major (B, C, K), classes in dim 2, fast for many classes; class-major
+    (B, K, C), classes in dim 1, fast for few. ``class_dim`` and ``sample_dim`` say
+    which is which; noise is transposed once, up front, for the class-major layout.
+    """
+
+    def __init__(self, latent: LogitGaussian, eps_r, eps_k, chunk: int, class_major: bool):
+        self.latent, self.chunk, self.class_major = latent, chunk, class_major
+        self.class_dim, self.sample_dim = (1, 2) if class_major else (2, 1)
+        if class_major:
+            eps_k = eps_k.transpose(-1, -2).contiguous()
+            eps_r = None if eps_r is None else eps_r.transpose(-1, -2).contiguous()
+        self.eps_r, self.eps_k = eps_r, eps_k
+        self.num_samples = eps_k.shape[-1] if class_major else eps_k.shape[-2]
+
+    def __iter__(self):
+        """(slice, eps_r chunk, eps_k chunk, z chunk), z a fresh tensor the caller may overwrite."""
+        for sl in chunk_slices(self.num_samples, self.chunk):
+            if self.class_major:
+                er = None if self.eps_r is None else self.eps_r[..., sl]
+                ek = self.eps_k[..., sl]
+                yield sl, er, ek, self.latent.sample_class_major(er, ek)
+            else:
+                er = None if self.eps_r is None else self.eps_r[..., sl, :]
+                ek = self.eps_k[..., sl, :]
+                yield sl, er, ek, self.latent.sample(er, ek)
+
+    def label_index(self, y: torch.Tensor, num: int) -> torch.Tensor:
+        """y broadcast for gather/scatter along the class dim of a chunk of num draws."""
+        return y.view(-1, 1, 1).expand(-1, 1, num) if self.class_major else y.view(-1, 1, 1).expand(-1, num, 1)
 
 
 class _MulticlassLogLikelihood(torch.autograd.Function):
@@ -148,53 +203,56 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, chunk, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
+    def forward(ctx, y, chunk, class_major, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
         latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
-        num = eps_k.shape[-2]
-        log_p = mu.new_empty(mu.shape[0], num)
-        lse = mu.new_empty(mu.shape[0], num)
-        for sl in chunk_slices(num, chunk):
-            z = latent.sample(None if eps_r is None else eps_r[..., sl, :], eps_k[..., sl, :])
-            idx = y.view(-1, 1, 1).expand(-1, z.shape[1], 1)
-            z_y = z.gather(-1, idx).squeeze(-1)
-            log_p[:, sl] = torch.log_softmax(z, -1).gather(-1, idx).squeeze(-1)
+        draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
+        cd = draws.class_dim
+        log_p = mu.new_empty(mu.shape[0], draws.num_samples)
+        lse = mu.new_empty(mu.shape[0], draws.num_samples)
+        for sl, _, _, z in draws:
+            idx = draws.label_index(y, z.shape[draws.sample_dim])
+            z_y = z.gather(cd, idx).squeeze(cd)
+            log_p[:, sl] = torch.log_softmax(z, cd).gather(cd, idx).squeeze(cd)
             lse[:, sl] = z_y - log_p[:, sl]
         total = torch.logsumexp(log_p, 1)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.class_major = chunk, class_major
         ctx.save_for_backward(y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total)
         return total
 
     @staticmethod
     def backward(ctx, grad):
         y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total = ctx.saved_tensors
-        latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
+        draws = _Draws(LogitGaussian(mu, scale, factors, factor_scale, factor_basis), eps_r, eps_k, ctx.chunk, ctx.class_major)
+        cd, sd, cm = draws.class_dim, draws.sample_dim, draws.class_major
         weight = grad.unsqueeze(1) * torch.exp(log_p - total.unsqueeze(1))  # (B, S)
         d_mu, d_scale = torch.zeros_like(mu), torch.zeros_like(scale)
-        # dV is accumulated as (B, R, K), the layout the GEMM produces, and transposed once.
-        d_factors_t = None if factors is None else factors.new_zeros(factors.shape[0], factors.shape[2], factors.shape[1])
+        # dV accumulates in the layout its GEMM produces: (B, K, R) class-major, (B, R, K) not.
+        d_factors = None
+        if factors is not None:
+            b, k, r = factors.shape
+            d_factors = factors.new_zeros((b, k, r) if cm else (b, r, k))
         d_fscale = None if factor_scale is None else torch.zeros_like(factor_scale)
         d_basis = None if factor_basis is None else torch.zeros_like(factor_basis)
-        for sl in chunk_slices(eps_k.shape[-2], ctx.chunk):
-            er = None if eps_r is None else eps_r[..., sl, :]
-            ek = eps_k[..., sl, :]
-            w = weight[:, sl].unsqueeze(-1)  # (B, C, 1)
-            dz = latent.sample(er, ek)
-            dz.sub_(lse[:, sl].unsqueeze(-1)).exp_()  # softmax(z_s)
-            dz.mul_(-w).scatter_add_(-1, y.view(-1, 1, 1).expand(-1, dz.shape[1], 1), w)
-            d_mu += dz.sum(1)
-            if d_factors_t is not None:
-                d_factors_t += er.transpose(-1, -2) @ dz  # sum_s eps_R,s dz_s^T: (B, R, K)
+        for sl, er, ek, dz in draws:
+            w = weight[:, sl].unsqueeze(cd)
+            dz.sub_(lse[:, sl].unsqueeze(cd)).exp_()  # softmax(z_s)
+            dz.mul_(-w).scatter_add_(cd, draws.label_index(y, dz.shape[sd]), w)
+            d_mu += dz.sum(sd)
+            if d_factors is not None:
+                d_factors += dz @ er.transpose(-1, -2) if cm else er.transpose(-1, -2) @ dz
             if d_fscale is not None:
-                a = er @ factor_basis.T  # eps_R J^T: (C, K) or (B, C, K)
-                d_fscale += (dz * a).sum(1)
-                dz_v = dz * factor_scale.unsqueeze(1)  # (B, C, K)
-                if er.dim() == 2:
-                    d_basis += dz_v.sum(0).T @ er
+                a = factor_basis @ er if cm else er @ factor_basis.T  # J eps_R, per draw
+                d_fscale += (dz * a).sum(sd)
+                dz_v = dz * factor_scale.unsqueeze(sd)
+                if er.dim() == 2:  # shared noise: sum over the batch first
+                    dz_v = dz_v.sum(0)
+                    d_basis += dz_v @ er.T if cm else dz_v.T @ er
                 else:
-                    d_basis += torch.einsum("bck,bcr->kr", dz_v, er)
-            d_scale += dz.mul_(ek).sum(1)
-        d_factors = None if d_factors_t is None else d_factors_t.transpose(1, 2)
-        return None, None, None, None, d_mu, d_scale, d_factors, d_fscale, d_basis
+                    d_basis += torch.einsum("bkc,brc->kr" if cm else "bck,bcr->kr", dz_v, er)
+            d_scale += dz.mul_(ek).sum(sd)
+        if d_factors is not None and not cm:
+            d_factors = d_factors.transpose(1, 2)
+        return None, None, None, None, None, d_mu, d_scale, d_factors, d_fscale, d_basis
 
 
 class HetHead(nn.Module):
@@ -242,6 +300,8 @@ class HetHead(nn.Module):
         self.share_samples_across_batch = share_samples_across_batch
         self.min_scale = min_scale
         self.chunk_elements = chunk_elements
+        # Multiclass draws are laid out class-major below this many classes (faster there).
+        self.class_major = task == MULTICLASS and num_classes <= CLASS_MAJOR_MAX_CLASSES
 
         self.loc = nn.Linear(in_features, num_classes)
         self.diag = nn.Linear(in_features, num_classes)
@@ -340,7 +400,7 @@ class HetHead(nn.Module):
         chunk = self.chunk_size(h.shape[0])
         if self.task == MULTICLASS:
             total = _MulticlassLogLikelihood.apply(
-                y, chunk, eps_r, eps_k, latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis
+                y, chunk, self.class_major, eps_r, eps_k, latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis
             )
             return total - math.log(num)
         slices = chunk_slices(num, chunk)
@@ -384,18 +444,19 @@ class HetHead(nn.Module):
         total_sq = torch.zeros_like(latent.mu)
         ent_shape = (h.shape[0],) if self.task == MULTICLASS else latent.mu.shape
         total_ent = torch.zeros(ent_shape, device=h.device, dtype=latent.mu.dtype)
-        for sl in chunk_slices(num, self.chunk_size(h.shape[0])):
-            z = latent.sample(None if eps_r is None else eps_r[..., sl, :], eps_k[..., sl, :])
+        draws = _Draws(latent, eps_r, eps_k, self.chunk_size(h.shape[0]), self.class_major)
+        cd, sd = draws.class_dim, draws.sample_dim
+        for _, _, _, z in draws:
             if self.task == MULTICLASS:
-                log_p = torch.log_softmax(z, -1)
+                log_p = torch.log_softmax(z, cd)
                 p = log_p.exp()
-                total_ent -= torch.linalg.vecdot(p, log_p).sum(-1)  # H = -sum_k p log p
+                total_ent -= torch.linalg.vecdot(p, log_p, dim=cd).sum(-1)  # H = -sum_k p log p
             else:
                 p = torch.sigmoid(z)
-                total_ent += _binary_entropy_from_logits(z).sum(1)
-            p.sub_(shift.unsqueeze(1))
-            total += p.sum(1)
-            total_sq += p.square_().sum(1)
+                total_ent += _binary_entropy_from_logits(z).sum(sd)
+            p.sub_(shift.unsqueeze(sd))
+            total += p.sum(sd)
+            total_sq += p.square_().sum(sd)
         mean_shifted = total / num
         var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
         return {

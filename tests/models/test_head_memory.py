@@ -12,7 +12,7 @@ from models.heads import HetHead
 torch.set_num_threads(1)
 chunk_elements = int(sys.argv[1])
 torch.manual_seed(0)
-b, d, k, r, s = 32, 16, 1000, 4, 1000          # B x S x K = 32M floats = 128 MB per copy
+b, d, k, r, s = 32, 16, 1000, 4, 400           # B x S x K = 12.8M floats = 51 MB per copy
 head = HetHead(d, k, r, train_mc_samples=s, chunk_elements=chunk_elements)
 h = torch.randn(b, d, requires_grad=True)
 y = torch.randint(0, k, (b,))
@@ -37,7 +37,7 @@ def peak_rss_growth(chunk_elements: int) -> dict:
 def test_chunked_loss_uses_far_less_peak_memory_for_the_same_value():
     unchunked = peak_rss_growth(1 << 40)
     chunked = peak_rss_growth(1 << 20)
-    assert unchunked["growth_kb"] > 100_000  # the whole (B, S, K) tensor really was formed
+    assert unchunked["growth_kb"] > 50_000  # the whole (B, S, K) tensor really was formed
     assert chunked["growth_kb"] < unchunked["growth_kb"] / 4
     assert abs(chunked["loss"] - unchunked["loss"]) < 1e-4 * abs(unchunked["loss"])
     assert abs(chunked["grad"] - unchunked["grad"]) < 1e-3 * abs(unchunked["grad"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -187,8 +188,10 @@ def test_loss_and_gradients_equal_the_naive_formula_chunked_or_not(options):
     ref, ref_grads = loss_and_grads(
         lambda: -naive_log_likelihood(head.latent(h), y, *noise, head.temperature, task).mean()
     )
-    for chunk_elements in (10**9, 4 * 7 * 7):  # one chunk; chunks of 7 samples (9 chunks)
-        head.chunk_elements = chunk_elements
+    layouts = (False, True) if task == MULTICLASS else (False,)
+    for chunk_elements, class_major in itertools.product((10**9, 4 * 7 * 7), layouts):
+        # one chunk, or chunks of 7 samples (9 chunks); draws sample- or class-major
+        head.chunk_elements, head.class_major = chunk_elements, class_major
         loss, grads = loss_and_grads(lambda: head.loss(h, y, noise=noise))  # noqa: B023
         assert torch.allclose(loss, ref, rtol=1e-10, atol=1e-12)
         for name, g in grads.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from models.heads import MULTILABEL, HetHead, LinearHead
@@ -34,8 +35,10 @@ def test_fields_follow_their_definitions():
     assert torch.allclose(out["noise_std"], latent.covariance().diagonal(dim1=1, dim2=2).sqrt())
 
 
-def test_prob_std_and_expected_entropy_match_explicit_samples():
+@pytest.mark.parametrize("class_major", [False, True])
+def test_prob_std_and_expected_entropy_match_explicit_samples(class_major):
     head = het_head()
+    head.class_major = class_major
     h = torch.randn(3, 6)
     noise = head.draw_noise(3, 200, "cpu", torch.Generator().manual_seed(0))
     out = predictive_uncertainty(head, h, noise=noise)
