@@ -33,7 +33,7 @@ import torch
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.settings import Settings
-from app.store import DatasetStore, JobStore, ModelStore
+from app.store import TERMINAL_STATUSES, DatasetStore, JobStore, ModelStore
 from models.data import ArrayDataset, load_dataset
 from models.export import export_onnx
 from models.spec import RunSpec
@@ -101,10 +101,15 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
 def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
     """One unit of an "auto" job; never raises (the chord's finish must run).
 
-    Returns {"phase", "status": "trained"|"cancelled"|"failed", "val_nll", "error"}; the
+    Returns {"phase", "status": "trained"|"cancelled"|"failed"|"skipped", "val_nll", "error"}; the
     trained model and its metrics wait in the unit's checkpoint folder for finish_units.
     """
     try:
+        with session_scope(settings) as session:
+            current = JobStore(session).get(job_id)
+            if current is None or current.status in TERMINAL_STATUSES:
+                # A unit of a chord that another delivery already finished.
+                return {"phase": phase, "status": "skipped", "val_nll": None, "error": None}
         ctx = load_context(job_id, settings)
         unit_dir = unit_checkpoint_dir(settings, job_id, phase)
         done = unit_dir / "result.json"
@@ -135,7 +140,7 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
     """The chord's end: pick the best temperature, export, register, finish the job."""
     with session_scope(settings) as session:
         job = JobStore(session).get(job_id)
-        if job is None or job.status in ("succeeded", "failed", "cancelled"):
+        if job is None or job.status in TERMINAL_STATUSES:
             return "skipped"
         cancel = job.cancel_requested
     failed = [s for s in summaries if s["status"] == "failed"]

@@ -185,8 +185,8 @@ def redis_postgres_env(session_id: str) -> Iterator[dict[str, str]]:
             "HETSERVE_BROKER_URL": redis_url,
             "HETSERVE_BROKER_KEY_PREFIX": prefix,
             # Short so the SIGKILL test sees Redis redeliver; the limit stays below it.
-            "HETSERVE_JOB_TIME_LIMIT_S": "30",
-            "HETSERVE_BROKER_VISIBILITY_TIMEOUT_S": "32",
+            "HETSERVE_JOB_TIME_LIMIT_S": "20",
+            "HETSERVE_BROKER_VISIBILITY_TIMEOUT_S": "22",
         }
     finally:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:

@@ -188,7 +188,7 @@ def test_cancel_a_running_job_stops_it_within_a_few_steps(stack, datasets):
 
 
 def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(stack, datasets):
-    epochs = 10
+    epochs = 12
     with stack.client() as client:
         submitted = submit(
             client, datasets["slow"], SLOW | {"train": SLOW["train"] | {"epochs": epochs}}
