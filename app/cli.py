@@ -522,13 +522,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_job(job)
     if job["status"] != "succeeded":
         return 1
-    prediction = api.request(
-        "POST", f"/v1/models/{job['model_id']}/predict", json={"inputs": [x_example], "seed": 0}
-    )
+    request = {"inputs": [x_example], "seed": 0, "top_k": 3, "correlated_pairs": True}
+    prediction = api.request("POST", f"/v1/models/{job['model_id']}/predict", json=request)
     row = prediction["predictions"][0]
-    shown = {k: row[k] for k in ("label", "class_name", "confidence", "entropy",
-                                 "expected_entropy", "correlated_pairs") if k in row}  # fmt: skip
-    print(f"one test image (true class {y_example}) through the served model:")
+    per_class = ("probs", "prob_std", "mc_stderr", "noise_std")  # K numbers each: left out
+    shown = {k: v for k, v in row.items() if k not in per_class}
+    print(f"one test image (true class {y_example}) through the served model "
+          f"(S={prediction['mc_samples']}; per-class arrays {', '.join(per_class)} left out):")  # fmt: skip
     print(json.dumps(shown, indent=2))
     return 0
 

@@ -128,6 +128,15 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
         refused = run_cli(env, "jobs", "show", job_id, "--key", "wrong")
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
 
+        # demo: the noisy-digits benchmark, HET and baseline side by side, one prediction
+        demo = run_cli(env, "demo", "--epochs", "1")
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "| metric | model | baseline |" in demo.stdout
+        assert "| test_nll |" in demo.stdout
+        shown = json.loads(demo.stdout[demo.stdout.index("{"):])
+        assert 0 <= shown["label"] <= 9 and 0 < shown["confidence"] <= 1
+        assert len(shown["correlated_pairs"]) >= 1 and len(shown["top_k"]) == 3
+
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0
     finally:
