@@ -8,7 +8,7 @@ worker validates the stored spec again with models.spec.RunSpec.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -16,7 +16,7 @@ TEMPERATURE_GRID = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class HeadSpec(_Strict):
@@ -41,6 +41,13 @@ class HeadSpec(_Strict):
             raise ValueError("a fixed temperature must be > 0")
         return value
 
+    @field_validator("temperature_bounds")
+    @classmethod
+    def _ordered_bounds(cls, value):
+        if not 0 < value[0] < value[1]:
+            raise ValueError("temperature_bounds must be (lo, hi) with 0 < lo < hi")
+        return value
+
     @field_validator("temperature_grid")
     @classmethod
     def _positive_grid(cls, value):
@@ -53,7 +60,9 @@ class HeadSpec(_Strict):
 
 class BackboneSpec(_Strict):
     kind: Literal["mlp", "cnn", "resnet18"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="MLP hidden widths")
+    hidden: list[Annotated[int, Field(ge=1, le=16_384)]] = Field(
+        default_factory=lambda: [256, 256], max_length=16, description="MLP hidden widths"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = Field(True, description="images only: random crop with padding")
     hflip: bool = Field(False, description="images only: random horizontal flip (wrong for digits)")
@@ -89,7 +98,9 @@ JOB_SPEC_EXAMPLE = {
 class JobSpec(_Strict):
     """POST /v1/jobs body."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]})
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]}
+    )
 
     dataset_id: str = Field(min_length=1, max_length=64)
     task: Literal["multiclass", "multilabel"] | None = Field(

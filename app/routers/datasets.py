@@ -7,7 +7,17 @@ the store. A failure at any point leaves neither behind.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -114,10 +124,11 @@ def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relati
     "", response_model=list[DatasetOut], responses=ERRORS, summary="List datasets, newest first"
 )
 def list_datasets(
-    limit: int = 100, offset: int = 0, session: Session = Depends(get_session)
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+    session: Session = Depends(get_session),
 ) -> list[DatasetOut]:
-    limit = max(1, min(limit, 1000))
-    return [DatasetOut.model_validate(d) for d in DatasetStore(session).list(limit, max(0, offset))]
+    return [DatasetOut.model_validate(d) for d in DatasetStore(session).list(limit, offset)]
 
 
 @router.get(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
@@ -96,12 +97,12 @@ def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) ->
 
 @router.get("", response_model=list[JobOut], summary="List jobs, newest first", responses=NOT_FOUND)
 def list_jobs(
-    limit: int = 100,
-    offset: int = 0,
-    status: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     session: Session = Depends(get_session),
 ) -> list[JobOut]:
-    jobs = JobStore(session).list(max(1, min(limit, 1000)), max(0, offset), status)
+    jobs = JobStore(session).list(limit, offset, status)
     return [job_out(j) for j in jobs]
 
 

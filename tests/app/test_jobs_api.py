@@ -56,6 +56,12 @@ BAD_SPECS = {
     "zero epochs": ({"train": {"epochs": 0}}, "epochs"),
     "unknown head": ({"head": {"kind": "bayes"}}, "kind"),
     "unknown field": ({"learning_rate": 0.1}, "learning_rate"),
+    "infinite weight decay": ({"train": {"weight_decay": "Infinity"}}, "weight_decay"),
+    "inverted temperature bounds": (
+        {"head": {"temperature_bounds": [3.0, 0.3]}},
+        "temperature_bounds",
+    ),
+    "a layer of a billion units": ({"backbone": {"hidden": [10**9]}}, "hidden"),
 }
 
 
