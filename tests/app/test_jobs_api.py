@@ -185,3 +185,27 @@ def test_boundary_spec_matches_the_training_spec(pair):
         "train": (TrainSpec, MT),
     }[pair]
     assert _bounds(app_model.model_json_schema()) == _bounds(core_model.model_json_schema())
+
+
+def test_store_registers_once_and_never_restarts_an_ended_job(service):
+    """What makes redelivery safe: UNIQUE(job_id, role) registration and start_attempt
+    refusing a job that already ended."""
+    from app.store import ModelStore
+
+    client, settings, dataset_id = service
+    job_id = client.post("/v1/jobs", json={"dataset_id": dataset_id}, headers=AUTH).json()["id"]
+    fields = dict(
+        head="het", task="multiclass", input_shape=[3], num_classes=2, class_names=["0", "1"],
+        metrics={}, onnx_path="artifacts/x.onnx", onnx_sha256="0" * 64,
+    )  # fmt: skip
+    with session_scope(settings) as session:
+        jobs = JobStore(session)
+        assert jobs.start_attempt(job_id).attempts == 1
+        assert jobs.start_attempt(job_id).attempts == 2  # a redelivery resumes a running job
+        first = ModelStore(session).register(job_id, "model", **fields).id
+        assert ModelStore(session).register(job_id, "model", **fields).id == first
+        jobs.finish(job_id, "succeeded", model_id=first)
+    with session_scope(settings) as session:
+        assert JobStore(session).start_attempt(job_id) is None
+        assert ModelStore(session).count_for_job(job_id) == 1
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 409
