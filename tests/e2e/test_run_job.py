@@ -1,0 +1,72 @@
+"""worker.jobs.run_job in-process on a real store (no broker): how a job ends when
+training cannot go on. The happy paths run through real processes in test_service_e2e.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.artifacts import ArtifactStore
+from app.db import migrate, session_scope
+from app.settings import Settings
+from app.store import DatasetStore, JobStore, ModelStore
+from app.uploads import validate_arrays
+from worker.jobs import run_job
+
+SPEC = {
+    "task": "multiclass",
+    "head": {"kind": "het", "num_factors": 1, "temperature": 1.0, "train_mc_samples": 4, "eval_mc_samples": 8},
+    "backbone": {"kind": "mlp", "hidden": [8]},
+    "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
+}
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data", api_keys="k")
+    migrate(settings)
+    return settings
+
+
+def new_job(settings: Settings, spec: dict) -> str:
+    rng = np.random.default_rng(0)
+    dataset = validate_arrays({"x_train": rng.normal(size=(40, 3)), "y_train": np.arange(40) % 2}, None)
+    relative, sha256 = ArtifactStore(settings.data_dir).put_bytes(dataset.to_npz_bytes(), ".npz")
+    with session_scope(settings) as session:
+        row = DatasetStore(session).add(
+            name="t", format="npz", task=dataset.task, **dataset.counts, input_shape=dataset.input_shape,
+            num_classes=2, class_names=dataset.class_names, sha256=sha256, size_bytes=1, artifact_path=relative,
+        )  # fmt: skip
+        return JobStore(session).create(row.id, spec).id
+
+
+def ended(settings: Settings, job_id: str):
+    with session_scope(settings) as session:
+        return JobStore(session).get(job_id), ModelStore(session).count_for_job(job_id)
+
+
+def test_time_limit_fails_the_job_with_the_reason(settings):
+    settings = settings.model_copy(update={"job_time_limit_s": 0})
+    job_id = new_job(settings, SPEC)
+    assert run_job(job_id, settings) == "failed"
+    job, models = ended(settings, job_id)
+    assert job.status == "failed" and "time limit" in job.error and models == 0
+    assert not ArtifactStore(settings.data_dir).checkpoint_dir(job_id).exists()
+
+
+def test_a_training_error_fails_the_job_with_the_message(settings):
+    job_id = new_job(settings, SPEC | {"backbone": {"kind": "cnn"}})  # images backbone on vectors
+    assert run_job(job_id, settings) == "failed"
+    job, models = ended(settings, job_id)
+    assert job.status == "failed" and "ValueError" in job.error and "images" in job.error and models == 0
+
+
+def test_cancel_requested_before_the_first_step_ends_cancelled(settings):
+    job_id = new_job(settings, SPEC)
+    with session_scope(settings) as session:
+        JobStore(session).start_attempt(job_id)  # running: the flag is left for the worker
+        JobStore(session).request_cancel(job_id)
+    assert run_job(job_id, settings) == "cancelled"
+    job, models = ended(settings, job_id)
+    assert job.status == "cancelled" and job.model_id is None and models == 0
+    assert run_job(job_id, settings) == "skipped"  # a redelivery of an ended job does nothing
