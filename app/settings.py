@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_batch_size: int = 64
     max_queue_delay_ms: float = 5.0
     inference_threads: int = 4  # threads running onnxruntime calls off the event loop
+    model_lookup_ttl_s: float = 1.0  # how long an API process reuses a model/alias lookup
 
     log_level: str = "INFO"
 

@@ -16,7 +16,6 @@ every API process; a request already past that read finishes on the model it res
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -28,9 +27,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.artifacts import ArtifactStore
-from app.auth import require_api_key
+from app.auth import bearer, require_api_key
 from app.db import session_scope
-from app.routers import get_artifacts, get_session, get_settings_dep
+from app.inference import ModelFileError
+from app.routers import get_artifacts, get_session
 from app.serving import metrics
 from app.serving.inputs import InputError, parse_images, parse_inputs
 from app.serving.runtime import ServingRuntime
@@ -85,7 +85,15 @@ class ServingRoute(APIRoute):
 
 
 router = APIRouter(route_class=ServingRoute)
-auth = [Depends(require_api_key)]
+
+
+async def api_key(request: Request, credentials=Depends(bearer)) -> str:
+    """app.auth.require_api_key, called on the event loop: as a plain ``def`` dependency
+    FastAPI would hop to a worker thread for a few microseconds of hmac on every request."""
+    return require_api_key(request, credentials)
+
+
+auth = [Depends(api_key)]
 # Commit before the response is sent (scope="function"): with the default scope the
 # commit runs after it, and a client's next request could miss its own write.
 SESSION = Depends(get_session, scope="function")
@@ -234,7 +242,9 @@ def delete_model(
     session.commit()
     if not shared:
         artifacts.remove(onnx_path)
-    runtime_of(request).sessions.forget(model_id)
+    runtime = runtime_of(request)
+    runtime.directory.invalidate()
+    runtime.sessions.forget(model_id)
     return Response(status_code=204)
 
 
@@ -249,7 +259,9 @@ def delete_model(
     summary="Point an alias at a model (create or move)",
     responses={**AUTH_ERRORS, 422: {"description": "bad name, or no model with that id"}},
 )
-def put_alias(name: AliasName, body: AliasIn, session: Session = SESSION) -> AliasOut:
+def put_alias(
+    request: Request, name: AliasName, body: AliasIn, session: Session = SESSION
+) -> AliasOut:
     if len(name) == 32 and all(c in "0123456789abcdef" for c in name):
         raise HTTPException(
             422,
@@ -273,7 +285,10 @@ def put_alias(name: AliasName, body: AliasIn, session: Session = SESSION) -> Ali
                 }
             ],
         )
-    return AliasOut.model_validate(store.set_alias(name, body.model_id))
+    alias = AliasOut.model_validate(store.set_alias(name, body.model_id))
+    session.commit()  # before forgetting cached lookups, or one could be re-cached stale
+    runtime_of(request).directory.invalidate()
+    return alias
 
 
 @router.get(
@@ -297,25 +312,16 @@ def list_aliases(session: Session = SESSION) -> list[AliasOut]:
     responses={**AUTH_ERRORS, 404: {"description": "no such alias"}},
 )
 def delete_alias(
-    name: Annotated[str, PathParam(max_length=128)], session: Session = SESSION
+    request: Request, name: Annotated[str, PathParam(max_length=128)], session: Session = SESSION
 ) -> Response:
     if not ModelStore(session).delete_alias(name):
         raise HTTPException(404, f"no alias {name!r}")
+    session.commit()
+    runtime_of(request).directory.invalidate()
     return Response(status_code=204)
 
 
 # -- prediction ----------------------------------------------------------------------
-
-
-def resolve_for_serving(settings: Settings, model_ref: str) -> tuple[str, str, Path]:
-    """(model id, onnx sha256, file path) of an id or alias; 404 when neither exists."""
-    with session_scope(settings) as session:
-        model = find_model(session, model_ref)
-        return (
-            model.id,
-            model.onnx_sha256,
-            ArtifactStore(settings.data_dir).resolve(model.onnx_path),
-        )
 
 
 def unprocessable(loc: list, msg: str) -> HTTPException:
@@ -339,8 +345,8 @@ async def predict(
     request: Request,
     model_id: ModelRef,
     body: PredictRequest,
-    settings: Settings = Depends(get_settings_dep),
 ) -> JSONResponse:
+    settings: Settings = request.app.state.settings
     if (body.inputs is None) == (body.images is None):
         raise unprocessable(["body"], "give exactly one of `inputs` or `images`")
     if body.mc_samples is not None and not 1 <= body.mc_samples <= settings.max_mc_samples:
@@ -348,10 +354,18 @@ async def predict(
             ["body", "mc_samples"], f"mc_samples must be in [1, {settings.max_mc_samples}]"
         )
 
-    resolved_id, sha256, path = await run_in_threadpool(resolve_for_serving, settings, model_id)
-    request.state.model_id = resolved_id
     runtime = runtime_of(request)
-    model = await runtime.model((resolved_id, sha256), path)
+    served = runtime.directory.cached(model_id) or await run_in_threadpool(
+        runtime.directory.lookup, model_id
+    )
+    if served is None:
+        raise HTTPException(404, f"no model or alias {model_id!r}")
+    resolved_id = request.state.model_id = served.model_id
+    try:
+        model = await runtime.model((resolved_id, served.onnx_sha256), served.path)
+    except ModelFileError:  # deleted by another API process since our cached lookup
+        runtime.directory.invalidate()
+        raise HTTPException(404, f"model {resolved_id} is no longer available") from None
     input_shape = model.input_shape
     try:
         if body.inputs is not None:

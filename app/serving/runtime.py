@@ -1,4 +1,5 @@
-"""The serving runtime of one API app: session cache + inference threads + batcher.
+"""The serving runtime of one API app: model lookups, session cache, inference threads,
+batcher.
 
 ``runtime.predict(...)`` is what the predict route awaits: it never blocks the event
 loop (loading a session and every onnxruntime call run in threads). With
@@ -15,12 +16,14 @@ import numpy as np
 
 from app.inference import OnnxModel
 from app.serving.batching import DynamicBatcher, Outputs, run_timed
+from app.serving.directory import ModelDirectory
 from app.serving.sessions import ModelKey, SessionCache
 from app.settings import Settings
 
 
 class ServingRuntime:
     def __init__(self, settings: Settings):
+        self.directory = ModelDirectory(settings)
         self.sessions = SessionCache(
             settings.session_cache_size,
             settings.ort_intra_op_threads,

@@ -144,14 +144,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(env: dict[str, str], workers: int = 1, timeout: float = 60.0):
-    """``uvicorn app.main:app`` (torch blocked) on a free loopback port; yields its URL."""
+def live_server(
+    env: dict[str, str], workers: int = 1, timeout: float = 60.0, app: list[str] | None = None
+):
+    """``uvicorn app.main:app`` (torch blocked) on a free loopback port; yields its URL.
+    ``app`` replaces the app argument (e.g. ``["pkg.mod:factory", "--factory"]``)."""
     port = free_port()
     cmd = [
         sys.executable,
         "-c",
         NO_TORCH_UVICORN,
-        "app.main:app",
+        *(app or ["app.main:app"]),
         "--host",
         "127.0.0.1",
         "--port",
@@ -161,9 +164,8 @@ def live_server(env: dict[str, str], workers: int = 1, timeout: float = 60.0):
         "--log-level",
         "warning",
     ]
-    log = tempfile.TemporaryFile(
-        mode="w+"
-    )  # a file, not a pipe: a full pipe would stall the server
+    # A file, not a pipe: a full pipe would stall the server.
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True
     )
@@ -174,9 +176,9 @@ def live_server(env: dict[str, str], workers: int = 1, timeout: float = 60.0):
             if proc.poll() is not None:
                 log.seek(0)
                 raise RuntimeError(f"uvicorn exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+            try:  # uvicorn answers only once the app's startup is complete
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -109,3 +110,28 @@ def test_session_cache_is_lru_and_warm(tmp_path):
     assert REGISTRY.get_sample_value("hetserve_sessions_loaded") == 2
     cache.forget("a")
     assert cache.peek(("a", "sha")) is None and len(cache) == 1
+
+
+def test_model_directory_caches_for_ttl_and_invalidates(tmp_path):
+    """A lookup is reused for ttl seconds; a write elsewhere shows after at most ttl."""
+    from app.db import session_scope
+    from app.serving.directory import ModelDirectory
+    from app.store import ModelStore
+    from tests.app.serving_support import make_settings, register
+
+    settings = make_settings(tmp_path, model_lookup_ttl_s=0.3)
+    first, second = register(settings, exported("het")), register(settings, exported("het"))
+    with session_scope(settings) as session:
+        ModelStore(session).set_alias("prod", first)
+    directory = ModelDirectory(settings)
+    assert directory.cached("prod") is None
+    assert directory.lookup("prod").model_id == first
+    assert directory.lookup("nope") is None
+    with session_scope(settings) as session:  # another process moves the alias
+        ModelStore(session).set_alias("prod", second)
+    assert directory.cached("prod").model_id == first  # stale, but only for ttl
+    time.sleep(0.35)
+    assert directory.cached("prod") is None
+    assert directory.lookup("prod").model_id == second
+    directory.invalidate()
+    assert directory.cached("prod") is None

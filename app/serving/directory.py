@@ -1,0 +1,63 @@
+"""Model id or alias → (model id, ONNX sha256, file path), with a short-lived cache.
+
+A store query per prediction (a session, a SELECT, a commit: about a millisecond of
+Python on a small CPU) would cost more than the onnxruntime call of a small model, so
+an API process reuses a lookup for ``ttl_s`` seconds (settings.model_lookup_ttl_s).
+Writes made through this process (alias moved, model deleted) clear the cache at once;
+another API process sees them within ``ttl_s``. A request that resolved an alias just
+before it moved is served by the model it resolved, which stays registered, so moving
+an alias under load drops nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.artifacts import ArtifactStore
+from app.db import session_scope
+from app.settings import Settings
+from app.store import ModelStore
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_id: str
+    onnx_sha256: str
+    path: Path
+
+
+class ModelDirectory:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ttl_s = settings.model_lookup_ttl_s
+        self.artifacts = ArtifactStore(settings.data_dir)
+        self._entries: dict[str, tuple[float, ServedModel]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, ref: str) -> ServedModel | None:
+        """A fresh cached lookup, or None (never queries the store)."""
+        entry = self._entries.get(ref)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def lookup(self, ref: str) -> ServedModel | None:
+        """Query the store (blocking); None when ``ref`` is neither a model id nor an alias."""
+        with session_scope(self.settings) as session:
+            model = ModelStore(session).resolve(ref)
+            if model is None:
+                return None
+            served = ServedModel(
+                model.id, model.onnx_sha256, self.artifacts.resolve(model.onnx_path)
+            )
+        if self.ttl_s > 0:
+            with self._lock:
+                self._entries[ref] = (time.monotonic(), served)
+        return served
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._entries.clear()

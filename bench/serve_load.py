@@ -1,0 +1,250 @@
+"""Closed-loop load on /predict: dynamic batching on and off against a minimal endpoint.
+
+    .venv/bin/python bench/serve_load.py [--clients 32] [--requests 3000] [--max-seconds 15]
+
+For a HET MLP model at K = 10 and K = 100 (S = 1000 samples per prediction, one row per
+request, fresh draws), three servers on loopback, one after another, each a uvicorn
+process serving one exported model:
+
+- ``minimal``: the baseline, a bare endpoint that runs one onnxruntime call per request
+  (``OnnxModel.run`` in a thread) and returns the probabilities;
+- ``hetserve, batching off``: the real API (auth, store lookup, validation, every §2
+  field), one onnxruntime call per request;
+- ``hetserve, batching on``: the same with dynamic batching (settings defaults).
+
+``--clients`` connections each send a request, wait for the answer, send the next
+(closed loop), until ``--requests`` answers or ``--max-seconds`` have passed, after a
+short warm-up. Prints a markdown table: requests/s, p50 and p99 latency, and the ratios
+to the minimal endpoint measured in the same run. The load generator is a few lines of
+raw HTTP/1.1 over asyncio streams, so the client costs little of the shared CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.app.serving_support import (  # noqa: E402  (after the path fix above)
+    API_KEY,
+    live_server,
+    make_settings,
+    register,
+    settings_env,
+)
+
+D = 64  # input features (the size of sklearn's digits)
+HIDDEN = [256, 256]
+FACTORS = {10: 4, 100: 10}  # R per K (DESIGN §1's cost example uses R = 10 at K = 100)
+S = 1000
+WARMUP_S = 2.0
+
+
+# -- the baseline server ------------------------------------------------------------------
+
+
+def minimal_app():
+    """One onnxruntime call per request, nothing else (uvicorn --factory)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from app.inference import OnnxModel
+
+    model = OnnxModel(
+        os.environ["BENCH_MODEL_PATH"], intra_op_threads=int(os.environ["BENCH_INTRA_OP_THREADS"])
+    )
+
+    async def predict(request):
+        x = np.asarray((await request.json())["inputs"], dtype=np.float32)
+        outputs = await run_in_threadpool(model.run, x)
+        return JSONResponse({"probs": outputs["probs"].tolist()})
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+
+
+# -- the load ---------------------------------------------------------------------------
+
+
+async def one_client(
+    port: int, request: bytes, deadline: float, budget: list[int], latencies: list[float]
+):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            start = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
+            latencies.append(time.perf_counter() - start)
+    finally:
+        writer.close()
+
+
+async def closed_loop(
+    port: int, path: str, payload: dict, clients: int, requests: int, seconds: float
+):
+    body = json.dumps(payload).encode()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def phase(budget: int, duration: float) -> tuple[list[float], float]:
+        latencies: list[float] = []
+        start = time.perf_counter()
+        remaining = [budget]
+        await asyncio.gather(
+            *(
+                one_client(port, request, start + duration, remaining, latencies)
+                for _ in range(clients)
+            )
+        )
+        return latencies, time.perf_counter() - start
+
+    await phase(10**9, WARMUP_S)
+    return await phase(requests, seconds)
+
+
+def measure(url: str, path: str, payload: dict, args) -> dict:
+    port = int(url.rsplit(":", 1)[1])
+    latencies, elapsed = asyncio.run(
+        closed_loop(port, path, payload, args.clients, args.requests, args.max_seconds)
+    )
+    ms = np.asarray(latencies) * 1000
+    return {
+        "count": len(ms),
+        "rps": len(ms) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+    }
+
+
+def mean_batch_rows(url: str, model_id: str) -> float:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if (
+                sample.name.startswith("hetserve_batch_rows_")
+                and sample.labels.get("model") == model_id
+            ):
+                values[sample.name] = sample.value
+    return values.get("hetserve_batch_rows_sum", 0) / max(
+        values.get("hetserve_batch_rows_count", 0), 1
+    )
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+def export_het_mlp(path: Path, num_classes: int) -> Path:
+    import torch
+
+    from models.classifier import build_classifier
+    from models.export import export_onnx
+    from models.spec import BackboneSpec, HeadSpec, RunSpec
+
+    torch.manual_seed(0)
+    spec = RunSpec(
+        head=HeadSpec(
+            kind="het", num_factors=FACTORS[num_classes], temperature=1.5, eval_mc_samples=S
+        ),
+        backbone=BackboneSpec(hidden=HIDDEN),
+    )
+    model = build_classifier(
+        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
+    )
+    parity = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
+    export_onnx(
+        model.eval(), path, class_names=[str(k) for k in range(num_classes)], parity_inputs=parity
+    )
+    return path
+
+
+def run(args) -> str:
+    work = Path(tempfile.mkdtemp(prefix="hetserve-bench-"))
+    row = np.random.default_rng(1).normal(size=(1, D)).round(4).tolist()
+    lines = [
+        f"Closed loop, {args.clients} clients on loopback, one row per request, S = {S}, "
+        f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K; up to {args.requests} requests or "
+        f"{args.max_seconds:.0f} s per line after {WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()}.",
+        "",
+        "| K | server | requests/s | p50 ms | p99 ms | throughput vs minimal | p99 vs minimal | mean rows per onnxruntime call |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k in args.classes:
+        path = export_het_mlp(work / f"het_k{k}.onnx", k)
+        results = {}
+        env = {"BENCH_MODEL_PATH": str(path), "BENCH_INTRA_OP_THREADS": str(args.intra_op_threads)}
+        cmd = ["bench.serve_load:minimal_app", "--factory"]
+        with live_server(env, app=cmd) as url:
+            results["minimal (1 onnxruntime call per request)"] = (
+                measure(url, "/predict", {"inputs": row}, args),
+                None,
+            )
+        for batching in (False, True):
+            data = work / f"data_k{k}_{batching}"
+            model_id = register(make_settings(data), path)
+            server_env = settings_env(
+                data, batching=batching, ort_intra_op_threads=args.intra_op_threads
+            )
+            with live_server(server_env) as url:
+                stats = measure(url, f"/v1/models/{model_id}/predict", {"inputs": row}, args)
+                results[f"hetserve, batching {'on' if batching else 'off'}"] = (
+                    stats,
+                    mean_batch_rows(url, model_id),
+                )
+        base = results["minimal (1 onnxruntime call per request)"][0]
+        for name, (stats, rows) in results.items():
+            lines.append(
+                f"| {k} | {name} | {stats['rps']:.0f} | {stats['p50']:.1f} | {stats['p99']:.1f} | "
+                f"{stats['rps'] / base['rps']:.2f}x | {stats['p99'] / base['p99']:.2f}x | "
+                f"{'' if rows is None else f'{rows:.1f}'} |"
+            )
+            print(f"K={k} {name}: {stats}", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--classes", type=lambda s: [int(k) for k in s.split(",")], default=[10, 100]
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="onnxruntime threads per call, all servers (0: one per core, spin-waiting)",
+    )
+    print(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
