@@ -410,6 +410,12 @@ class ProgressBar:
 
 def print_job(job: dict) -> None:
     print(f"job {job['id']}: {job['status']}")
+    progress = job.get("progress") or {}
+    if job["status"] not in TERMINAL and progress.get("epochs"):
+        phase = f" ({progress['phase']})" if progress.get("phase") else ""
+        print(
+            f"  epoch {progress.get('epoch', 0)}/{progress['epochs']}{phase}, {progress.get('fraction', 0):.0%}"
+        )
     if job.get("error"):
         print(f"  error: {job['error']}")
     for role in ("model_id", "baseline_model_id"):
