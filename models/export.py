@@ -156,7 +156,7 @@ class SampledCore(nn.Module):
             p = torch.sigmoid(z)
             expected_entropy = (nn.functional.softplus(z) - z * p).mean(1)
         probs = p.mean(1)
-        var = (p.square().mean(1) - probs.square()).clamp_min(0) * (num / (num - 1).clamp_min(1))
+        var = ((p * p).mean(1) - probs * probs).clamp_min(0) * (num / (num - 1).clamp_min(1))
         return _outputs(latent, probs, expected_entropy, var.sqrt(), head.task)
 
 

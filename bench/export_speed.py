@@ -1,0 +1,132 @@
+"""Speed of the exported ONNX graph: onnxruntime vs PyTorch eager, in-graph sampling vs
+the same graph fed precomputed noise, HET vs the softmax baseline.
+
+    .venv/bin/python bench/export_speed.py [--threads 1] [--samples 1000] [--repeats 7]
+
+MLP backbone (D=128, hidden [256, 256]), HET with R=10, S=1000 (one draw shared by the
+batch), B in {1, 64}, K in {10, 100, 1000}; random weights (speed does not depend on
+training). Each cell is the median wall time of one call computing every output
+(probs, entropies, prob_std, noise_std, top classes and their correlations); the
+variants of one row are timed round-robin, so a load change hits them alike. Prints a
+markdown table; ratios are against baselines measured in the same run.
+
+Columns: "graph" = the exported file (noise drawn in the graph from a seed), "noise in"
+= the same core fed a precomputed noise matrix (the sampler's cost is the difference),
+"torch" = PyTorch eager ``predictive_uncertainty`` (draws with torch.randn), "softmax"
+= the baseline's exported file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.classifier import build_classifier
+from models.export import build_onnx, core_onnx, counter_normals, noise_width
+from models.spec import BackboneSpec, HeadSpec, RunSpec
+from models.uncertainty import predictive_uncertainty
+
+D = 128
+R = 10
+
+
+def make_model(kind: str, num_classes: int, samples: int):
+    torch.manual_seed(0)
+    spec = RunSpec(
+        head=HeadSpec(kind=kind, num_factors=R, temperature=1.5, eval_mc_samples=samples),
+        backbone=BackboneSpec(hidden=[256, 256]),
+    )
+    return build_classifier(spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)).eval()
+
+
+def session(proto, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def time_round_robin(calls: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each callable, timed in interleaved rounds."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_cell(num_classes: int, batch: int, samples: int, threads: int, repeats: int) -> dict[str, float]:
+    het, base = make_model("het", num_classes, samples), make_model("softmax", num_classes, samples)
+    graph = session(build_onnx(het, [D]), threads)
+    noise_in = session(core_onnx(het, [D]), threads)
+    softmax = session(build_onnx(base, [D]), threads)
+    x = np.random.default_rng(0).normal(size=(batch, D)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    noise = counter_normals(1, samples, noise_width(het))
+    feeds = {"input": x, "num_samples": np.asarray(samples, np.int64), "seed": np.asarray(1, np.int64)}
+    gen = torch.Generator().manual_seed(0)
+
+    def torch_het():
+        with torch.no_grad():
+            predictive_uncertainty(het.head, het.features(xt), samples, gen)
+
+    def torch_softmax():
+        with torch.no_grad():
+            predictive_uncertainty(base.head, base.features(xt))
+
+    return time_round_robin(
+        {
+            "graph": lambda: graph.run(None, feeds),
+            "noise in": lambda: noise_in.run(None, {"input": x, "noise": noise}),
+            "torch": torch_het,
+            "softmax": lambda: softmax.run(None, feeds),
+            "torch softmax": torch_softmax,
+        },
+        repeats,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op and torch threads")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    print(
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} thread(s), "
+        f"S={args.samples}, R={R}, MLP {D}-256-256, median of {args.repeats}\n"
+    )
+    print(
+        "| K | B | graph ms | noise in ms | graph / noise in | torch ms | graph / torch "
+        "| softmax ms | torch softmax ms | graph / softmax |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for num_classes in args.classes:
+        for batch in args.batches:
+            t = bench_cell(num_classes, batch, args.samples, args.threads, args.repeats)
+            ms = {k: v * 1e3 for k, v in t.items()}
+            print(
+                f"| {num_classes} | {batch} | {ms['graph']:.2f} | {ms['noise in']:.2f} "
+                f"| {t['graph'] / t['noise in']:.2f}x | {ms['torch']:.2f} | {t['graph'] / t['torch']:.2f}x "
+                f"| {ms['softmax']:.3f} | {ms['torch softmax']:.3f} | {t['graph'] / t['softmax']:.0f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
