@@ -531,19 +531,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     request = {"inputs": [x_example], "seed": 0, "top_k": 3, "correlated_pairs": True}
     prediction = api.request("POST", f"/v1/models/{job['model_id']}/predict", json=request)
     row = prediction["predictions"][0]
-    per_class = ("probs", "prob_std", "mc_stderr", "noise_std")  # K numbers each: left out
-    shown = {k: v for k, v in row.items() if k not in per_class}
-    print(f"one test image (true class {y_example}) through the served model "
-          f"(S={prediction['mc_samples']}; per-class arrays {', '.join(per_class)} left out):")  # fmt: skip
-    print(json.dumps(shown, indent=2))
+    print(f"one test image (true class {y_example}) through the served model, "
+          f"S={prediction['mc_samples']} samples:")  # fmt: skip
+    print(prediction_summary(row))
     return 0
+
+
+def prediction_summary(row: dict) -> str:
+    """A few lines for a person; the full row (probs, prob_std, mc_stderr, noise_std per
+    class) is what the API returns."""
+    lines = [
+        f"  predicted {row['class_name']} (class {row['label']}), confidence {row['confidence']:.3f}",
+        f"  entropy {row['entropy']:.3f}, expected entropy {row['expected_entropy']:.3f}",
+    ]
+    if row.get("top_k"):
+        top = ", ".join(f"{t['class_name']} {t['prob']:.3f}" for t in row["top_k"])
+        lines.append(f"  top {len(row['top_k'])}: {top}")
+    if row.get("correlated_pairs"):
+        pairs = ", ".join(
+            f"{tuple(p['classes'])} {p['correlation']:+.2f}" for p in row["correlated_pairs"]
+        )
+        lines.append(f"  latent correlation of likely class pairs: {pairs}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hetserve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="hetserve",
+        description="Train heteroscedastic (HET) classifiers and serve them with uncertainty.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the API and one worker on embedded defaults (make run)")
