@@ -6,9 +6,11 @@ logger, also carries ``"job_id"``: the binding lives in a contextvar, so it foll
 code that runs the job (threads started inside do not inherit it; asyncio tasks do).
 Fields passed with ``extra={...}`` are added as they are when JSON can hold them.
 
-uvicorn and Celery install their own handlers; ``configure_logging`` removes those from
-their loggers and lets the records propagate to the root handler, so one format covers
-every line. Stdlib only.
+uvicorn, Celery and torch install their own handlers; ``configure_logging`` removes those
+from their loggers and lets the records propagate to the root handler, and routes
+``warnings`` through logging, so one format covers every line Python emits (native
+libraries writing to stderr themselves, such as onnxruntime's C++ warnings, stay as they
+are). Stdlib only.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ FOREIGN_LOGGERS = (
     "celery.redirected",
     "kombu",
     "alembic",
+    "torch",  # torch._logging's own handler prints "W1125 12:00:00 ..." lines
 )
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -127,4 +130,6 @@ def configure_logging(level: str = "INFO", process: str = "api") -> logging.Hand
         foreign = logging.getLogger(name)
         foreign.handlers.clear()
         foreign.propagate = True
+    # warnings.warn (Celery's SecurityWarning, deprecations) as records of "py.warnings"
+    logging.captureWarnings(True)
     return handler

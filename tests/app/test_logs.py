@@ -10,11 +10,14 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
-    import asyncio, logging, logging.config
+    import asyncio, logging, logging.config, sys, warnings
     import uvicorn.config
     # uvicorn's own dictConfig first, as the `uvicorn` command does before importing the app
     logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
     from app.logs import bind_job, configure_logging
+    # a library logger with its own plain handler, as torch._logging sets up
+    logging.getLogger("torch").addHandler(logging.StreamHandler(sys.stderr))
+    logging.getLogger("torch").propagate = False
     configure_logging("info", "api")
     configure_logging("info", "api")  # idempotent: still one line per record
     log = logging.getLogger("hetserve.test")
@@ -30,6 +33,8 @@ SCRIPT = textwrap.dedent(
         except ZeroDivisionError:
             log.exception("boom")
     log.info("after")
+    logging.getLogger("torch.onnx").warning("torchvision is not installed")
+    warnings.warn("running as root", UserWarning)
 
     async def job(job_id):
         with bind_job(job_id):
@@ -72,6 +77,9 @@ def test_json_lines_with_job_id_from_every_logger():
     assert by_msg["task done"]["level"] == "WARNING" and by_msg["task done"]["job_id"] == "job-a"
     boom = by_msg["boom"]
     assert boom["level"] == "ERROR" and "ZeroDivisionError" in boom["exc"]
+    assert by_msg["torchvision is not installed"]["logger"] == "torch.onnx"
+    (warned,) = [line for line in lines if line["logger"] == "py.warnings"]
+    assert "UserWarning: running as root" in warned["msg"]
     # one handler although configure_logging ran twice
     assert sum(1 for line in lines if line["msg"] == "inside") == 1
 
