@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -48,6 +49,7 @@ HIDDEN = [256, 256]
 FACTORS = {10: 4, 100: 10}  # R per K (DESIGN §1's cost example uses R = 10 at K = 100)
 S = 1000
 WARMUP_S = 2.0
+MINIMAL = "minimal (1 onnxruntime call per request)"
 
 
 # -- the baseline server ------------------------------------------------------------------
@@ -103,8 +105,9 @@ async def one_client(
 
 
 async def closed_loop(
-    port: int, path: str, payload: dict, clients: int, requests: int, seconds: float
-):
+    port: int, path: str, payload: dict, clients: int, requests: int, seconds: float, warmup: float
+) -> tuple[list[float], float]:
+    """Latencies (s) of up to ``requests`` answers within ``seconds``, and the time taken."""
     body = json.dumps(payload).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -123,15 +126,12 @@ async def closed_loop(
         )
         return latencies, time.perf_counter() - start
 
-    await phase(10**9, WARMUP_S)
+    if warmup > 0:
+        await phase(10**9, warmup)
     return await phase(requests, seconds)
 
 
-def measure(url: str, path: str, payload: dict, args) -> dict:
-    port = int(url.rsplit(":", 1)[1])
-    latencies, elapsed = asyncio.run(
-        closed_loop(port, path, payload, args.clients, args.requests, args.max_seconds)
-    )
+def summarize(latencies: list[float], elapsed: float) -> dict:
     ms = np.asarray(latencies) * 1000
     return {
         "count": len(ms),
@@ -185,40 +185,86 @@ def export_het_mlp(path: Path, num_classes: int) -> Path:
     return path
 
 
+def onnxruntime_rows_per_second(path: Path, batch: int, intra_op_threads: int) -> float:
+    """The runtime alone, in this process: rows/s of OnnxModel.run at one batch size."""
+    from app.inference import OnnxModel
+
+    model = OnnxModel(path, intra_op_threads=intra_op_threads)
+    x = np.random.default_rng(2).normal(size=(batch, D)).astype(np.float32)
+    for _ in range(3):
+        model.run(x)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        model.run(x)
+        calls += 1
+    return calls * batch / (time.perf_counter() - start)
+
+
 def run(args) -> str:
     work = Path(tempfile.mkdtemp(prefix="hetserve-bench-"))
     row = np.random.default_rng(1).normal(size=(1, D)).round(4).tolist()
     lines = [
         f"Closed loop, {args.clients} clients on loopback, one row per request, S = {S}, "
-        f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K; up to {args.requests} requests or "
-        f"{args.max_seconds:.0f} s per line after {WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()}.",
+        f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K, onnxruntime intra-op threads "
+        f"{args.intra_op_threads}; per line up to {args.requests} requests or "
+        f"{args.max_seconds:.0f} s, measured in {args.rounds} interleaved rounds after "
+        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()}.",
         "",
-        "| K | server | requests/s | p50 ms | p99 ms | throughput vs minimal | p99 vs minimal | mean rows per onnxruntime call |",
+        "| K | server | requests/s | p50 ms | p99 ms | throughput vs minimal "
+        "| p99 vs minimal | mean rows per onnxruntime call |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    runtime_lines = []
     for k in args.classes:
         path = export_het_mlp(work / f"het_k{k}.onnx", k)
-        results = {}
-        env = {"BENCH_MODEL_PATH": str(path), "BENCH_INTRA_OP_THREADS": str(args.intra_op_threads)}
-        cmd = ["bench.serve_load:minimal_app", "--factory"]
-        with live_server(env, app=cmd) as url:
-            results["minimal (1 onnxruntime call per request)"] = (
-                measure(url, "/predict", {"inputs": row}, args),
-                None,
+        minimal_env = {
+            "BENCH_MODEL_PATH": str(path),
+            "BENCH_INTRA_OP_THREADS": str(args.intra_op_threads),
+        }
+        with contextlib.ExitStack() as servers:
+            # name -> (url, predict path, model id or None); all up at once, measured in
+            # interleaved rounds so a change in background load hits each alike.
+            minimal_url = servers.enter_context(
+                live_server(minimal_env, app=["bench.serve_load:minimal_app", "--factory"])
             )
-        for batching in (False, True):
-            data = work / f"data_k{k}_{batching}"
-            model_id = register(make_settings(data), path)
-            server_env = settings_env(
-                data, batching=batching, ort_intra_op_threads=args.intra_op_threads
-            )
-            with live_server(server_env) as url:
-                stats = measure(url, f"/v1/models/{model_id}/predict", {"inputs": row}, args)
-                results[f"hetserve, batching {'on' if batching else 'off'}"] = (
-                    stats,
-                    mean_batch_rows(url, model_id),
+            targets = {MINIMAL: (minimal_url, "/predict", None)}
+            for batching in (False, True):
+                data = work / f"data_k{k}_{batching}"
+                model_id = register(make_settings(data), path)
+                env = settings_env(
+                    data, batching=batching, ort_intra_op_threads=args.intra_op_threads
                 )
-        base = results["minimal (1 onnxruntime call per request)"][0]
+                url = servers.enter_context(live_server(env))
+                name = f"hetserve, batching {'on' if batching else 'off'}"
+                targets[name] = (url, f"/v1/models/{model_id}/predict", model_id)
+            latencies = {name: [] for name in targets}
+            elapsed = dict.fromkeys(targets, 0.0)
+            for round_ in range(args.rounds):
+                for name, (url, predict_path, _) in targets.items():
+                    got, seconds = asyncio.run(
+                        closed_loop(
+                            int(url.rsplit(":", 1)[1]),
+                            predict_path,
+                            {"inputs": row},
+                            args.clients,
+                            args.requests // args.rounds,
+                            args.max_seconds / args.rounds,
+                            WARMUP_S if round_ == 0 else 0.0,
+                        )
+                    )
+                    latencies[name] += got
+                    elapsed[name] += seconds
+            results = {
+                name: (
+                    summarize(latencies[name], elapsed[name]),
+                    None if model_id is None else mean_batch_rows(url, model_id),
+                )
+                for name, (url, _, model_id) in targets.items()
+            }
+        single = onnxruntime_rows_per_second(path, 1, args.intra_op_threads)
+        batched = onnxruntime_rows_per_second(path, args.clients, args.intra_op_threads)
+        runtime_lines.append(f"| {k} | {single:.0f} | {batched:.0f} | {batched / single:.1f}x |")
+        base = results[MINIMAL][0]
         for name, (stats, rows) in results.items():
             lines.append(
                 f"| {k} | {name} | {stats['rps']:.0f} | {stats['p50']:.1f} | {stats['p99']:.1f} | "
@@ -226,6 +272,15 @@ def run(args) -> str:
                 f"{'' if rows is None else f'{rows:.1f}'} |"
             )
             print(f"K={k} {name}: {stats}", file=sys.stderr, flush=True)
+    lines += [
+        "",
+        f"The runtime alone (OnnxModel.run in this process, no HTTP), rows/s at batch 1 "
+        f"and {args.clients}:",
+        "",
+        f"| K | rows/s, batch 1 | rows/s, batch {args.clients} | gain |",
+        "|---|---|---|---|",
+        *runtime_lines,
+    ]
     return "\n".join(lines)
 
 
@@ -237,6 +292,7 @@ def main() -> None:
     parser.add_argument(
         "--classes", type=lambda s: [int(k) for k in s.split(",")], default=[10, 100]
     )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
     parser.add_argument(
         "--intra-op-threads",
         type=int,

@@ -57,7 +57,7 @@ class _Lane:
 
     pending: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    full: asyncio.Future | None = None  # set while the drain task waits for rows
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
     task: asyncio.Task | None = None  # held here: the loop keeps only a weak reference
 
@@ -112,7 +112,8 @@ class DynamicBatcher:
         waiting = _Waiting(x, loop.create_future(), loop.time())
         lane.pending.append(waiting)
         lane.rows += len(x)
-        lane.arrived.set()
+        if lane.full is not None and lane.rows >= self.max_batch_size and not lane.full.done():
+            lane.full.set_result(None)
         QUEUE_DEPTH.labels(model_id).inc()
         return await waiting.future
 
@@ -153,17 +154,20 @@ class DynamicBatcher:
                     w.future.cancel()
 
     async def _fill(self, lane: _Lane, loop) -> None:
-        """Wait until the lane holds a full batch or its oldest request's delay is up."""
-        deadline = lane.pending[0].arrived + self.max_queue_delay_s
-        while lane.rows < self.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            lane.arrived.clear()
-            try:
-                await asyncio.wait_for(lane.arrived.wait(), remaining)
-            except TimeoutError:
-                return
+        """Wait until the lane holds a full batch or its oldest request's delay is up.
+
+        One timer per batch, woken early only when the batch fills: arrivals in between
+        cost nothing here (no wake-up per request)."""
+        remaining = lane.pending[0].arrived + self.max_queue_delay_s - loop.time()
+        if lane.rows >= self.max_batch_size or remaining <= 0:
+            return
+        lane.full = loop.create_future()
+        timer = loop.call_later(remaining, _resolve, lane.full)
+        try:
+            await lane.full
+        finally:
+            timer.cancel()
+            lane.full = None
 
     def _take(self, lane: _Lane) -> list[_Waiting]:
         """The oldest requests whose rows fit in max_batch_size (at least one)."""
@@ -174,3 +178,8 @@ class DynamicBatcher:
             batch.append(lane.pending.popleft())
         lane.rows -= rows
         return batch
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -35,14 +35,22 @@ class ModelDirectory:
         self.ttl_s = settings.model_lookup_ttl_s
         self.artifacts = ArtifactStore(settings.data_dir)
         self._entries: dict[str, tuple[float, ServedModel]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def cached(self, ref: str) -> ServedModel | None:
-        """A fresh cached lookup, or None (never queries the store)."""
-        entry = self._entries.get(ref)
-        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+        """A cached lookup, or None: then the caller runs ``lookup`` (never queries).
+
+        When an entry expires, the first caller gets None and refreshes it; callers
+        arriving meanwhile keep the expired entry instead of all querying at once."""
+        with self._lock:
+            entry = self._entries.get(ref)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] <= self.ttl_s or ref in self._refreshing:
+                return entry[1]
+            self._refreshing.add(ref)
             return None
-        return entry[1]
 
     def lookup(self, ref: str) -> ServedModel | None:
         """Query the store (blocking); None when ``ref`` is neither a model id nor an alias."""
@@ -61,3 +69,4 @@ class ModelDirectory:
     def invalidate(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._refreshing.clear()
