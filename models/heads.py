@@ -423,7 +423,16 @@ class HetHead(nn.Module):
 
     @torch.no_grad()
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
-        return self.moments(h, num_samples, generator, noise)["probs"]
+        """p_hat = 1/S sum_s softmax(z_s) (sigmoid for multilabel), (B, K); the mean only."""
+        if noise is None:
+            noise = self.draw_noise(h.shape[0], num_samples or self.eval_mc_samples, h.device, generator)
+        latent, (eps_r, eps_k) = self._scaled_latent_and_noise(h, None, generator, noise)
+        draws = _Draws(latent, eps_r, eps_k, self.chunk_size(h.shape[0]), self.class_major)
+        total = torch.zeros_like(latent.mu)
+        for _, _, _, z in draws:
+            p = torch.softmax(z, draws.class_dim) if self.task == MULTICLASS else z.sigmoid_()
+            total += p.sum(draws.sample_dim)
+        return total / draws.num_samples
 
     @torch.no_grad()
     def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:

@@ -253,3 +253,14 @@ def test_linear_head_is_the_plain_softmax_and_sigmoid():
     assert torch.allclose(ml.predict(h), torch.sigmoid(ml.loc(h)))
     with pytest.raises(ValueError):
         build_head("bayes", 6, 4, MULTICLASS)
+
+
+@pytest.mark.parametrize("task", [MULTICLASS, MULTILABEL])
+def test_predict_is_the_mean_of_moments_on_the_same_noise(task):
+    head = make_head(k=5, r=2, task=task, temperature=0.7)
+    h = torch.randn(4, 6)
+    noise = head.draw_noise(4, 100, "cpu", torch.Generator().manual_seed(0))
+    z = head.latent(h).scaled(1 / 0.7).sample(*noise)
+    explicit = (torch.softmax(z, -1) if task == MULTICLASS else torch.sigmoid(z)).mean(1)
+    assert torch.allclose(head.predict(h, noise=noise), explicit, atol=1e-6)
+    assert torch.allclose(head.moments(h, noise=noise)["probs"], explicit, atol=1e-6)
