@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
@@ -44,6 +45,11 @@ from app.serving.schemas import (
 )
 from app.settings import Settings
 from app.store import Alias, Job, Model, ModelStore
+
+try:
+    import orjson
+except ImportError:  # an optional speedup; the standard library encodes the same JSON
+    orjson = None
 
 MAX_LIST = 1000
 MAX_OFFSET = 2**62  # the store's integers are 64-bit: a larger offset is a 422, not a 500
@@ -379,10 +385,39 @@ async def predict(
 
     num_samples = body.mc_samples or model.eval_mc_samples
     outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
+    field = "inputs" if body.inputs is not None else "images"
+    overflow = first_non_finite_row(outputs, model.output_names)
+    if overflow is not None:
+        raise unprocessable(
+            ["body", field, overflow],
+            f"{field}[{overflow}]: the model's outputs overflow for this row (values far outside"
+            " the training data)",
+        )
     rows = model.rows(
         outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs
     )
-    return JSONResponse({"model_id": resolved_id, "mc_samples": num_samples, "predictions": rows})
+    return json_response({"model_id": resolved_id, "mc_samples": num_samples, "predictions": rows})
+
+
+def first_non_finite_row(outputs: dict, names: list[str]) -> int | None:
+    """The first row with a NaN or infinite output (finite but huge inputs overflow the
+    logits), or None; such a row cannot be answered in JSON."""
+    bad = None
+    for name in names:
+        value = outputs[name]
+        if value.dtype.kind == "f":
+            rows_bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+            bad = rows_bad if bad is None else bad | rows_bad
+    if bad is None or not bad.any():
+        return None
+    return int(np.argmax(bad))
+
+
+def json_response(payload: dict) -> Response:
+    """orjson when installed: ~20x faster than json for a prediction's float lists."""
+    if orjson is None:
+        return JSONResponse(payload)
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 # -- metrics -------------------------------------------------------------------------

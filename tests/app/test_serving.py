@@ -299,6 +299,7 @@ def test_validation_names_the_field_and_index(server, client):
         (vec, {"inputs": [[True, *good[0][1:]]]}, ["body", "inputs", 0, 0]),
         (vec, {"inputs": [good[0], [*good[1][:5], 1e39]]}, ["body", "inputs", 1, 5]),  # > float32
         (vec, {"inputs": [good[0]] * (MAX_ROWS + 1)}, ["body", "inputs"]),
+        (vec, {"inputs": [good[0], [3e38] * D]}, ["body", "inputs", 1]),  # outputs overflow
         (vec, {"inputs": []}, ["body", "inputs"]),
         (vec, {"inputs": good, "mc_samples": 0}, ["body", "mc_samples"]),
         (vec, {"inputs": good, "mc_samples": MAX_S + 1}, ["body", "mc_samples"]),
