@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TEMPERATURE_GRID = (0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -22,12 +22,31 @@ class HeadSpec(_Strict):
     temperature: float | Literal["auto", "learned"] = Field(
         1.0, description='a fixed tau > 0, "auto" (grid, best validation NLL) or "learned"'
     )
-    temperature_grid: list[float] = Field(default_factory=lambda: list(TEMPERATURE_GRID), min_length=1)
+    temperature_grid: list[float] = Field(
+        default_factory=lambda: list(TEMPERATURE_GRID), min_length=1
+    )
     temperature_bounds: tuple[float, float] = (0.3, 3.0)
     train_mc_samples: int = Field(200, ge=1, le=100_000)
     eval_mc_samples: int = Field(1000, ge=1, le=100_000)
     parameter_efficient: bool = False
     share_samples_across_batch: bool = True
+
+    @model_validator(mode="after")
+    def _temperatures_positive(self) -> HeadSpec:
+        lo, hi = self.temperature_bounds
+        if not 0 < lo < hi:
+            raise ValueError(
+                f"temperature_bounds must satisfy 0 < lo < hi, got {self.temperature_bounds}"
+            )
+        if isinstance(self.temperature, float) and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if any(not t > 0 for t in self.temperature_grid):
+            raise ValueError(f"temperature_grid values must be > 0, got {self.temperature_grid}")
+        if self.temperature == "learned" and not lo < 1.0 < hi:
+            raise ValueError(
+                f"a learned temperature starts at 1.0, which must lie inside {self.temperature_bounds}"
+            )
+        return self
 
 
 class BackboneSpec(_Strict):

@@ -20,7 +20,13 @@ def blobs(n=150, d=4, k=3, seed=0) -> ArrayDataset:
 
 
 def tiny_spec(epochs=4, **head) -> RunSpec:
-    head = {"kind": "het", "num_factors": 2, "temperature": 1.0, "train_mc_samples": 16, "eval_mc_samples": 32} | head
+    head = {
+        "kind": "het",
+        "num_factors": 2,
+        "temperature": 1.0,
+        "train_mc_samples": 16,
+        "eval_mc_samples": 32,
+    } | head
     return RunSpec(
         head=HeadSpec(**head),
         backbone=BackboneSpec(hidden=[16]),
@@ -52,7 +58,9 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train(spec, data, Callbacks(on_epoch_end=stop_after_epoch_2), checkpoint_dir=tmp_path / "cut")
+        train(
+            spec, data, Callbacks(on_epoch_end=stop_after_epoch_2), checkpoint_dir=tmp_path / "cut"
+        )
     resumed = train(spec, data, checkpoint_dir=tmp_path / "cut")
     last_resumed = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]
 
@@ -77,7 +85,10 @@ def test_cancel_check_raises_between_steps_and_the_run_resumes(tmp_path):
         train(
             spec,
             data,
-            Callbacks(should_cancel=cancel_on_eighth_step, on_epoch_end=lambda e: epochs_done.append(e["epoch"])),
+            Callbacks(
+                should_cancel=cancel_on_eighth_step,
+                on_epoch_end=lambda e: epochs_done.append(e["epoch"]),
+            ),
             checkpoint_dir=tmp_path,
         )
     assert epochs_done == [1]
@@ -92,12 +103,16 @@ def test_auto_temperature_keeps_the_best_validation_nll():
     nlls = [c["val_nll"] for c in result.candidates]
     best = grid[int(np.argmin(nlls))]
     assert len(set(nlls)) == 3  # the candidates really differ
-    assert result.spec.head.temperature == best and result.metrics["temperature"] == pytest.approx(best)
+    assert result.spec.head.temperature == best and result.metrics["temperature"] == pytest.approx(
+        best
+    )
     assert result.metrics["val_nll"] == pytest.approx(min(nlls))
 
 
 def test_learned_temperature_ends_within_bounds_and_is_recorded():
-    result = train(tiny_spec(epochs=2, temperature="learned", temperature_bounds=(0.5, 2.0)), blobs())
+    result = train(
+        tiny_spec(epochs=2, temperature="learned", temperature_bounds=(0.5, 2.0)), blobs()
+    )
     tau = result.metrics["temperature"]
     assert 0.5 <= tau <= 2.0 and tau != 1.0  # it moved from its start
     assert result.spec.head.temperature == pytest.approx(tau)
@@ -106,10 +121,14 @@ def test_learned_temperature_ends_within_bounds_and_is_recorded():
 def test_progress_and_best_epoch_and_baseline():
     steps, epochs = [], []
     result = train(
-        tiny_spec(epochs=3), blobs(), Callbacks(on_step=steps.append, on_epoch_end=epochs.append, step_every=2)
+        tiny_spec(epochs=3),
+        blobs(),
+        Callbacks(on_step=steps.append, on_epoch_end=epochs.append, step_every=2),
     )
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[-1]["fraction"] == 1.0
-    assert len(steps) == 6 and all({"epoch", "step", "train_loss", "fraction"} <= s.keys() for s in steps)
+    assert len(steps) == 6 and all(
+        {"epoch", "step", "train_loss", "fraction"} <= s.keys() for s in steps
+    )
     val_nlls = [e["val"]["nll"] for e in result.history]
     assert result.best_epoch == int(np.argmin(val_nlls)) + 1
     assert result.metrics["test_split"] == "test" and result.metrics["test_accuracy"] > 0.6
@@ -139,7 +158,28 @@ def test_augment_images_crops_a_shifted_window_and_flips():
         windows = [padded[i, :, dy : dy + 5, dx : dx + 5] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert torch.equal(augment_images(x, pad=0), x)
-    flipped = augment_images(x.repeat(16, 1, 1, 1), pad=0, hflip=True, generator=torch.Generator().manual_seed(0))
+    flipped = augment_images(
+        x.repeat(16, 1, 1, 1), pad=0, hflip=True, generator=torch.Generator().manual_seed(0)
+    )
     is_flipped = [torch.equal(f, x[i % 2].flip(-1)) for i, f in enumerate(flipped)]
     assert 0 < sum(is_flipped) < 32
-    assert all(f or torch.equal(o, x[i % 2]) for i, (f, o) in enumerate(zip(is_flipped, flipped, strict=True)))
+    assert all(
+        f or torch.equal(o, x[i % 2])
+        for i, (f, o) in enumerate(zip(is_flipped, flipped, strict=True))
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"temperature": -1.0},
+        {"temperature": 0.0},
+        {"temperature_grid": [1.0, 0.0]},
+        {"temperature_bounds": (2.0, 1.0)},
+        {"temperature": "learned", "temperature_bounds": (1.5, 3.0)},
+        {"temperature": "hot"},
+    ],
+)
+def test_head_spec_rejects_bad_temperatures(head):
+    with pytest.raises(ValueError):
+        HeadSpec(**head)
