@@ -19,13 +19,15 @@ inherited session must be neither used nor destroyed (its destructor joins threa
 do not exist there and hangs forever). After a fork every live OnnxModel in the child
 sets its inherited session aside for good and builds a fresh one on first use.
 
-Batch companions. The noise does not depend on the batch, but onnxruntime's
-elementwise kernels (Softplus, for one) compute a tensor's last few elements in a scalar
-tail loop that rounds differently from the vectorised body, so a row's last bits depend
-on where it sits in the batch. A seeded call therefore runs one row per session call:
-the row's output is then a function of (row, S, seed) alone, bit for bit, whatever it is
-batched with (measured also identical across 1, 2 and 4 intra-op threads). Unseeded
-calls draw fresh noise anyway and run batched.
+Batch companions. The noise does not depend on the batch, but some of onnxruntime's
+elementwise kernels (measured in 1.32: Softplus, Log, Sin, Cos; not Exp, Sqrt, Sigmoid,
+Softmax) compute a tensor's last few elements in a scalar tail loop that rounds
+differently from the vectorised body, so a row's last bits depend on where it sits in
+the batch. A seeded call therefore runs one row per session call: the row's output is
+then a function of (row, S, seed) alone, bit for bit, whatever it is batched with
+(measured identical across 1, 2 and 4 intra-op threads too). That costs up to a few
+times the batched call (bench/export_speed.py); unseeded calls draw fresh noise anyway
+and run batched.
 
 Memory. The graph holds a B x S x K tensor; unseeded batches are split into row chunks
 of at most ``max_elements`` B x S x K elements (one seed serves every chunk of a call).

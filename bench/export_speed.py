@@ -12,6 +12,8 @@ markdown table; ratios are against baselines measured in the same run.
 
 Columns: "graph" = the exported file (noise drawn in the graph from a seed), "noise in"
 = the same core fed a precomputed noise matrix (the sampler's cost is the difference),
+"row per call" = the file run one row per session call, as app/inference.py does for a
+caller's seed,
 "torch" = PyTorch eager ``predictive_uncertainty`` (draws with torch.randn), "softmax"
 = the baseline's exported file.
 """
@@ -41,7 +43,9 @@ def make_model(kind: str, num_classes: int, samples: int):
         head=HeadSpec(kind=kind, num_factors=R, temperature=1.5, eval_mc_samples=samples),
         backbone=BackboneSpec(hidden=[256, 256]),
     )
-    return build_classifier(spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)).eval()
+    return build_classifier(
+        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
+    ).eval()
 
 
 def session(proto, threads: int) -> ort.InferenceSession:
@@ -49,7 +53,9 @@ def session(proto, threads: int) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def time_round_robin(calls: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -66,7 +72,9 @@ def time_round_robin(calls: dict, repeats: int, warmup: int = 2) -> dict[str, fl
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_cell(num_classes: int, batch: int, samples: int, threads: int, repeats: int) -> dict[str, float]:
+def bench_cell(
+    num_classes: int, batch: int, samples: int, threads: int, repeats: int
+) -> dict[str, float]:
     het, base = make_model("het", num_classes, samples), make_model("softmax", num_classes, samples)
     graph = session(build_onnx(het, [D]), threads)
     noise_in = session(core_onnx(het, [D]), threads)
@@ -74,7 +82,11 @@ def bench_cell(num_classes: int, batch: int, samples: int, threads: int, repeats
     x = np.random.default_rng(0).normal(size=(batch, D)).astype(np.float32)
     xt = torch.from_numpy(x)
     noise = counter_normals(1, samples, noise_width(het))
-    feeds = {"input": x, "num_samples": np.asarray(samples, np.int64), "seed": np.asarray(1, np.int64)}
+    feeds = {
+        "input": x,
+        "num_samples": np.asarray(samples, np.int64),
+        "seed": np.asarray(1, np.int64),
+    }
     gen = torch.Generator().manual_seed(0)
 
     def torch_het():
@@ -88,6 +100,11 @@ def bench_cell(num_classes: int, batch: int, samples: int, threads: int, repeats
     return time_round_robin(
         {
             "graph": lambda: graph.run(None, feeds),
+            # what OnnxModel.run does with a caller's seed: one row per call (bit-identical
+            # whatever the row is batched with; app/inference.py says why)
+            "row per call": lambda: [
+                graph.run(None, {**feeds, "input": x[i : i + 1]}) for i in range(batch)
+            ],
             "noise in": lambda: noise_in.run(None, {"input": x, "noise": noise}),
             "torch": torch_het,
             "softmax": lambda: softmax.run(None, feeds),
@@ -99,7 +116,9 @@ def bench_cell(num_classes: int, batch: int, samples: int, threads: int, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op and torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime intra-op and torch threads"
+    )
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
@@ -113,9 +132,9 @@ def main() -> None:
     )
     print(
         "| K | B | graph ms | noise in ms | graph / noise in | torch ms | graph / torch "
-        "| softmax ms | torch softmax ms | graph / softmax |"
+        "| softmax ms | torch softmax ms | graph / softmax | row per call / graph |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for num_classes in args.classes:
         for batch in args.batches:
             t = bench_cell(num_classes, batch, args.samples, args.threads, args.repeats)
@@ -123,7 +142,8 @@ def main() -> None:
             print(
                 f"| {num_classes} | {batch} | {ms['graph']:.2f} | {ms['noise in']:.2f} "
                 f"| {t['graph'] / t['noise in']:.2f}x | {ms['torch']:.2f} | {t['graph'] / t['torch']:.2f}x "
-                f"| {ms['softmax']:.3f} | {ms['torch softmax']:.3f} | {t['graph'] / t['softmax']:.0f}x |",
+                f"| {ms['softmax']:.3f} | {ms['torch softmax']:.3f} | {t['graph'] / t['softmax']:.0f}x "
+                f"| {t['row per call'] / t['graph']:.2f}x |",
                 flush=True,
             )
 

@@ -264,6 +264,7 @@ def sampler_nodes(width: int) -> list[onnx.NodeProto]:
     for n in nodes:
         n.input[:] = [f"sampler/{i}" if i in own else i for i in n.input]
         n.output[:] = [f"sampler/{o}" if o in own else o for o in n.output]
+        n.name = n.output[0]
     return nodes
 
 
@@ -275,7 +276,9 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
     u1 = (w_j >> 40 + 1/2) / 2^24 in (0, 1) and u2 = ((w_j >> 8) & (2^24 - 1)) / 2^24,
     and by Box-Muller two normals r cos(2 pi u2) in column c and r sin(2 pi u2) in
     column H + c, r = sqrt(-2 log u1). Row s depends on (key, s) only, so a larger S
-    extends a smaller S's draws. key = mix(seed), or mix(a RandomUniform draw) when seed < 0.
+    extends a smaller S's draws (up to the last bit: onnxruntime's Log, Cos and Sin round
+    a tensor's tail elements differently). key = mix(seed), or mix(a RandomUniform draw)
+    when seed < 0.
     """
     half = (width + 1) // 2
     u64 = np.uint64

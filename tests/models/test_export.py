@@ -233,12 +233,13 @@ def test_sampler_matches_numpy_and_is_standard_normal(width):
     assert np.abs(corr[np.triu_indices(width, 1)]).max() <= 4 / np.sqrt(num) * 1.5
     lag = np.mean(noise[1:] * noise[:-1])  # consecutive draws
     assert abs(lag) <= 4 / np.sqrt(noise[1:].size)
-    # a larger S extends a smaller S's draws; another seed gives other draws
+    # a larger S extends a smaller S's draws (to the last bit of Log/Cos/Sin, whose
+    # scalar tail loop rounds differently); another seed gives other draws
     head = session.run(
         None,
         {"num_samples": np.asarray(10, dtype=np.int64), "seed": np.asarray(42, dtype=np.int64)},
     )[0]
-    np.testing.assert_array_equal(head, noise[:10])
+    np.testing.assert_allclose(head, noise[:10], rtol=1e-6, atol=1e-7)
     other = session.run(
         None,
         {"num_samples": np.asarray(10, dtype=np.int64), "seed": np.asarray(43, dtype=np.int64)},
