@@ -3,6 +3,7 @@ parsed configuration checked for what the deployment promises (DESIGN §6, issue
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -152,3 +153,31 @@ def test_multi_host_overrides(config):
     assert worker["command"] == config["services"]["worker"]["command"]
     missing = run_compose("config", "--quiet", files=(COMPOSE_FILE, remote))
     assert missing.returncode != 0 and "MAIN_HOST_ADDR" in missing.stderr
+
+
+def test_quick_start_env_file_reaches_the_containers(tmp_path):
+    """deploy.md's quick start: cp .env.example .env, set the password, uncomment a setting.
+    The setting reaches the hetserve containers; a deployment-fixed one does not override."""
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    env_text = (REPO / ".env.example").read_text()
+    env_text = env_text.replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=0123abcd\n")
+    env_text = env_text.replace(
+        "# HETSERVE_JOB_TIME_LIMIT_S=21600", "HETSERVE_JOB_TIME_LIMIT_S=600"
+    )
+    env_text = env_text.replace("# HETSERVE_DATA_DIR=var", "HETSERVE_DATA_DIR=var")
+    (tmp_path / ".env").write_text(env_text)
+    done = run_compose("config", "--format", "json", files=(tmp_path / "docker-compose.yml",),
+                       env={}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    for name in HETSERVE_SERVICES:
+        env = services[name]["environment"]
+        assert env["HETSERVE_JOB_TIME_LIMIT_S"] == "600", name
+        assert env["HETSERVE_DATA_DIR"] == "/data", name
+        assert (
+            env["HETSERVE_DATABASE_URL"]
+            == "postgresql+psycopg://hetserve:0123abcd@postgres:5432/hetserve"
+        )
+        assert "HETSERVE_MAX_UPLOAD_BYTES" not in env  # commented out: the built-in default
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "0123abcd"
