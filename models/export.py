@@ -68,6 +68,16 @@ OUTPUT_NAMES = (
     "top_correlation",
 )
 META_PREFIX = "hetserve."
+RESERVED_METADATA = (
+    "class_names",
+    "input_shape",
+    "task",
+    "head",
+    "eval_mc_samples",
+    "parity",
+    "version",
+    "outputs",
+)
 OPSET = 18
 
 # Parity, two checks (check_parity):
@@ -273,7 +283,7 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
 
     Counter-based: pair j = s * H + c (H = ceil(width / 2)) gives one 64-bit word
     w_j = mix(key + GOLDEN * (j + 1)), two 24-bit uniforms
-    u1 = (w_j >> 40 + 1/2) / 2^24 in (0, 1) and u2 = ((w_j >> 8) & (2^24 - 1)) / 2^24,
+    u1 = (w_j >> 40 + 1/2) / 2^24 in (0, 1) and u2 = (w_j & (2^24 - 1)) / 2^24,
     and by Box-Muller two normals r cos(2 pi u2) in column c and r sin(2 pi u2) in
     column H + c, r = sqrt(-2 log u1). Row s depends on (key, s) only, so a larger S
     extends a smaller S's draws (up to the last bit: onnxruntime's Log, Cos and Sin round
@@ -287,7 +297,6 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
         _const("c_u27", 27, u64),
         _const("c_u31", 31, u64),
         _const("c_u40", 40, u64),
-        _const("c_u8", 8, u64),
         _const("c_mask24", (1 << 24) - 1, u64),
         _const("c_mix1", MIX1, u64),
         _const("c_mix2", MIX2, u64),
@@ -300,7 +309,7 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
         _const("c_inv24", 2.0**-24, np.float32),
         _const("c_half_f", 0.5, np.float32),
         _const("c_minus2", -2.0, np.float32),
-        _const("c_two_pi", 2 * math.pi, np.float32),
+        _const("c_two_pi_inv24", 2 * math.pi * 2.0**-24, np.float32),
         # key: the caller's seed, or 53 random bits when seed < 0
         oh.make_node("Less", ["seed", "c_zero"], ["fresh"]),
         oh.make_node(
@@ -327,18 +336,16 @@ def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
         *_mix64_nodes("state", "word", "w"),
         # two 24-bit uniforms per word
         oh.make_node("BitShift", ["word", "c_u40"], ["hi"], direction="RIGHT"),
-        oh.make_node("BitShift", ["word", "c_u8"], ["lo_wide"], direction="RIGHT"),
-        oh.make_node("BitwiseAnd", ["lo_wide", "c_mask24"], ["lo"]),
+        oh.make_node("BitwiseAnd", ["word", "c_mask24"], ["lo"]),
         oh.make_node("Cast", ["hi"], ["hi_f"], to=TensorProto.FLOAT),
         oh.make_node("Cast", ["lo"], ["lo_f"], to=TensorProto.FLOAT),
         oh.make_node("Add", ["hi_f", "c_half_f"], ["hi_c"]),
         oh.make_node("Mul", ["hi_c", "c_inv24"], ["u1"]),
-        oh.make_node("Mul", ["lo_f", "c_inv24"], ["u2"]),
         # Box-Muller
         oh.make_node("Log", ["u1"], ["log_u1"]),
         oh.make_node("Mul", ["log_u1", "c_minus2"], ["r2"]),
         oh.make_node("Sqrt", ["r2"], ["radius"]),
-        oh.make_node("Mul", ["u2", "c_two_pi"], ["angle"]),
+        oh.make_node("Mul", ["lo_f", "c_two_pi_inv24"], ["angle"]),  # 2 pi u2
         oh.make_node("Cos", ["angle"], ["cos"]),
         oh.make_node("Sin", ["angle"], ["sin"]),
         oh.make_node("Mul", ["radius", "cos"], ["normal_a"]),
@@ -381,9 +388,9 @@ def counter_normals(seed: int, num_samples: int, width: int) -> np.ndarray:
         counter = np.arange(1, num_samples * half + 1, dtype=np.uint64)
         word = mix(counter * np.uint64(GOLDEN) + key)
     u1 = ((word >> np.uint64(40)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
-    u2 = (word >> np.uint64(8) & np.uint64((1 << 24) - 1)).astype(np.float32) * np.float32(2.0**-24)
+    low = (word & np.uint64((1 << 24) - 1)).astype(np.float32)
     radius = np.sqrt(np.log(u1) * np.float32(-2.0))
-    angle = u2 * np.float32(2 * math.pi)
+    angle = low * np.float32(2 * math.pi * 2.0**-24)
     a = (radius * np.cos(angle)).reshape(num_samples, half)
     b = (radius * np.sin(angle)).reshape(num_samples, half)
     return np.concatenate([a, b], axis=1)[:, :width]
@@ -483,6 +490,9 @@ def export_onnx(
             f"{len(class_names)} class names for a model with {head.num_classes} classes"
         )
     input_shape = [int(d) for d in parity_inputs.shape[1:]]
+    clashes = sorted(set(extra_metadata or {}) & set(RESERVED_METADATA))
+    if clashes:
+        raise ExportError(f"extra_metadata may not set {', '.join(clashes)}: export writes those")
 
     try:
         proto = build_onnx(model, input_shape)

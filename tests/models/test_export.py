@@ -395,6 +395,15 @@ def test_parity_failure_refuses_the_export(tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_wrong_class_names_are_refused(tmp_path):
+def test_wrong_class_names_and_reserved_metadata_are_refused(tmp_path):
+    names = [f"c{i}" for i in range(K)]
     with pytest.raises(ExportError, match="class names"):
         export_onnx(make_model(), tmp_path / "m.onnx", class_names=["a"], parity_inputs=inputs(4))
+    with pytest.raises(ExportError, match="parity"):
+        export_onnx(
+            make_model(),
+            tmp_path / "m.onnx",
+            class_names=names,
+            parity_inputs=inputs(4),
+            extra_metadata={"parity": 1},
+        )
