@@ -27,10 +27,11 @@ Every `/v1` route needs `Authorization: Bearer <key>` (keys from `HETSERVE_API_K
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Here rather than in lifespan so uvicorn's own start-up lines are JSON too.
+    configure_logging(settings.log_level, "api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        configure_logging(settings.log_level, "api")
         app.state.api_keys = load_or_create_keys(settings)
         if settings.auto_migrate:
             db.migrate(settings)
