@@ -23,8 +23,10 @@ The graph is built in two layers:
    ``key + golden * i``, then Box-Muller). The noise is a pure function of (seed, S, K, R):
 
    - a caller's seed gives bit-identical outputs across calls, sessions and processes,
-     and, because the noise is shared by the batch, each row's output does not depend on
-     which other rows are batched with it;
+     and, because the noise is shared by the batch and drawn independently of it, each
+     row's output does not depend on which other rows are batched with it (to float32
+     rounding in one batched call, since some onnxruntime kernels round a tensor's tail
+     differently; bit for bit one row per call, as app/inference.py runs seeded calls);
    - ``seed < 0`` takes the key from one RandomUniform draw. onnxruntime seeds that node
      from a process-wide clock seed: draws are fresh call after call within a session,
      but two sessions of one process (or processes forked after a session was created)
@@ -40,6 +42,7 @@ else ``ExportError``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.metadata
 import json
@@ -208,8 +211,8 @@ def noise_width(model: Classifier) -> int:
 
 
 def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
-    """The torch-exported core. HET: inputs (input, noise); baseline: (input)."""
-    model = model.eval().cpu()
+    """The torch-exported core of a CPU model. HET: inputs (input, noise); baseline: (input)."""
+    model.eval()
     x = torch.zeros([3, *input_shape])
     batch = torch.export.Dim("batch")
     if is_sampled(model):
@@ -478,7 +481,7 @@ def export_onnx(
     input_shape, task, head, eval_mc_samples, parity, version, outputs, and
     ``extra_metadata``'s keys. Raises ExportError when a check fails (nothing is written).
     """
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model stays where it is
     head = model.head
     parity_inputs = np.ascontiguousarray(parity_inputs, dtype=np.float32)
     if parity_inputs.ndim < 2 or len(parity_inputs) == 0:
