@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,19 @@ REPORTED_METRICS = ("test_accuracy", "test_nll", "test_ece", "test_brier")
 PARITY_ROWS = 64
 
 
+# Set on the worker's warm shutdown (tasks.py). A running job then stops at its next
+# step and goes back to the broker at once (it resumes from its last epoch checkpoint
+# elsewhere) instead of holding an unacknowledged message until Redis's visibility
+# timeout (hours) hands it out again.
+STOPPING = threading.Event()
+
+
 class JobTimeLimit(Exception):
     """The job ran past settings.job_time_limit_s."""
+
+
+class WorkerStopping(Exception):
+    """The worker is shutting down: hand the job back to the broker."""
 
 
 @dataclass
@@ -71,6 +83,8 @@ class FanOut:
 
 def run_job(job_id: str, settings: Settings) -> str | FanOut:
     """Run (or resume) a job; return its final status, "skipped", or a FanOut."""
+    if STOPPING.is_set():  # a message fetched during shutdown goes straight back
+        raise WorkerStopping("the worker is shutting down")
     with session_scope(settings) as session:
         job = JobStore(session).start_attempt(job_id)
         if job is None:
@@ -92,6 +106,8 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
             results[phase] = train_unit(ctx, phase, data, settings, index)
         register_and_finish(ctx, results, data, settings)
         return "succeeded"
+    except WorkerStopping:
+        raise
     except Cancelled:
         return end_cancelled(job_id, settings)
     except Exception as exc:
@@ -99,11 +115,14 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
 
 
 def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
-    """One unit of an "auto" job; never raises (the chord's finish must run).
+    """One unit of an "auto" job; never raises (the chord's finish must run), except
+    WorkerStopping, which hands the unit back to the broker.
 
     Returns {"phase", "status": "trained"|"cancelled"|"failed"|"skipped", "val_nll", "error"}; the
     trained model and its metrics wait in the unit's checkpoint folder for finish_units.
     """
+    if STOPPING.is_set():
+        raise WorkerStopping("the worker is shutting down")
     try:
         with session_scope(settings) as session:
             current = JobStore(session).get(job_id)
@@ -129,6 +148,8 @@ def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
         tmp.write_text(json.dumps(summary))
         tmp.replace(done)
         return summary
+    except WorkerStopping:
+        raise
     except Cancelled:
         return {"phase": phase, "status": "cancelled", "val_nll": None, "error": None}
     except Exception as exc:
@@ -303,6 +324,8 @@ class StoreCallbacks:
         )
 
     def should_cancel(self) -> bool:
+        if STOPPING.is_set():
+            raise WorkerStopping("the worker is shutting down")
         now = time.monotonic()
         if now - self.last_cancel_check < self.settings.cancel_poll_interval_s:
             return False

@@ -9,6 +9,8 @@ NLL. A chord needs a result backend: Celery's database backend (settings.result_
 from __future__ import annotations
 
 from celery import chord
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
 
 from app.logs import bind_job
 from app.settings import get_settings
@@ -16,10 +18,20 @@ from worker import jobs
 from worker.celery_app import celery_app
 
 
+@worker_shutting_down.connect
+def hand_back_running_job(**_kwargs) -> None:
+    # Runs inside the SIGTERM handler: only set a flag, the training loop does the rest.
+    jobs.STOPPING.set()
+
+
 @celery_app.task(name="hetserve.train_job")
 def train_job(job_id: str) -> str:
     with bind_job(str(job_id)):
-        outcome = jobs.run_job(str(job_id), get_settings())
+        try:
+            outcome = jobs.run_job(str(job_id), get_settings())
+        except jobs.WorkerStopping as exc:
+            # acks_late: rejecting with requeue puts the message back now.
+            raise Reject(str(exc), requeue=True) from None
     if isinstance(outcome, jobs.FanOut):
         header = [train_unit.s(outcome.job_id, phase) for phase in outcome.units]
         chord(header)(finish_units.s(outcome.job_id))
@@ -30,7 +42,10 @@ def train_job(job_id: str) -> str:
 @celery_app.task(name="hetserve.train_unit", ignore_result=False)
 def train_unit(job_id: str, phase: str) -> dict:
     with bind_job(str(job_id)):
-        return jobs.run_unit(str(job_id), str(phase), get_settings())
+        try:
+            return jobs.run_unit(str(job_id), str(phase), get_settings())
+        except jobs.WorkerStopping as exc:
+            raise Reject(str(exc), requeue=True) from None
 
 
 @celery_app.task(name="hetserve.finish_units")

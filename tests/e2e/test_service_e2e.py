@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from datetime import datetime
 
@@ -218,3 +219,38 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(stack, dat
     # Every epoch appears once: the epochs before the kill were not trained again.
     assert epochs_of(done["history"], "model") == list(range(1, epochs + 1))
     assert len(models_of(stack, done["id"])) == 1 and done["model_id"] is not None
+
+
+def test_sigtermed_worker_hands_its_job_back_at_once(stack, datasets):
+    """A warm shutdown (docker stop, an upgrade) must not strand a running job until the
+    broker's visibility timeout: the worker stops within a step and requeues the message."""
+    epochs = 12
+    with stack.client() as client:
+        submitted = submit(
+            client, datasets["slow"], SLOW | {"train": SLOW["train"] | {"epochs": epochs}}
+        )
+        wait_until(lambda: len(job(client, submitted["id"])["history"]) >= 1, 120, "an epoch")
+        (worker,) = [w for w in stack.workers if w.poll() is None]
+        asked = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        stopped_after = time.monotonic() - asked
+        before = job(client, submitted["id"])
+        assert before["status"] == "running" and before["attempts"] == 1
+
+        stack.start_worker()
+        # Well inside the visibility timeout: the message was handed back, not lost.
+        wait_until(
+            lambda: job(client, submitted["id"])["attempts"] == 2,
+            stack.settings.broker_visibility_timeout_s / 2,
+            "the second attempt",
+        )
+        done = wait_for_status(
+            client, submitted["id"], {"succeeded", "failed", "cancelled"}, timeout=180
+        )
+
+    assert stopped_after < 20, stopped_after  # did not train the remaining epochs first
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2
+    assert epochs_of(done["history"], "model") == list(range(1, epochs + 1))
+    assert len(models_of(stack, done["id"])) == 1
