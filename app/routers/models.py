@@ -433,14 +433,12 @@ async def predict(request: Request) -> Response:
 def first_non_finite_row(outputs: dict, names: list[str]) -> int | None:
     """The first row with a NaN or infinite output (finite but huge inputs overflow the
     logits), or None; such a row cannot be answered in JSON."""
-    bad = None
-    for name in names:
-        value = outputs[name]
-        if value.dtype.kind == "f":
-            rows_bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
-            bad = rows_bad if bad is None else bad | rows_bad
-    if bad is None or not bad.any():
+    floats = [outputs[name] for name in names if outputs[name].dtype.kind == "f"]
+    if all(np.isfinite(value).all() for value in floats):  # the usual case: one pass each
         return None
+    bad = np.zeros(len(floats[0]), dtype=bool)
+    for value in floats:
+        bad |= ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
     return int(np.argmax(bad))
 
 
