@@ -421,3 +421,22 @@ def test_metrics_cover_routes_sessions_and_jobs(server, client):
     assert metric(text, "hetserve_jobs", {"status": "succeeded"}) == 4
     assert metric(text, "hetserve_sessions_loaded", {}) == 2  # a and image; b and own deleted
     assert "hetserve_queue_depth" in text and "hetserve_inference_duration_seconds_bucket" in text
+
+
+def test_metrics_sum_over_uvicorn_workers(server, tmp_path):
+    """uvicorn --workers 2 with PROMETHEUS_MULTIPROC_DIR: /metrics counts every process's
+    requests, whichever process answers the scrape."""
+    env = {**server["env"], "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    model_id, n = server["ids"]["a"], 12
+    with live_server(env, workers=2) as url, httpx.Client(base_url=url, headers=AUTH) as c:
+        for i in range(n):
+            predict(c, model_id, rows(1, i))
+        text = c.get("/metrics").text
+    labels = {
+        "route": "/v1/models/{model_id}/predict",
+        "method": "POST",
+        "model": model_id,
+        "status": "200",
+    }
+    assert metric(text, "hetserve_http_requests_total", labels) == n
+    assert metric(text, "hetserve_batch_rows_count", {"model": model_id}) == n
