@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import math
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from tests.app.serving_support import (
     AUTH,
     EVAL_S,
     IMAGE_SHAPE,
+    NO_TORCH_UVICORN,
     D,
     exported,
     live_server,
@@ -250,6 +253,17 @@ def test_moving_an_alias_under_load_drops_no_request(server, client):
     assert len(statuses) > 16
     assert set(statuses) == {200}
     assert served == {a, b}
+
+
+def test_serving_path_imports_no_torch(server, client):
+    """Every server here runs with torch made unimportable (serving_support.NO_TORCH_UVICORN):
+    check that the guard really blocks it, then serve vectors and images through it."""
+    guard = NO_TORCH_UVICORN.split("import uvicorn")[0] + "import torch\n"
+    blocked = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True)
+    assert blocked.returncode != 0 and "torch is not allowed" in blocked.stderr
+    predict(client, server["ids"]["a"], rows(2, 0), correlated_pairs=True)
+    png = base64.b64encode(encode(Image.new("L", (8, 8), 128), "PNG")).decode()
+    predict(client, server["ids"]["image"], None, images=[png])
 
 
 # -- images ---------------------------------------------------------------------------
