@@ -19,11 +19,12 @@ inherited session must be neither used nor destroyed (its destructor joins threa
 do not exist there and hangs forever). After a fork every live OnnxModel in the child
 sets its inherited session aside for good and builds a fresh one on first use.
 
-Batch companions. The noise does not depend on the batch, but some of onnxruntime's
-elementwise kernels (measured in 1.32: Softplus, Log, Sin, Cos; not Exp, Sqrt, Sigmoid,
-Softmax) compute a tensor's last few elements in a scalar tail loop that rounds
-differently from the vectorised body, so a row's last bits depend on where it sits in
-the batch. A seeded call therefore runs one row per session call: the row's output is
+Batch companions. The noise does not depend on the batch, but onnxruntime's kernels
+do not promise batch-invariant rounding: measured in 1.32, Softplus, Log, Sin and Cos
+compute a tensor's last few elements in a scalar tail loop that rounds differently from
+the vectorised body (Exp, Sqrt, Sigmoid, Softmax do not), ReduceMean over a batch of one
+takes another summation path, and fused graph optimisations differ again. So in one
+batched call a row's last bits depend on where it sits in the batch. A seeded call therefore runs one row per session call: the row's output is
 then a function of (row, S, seed) alone, bit for bit, whatever it is batched with
 (measured identical across 1, 2 and 4 intra-op threads too). That costs up to a few
 times the batched call (bench/export_speed.py); unseeded calls draw fresh noise anyway
@@ -49,7 +50,6 @@ import onnxruntime as ort
 META_PREFIX = "hetserve."
 REQUIRED_METADATA = ("class_names", "input_shape", "task", "head", "eval_mc_samples", "version")
 MAX_SEED = 2**63 - 1
-MULTICLASS = "multiclass"
 
 
 class ModelFileError(ValueError):
