@@ -228,15 +228,32 @@ def run(args) -> str:
                 live_server(minimal_env, app=["bench.serve_load:minimal_app", "--factory"])
             )
             targets = {MINIMAL: (minimal_url, "/predict", None)}
-            for batching in (False, True):
-                data = work / f"data_k{k}_{batching}"
+            variants = [(False, 1), (True, 1)] + (
+                [(True, args.workers)] if args.workers > 1 else []
+            )
+            for batching, workers in variants:
+                data = work / f"data_k{k}_{batching}_{workers}"
                 model_id = register(make_settings(data), path)
                 env = settings_env(
                     data, batching=batching, ort_intra_op_threads=args.intra_op_threads
                 )
-                url = servers.enter_context(live_server(env))
+                if workers > 1:  # /metrics then sums the processes
+                    (data / "prometheus").mkdir()
+                    env["PROMETHEUS_MULTIPROC_DIR"] = str(data / "prometheus")
+                url = servers.enter_context(live_server(env, workers=workers))
                 name = f"hetserve, batching {'on' if batching else 'off'}"
+                if workers > 1:
+                    name += f", {workers} processes"
                 targets[name] = (url, f"/v1/models/{model_id}/predict", model_id)
+            if args.workers > 1:
+                url = servers.enter_context(
+                    live_server(
+                        minimal_env,
+                        workers=args.workers,
+                        app=["bench.serve_load:minimal_app", "--factory"],
+                    )
+                )
+                targets[f"minimal, {args.workers} processes"] = (url, "/predict", None)
             latencies = {name: [] for name in targets}
             elapsed = dict.fromkeys(targets, 0.0)
             for round_ in range(args.rounds):
@@ -293,6 +310,9 @@ def main() -> None:
         "--classes", type=lambda s: [int(k) for k in s.split(",")], default=[10, 100]
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also both servers with this many processes"
+    )
     parser.add_argument(
         "--intra-op-threads",
         type=int,
