@@ -3,14 +3,16 @@
     .venv/bin/python bench/serve_load.py [--clients 32] [--requests 3000] [--max-seconds 15]
 
 For a HET MLP model at K = 10 and K = 100 (S = 1000 samples per prediction, one row per
-request, fresh draws), three servers on loopback, one after another, each a uvicorn
-process serving one exported model:
+request, fresh draws), servers on loopback, each uvicorn serving one exported model,
+measured in interleaved rounds:
 
 - ``minimal``: the baseline, a bare endpoint that runs one onnxruntime call per request
   (``OnnxModel.run`` in a thread) and returns the probabilities;
 - ``hetserve, batching off``: the real API (auth, store lookup, validation, every §2
   field), one onnxruntime call per request;
-- ``hetserve, batching on``: the same with dynamic batching (settings defaults).
+- ``hetserve, batching on``: the same with dynamic batching (settings defaults);
+- with ``--workers 2`` (the default) also batching-on hetserve and the minimal endpoint
+  as two uvicorn processes each.
 
 ``--clients`` connections each send a request, wait for the answer, send the next
 (closed loop), until ``--requests`` answers or ``--max-seconds`` have passed, after a
