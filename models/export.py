@@ -102,6 +102,11 @@ PARITY_SEEDS = (20260, 20261)  # (torch generator, onnx seed): a reproducible ch
 PARITY_ATOL = 1e-5
 PARITY_SAME_NOISE_ATOL = 1e-4
 PARITY_CHUNK_ELEMENTS = 1 << 24  # rows per onnxruntime call: B x S x K at most this
+# The first parity_rows(model) of parity_inputs are compared: the check's cost grows with
+# rows x S x K (PyTorch at 10 000 draws), so many-class models use fewer rows.
+PARITY_MAX_INPUTS = 256
+PARITY_MIN_INPUTS = 8
+PARITY_MAX_ELEMENTS = 1 << 30
 
 # SplitMix64 (Steele, Lea, Flood 2014): state_i = key + GOLDEN * i, output = mix(state_i).
 GOLDEN = 0x9E3779B97F4A7C15
@@ -477,9 +482,9 @@ def export_onnx(
     """Write ``model`` as a self-contained ONNX file; return the metadata written.
 
     ``parity_inputs`` (held-out examples, [N, ...]) fix the input shape and feed the
-    parity check. Metadata keys are ``hetserve.<name>`` with JSON values: class_names,
-    input_shape, task, head, eval_mc_samples, parity, version, outputs, and
-    ``extra_metadata``'s keys. Raises ExportError when a check fails (nothing is written).
+    parity check (its first parity_rows(model) rows: up to 256, fewer for many classes).
+    Metadata keys are ``hetserve.<name>`` with JSON values: class_names, input_shape,
+    task, head, eval_mc_samples, parity, version, outputs, and ``extra_metadata``'s keys. Raises ExportError when a check fails (nothing is written).
     """
     model = copy.deepcopy(model).cpu().eval()  # the caller's model stays where it is
     head = model.head
@@ -505,7 +510,7 @@ def export_onnx(
     except Exception as exc:  # the exporter and checker raise many types
         raise ExportError(f"building the ONNX graph failed: {type(exc).__name__}: {exc}") from exc
 
-    parity = check_parity(model, proto, parity_inputs)
+    parity = check_parity(model, proto, parity_inputs[: parity_rows(model)])
     metadata = {
         "class_names": list(class_names),
         "input_shape": input_shape,
@@ -526,6 +531,17 @@ def export_onnx(
     onnx.save_model(proto, tmp)
     tmp.replace(path)
     return metadata
+
+
+def parity_rows(model: Classifier) -> int:
+    """How many parity inputs to use: at most PARITY_MAX_INPUTS, and fewer for many
+    classes so that the check stays within PARITY_MAX_ELEMENTS rows x S x K per side."""
+    head = model.head
+    per_row = (
+        max(PARITY_TORCH_SAMPLES, PARITY_MIN_ONNX_SAMPLES, int(head.eval_mc_samples))
+        * head.num_classes
+    )
+    return max(PARITY_MIN_INPUTS, min(PARITY_MAX_INPUTS, PARITY_MAX_ELEMENTS // per_row))
 
 
 def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> dict:
