@@ -355,7 +355,14 @@ async def read_predict_request(request: Request) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        # The raw body (bytes, maybe not UTF-8) is not echoed back: it may not encode.
+        errors = [
+            {
+                **{k: v for k, v in e.items() if k != "input" or not isinstance(v, bytes)},
+                "loc": ("body", *e["loc"]),
+            }
+            for e in exc.errors(include_url=False)
+        ]
         raise RequestValidationError(errors) from None
 
 

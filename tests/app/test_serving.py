@@ -340,6 +340,12 @@ def test_validation_names_the_field_and_index(server, client):
     )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs", 1, 2], r.text
 
+    for raw in (b"\xd3\x1a\xff3\x18", b"[1, 2", b""):  # not UTF-8, truncated, empty
+        r = client.post(
+            f"/v1/models/{vec}/predict", content=raw, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body", r.text
+
 
 def test_oversized_bodies_get_413_declared_or_streamed(server, client):
     url = f"/v1/models/{server['ids']['a']}/predict"
