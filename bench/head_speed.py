@@ -4,7 +4,7 @@ For each shape (B, D, K, R) with S = 1000 samples: forward+backward of the train
 loss (gradients for the head's parameters and for h, as inside a network) and predict
 (the MC predictive: probabilities, their std and the expected entropy), for
 ``HetHead`` and for ``LinearHead`` in the same run. Wall-clock medians (and minima)
-over repeats; peak memory at the ImageNet-sized shape: growth of the process's peak
+over repeats, the cases interleaved; peak memory at the ImageNet-sized shape: growth of the process's peak
 RSS (VmHWM, reset before the call) in a fresh subprocess on a CPU, or
 torch.cuda.max_memory_allocated on a GPU.
 
@@ -66,20 +66,25 @@ def step_fns(head, h, y):
     return {"fwd+bwd": forward_backward, "predict": predict}
 
 
-def timed(fn, repeats: int, device) -> list[float]:
+def timed_interleaved(fns: dict, repeats: int, device) -> dict[str, list[float]]:
+    """Wall-clock ms per call; one call of every case per round, so that load from
+    other processes on a shared machine hits HET and the baseline alike."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    fn()
-    fn()  # warm-up: kernels, allocator, caches
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
+    for fn in fns.values():
         fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
+        fn()  # warm-up: kernels, allocator, caches
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -95,7 +100,16 @@ def peak_memory_mb(kind: str, mode: str, shape, device, threads: int) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    args = [sys.executable, __file__, "--peak-rss-child", kind, mode, json.dumps(shape), "--threads", str(threads)]
+    args = [
+        sys.executable,
+        __file__,
+        "--peak-rss-child",
+        kind,
+        mode,
+        json.dumps(shape),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -135,10 +149,19 @@ def describe(device, threads: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads, as edward2's 2 threads")
-    parser.add_argument("--repeats", type=int, default=21, help="timed calls per case (a third at the largest shape)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch.set_num_threads, as edward2's 2 threads"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=21,
+        help="timed calls per case (a third at the largest shape)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--peak-rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,18 +179,26 @@ def main() -> None:
     rows = []
     for shape, (e2_fb, e2_pred) in SHAPES:
         repeats = max(3, args.repeats // 3) if shape[2] >= 1000 else args.repeats
-        ms = {}
-        for kind in ("linear", "het"):
-            head, h, y = make(kind, shape, device)
-            for mode, fn in step_fns(head, h, y).items():
-                times = timed(fn, repeats, device)
-                ms[kind, mode] = (statistics.median(times), min(times))
-            del head, h, y
+        fns = {
+            (kind, mode): fn
+            for kind in ("linear", "het")
+            for mode, fn in step_fns(*make(kind, shape, device)).items()
+        }
+        ms = {
+            key: (statistics.median(t), min(t))
+            for key, t in timed_interleaved(fns, repeats, device).items()
+        }
+        del fns
         b, d, k, r = shape
         for kind in ("linear", "het"):
             fb, pred = ms[kind, "fwd+bwd"], ms[kind, "predict"]
             name = "linear softmax" if kind == "linear" else "HET"
-            cells = [f"B={b} D={d} K={k} R={r}", name, f"{fb[0]:.2f} ({fb[1]:.2f})", f"{pred[0]:.2f} ({pred[1]:.2f})"]
+            cells = [
+                f"B={b} D={d} K={k} R={r}",
+                name,
+                f"{fb[0]:.2f} ({fb[1]:.2f})",
+                f"{pred[0]:.2f} ({pred[1]:.2f})",
+            ]
             if kind == "het":
                 lin_fb, lin_pred = ms["linear", "fwd+bwd"][0], ms["linear", "predict"][0]
                 cells += [
@@ -190,9 +221,15 @@ def main() -> None:
 
     if not args.no_memory:
         shape = SHAPES[2][0]
-        what = "torch.cuda.max_memory_allocated growth" if device.type == "cuda" else "peak RSS (VmHWM) growth"
+        what = (
+            "torch.cuda.max_memory_allocated growth"
+            if device.type == "cuda"
+            else "peak RSS (VmHWM) growth"
+        )
         print()
-        print(f"Peak memory at B=64 D=2048 K=1000 R=15 S=1000, {what} over one call (edward2 quoted: ~{EDWARD2_PEAK_GB} GB):")
+        print(
+            f"Peak memory at B=64 D=2048 K=1000 R=15 S=1000, {what} over one call (edward2 quoted: ~{EDWARD2_PEAK_GB} GB):"
+        )
         print()
         print("| head | fwd+bwd MB | predict MB |")
         print("|---|---|---|")
