@@ -17,9 +17,11 @@ reference, whose clip at 1e-7 zeroes the gradient of confidently wrong examples)
 
     log p_y = logsumexp_s( log_softmax(u_s / tau)_y ) - log S
 
-Samples are processed in chunks of S with a running logsumexp, so the B x S x K
-tensor never exists whole; during training each chunk is recomputed in the backward
-pass (activation checkpointing) so peak memory stays bounded there too.
+Samples are processed in chunks of S (about a million logits each, so a chunk stays
+in cache), and the B x S x K tensor never exists whole. The multiclass loss has its
+own backward (``_MulticlassLogLikelihood``) that redraws each chunk from the same noise
+instead of keeping an autograd graph per chunk; the multilabel loss recomputes its
+chunks through activation checkpointing. Peak memory is one chunk either way.
 
 By default one draw of eps is shared by every example of a batch (edward2's
 ``share_samples_across_batch``): each example's estimate stays unbiased and the
