@@ -22,6 +22,7 @@ import io
 import posixpath
 import zipfile
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -208,20 +209,24 @@ def read_image_zip(
 def _decode(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, grayscale: bool
 ) -> np.ndarray:
-    """One image → float32 [C, size, size] in [0, 1]."""
     try:
-        with archive.open(info) as f, Image.open(f) as image:
+        with archive.open(info) as f:
+            return decode_image(f, size, grayscale, f"zip entry {info.filename!r}")
+    except zipfile.BadZipFile as exc:
+        raise UploadError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
+
+
+def decode_image(stream: IO[bytes], size: int, grayscale: bool, name: str) -> np.ndarray:
+    """One image → float32 [C, size, size] in [0, 1]: the preprocessing of training and
+    of serving (predict's `images`), so both see the same pixels."""
+    try:
+        with Image.open(stream) as image:
             image = image.convert("L" if grayscale else "RGB").resize(
                 (size, size), Image.Resampling.BILINEAR
             )
             pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (
-        UnidentifiedImageError,
-        OSError,
-        Image.DecompressionBombError,
-        zipfile.BadZipFile,
-    ) as exc:
-        raise UploadError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise UploadError(f"{name} is not a decodable image: {exc}") from None
     return pixels[None] if grayscale else pixels.transpose(2, 0, 1)
 
 

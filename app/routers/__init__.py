@@ -17,7 +17,11 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns normally."""
+    """One transaction per request: committed when the handler returns normally.
+
+    Use it as ``Depends(get_session, scope="function")``: with FastAPI's default
+    ("request") scope the commit would run only after the response was sent, and a
+    client's next request could miss its own write."""
     with session_scope(request.app.state.settings) as session:
         yield session
 

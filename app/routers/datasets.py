@@ -26,12 +26,16 @@ from app.auth import require_api_key
 from app.db import session_scope
 from app.routers import get_artifacts, get_session, get_settings_dep
 from app.schemas import DatasetOut
+from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 from app.store import DatasetStore, InUseError
 from app.uploads import UploadError, parse_upload
 
 router = APIRouter(
-    prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)]
+    prefix="/v1/datasets",
+    tags=["datasets"],
+    dependencies=[Depends(require_api_key)],
+    route_class=InstrumentedRoute,
 )
 
 ERRORS = {
@@ -126,7 +130,7 @@ def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relati
 def list_datasets(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> list[DatasetOut]:
     return [DatasetOut.model_validate(d) for d in DatasetStore(session).list(limit, offset)]
 
@@ -136,7 +140,7 @@ def list_datasets(
     response_model=DatasetOut,
     responses={**ERRORS, 404: {"description": "no such dataset"}},
 )
-def get_dataset(dataset_id: str, session: Session = Depends(get_session)) -> DatasetOut:
+def get_dataset(dataset_id: str, session: Session = Depends(get_session, scope="function")) -> DatasetOut:
     dataset = DatasetStore(session).get(dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} not found")

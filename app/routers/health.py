@@ -8,9 +8,10 @@ from fastapi.responses import JSONResponse
 
 from app import broker, db
 from app.routers import get_settings_dep
+from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=InstrumentedRoute)
 
 
 @router.get(

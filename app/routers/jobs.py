@@ -21,10 +21,16 @@ from app.auth import require_api_key
 from app.db import session_scope
 from app.routers import get_session, get_settings_dep
 from app.schemas import JobOut, JobSpec
+from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 from app.store import TERMINAL_STATUSES, DatasetStore, Job, JobStore
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_api_key)],
+    route_class=InstrumentedRoute,
+)
 
 EVENT_POLL_S = 0.5
 KEEPALIVE_S = 15.0
@@ -100,7 +106,7 @@ def list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> list[JobOut]:
     jobs = JobStore(session).list(limit, offset, status)
     return [job_out(j) for j in jobs]
@@ -112,7 +118,7 @@ def list_jobs(
     summary="A job with its per-epoch history",
     responses=NOT_FOUND,
 )
-def get_job(job_id: str, session: Session = Depends(get_session)) -> JobOut:
+def get_job(job_id: str, session: Session = Depends(get_session, scope="function")) -> JobOut:
     store = JobStore(session)
     job = store.get(job_id)
     if job is None:
@@ -127,7 +133,7 @@ def get_job(job_id: str, session: Session = Depends(get_session)) -> JobOut:
     summary="Ask a job to stop (cooperative: the worker stops within about a second)",
     responses={**NOT_FOUND, 409: {"description": "the job already ended"}},
 )
-def cancel_job(job_id: str, session: Session = Depends(get_session)) -> JobOut:
+def cancel_job(job_id: str, session: Session = Depends(get_session, scope="function")) -> JobOut:
     job = JobStore(session).request_cancel(job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")

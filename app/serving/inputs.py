@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import zipfile
 
 import numpy as np
 
@@ -116,24 +115,8 @@ def _b64(text: str, loc: Loc) -> bytes:
 
 
 def decode_image(data: bytes, size: int, grayscale: bool, loc: Loc) -> np.ndarray:
-    """One image → float32 [C, size, size] through the upload decoder, which reads a zip
-    entry: the bytes are offered to it as a one-entry archive."""
+    """One image → float32 [C, size, size], preprocessed exactly as at upload."""
     try:
-        return uploads._decode(_OneEntry(data), _Entry(_path(loc)), size, grayscale)
+        return uploads.decode_image(io.BytesIO(data), size, grayscale, _path(loc))
     except uploads.UploadError:
         raise InputError(loc, "not a decodable PNG or JPEG image") from None
-
-
-class _Entry:
-    def __init__(self, filename: str):
-        self.filename = filename
-
-
-class _OneEntry:
-    """The one method of zipfile.ZipFile that uploads._decode calls."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def open(self, _info: zipfile.ZipInfo) -> io.BytesIO:
-        return io.BytesIO(self.data)
