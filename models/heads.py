@@ -193,68 +193,85 @@ class _Draws:
 class _MulticlassLogLikelihood(torch.autograd.Function):
     """L = logsumexp_s log_softmax(z_s)_y per example, z_s = u_s / tau, chunk by chunk.
 
-    The forward keeps only two (B, S) tables, log p_s = log_softmax(z_s)_y and
-    lse_s = logsumexp_k z_s,k, never the (B, S, K) logits. The backward redraws each
-    chunk's z from the same noise and uses
+    The gradient is accumulated in the same pass over the chunks as the value, so the
+    (B, S, K) logits are neither kept nor drawn twice. With w_s = exp(log p_s - L) the
+    posterior weight of draw s,
 
-        dL/dz_s,k = w_s (1[k = y] - softmax(z_s)_k),   w_s = exp(log p_s - L),
+        dL/dz_s,k = w_s (1[k = y] - softmax(z_s)_k),
+        d mu = sum_s dz_s,   d d = sum_s dz_s * eps_K,s,   d V = sum_s dz_s eps_R,s^T
 
-    then maps dz onto mu, d and V (or v and J): d mu = sum_s dz_s,
-    d d = sum_s dz_s * eps_K,s, d V = sum_s dz_s eps_R,s^T. Each chunk's work stays in
-    cache, which on a CPU is what makes the head fast; peak memory is one chunk.
+    (and for the parameter-efficient V = diag(v) J: d v = sum_s dz_s * (J eps_R,s),
+    d J = sum_s (dz_s * v) eps_R,s^T). L is only known after the last chunk, so the
+    sums use exp(log p_s - m) with m the running max of log p_s per example, rescaled
+    whenever m grows, and are divided by exp(L - m) at the end: nothing underflows even
+    when every log p_s is far below -100 (a confidently wrong example). Each chunk's
+    work stays in cache, which on a CPU is what makes the head fast; peak memory is
+    one chunk plus gradient-sized sums.
     """
 
     @staticmethod
-    def forward(ctx, y, chunk, class_major, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
-        latent = LogitGaussian(mu, scale, factors, factor_scale, factor_basis)
-        draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
-        cd = draws.class_dim
-        log_p = mu.new_empty(mu.shape[0], draws.num_samples)
-        lse = mu.new_empty(mu.shape[0], draws.num_samples)
-        for sl, _, _, z in draws:
-            idx = draws.label_index(y, z.shape[draws.sample_dim])
-            z_y = z.gather(cd, idx).squeeze(cd)
-            log_p[:, sl] = torch.log_softmax(z, cd).gather(cd, idx).squeeze(cd)
-            lse[:, sl] = z_y - log_p[:, sl]
+    def forward(ctx, y, chunk, class_major, with_grad, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
+        draws = _Draws(LogitGaussian(mu, scale, factors, factor_scale, factor_basis), eps_r, eps_k, chunk, class_major)
+        cd, sd, cm = draws.class_dim, draws.sample_dim, draws.class_major
+        b = mu.shape[0]
+        log_p = mu.new_empty(b, draws.num_samples)
+        if with_grad:
+            running_max = mu.new_full((b,), -math.inf)
+            sums = {"mu": torch.zeros_like(mu), "scale": torch.zeros_like(scale)}
+            if factors is not None:  # (B, K, R) class-major, (B, R, K) as the GEMM gives it otherwise
+                r = factors.shape[2]
+                sums["factors"] = factors.new_zeros((b, mu.shape[1], r) if cm else (b, r, mu.shape[1]))
+            if factor_basis is not None:  # per example: the upstream gradient weighs each one
+                sums["factor_scale"] = torch.zeros_like(factor_scale)
+                sums["factor_basis"] = mu.new_zeros(b, *factor_basis.shape)
+        for sl, er, ek, z in draws:
+            idx = draws.label_index(y, z.shape[sd])
+            log_softmax = torch.log_softmax(z, cd)
+            log_p_chunk = log_softmax.gather(cd, idx).squeeze(cd)  # (B, C)
+            log_p[:, sl] = log_p_chunk
+            if not with_grad:
+                continue
+            new_max = torch.maximum(running_max, log_p_chunk.amax(1))
+            if (new_max > running_max).any():
+                rescale = torch.exp(running_max - new_max)  # 0 on the first chunk
+                for t in sums.values():
+                    t.mul_(rescale.view(-1, *([1] * (t.dim() - 1))))
+                running_max = new_max
+            w = torch.exp(log_p_chunk - running_max.unsqueeze(1)).unsqueeze(cd)
+            dz = log_softmax.exp_().mul_(-w).scatter_add_(cd, idx, w)  # w (onehot_y - softmax)
+            sums["mu"] += dz.sum(sd)
+            if factors is not None:
+                sums["factors"] += dz @ er.transpose(-1, -2) if cm else er.transpose(-1, -2) @ dz
+            if factor_basis is not None:
+                a = factor_basis @ er if cm else er @ factor_basis.T  # J eps_R per draw
+                sums["factor_scale"] += (dz * a).sum(sd)
+                dz_v = dz * factor_scale.unsqueeze(sd)
+                sums["factor_basis"] += dz_v @ er.transpose(-1, -2) if cm else dz_v.transpose(-1, -2) @ er
+            sums["scale"] += dz.mul_(ek).sum(sd)
         total = torch.logsumexp(log_p, 1)
-        ctx.chunk, ctx.class_major = chunk, class_major
-        ctx.save_for_backward(y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total)
+        ctx.with_grad = with_grad
+        if with_grad:
+            if factors is not None and not cm:
+                sums["factors"] = sums["factors"].transpose(1, 2)
+            ctx.names = list(sums)
+            # divide by sum_s exp(log p_s - m) = exp(L - m) to turn the sums into w_s-weighted ones
+            ctx.save_for_backward(torch.exp(running_max - total), *sums.values())
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        y, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis, log_p, lse, total = ctx.saved_tensors
-        draws = _Draws(LogitGaussian(mu, scale, factors, factor_scale, factor_basis), eps_r, eps_k, ctx.chunk, ctx.class_major)
-        cd, sd, cm = draws.class_dim, draws.sample_dim, draws.class_major
-        weight = grad.unsqueeze(1) * torch.exp(log_p - total.unsqueeze(1))  # (B, S)
-        d_mu, d_scale = torch.zeros_like(mu), torch.zeros_like(scale)
-        # dV accumulates in the layout its GEMM produces: (B, K, R) class-major, (B, R, K) not.
-        d_factors = None
-        if factors is not None:
-            b, k, r = factors.shape
-            d_factors = factors.new_zeros((b, k, r) if cm else (b, r, k))
-        d_fscale = None if factor_scale is None else torch.zeros_like(factor_scale)
-        d_basis = None if factor_basis is None else torch.zeros_like(factor_basis)
-        for sl, er, ek, dz in draws:
-            w = weight[:, sl].unsqueeze(cd)
-            dz.sub_(lse[:, sl].unsqueeze(cd)).exp_()  # softmax(z_s)
-            dz.mul_(-w).scatter_add_(cd, draws.label_index(y, dz.shape[sd]), w)
-            d_mu += dz.sum(sd)
-            if d_factors is not None:
-                d_factors += dz @ er.transpose(-1, -2) if cm else er.transpose(-1, -2) @ dz
-            if d_fscale is not None:
-                a = factor_basis @ er if cm else er @ factor_basis.T  # J eps_R, per draw
-                d_fscale += (dz * a).sum(sd)
-                dz_v = dz * factor_scale.unsqueeze(sd)
-                if er.dim() == 2:  # shared noise: sum over the batch first
-                    dz_v = dz_v.sum(0)
-                    d_basis += dz_v @ er.T if cm else dz_v.T @ er
-                else:
-                    d_basis += torch.einsum("bkc,brc->kr" if cm else "bck,bcr->kr", dz_v, er)
-            d_scale += dz.mul_(ek).sum(sd)
-        if d_factors is not None and not cm:
-            d_factors = d_factors.transpose(1, 2)
-        return None, None, None, None, None, d_mu, d_scale, d_factors, d_fscale, d_basis
+        if not ctx.with_grad:
+            raise RuntimeError("the HET log-likelihood was computed without gradients")
+        inv_norm, *sums = ctx.saved_tensors
+        g = grad * inv_norm  # (B,)
+        out = {}
+        for name, t in zip(ctx.names, sums, strict=True):
+            weighted = t * g.view(-1, *([1] * (t.dim() - 1)))
+            out[name] = weighted.sum(0) if name == "factor_basis" else weighted
+        return (None, None, None, None, None, None) + tuple(
+            out.get(n) for n in ("mu", "scale", "factors", "factor_scale", "factor_basis")
+        )
 
 
 class HetHead(nn.Module):
@@ -401,9 +418,9 @@ class HetHead(nn.Module):
         num = eps_k.shape[-2]
         chunk = self.chunk_size(h.shape[0])
         if self.task == MULTICLASS:
-            total = _MulticlassLogLikelihood.apply(
-                y, chunk, self.class_major, eps_r, eps_k, latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis
-            )
+            parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
+            with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in parts)
+            total = _MulticlassLogLikelihood.apply(y, chunk, self.class_major, with_grad, eps_r, eps_k, *parts)
             return total - math.log(num)
         slices = chunk_slices(num, chunk)
         pos, neg = [], []
