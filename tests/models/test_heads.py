@@ -264,3 +264,24 @@ def test_predict_is_the_mean_of_moments_on_the_same_noise(task):
     explicit = (torch.softmax(z, -1) if task == MULTICLASS else torch.sigmoid(z)).mean(1)
     assert torch.allclose(head.predict(h, noise=noise), explicit, atol=1e-6)
     assert torch.allclose(head.moments(h, noise=noise)["probs"], explicit, atol=1e-6)
+
+
+def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
+    """log p_s near -200 for every draw: the running-max sums must not underflow."""
+    torch.manual_seed(0)
+    head = HetHead(3, 4, 2, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws
+    with torch.no_grad():
+        head.loc.bias.copy_(torch.tensor([100.0, -100.0, 0.0, 0.0], dtype=torch.double))
+    h = torch.randn(2, 3, dtype=torch.double)
+    y = torch.tensor([1, 1])
+    eps_r, eps_k = head.draw_noise(2, 40, "cpu", torch.Generator().manual_seed(0))
+    noise = (eps_r.double(), eps_k.double())
+    loss = head.loss(h, y, noise=noise)
+    assert float(loss) > 150
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in head.named_parameters()}
+    head.zero_grad()
+    (-naive_log_likelihood(head.latent(h), y, *noise, head.temperature).mean()).backward()
+    for name, p in head.named_parameters():
+        assert torch.allclose(ours[name], p.grad, rtol=1e-8, atol=1e-10), name
+    assert ours["loc.bias"].abs().sum() > 1
