@@ -277,7 +277,7 @@ def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
     eps_r, eps_k = head.draw_noise(2, 40, "cpu", torch.Generator().manual_seed(0))
     noise = (eps_r.double(), eps_k.double())
     loss = head.loss(h, y, noise=noise)
-    assert float(loss) > 150
+    assert loss.item() > 150
     loss.backward()
     ours = {n: p.grad.clone() for n, p in head.named_parameters()}
     head.zero_grad()
