@@ -190,6 +190,16 @@ class _Draws:
         return y.view(-1, 1, 1).expand(-1, 1, num) if self.class_major else y.view(-1, 1, 1).expand(-1, num, 1)
 
 
+def _softmax_and_logsumexp(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(z) and logsumexp(z) along dim with a single exp pass.
+
+    The softmax at the argmax is exp(max - lse) = 1 / sum_k exp(z_k - max) >= 1/K, so
+    lse = max - log(softmax at the argmax) is exact and never underflows.
+    """
+    probs = torch.softmax(z, dim)
+    return probs, z.amax(dim) - probs.amax(dim).log()
+
+
 class _MulticlassLogLikelihood(torch.autograd.Function):
     """L = logsumexp_s log_softmax(z_s)_y per example, z_s = u_s / tau, chunk by chunk.
 
@@ -226,8 +236,8 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
                 sums["factor_basis"] = mu.new_zeros(b, *factor_basis.shape)
         for sl, er, ek, z in draws:
             idx = draws.label_index(y, z.shape[sd])
-            log_softmax = torch.log_softmax(z, cd)
-            log_p_chunk = log_softmax.gather(cd, idx).squeeze(cd)  # (B, C)
+            probs, lse = _softmax_and_logsumexp(z, cd)
+            log_p_chunk = z.gather(cd, idx).squeeze(cd) - lse  # log softmax(z_s)_y, (B, C)
             log_p[:, sl] = log_p_chunk
             if not with_grad:
                 continue
@@ -238,7 +248,7 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
                     t.mul_(rescale.view(-1, *([1] * (t.dim() - 1))))
                 running_max = new_max
             w = torch.exp(log_p_chunk - running_max.unsqueeze(1)).unsqueeze(cd)
-            dz = log_softmax.exp_().mul_(-w).scatter_add_(cd, idx, w)  # w (onehot_y - softmax)
+            dz = probs.mul_(-w).scatter_add_(cd, idx, w)  # w (onehot_y - softmax)
             sums["mu"] += dz.sum(sd)
             if factors is not None:
                 sums["factors"] += dz @ er.transpose(-1, -2) if cm else er.transpose(-1, -2) @ dz
@@ -476,9 +486,11 @@ class HetHead(nn.Module):
         cd, sd = draws.class_dim, draws.sample_dim
         for _, _, _, z in draws:
             if self.task == MULTICLASS:
-                log_p = torch.log_softmax(z, cd)
-                p = log_p.exp()
-                total_ent -= torch.linalg.vecdot(p, log_p, dim=cd).sum(-1)  # H = -sum_k p log p
+                p = torch.softmax(z, cd)
+                # H = -sum_k p_k log p_k = lse - sum_k p_k z_k; shifted by max z (so both
+                # terms stay small for a confident draw): -log p_max - sum_k p_k (z_k - max z)
+                z.sub_(z.amax(cd, keepdim=True))
+                total_ent -= (p.amax(cd).log() + torch.linalg.vecdot(p, z, dim=cd)).sum(-1)
             else:
                 p = torch.sigmoid(z)
                 total_ent += _binary_entropy_from_logits(z).sum(sd)
