@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 MULTICLASS = "multiclass"
 MULTILABEL = "multilabel"
 CLASS_MAJOR_MAX_CLASSES = 32
+RESCALE_MARGIN = 30.0  # nats a draw's log p_s may exceed the reference m before rescaling
 
 
 @dataclass
@@ -212,9 +213,10 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
 
     (and for the parameter-efficient V = diag(v) J: d v = sum_s dz_s * (J eps_R,s),
     d J = sum_s (dz_s * v) eps_R,s^T). L is only known after the last chunk, so the
-    sums use exp(log p_s - m) with m the running max of log p_s per example, rescaled
-    whenever m grows, and are divided by exp(L - m) at the end: nothing underflows even
-    when every log p_s is far below -100 (a confidently wrong example). Each chunk's
+    sums use exp(log p_s - m) with m a reference per example (the first chunk's max of
+    log p_s, raised and the sums rescaled when a draw exceeds it by 30 nats) and are
+    divided by exp(L - m) at the end: nothing underflows even when every log p_s is far
+    below -100 (a confidently wrong example). Each chunk's
     work stays in cache, which on a CPU is what makes the head fast; peak memory is
     one chunk plus gradient-sized sums.
     """
@@ -226,7 +228,7 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
         b = mu.shape[0]
         log_p = mu.new_empty(b, draws.num_samples)
         if with_grad:
-            running_max = mu.new_full((b,), -math.inf)
+            running_max = None  # per example: the reference m of the weights exp(log p_s - m)
             sums = {"mu": torch.zeros_like(mu), "scale": torch.zeros_like(scale)}
             if factors is not None:  # (B, K, R) class-major, (B, R, K) as the GEMM gives it otherwise
                 r = factors.shape[2]
@@ -241,9 +243,14 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
             log_p[:, sl] = log_p_chunk
             if not with_grad:
                 continue
-            new_max = torch.maximum(running_max, log_p_chunk.amax(1))
-            if (new_max > running_max).any():
-                rescale = torch.exp(running_max - new_max)  # 0 on the first chunk
+            chunk_max = log_p_chunk.amax(1)
+            if running_max is None:
+                running_max = chunk_max
+            elif (grown := chunk_max > running_max + RESCALE_MARGIN).any():
+                # Rescale only on a large jump: weights up to e^30 per draw stay far from
+                # float32 overflow, and most chunks then skip this pass over the sums.
+                new_max = torch.where(grown, chunk_max, running_max)
+                rescale = torch.exp(running_max - new_max)
                 for t in sums.values():
                     t.mul_(rescale.view(-1, *([1] * (t.dim() - 1))))
                 running_max = new_max

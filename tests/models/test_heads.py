@@ -285,3 +285,26 @@ def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
     for name, p in head.named_parameters():
         assert torch.allclose(ours[name], p.grad, rtol=1e-8, atol=1e-10), name
     assert ours["loc.bias"].abs().sum() > 1
+
+
+def test_gradient_when_a_later_chunk_jumps_far_above_the_first():
+    """The first chunk's draws give log p_y ~ -150, the second ~ -1.4: the running
+    reference must be raised and the earlier sums rescaled."""
+    head = HetHead(3, 4, 0, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws, R = 0
+    with torch.no_grad():
+        head.loc.weight.zero_()
+        head.loc.bias.zero_()
+        head.diag.weight.zero_()
+        head.diag.bias.fill_(50.0)  # d = softplus(50) + 1e-3 ~ 50
+    h = torch.randn(2, 3, dtype=torch.double)
+    y = torch.tensor([1, 2])
+    eps_k = torch.zeros(10, 4, dtype=torch.double)
+    eps_k[:5, 0] = 3.0  # draws 0-4: class 0 leads by ~150
+    eps_k[5:] = 0.01 * torch.randn(5, 4, dtype=torch.double)
+    noise = (None, eps_k)
+    head.loss(h, y, noise=noise).backward()
+    ours = {n: p.grad.clone() for n, p in head.named_parameters()}
+    head.zero_grad()
+    (-naive_log_likelihood(head.latent(h), y, *noise, head.temperature).mean()).backward()
+    for name, p in head.named_parameters():
+        assert torch.allclose(ours[name], p.grad, rtol=1e-8, atol=1e-12), name
