@@ -216,9 +216,11 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
     sums use exp(log p_s - m) with m a reference per example (the first chunk's max of
     log p_s, raised and the sums rescaled when a draw exceeds it by 30 nats) and are
     divided by exp(L - m) at the end: nothing underflows even when every log p_s is far
-    below -100 (a confidently wrong example). Each chunk's
-    work stays in cache, which on a CPU is what makes the head fast; peak memory is
-    one chunk plus gradient-sized sums.
+    below -100 (a confidently wrong example). Each chunk's work stays in cache, which
+    on a CPU is what makes the head fast; peak memory is one chunk plus gradient-sized
+    sums. The one sum larger than its gradient is J's in the parameter-efficient
+    variant: it is kept per example, (B, K, R) like V(x) itself, because the upstream
+    gradient that weighs each example is known only in backward.
     """
 
     @staticmethod
