@@ -92,7 +92,8 @@ def _read_npz(data: bytes) -> ArrayDataset:
         if required not in arrays:
             raise DatasetError(f".npz is missing the required array {required!r}")
     names = arrays.pop("class_names", None)
-    class_names = [str(n) for n in names.tolist()] if names is not None else []
+    # np.savez of a list of Python bytes gives dtype "S": decode it instead of writing "b'cat'".
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.ravel().tolist()] if names is not None else []
     return ArrayDataset(**arrays, class_names=class_names)
 
 

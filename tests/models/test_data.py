@@ -72,6 +72,11 @@ def test_pickled_object_array_is_refused_not_executed():
         load_dataset(npz_bytes(x_train=np.array([{"a": 1}, None], dtype=object), y_train=np.array([0, 1])), "npz")
 
 
+def test_byte_string_class_names_are_decoded():
+    ds = load_dataset(npz_bytes(**good_arrays(k=2), class_names=np.array([b"cat", b"dog"])), "npz")
+    assert ds.class_names == ["cat", "dog"]
+
+
 def test_not_an_npz_and_unknown_format():
     with pytest.raises(DatasetError, match="not a readable .npz"):
         load_dataset(b"garbage", "npz")
