@@ -41,6 +41,9 @@ SHAPES = [  # (B, D, K, R), edward2 medians quoted in issue 2 (ms): fwd+bwd, pre
 EDWARD2_PEAK_GB = 2.1  # at the third shape, quoted
 
 
+INPUT_GRAD = True  # --no-input-grad: gradients for the head's parameters only
+
+
 def make(kind: str, shape, device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     b, d, k, r = shape
     torch.manual_seed(0)
@@ -49,7 +52,7 @@ def make(kind: str, shape, device) -> tuple[torch.nn.Module, torch.Tensor, torch
     else:
         head = LinearHead(d, k)
     head = head.to(device)
-    h = torch.randn(b, d, device=device, requires_grad=True)
+    h = torch.randn(b, d, device=device, requires_grad=INPUT_GRAD)
     y = torch.randint(0, k, (b,), device=device)
     return head, h, y
 
@@ -110,6 +113,7 @@ def peak_memory_mb(kind: str, mode: str, shape, device, threads: int) -> float:
         "--threads",
         str(threads),
     ]
+    args += [] if INPUT_GRAD else ["--no-input-grad"]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -163,8 +167,15 @@ def main() -> None:
         help="timed calls per case (a third at the largest shape)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--no-input-grad",
+        action="store_true",
+        help="fwd+bwd without the gradient for h (head parameters only)",
+    )
     parser.add_argument("--peak-rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global INPUT_GRAD
+    INPUT_GRAD = not args.no_input_grad
     torch.set_num_threads(args.threads)
     if args.peak_rss_child:
         kind, mode, shape = args.peak_rss_child
@@ -173,7 +184,10 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available")
-    print(f"device: {describe(device, args.threads)}; torch {torch.__version__}; S = {SAMPLES}")
+    grads = "head parameters and h" if INPUT_GRAD else "head parameters only"
+    print(
+        f"device: {describe(device, args.threads)}; torch {torch.__version__}; S = {SAMPLES}; fwd+bwd gradients: {grads}"
+    )
     print(f"load average before: {os.getloadavg()[0]:.2f}")
 
     rows = []
