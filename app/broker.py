@@ -1,7 +1,7 @@
 """The app's side of Celery: send tasks by name and check the broker is reachable.
 
 The app never imports the worker (it may run without torch): tasks are sent by name,
-``hetserve.train_job`` with ``[job_id]`` on queue ``train`` (CONTRACTS.md). The broker
+``hetserve.train_job`` with ``[job_id]`` on queue ``train`` (docs/architecture.md). The broker
 settings both sides share live here; worker/celery_app.py adds the worker's own.
 
 Embedded default: kombu's ``sqla+sqlite`` transport (a SQLite file under data_dir,

@@ -33,7 +33,7 @@ import numpy as np
 
 from app.settings import Settings
 
-# CONTRACTS.md entry points; `python -m` so the children use this interpreter's venv.
+# docs/architecture.md entry points; `python -m` so the children use this interpreter's venv.
 API_COMMAND = ["-m", "uvicorn", "app.main:app"]
 WORKER_COMMAND = [
     "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",

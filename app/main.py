@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(settings)`` and the module-level ``app``.
 
-Entry point (CONTRACTS.md): ``uvicorn app.main:app``. On start (lifespan) the app loads
+Entry point (docs/architecture.md): ``uvicorn app.main:app``. On start (lifespan) the app loads
 (or generates) the API keys and, with ``auto_migrate``, brings the schema to head.
 """
 

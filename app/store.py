@@ -1,4 +1,4 @@
-"""The store: SQLAlchemy 2 tables of CONTRACTS.md and small repositories over them.
+"""The store: SQLAlchemy 2 tables of docs/architecture.md and small repositories over them.
 
 Tables: datasets, jobs, job_history, models, aliases. Ids are uuid4 hex strings (32
 chars); times are timezone-aware UTC (SQLite keeps naive values, so ``UTCDateTime``

@@ -1,6 +1,6 @@
 """Export a trained Classifier to one self-contained ONNX file with the MC sampling inside.
 
-The file's contract (docs/readme/export.md has the full version):
+The file's contract (docs/export.md has the full version):
 
     inputs   input        float32 [B, ...]   raw features; standardisation is in the graph
              num_samples  int64 scalar       S, optional (default: the model's eval S)

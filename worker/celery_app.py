@@ -1,6 +1,6 @@
 """The Celery application of the training workers (GPU-safe, DESIGN §6).
 
-Run (CONTRACTS.md):
+Run (docs/architecture.md):
     celery -A worker.celery_app:celery_app worker --pool=solo --concurrency=1 -Q train
 
 - pool solo, concurrency 1: one training process per GPU, and no fork after CUDA was

@@ -130,7 +130,7 @@ def test_images_are_pinned(config):
 
 
 def test_multi_host_overrides(config):
-    """docs/readme/deploy.md's extra-GPU-host recipe: NFS artifacts everywhere, stores
+    """docs/deploy.md's extra-GPU-host recipe: NFS artifacts everywhere, stores
     published on the main host's private address, workers elsewhere pointed at them."""
     nfs, expose, remote = (
         REPO / "docker" / f"compose.{name}.yml"

@@ -7,7 +7,7 @@ data_dir, on two backends:
   but unreachable: the tests fail. Each session gets a fresh PostgreSQL database
   (dropped afterwards) and its own Redis key prefix (deleted afterwards).
 
-The processes are started with the exact commands of CONTRACTS.md.
+The processes are started with the exact commands of docs/architecture.md.
 """
 
 from __future__ import annotations
