@@ -15,7 +15,6 @@ goes through them. What differs from the containers, and only that:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.deploy.conftest import REPO, compose_config
+from tests.scratch_stores import scratch_redis_postgres
 
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120
@@ -62,38 +62,8 @@ def image_paths() -> dict[str, str]:
 @pytest.fixture
 def local_backends():
     """A fresh PostgreSQL database and Redis key prefix, dropped afterwards."""
-    redis_url = os.environ.get("HETSERVE_TEST_REDIS_URL")
-    database_url = os.environ.get("HETSERVE_TEST_DATABASE_URL")
-    if not redis_url or not database_url:
-        pytest.skip(
-            "HETSERVE_TEST_REDIS_URL / HETSERVE_TEST_DATABASE_URL not set (.ci/run sets them)"
-        )
-    import psycopg
-    import redis
-    from sqlalchemy.engine import make_url
-
-    run_id = uuid.uuid4().hex[:10]
-    redis_client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    redis_client.ping()  # set but unreachable: fail, do not skip
-    admin = make_url(database_url)
-    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    database = f"hetserve_deploy_{run_id}"
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    prefix = f"hetserve-deploy-{run_id}:"
-    try:
-        yield {
-            "HETSERVE_DATABASE_URL": admin.set(database=database).render_as_string(
-                hide_password=False
-            ),
-            "HETSERVE_BROKER_URL": redis_url,
-            "HETSERVE_BROKER_KEY_PREFIX": prefix,
-        }
-    finally:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        for key in redis_client.scan_iter(match=f"{prefix}*"):
-            redis_client.delete(key)
+    with scratch_redis_postgres(f"deploy_{uuid.uuid4().hex[:10]}") as env:
+        yield env
 
 
 def service_env(service: dict, local: dict, data_dir: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
+from tests.scratch_stores import scratch_redis_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -153,46 +154,12 @@ class Stack:
 
 
 def redis_postgres_env(session_id: str) -> Iterator[dict[str, str]]:
-    redis_url = os.environ.get("HETSERVE_TEST_REDIS_URL")
-    database_url = os.environ.get("HETSERVE_TEST_DATABASE_URL")
-    if not redis_url or not database_url:
-        pytest.skip(
-            "HETSERVE_TEST_REDIS_URL / HETSERVE_TEST_DATABASE_URL not set (.ci/run sets them)"
-        )
-    import psycopg
-    import redis
-    from sqlalchemy.engine import make_url
-
-    try:
-        redis_client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        redis_client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"HETSERVE_TEST_REDIS_URL={redis_url} is set but unreachable: {exc}")
-    admin = make_url(database_url)
-    database = f"hetserve_e2e_{session_id}"
-    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
-    except psycopg.Error as exc:
-        pytest.fail(f"HETSERVE_TEST_DATABASE_URL={database_url} is set but unusable: {exc}")
-    prefix = f"hetserve-e2e-{session_id}:"
-    try:
-        yield {
-            "HETSERVE_DATABASE_URL": admin.set(database=database).render_as_string(
-                hide_password=False
-            ),
-            "HETSERVE_BROKER_URL": redis_url,
-            "HETSERVE_BROKER_KEY_PREFIX": prefix,
+    with scratch_redis_postgres(f"e2e_{session_id}") as env:
+        yield env | {
             # Short so the SIGKILL test sees Redis redeliver; the limit stays below it.
             "HETSERVE_JOB_TIME_LIMIT_S": "20",
             "HETSERVE_BROKER_VISIBILITY_TIMEOUT_S": "22",
         }
-    finally:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        for key in redis_client.scan_iter(match=f"{prefix}*"):
-            redis_client.delete(key)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
