@@ -73,7 +73,7 @@ class TrainSpec(_Strict):
     batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_fraction: float = Field(0.1, gt=0, lt=1, description="used when the dataset has no x_val")
 

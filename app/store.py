@@ -262,10 +262,14 @@ class JobStore:
         error: str | None = None,
         model_id: str | None = None,
         baseline_model_id: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """End the job; False (and nothing changed) when it had already ended, so a
+        duplicate attempt can never overwrite the outcome of the one that finished."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"not a terminal status: {status!r}")
         job = self.session.get(Job, job_id, with_for_update=True)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return False
         job.status, job.finished_at, job.error = status, utcnow(), error
         if metrics is not None:
             job.metrics = metrics
@@ -273,6 +277,7 @@ class JobStore:
         if status == "succeeded":
             job.progress = {**(job.progress or {}), "fraction": 1.0}
         self.session.flush()
+        return True
 
 
 class ModelStore:

@@ -21,6 +21,7 @@ import csv
 import io
 import posixpath
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -33,6 +34,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGE_SIZE = 512
 MAX_ZIP_ENTRIES = 200_000
 MAX_ZIP_EXPANDED_BYTES = 4 << 30  # a zip bomb is refused before anything is decompressed
+MAX_DECODED_IMAGE_BYTES = 4 << 30  # float32 pixels of all images, checked before decoding
+MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
 
 
 class UploadError(ValueError):
@@ -77,6 +80,12 @@ def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise UploadError("not a .npz archive (a single .npy array was given)")
     with npz:
+        # A .npz is a zip: refuse a compressed bomb before any array is inflated.
+        expanded = sum(info.file_size for info in npz.zip.infolist())
+        if expanded > MAX_ZIP_EXPANDED_BYTES:
+            raise UploadError(
+                f".npz expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
+            )
         unknown = set(npz.files) - ALLOWED_NPZ_KEYS
         if unknown:
             raise UploadError(
@@ -99,7 +108,7 @@ def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
         raise UploadError(
             f"class_names must be a 1-D array of strings, got dtype {names.dtype}, shape {list(names.shape)}"
         )
-    return arrays, [str(n) for n in names.tolist()]
+    return arrays, [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
 
 
 def read_csv(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
@@ -191,6 +200,12 @@ def read_image_zip(
             raise UploadError("zip has no train/<class>/ images")
         class_names = sorted({cls for cls, _ in by_split["train"]})
         index = {name: i for i, name in enumerate(class_names)}
+        decoded = len(files) * (1 if grayscale else 3) * image_size * image_size * 4
+        if decoded > MAX_DECODED_IMAGE_BYTES:
+            raise UploadError(
+                f"{len(files)} images at {image_size}x{image_size} decode to {decoded} bytes, "
+                f"at most {MAX_DECODED_IMAGE_BYTES} are accepted: use a smaller image_size"
+            )
         arrays = {}
         for split, entries in by_split.items():
             if not entries:
@@ -212,7 +227,8 @@ def _decode(
     try:
         with archive.open(info) as f:
             return decode_image(f, size, grayscale, f"zip entry {info.filename!r}")
-    except zipfile.BadZipFile as exc:
+    # corrupt deflate data, an unsupported compression method, an encrypted entry
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as exc:
         raise UploadError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
 
 
@@ -250,6 +266,8 @@ def validate_arrays(
         for name, arr in ((f"x_{split}", x), (f"y_{split}", y)):
             if arr.dtype.kind not in "biuf":
                 raise UploadError(f"{name} must be numeric, got dtype {arr.dtype}")
+            if arr.ndim == 0:
+                raise UploadError(f"{name} must be an array of rows, got a single number")
         if x.ndim not in (2, 4):
             raise UploadError(
                 f"x_{split} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}"
@@ -266,6 +284,8 @@ def validate_arrays(
             raise UploadError(
                 f"x_{split} has {len(x)} rows but y_{split} has {len(y)} (mismatched lengths)"
             )
+        with np.errstate(over="ignore"):  # before the check: 1e300 is finite in float64 only
+            x = x.astype(np.float32)
         finite_rows = np.isfinite(x).reshape(len(x), -1).all(axis=1)
         if not finite_rows.all():
             raise UploadError(
@@ -292,17 +312,23 @@ def validate_arrays(
                 raise UploadError(
                     f"labels out of range: y_{split} has a negative label ({int(y.min())})"
                 )
-        out[f"x_{split}"], out[f"y_{split}"] = x.astype(np.float32), y
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
 
     if not multilabel:
         largest = max(int(out[f"y_{s}"].max()) for s in SPLITS if f"y_{s}" in out)
         num_classes = len(class_names) if class_names else largest + 1
+        if num_classes > MAX_CLASSES:
+            raise UploadError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
         if largest >= num_classes:
             raise UploadError(
                 f"labels out of range: found label {largest} but only {num_classes} class names"
             )
     if num_classes < 2:
         raise UploadError(f"need at least 2 classes, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise UploadError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
+    if not multilabel and len(np.unique(out["y_train"])) < 2:
+        raise UploadError("y_train holds fewer than 2 distinct classes")
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise UploadError(f"{len(names)} class_names for {num_classes} classes")

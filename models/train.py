@@ -39,6 +39,10 @@ class Cancelled(Exception):
     """Raised out of train() when should_cancel() returned True."""
 
 
+class TrainingDiverged(RuntimeError):
+    """No epoch ended with a finite validation NLL."""
+
+
 @dataclass
 class Callbacks:
     # on_progress receives {"epoch", "epochs", "step", "steps", "fraction", "train_loss",
@@ -195,6 +199,11 @@ def train_run(
         if callbacks.on_epoch_end:
             callbacks.on_epoch_end(entry)
 
+    if best["state"] is None:
+        # Every epoch's validation NLL was NaN (or inf): nothing is worth keeping.
+        raise TrainingDiverged(
+            f"training diverged: no epoch reached a finite validation NLL (lr={cfg.lr})"
+        )
     model.load_state_dict(best["state"])
     model.eval()
     val = evaluate_split(model, data.x_val, data.y_val, spec.task)

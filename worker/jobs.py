@@ -425,7 +425,9 @@ def register_trained(
 
 def end_cancelled(job_id: str, settings: Settings) -> str:
     with session_scope(settings) as session:
-        JobStore(session).finish(job_id, "cancelled")
+        ended = JobStore(session).finish(job_id, "cancelled")
+    if not ended:
+        return "skipped"  # another attempt ended the job first: leave its outcome
     log.info("job %s cancelled", job_id)
     remove_checkpoints(settings, job_id)
     return "cancelled"
@@ -438,7 +440,9 @@ def describe(exc: BaseException) -> str:
 def fail(job_id: str, settings: Settings, exc: BaseException) -> str:
     log.error("job %s failed: %s", job_id, describe(exc), exc_info=exc)
     with session_scope(settings) as session:
-        JobStore(session).finish(job_id, "failed", error=describe(exc))
+        ended = JobStore(session).finish(job_id, "failed", error=describe(exc))
+    if not ended:
+        return "skipped"  # another attempt ended the job first: leave its outcome
     remove_checkpoints(settings, job_id)
     return "failed"
 

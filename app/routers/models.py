@@ -421,7 +421,8 @@ async def predict(request: Request) -> Response:
     except InputError as exc:
         raise HTTPException(422, exc.detail()) from None
 
-    num_samples = body.mc_samples or model.eval_mc_samples
+    # The model's own default is capped like a caller's choice (a job may ask for 100k).
+    num_samples = body.mc_samples or min(model.eval_mc_samples, settings.max_mc_samples)
     outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
     field = "inputs" if body.inputs is not None else "images"
     overflow = first_non_finite_row(outputs, model.output_names)

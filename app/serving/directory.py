@@ -54,17 +54,24 @@ class ModelDirectory:
 
     def lookup(self, ref: str) -> ServedModel | None:
         """Query the store (blocking); None when ``ref`` is neither a model id nor an alias."""
-        with session_scope(self.settings) as session:
-            model = ModelStore(session).resolve(ref)
-            if model is None:
-                return None
-            served = ServedModel(
-                model.id, model.onnx_sha256, self.artifacts.resolve(model.onnx_path)
-            )
-        if self.ttl_s > 0:
+        try:
+            with session_scope(self.settings) as session:
+                model = ModelStore(session).resolve(ref)
+                served = None
+                if model is not None:
+                    served = ServedModel(
+                        model.id, model.onnx_sha256, self.artifacts.resolve(model.onnx_path)
+                    )
             with self._lock:
-                self._entries[ref] = (time.monotonic(), served)
-        return served
+                if served is None:
+                    self._entries.pop(ref, None)  # deleted elsewhere: forget it
+                elif self.ttl_s > 0:
+                    self._entries[ref] = (time.monotonic(), served)
+            return served
+        finally:
+            # Without this an entry refreshed once would be served stale forever.
+            with self._lock:
+                self._refreshing.discard(ref)
 
     def invalidate(self) -> None:
         with self._lock:

@@ -5,6 +5,9 @@ Every rejected upload must leave nothing behind: no dataset row, no artifact fil
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -92,6 +95,19 @@ def pickled_npz() -> bytes:
     return npz_bytes(x_train=arrays["x_train"], y_train=np.array([{"evil": 1}] * 40, dtype=object))
 
 
+def corrupt_deflated_zip() -> bytes:
+    """A zip whose second image's deflate stream is garbage (zlib.error, not BadZipFile)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train/a/1.png", png_bytes((0, 0, 0)))
+        archive.writestr("train/b/1.png", png_bytes((9, 9, 9)))
+        offset = archive.getinfo("train/b/1.png").header_offset
+    data = bytearray(buffer.getvalue())
+    start = offset + 30 + len("train/b/1.png")
+    data[start : start + 8] = b"\xff" * 8
+    return bytes(data)
+
+
 BAD_UPLOADS = {
     "pickle": ("p.npz", pickled_npz(), "pickle"),
     "mismatched lengths": (
@@ -135,6 +151,27 @@ BAD_UPLOADS = {
     ),
     "csv without label": ("c.csv", b"a,b\n1,2\n", "'label'"),
     "not an npz": ("junk.npz", b"not a zip at all", "not a readable .npz"),
+    "corrupt zip entry": ("bad.zip", corrupt_deflated_zip(), "not a decodable image"),
+    "0-d labels": ("s.npz", npz_bytes(x_train=np.zeros((4, 2)), y_train=np.array(1)), "single"),
+    "overflows float32": (
+        "big.npz",
+        npz_bytes(x_train=np.array([[0.0, 1e300], [1.0, 0.0]]), y_train=np.array([0, 1])),
+        "inf",
+    ),
+    "one distinct class": (
+        "one.npz",
+        npz_bytes(
+            x_train=np.zeros((4, 2)),
+            y_train=np.zeros(4, dtype=int),
+            class_names=np.array(["a", "b"]),
+        ),
+        "fewer than 2 distinct",
+    ),
+    "huge label": (
+        "h.npz",
+        npz_bytes(x_train=np.zeros((2, 2)), y_train=np.array([0, 10**9])),
+        "at most",
+    ),
 }
 
 

@@ -204,8 +204,13 @@ def test_store_registers_once_and_never_restarts_an_ended_job(service):
         assert jobs.start_attempt(job_id).attempts == 2  # a redelivery resumes a running job
         first = ModelStore(session).register(job_id, "model", **fields).id
         assert ModelStore(session).register(job_id, "model", **fields).id == first
-        jobs.finish(job_id, "succeeded", model_id=first)
+        assert jobs.finish(job_id, "succeeded", model_id=first) is True
     with session_scope(settings) as session:
         assert JobStore(session).start_attempt(job_id) is None
         assert ModelStore(session).count_for_job(job_id) == 1
+        # A duplicate attempt failing later must not overwrite the finished outcome.
+        assert JobStore(session).finish(job_id, "failed", error="late duplicate") is False
+    with session_scope(settings) as session:
+        job = JobStore(session).get(job_id)
+        assert (job.status, job.model_id, job.error) == ("succeeded", first, None)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 409

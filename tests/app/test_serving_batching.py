@@ -133,5 +133,10 @@ def test_model_directory_caches_for_ttl_and_invalidates(tmp_path):
     time.sleep(0.35)
     assert directory.cached("prod") is None
     assert directory.lookup("prod").model_id == second
+    with session_scope(settings) as session:  # and moves it back: a second expiry
+        ModelStore(session).set_alias("prod", first)
+    time.sleep(0.35)
+    assert directory.cached("prod") is None  # refreshed again, not served stale forever
+    assert directory.lookup("prod").model_id == first
     directory.invalidate()
     assert directory.cached("prod") is None
