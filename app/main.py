@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
 from app import db
 from app.auth import load_or_create_keys
@@ -39,9 +41,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.add_exception_handler(IntegrityError, concurrent_change)
     for module in (health, datasets, jobs, models):
         app.include_router(module.router)
     return app
+
+
+async def concurrent_change(_request: Request, exc: IntegrityError) -> JSONResponse:
+    # Routes check before they write (unknown dataset id, a dataset still in use); a
+    # concurrent request can still slip in between, and the database's constraint then
+    # refuses the write. That is a conflict to retry, not a server error.
+    return JSONResponse(
+        status_code=409,
+        content={"detail": "a concurrent change conflicted with this request; retry it"},
+    )
 
 
 app = create_app()

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     # -- uploads and jobs --------------------------------------------------------
     max_upload_bytes: int = 256 * 1024 * 1024
     job_time_limit_s: int = 6 * 3600
+    max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
     broker_key_prefix: str | None = Field(None, description="Redis broker: prefix of every key (several deployments, one Redis)")
     broker_polling_interval_s: float = 0.2  # embedded (sqla+sqlite) broker: how often the worker polls

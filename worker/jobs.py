@@ -92,6 +92,18 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
             return "skipped"
         attempt = job.attempts
     log.info("job %s: attempt %d", job_id, attempt)
+    if attempt > settings.max_job_attempts:
+        # acks_late + reject_on_worker_lost redeliver a job whose worker died; a job that
+        # kills its worker every time (out of memory, say) must not loop forever.
+        return fail(
+            job_id,
+            settings,
+            RuntimeError(
+                f"gave up after {attempt - 1} attempts: the worker running this job died or "
+                f"was stopped each time (out of memory?); HETSERVE_MAX_JOB_ATTEMPTS="
+                f"{settings.max_job_attempts}"
+            ),
+        )
     try:
         ctx = load_context(job_id, settings)
     except Exception as exc:

@@ -70,3 +70,14 @@ def test_cancel_requested_before_the_first_step_ends_cancelled(settings):
     job, models = ended(settings, job_id)
     assert job.status == "cancelled" and job.model_id is None and models == 0
     assert run_job(job_id, settings) == "skipped"  # a redelivery of an ended job does nothing
+
+
+def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(settings):
+    settings = settings.model_copy(update={"max_job_attempts": 2})
+    job_id = new_job(settings, SPEC)
+    with session_scope(settings) as session:  # two deliveries whose worker died mid-job
+        JobStore(session).start_attempt(job_id)
+        JobStore(session).start_attempt(job_id)
+    assert run_job(job_id, settings) == "failed"
+    job, models = ended(settings, job_id)
+    assert job.status == "failed" and "gave up after 2 attempts" in job.error and models == 0
