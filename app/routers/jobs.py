@@ -65,7 +65,32 @@ def check_spec_fits(spec: JobSpec, dataset) -> dict:
             422,
             f"backbone {spec.backbone.kind!r} takes images; dataset {dataset.id} holds vectors: use 'mlp'",
         )
+    noise = noise_bytes(spec, dataset.num_classes)
+    if noise > MAX_NOISE_BYTES:
+        raise HTTPException(
+            422,
+            f"the head's noise draw would take {noise / 2**30:.1f} GiB (S x (K + R) numbers"
+            f"{'' if spec.head.share_samples_across_batch else ' per example'}; K = "
+            f"{dataset.num_classes}); at most {MAX_NOISE_BYTES / 2**30:.0f} GiB: lower "
+            "train_mc_samples / eval_mc_samples or share the samples across the batch",
+        )
     return spec.model_dump(mode="json") | {"task": task}
+
+
+# The worker draws one noise tensor per step (shared: S x (K + R); per example: B x S x
+# (K + R), B up to the batch size or the 512-row evaluation batch). A spec that would
+# exhaust the worker's memory is refused here rather than killing worker after worker.
+MAX_NOISE_BYTES = 2 << 30
+EVAL_BATCH_ROWS = 512
+
+
+def noise_bytes(spec: JobSpec, num_classes: int) -> int:
+    head = spec.head
+    if head.kind != "het":
+        return 0
+    per_draw = (num_classes + head.num_factors) * 4
+    rows = 1 if head.share_samples_across_batch else max(spec.train.batch_size, EVAL_BATCH_ROWS)
+    return rows * max(head.train_mc_samples, head.eval_mc_samples) * per_draw
 
 
 @router.post(

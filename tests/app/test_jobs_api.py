@@ -97,6 +97,22 @@ def test_backbone_and_task_must_fit_the_dataset(service):
     assert job_count(settings) == 0
 
 
+def test_a_noise_draw_too_large_for_a_worker_is_422(service):
+    client, settings, dataset_id = service
+    per_example = {
+        "share_samples_across_batch": False,
+        "eval_mc_samples": 100_000,
+        "num_factors": 64,
+    }
+    r = client.post("/v1/jobs", json={"dataset_id": dataset_id, "head": per_example}, headers=AUTH)
+    assert r.status_code == 422 and "per example" in r.json()["detail"], r.text
+    # The same S shared across the batch is a few MB: accepted.
+    shared = per_example | {"share_samples_across_batch": True}
+    r = client.post("/v1/jobs", json={"dataset_id": dataset_id, "head": shared}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert job_count(settings) == 1
+
+
 def test_cancel_a_queued_job_ends_it_and_events_report_the_end(service):
     client, _, dataset_id = service
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset_id}, headers=AUTH).json()["id"]
