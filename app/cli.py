@@ -485,15 +485,9 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- demo
 
-# Runs on the training side (sklearn, models/) in a child interpreter: the benchmark's
-# noise model lives in models/, which the app package never imports.
-DEMO_DATASET_SCRIPT = """
-import sys
-import models.benchmarks
-import models.data
-dataset = models.benchmarks.noisy_digits(seed=int(sys.argv[2]))
-models.data.save_npz(dataset, sys.argv[1])
-"""
+# The benchmark's noise model lives in models/ (training side: sklearn, numpy), which
+# the app package never imports: it is built by a child interpreter.
+DEMO_DATASET_COMMAND = ["-m", "models.benchmarks", "noisy_digits"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -501,7 +495,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "noisy_digits.npz"
         made = subprocess.run(
-            [sys.executable, "-c", DEMO_DATASET_SCRIPT, str(path), str(args.seed)],
+            [sys.executable, *DEMO_DATASET_COMMAND, str(path), "--seed", str(args.seed)],
             capture_output=True, text=True,
         )  # fmt: skip
         if made.returncode != 0:

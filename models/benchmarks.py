@@ -82,3 +82,23 @@ def noisy_blobs(
     rate = MAX_FLIP / (1 + np.exp(-3.0 * centred / centred.std()))
     y_noisy = flip_labels(y, rate, partner_of(pairs, k), rng)
     return validate(ArrayDataset(x, y_noisy, x_test=x_test, y_test=y_test))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m models.benchmarks noisy_digits OUT.npz --seed 0``: save a benchmark
+    dataset as an uploadable .npz (the CLI's demo runs this in a child interpreter)."""
+    import argparse
+
+    from models.data import save_npz
+
+    parser = argparse.ArgumentParser(prog="python -m models.benchmarks")
+    parser.add_argument("name", choices=["noisy_digits", "noisy_blobs"])
+    parser.add_argument("out")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    make = noisy_digits if args.name == "noisy_digits" else noisy_blobs
+    save_npz(make(seed=args.seed), args.out)
+
+
+if __name__ == "__main__":
+    main()
