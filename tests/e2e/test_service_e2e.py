@@ -317,3 +317,31 @@ def test_image_zip_trains_a_cnn_and_serves_base64_images(stack):
     row = by_image.json()["predictions"][0]
     assert len(row["probs"]) == 2 and abs(sum(row["probs"]) - 1) < 1e-5
     assert row["probs"] == by_inputs.json()["predictions"][0]["probs"]
+
+
+def test_multilabel_job_trains_a_sigmoid_het_head_and_serves_per_label_outputs(stack, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 6)).astype(np.float32)
+    y = (x[:, :3] + rng.normal(0, 0.5, (160, 3)) > 0).astype(np.int64)  # 3 labels
+    path = tmp_path / "multi.npz"
+    np.savez(path, x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:])
+    with stack.client() as client:
+        r = client.post("/v1/datasets", files={"file": ("multi.npz", path.read_bytes())})
+        assert r.status_code == 201, r.text
+        assert r.json()["task"] == "multilabel" and r.json()["num_classes"] == 3
+        submitted = submit(client, r.json()["id"], TINY | {"task": "multilabel"})
+        done = wait_for_status(
+            client, submitted["id"], {"succeeded", "failed", "cancelled"}, timeout=180
+        )
+        assert done["status"] == "succeeded", done["error"]
+        metrics = done["metrics"]["model"]
+        assert 0 <= metrics["test_mean_average_precision"] <= 1 and metrics["test_nll"] > 0
+        answer = client.post(
+            f"/v1/models/{done['model_id']}/predict", json={"inputs": x[:2].tolist(), "seed": 1}
+        )
+    assert answer.status_code == 200, answer.text
+    for row in answer.json()["predictions"]:
+        # Independent sigmoids: each label's probability in (0, 1), no sum-to-one,
+        # and one binary entropy per label.
+        assert len(row["probs"]) == 3 and all(0 < p < 1 for p in row["probs"])
+        assert len(row["entropy"]) == 3 and len(row["expected_entropy"]) == 3
