@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from tests.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-serving-key"
@@ -135,12 +136,6 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
         )
         jobs.finish(job.id, "succeeded", metrics={}, model_id=model.id)
         return model.id
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,14 +19,9 @@ import numpy as np
 import pytest
 
 from app import cli
+from tests.waiting import free_port, wait_until
 
 HETSERVE = Path(sys.executable).with_name("hetserve")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pid: int) -> list[int]:
@@ -48,15 +42,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def tiny_dataset(path: Path) -> Path:
@@ -90,7 +75,7 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
         up = subprocess.Popen([str(HETSERVE), "up"], env=env, cwd=tmp_path, stdout=stdout,
                               stderr=stderr)  # fmt: skip
     try:
-        wait_for(
+        wait_until(
             lambda: "hetserve is up" in out.read_text() or up.poll() is not None, 120, "the banner"
         )
         assert up.poll() is None, err.read_text()

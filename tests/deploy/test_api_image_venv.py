@@ -22,8 +22,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.app.serving_support import API_KEY, D, exported, free_port, make_settings, register
+from tests.app.serving_support import API_KEY, D, exported, make_settings, register
 from tests.deploy.conftest import REPO
+from tests.waiting import free_port
 
 # What docker/api.Dockerfile copies into its build stage.
 BUILD_CONTEXT = ("pyproject.toml", "README.md", "app", "models", "worker")

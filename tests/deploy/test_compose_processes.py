@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -29,24 +27,10 @@ import pytest
 
 from tests.deploy.conftest import REPO, compose_config
 from tests.scratch_stores import scratch_redis_postgres
+from tests.waiting import free_port, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def image_paths() -> dict[str, str]:

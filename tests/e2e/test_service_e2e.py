@@ -26,7 +26,7 @@ from app.artifacts import ArtifactStore, sha256_file
 from app.db import session_scope
 from app.store import ModelStore
 from tests.app.service_client import zip_bytes
-from tests.e2e.conftest import wait_until
+from tests.waiting import wait_until
 
 TINY = {
     "head": {
