@@ -47,9 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-META_PREFIX = "hetserve."
-REQUIRED_METADATA = ("class_names", "input_shape", "task", "head", "eval_mc_samples", "version")
-MAX_SEED = 2**63 - 1
+from models.onnx_contract import MAX_SEED, META_PREFIX, REQUIRED_METADATA, rank_pairs
 
 
 class ModelFileError(ValueError):
@@ -244,19 +242,3 @@ class OnnxModel:
             {"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])}
             for c in order
         ]
-
-
-def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict]:
-    """The off-diagonal pairs of rho (T x T, among ``classes``) with the largest |rho|,
-    largest first; exact zeros (R = 0, the baseline) are no pairs."""
-    first, second = np.triu_indices(len(classes), k=1)
-    values = rho[first, second]
-    order = np.argsort(-np.abs(values), kind="stable")[: max(0, max_pairs)]
-    return [
-        {
-            "classes": [int(classes[first[k]]), int(classes[second[k]])],
-            "correlation": float(values[k]),
-        }
-        for k in order
-        if values[k] != 0
-    ]

@@ -59,28 +59,9 @@ from torch import nn
 
 from models.classifier import Classifier
 from models.heads import MULTICLASS, HetHead
+from models.onnx_contract import META_PREFIX, OUTPUT_NAMES, RESERVED_METADATA
 from models.uncertainty import entropy_of, predictive_uncertainty, top_correlations
 
-OUTPUT_NAMES = (
-    "probs",
-    "entropy",
-    "expected_entropy",
-    "prob_std",
-    "noise_std",
-    "top_classes",
-    "top_correlation",
-)
-META_PREFIX = "hetserve."
-RESERVED_METADATA = (
-    "class_names",
-    "input_shape",
-    "task",
-    "head",
-    "eval_mc_samples",
-    "parity",
-    "version",
-    "outputs",
-)
 OPSET = 18
 
 # Parity, two checks (check_parity):

@@ -27,6 +27,7 @@ import math
 import torch
 
 from models.heads import MULTICLASS
+from models.onnx_contract import rank_pairs
 
 TOP_CLASSES = 10
 
@@ -58,28 +59,6 @@ def top_correlations(latent, probs: torch.Tensor, top: int = TOP_CLASSES) -> tup
     return classes, rho
 
 
-def rank_pairs(classes, rho, max_pairs: int = 5) -> list[list[dict]]:
-    """Per row, the off-diagonal pairs with the largest |rho|, largest first."""
-    out = []
-    t = classes.shape[-1]
-    iu = torch.triu_indices(t, t, offset=1)
-    for row_classes, row_rho in zip(classes.tolist(), rho, strict=True):
-        vals = row_rho[iu[0], iu[1]]
-        order = vals.abs().argsort(descending=True)[:max_pairs].tolist()
-        # R = 0 and the baseline have an exactly diagonal Sigma: no pairs to report.
-        order = [k for k in order if vals[k] != 0]
-        out.append(
-            [
-                {
-                    "classes": [row_classes[iu[0, k]], row_classes[iu[1, k]]],
-                    "correlation": float(vals[k]),
-                }
-                for k in order
-            ]
-        )
-    return out
-
-
 @torch.no_grad()
 def predictive_uncertainty(
     head,
@@ -104,6 +83,8 @@ def predictive_uncertainty(
         "noise_std": latent.variance().sqrt(),
         "top_classes": classes,
         "top_correlation": rho,
-        "correlated_pairs": rank_pairs(classes, rho, max_pairs),
+        "correlated_pairs": [
+            rank_pairs(c, r, max_pairs) for c, r in zip(classes.cpu().numpy(), rho.cpu().numpy(), strict=True)
+        ],
         "num_samples": num,
     }

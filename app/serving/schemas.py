@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.onnx_contract import MAX_SEED
+
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
-SEED_MAX = 2**63 - 1  # the graph's seed is an int64; negative means "fresh draws"
 
 
 class ModelOut(BaseModel):
@@ -110,7 +111,7 @@ class PredictRequest(BaseModel):
     seed: int | None = Field(
         None,
         ge=0,
-        le=SEED_MAX,
+        le=MAX_SEED,
         description="reproducible draws: equal seeds give equal outputs, whatever else is batched",
     )
     top_k: int | None = Field(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models.heads import MULTILABEL, HetHead, LinearHead
-from models.uncertainty import predictive_uncertainty, rank_pairs, top_correlations
+from models.onnx_contract import rank_pairs
+from models.uncertainty import predictive_uncertainty, top_correlations
 
 
 def het_head(**kw) -> HetHead:
@@ -90,10 +91,11 @@ def test_multilabel_fields_are_per_label():
 
 
 def test_rank_pairs_orders_by_absolute_correlation():
-    classes = torch.tensor([[7, 3, 5]])
-    rho = torch.tensor([[[1.0, -0.9, 0.2], [-0.9, 1.0, 0.5], [0.2, 0.5, 1.0]]])
-    assert rank_pairs(classes, rho, max_pairs=2) == [
-        [{"classes": [7, 3], "correlation": -0.8999999761581421}, {"classes": [3, 5], "correlation": 0.5}]
+    classes = torch.tensor([7, 3, 5])
+    rho = torch.tensor([[1.0, -0.9, 0.2], [-0.9, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    assert rank_pairs(classes.numpy(), rho.numpy(), max_pairs=2) == [
+        {"classes": [7, 3], "correlation": -0.8999999761581421},
+        {"classes": [3, 5], "correlation": 0.5},
     ]
     latent = het_head().latent(torch.randn(1, 6))
     classes, rho = top_correlations(latent, torch.rand(1, 12), top=4)

@@ -1,0 +1,49 @@
+"""The names an exported model file and its runtimes agree on (torch free, numpy only).
+
+The exporter (``models.export``) writes these names into the ONNX graph and its metadata;
+the serving runtime (``app.serving``) reads them back. Both import this module, so neither
+keeps a copy: the API may import it because it pulls in no torch and no onnx.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Outputs of every exported graph, in this order. Baseline models have the same outputs,
+# with zeros where a quantity does not exist (no noise: noise_std = 0, no correlations).
+OUTPUT_NAMES = (
+    "probs",
+    "entropy",
+    "expected_entropy",
+    "prob_std",
+    "noise_std",
+    "top_classes",
+    "top_correlation",
+)
+
+# Metadata lives in the file's metadata_props as JSON values under this prefix.
+META_PREFIX = "hetserve."
+REQUIRED_METADATA = ("class_names", "input_shape", "task", "head", "eval_mc_samples", "version")
+RESERVED_METADATA = (*REQUIRED_METADATA, "parity", "outputs")
+
+# The graph's seed input is an int64; a negative seed means "fresh draws".
+MAX_SEED = 2**63 - 1
+
+
+def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict]:
+    """The off-diagonal pairs of one input's ``rho`` (T x T, among ``classes``) with the
+    largest |rho|, largest first. Exact zeros are no pairs: R = 0 and the baseline have
+    an exactly diagonal covariance."""
+    classes = np.asarray(classes)
+    rho = np.asarray(rho)
+    first, second = np.triu_indices(len(classes), k=1)
+    values = rho[first, second]
+    order = np.argsort(-np.abs(values), kind="stable")[: max(0, max_pairs)]
+    return [
+        {
+            "classes": [int(classes[first[k]]), int(classes[second[k]])],
+            "correlation": float(values[k]),
+        }
+        for k in order
+        if values[k] != 0
+    ]
