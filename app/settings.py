@@ -13,23 +13,37 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HETSERVE_", env_file=None, extra="ignore")
 
     # -- where things live ---------------------------------------------------
-    data_dir: Path = Field(Path("var"), description="artifacts, SQLite file, embedded broker, API key")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hetserve.db")
-    broker_url: str | None = Field(None, description="Celery broker; default an embedded sqla+sqlite broker")
-    result_backend: str | None = Field(None, description="Celery result backend; default the database")
+    data_dir: Path = Field(
+        Path("var"), description="artifacts, SQLite file, embedded broker, API key"
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hetserve.db"
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker; default an embedded sqla+sqlite broker"
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend; default the database"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
     # -- auth -----------------------------------------------------------------
-    api_keys: str | None = Field(None, description="comma-separated bearer keys; unset: one generated key")
+    api_keys: str | None = Field(
+        None, description="comma-separated bearer keys; unset: one generated key"
+    )
 
     # -- uploads and jobs --------------------------------------------------------
     max_upload_bytes: int = 256 * 1024 * 1024
     job_time_limit_s: int = 6 * 3600
     max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
-    broker_key_prefix: str | None = Field(None, description="Redis broker: prefix of every key (several deployments, one Redis)")
-    broker_polling_interval_s: float = 0.2  # embedded (sqla+sqlite) broker: how often the worker polls
+    broker_key_prefix: str | None = Field(
+        None, description="Redis broker: prefix of every key (several deployments, one Redis)"
+    )
+    broker_polling_interval_s: float = (
+        0.2  # embedded (sqla+sqlite) broker: how often the worker polls
+    )
     cancel_poll_interval_s: float = 1.0  # worker reads the job's cancel flag at most this often
     auto_migrate: bool = True  # the API runs `alembic upgrade head` on start
 

@@ -32,7 +32,9 @@ def run_spec(head: HeadSpec, args, seed: int) -> RunSpec:
     return RunSpec(
         head=head,
         backbone=BackboneSpec(kind="mlp", hidden=[256, 256]),
-        train=TrainSpec(epochs=args.epochs, batch_size=128, lr=args.lr, seed=seed, device=args.device),
+        train=TrainSpec(
+            epochs=args.epochs, batch_size=128, lr=args.lr, seed=seed, device=args.device
+        ),
     )
 
 
@@ -55,7 +57,9 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -68,8 +72,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
-    print(f"device: {device} ({name}); torch {torch.__version__}; seeds 0..{args.seeds - 1}; epochs {args.epochs}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {args.threads} threads"
+    )
+    print(
+        f"device: {device} ({name}); torch {torch.__version__}; seeds 0..{args.seeds - 1}; epochs {args.epochs}"
+    )
 
     rows = []
     for ds_name in args.datasets:
@@ -99,7 +109,10 @@ def main() -> None:
                 f"{fmt(per['ece'])} | {fmt(per['brier'])} | {seconds[head_name] / args.seeds:.0f} |"
             )
             if head_name != base:
-                diff = {m: [a - b for a, b in zip(per[m], results[base][m], strict=True)] for m in METRICS}
+                diff = {
+                    m: [a - b for a, b in zip(per[m], results[base][m], strict=True)]
+                    for m in METRICS
+                }
                 rows.append(
                     f"| {ds_name} | HET − softmax (paired) | {fmt(diff['accuracy'], 100, 1)} | {fmt(diff['nll'])} | "
                     f"{fmt(diff['ece'])} | {fmt(diff['brier'])} | |"

@@ -70,7 +70,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
         stages, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             stages += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
@@ -86,10 +88,14 @@ def build_backbone(spec, input_shape: list[int]) -> nn.Module:
     """From a BackboneSpec and one example's shape ([D] or [C, H, W])."""
     if spec.kind == "mlp":
         if len(input_shape) != 1:
-            raise ValueError(f"the mlp backbone takes vectors [N, D], got examples of shape {input_shape}")
+            raise ValueError(
+                f"the mlp backbone takes vectors [N, D], got examples of shape {input_shape}"
+            )
         return MLP(input_shape[0], spec.hidden, spec.dropout)
     if len(input_shape) != 3:
-        raise ValueError(f"the {spec.kind} backbone takes images [N, C, H, W], got examples of shape {input_shape}")
+        raise ValueError(
+            f"the {spec.kind} backbone takes images [N, C, H, W], got examples of shape {input_shape}"
+        )
     if spec.kind == "cnn":
         return SmallCNN(input_shape[0])
     if spec.kind == "resnet18":
@@ -97,7 +103,9 @@ def build_backbone(spec, input_shape: list[int]) -> nn.Module:
     raise ValueError(f"unknown backbone kind {spec.kind!r}")
 
 
-def augment_images(x: torch.Tensor, pad: int = 4, hflip: bool = False, generator=None) -> torch.Tensor:
+def augment_images(
+    x: torch.Tensor, pad: int = 4, hflip: bool = False, generator=None
+) -> torch.Tensor:
     """Random crop after zero padding (and optionally a horizontal flip), per example."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -106,7 +114,9 @@ def augment_images(x: torch.Tensor, pad: int = 4, hflip: bool = False, generator
     rows = (dy.view(n, 1) + torch.arange(h)).to(x.device)  # (N, H)
     cols = (dx.view(n, 1) + torch.arange(w)).to(x.device)  # (N, W)
     idx = torch.arange(n, device=x.device).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[idx, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+    out = padded.permute(0, 2, 3, 1)[idx, rows.view(n, h, 1), cols.view(n, 1, w)].permute(
+        0, 3, 1, 2
+    )
     if hflip:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)

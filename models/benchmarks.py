@@ -27,7 +27,9 @@ def partner_of(pairs, num_classes: int) -> np.ndarray:
     return partner
 
 
-def flip_labels(y: np.ndarray, rate: np.ndarray, partner: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def flip_labels(
+    y: np.ndarray, rate: np.ndarray, partner: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """y_i becomes partner[y_i] with probability rate_i."""
     return np.where(rng.random(len(y)) < rate, partner[y], y)
 
@@ -51,7 +53,13 @@ def noisy_digits(seed: int = 0, test_fraction: float = 0.3) -> ArrayDataset:
     rate = rank_rate(x[train].sum(1))
     y_noisy = flip_labels(y[train], rate, partner_of(DIGIT_PAIRS, 10), rng)
     return validate(
-        ArrayDataset(x[train], y_noisy, x_test=x[test], y_test=y[test], class_names=[str(i) for i in range(10)])
+        ArrayDataset(
+            x[train],
+            y_noisy,
+            x_test=x[test],
+            y_test=y[test],
+            class_names=[str(i) for i in range(10)],
+        )
     )
 
 

@@ -53,7 +53,9 @@ class ArrayDataset:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     def counts(self) -> dict[str, int]:
-        return {f"num_{s}": 0 if self.split(s)[0] is None else len(self.split(s)[0]) for s in SPLITS}
+        return {
+            f"num_{s}": 0 if self.split(s)[0] is None else len(self.split(s)[0]) for s in SPLITS
+        }
 
 
 def load_dataset(source: str | Path | bytes, fmt: str | None = None) -> ArrayDataset:
@@ -80,20 +82,28 @@ def _read_npz(data: bytes) -> ArrayDataset:
         allowed = {f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"class_names"}
         unknown = keys - allowed
         if unknown:
-            raise DatasetError(f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise DatasetError(
+                f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         arrays = {}
         for key in keys:
             try:
                 arrays[key] = npz[key]
             except ValueError as exc:
                 # allow_pickle=False raises here for object arrays (pickles).
-                raise DatasetError(f"array {key!r} holds Python objects (pickle), which are refused: {exc}") from None
+                raise DatasetError(
+                    f"array {key!r} holds Python objects (pickle), which are refused: {exc}"
+                ) from None
     for required in ("x_train", "y_train"):
         if required not in arrays:
             raise DatasetError(f".npz is missing the required array {required!r}")
     names = arrays.pop("class_names", None)
     # np.savez of a list of Python bytes gives dtype "S": decode it instead of writing "b'cat'".
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.ravel().tolist()] if names is not None else []
+    class_names = (
+        [n.decode() if isinstance(n, bytes) else str(n) for n in names.ravel().tolist()]
+        if names is not None
+        else []
+    )
     return ArrayDataset(**arrays, class_names=class_names)
 
 
@@ -151,11 +161,15 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
             if arr.dtype == object or arr.dtype.kind not in "biuf":
                 raise DatasetError(f"{name} must be numeric, got dtype {arr.dtype}")
         if x.ndim not in (2, 4):
-            raise DatasetError(f"x_{s} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}")
+            raise DatasetError(
+                f"x_{s} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}"
+            )
         if x_rank is None:
             x_rank, feature_shape = x.ndim, x.shape[1:]
         elif x.shape[1:] != feature_shape:
-            raise DatasetError(f"x_{s} has per-example shape {list(x.shape[1:])}, x_train has {list(feature_shape)}")
+            raise DatasetError(
+                f"x_{s} has per-example shape {list(x.shape[1:])}, x_train has {list(feature_shape)}"
+            )
         if len(x) == 0:
             raise DatasetError(f"x_{s} is empty")
         if len(x) != len(y):
@@ -168,7 +182,9 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
             raise DatasetError(f"x_{s} contains NaN or inf in float32 (first at row {bad})")
         if multilabel:
             if y.ndim != 2:
-                raise DatasetError(f"y_{s} must be [N, K] 0/1 like y_train, got shape {list(y.shape)}")
+                raise DatasetError(
+                    f"y_{s} must be [N, K] 0/1 like y_train, got shape {list(y.shape)}"
+                )
             if not np.isin(y, (0, 1)).all():
                 raise DatasetError(f"multilabel y_{s} must hold only 0 and 1")
             k = y.shape[1]
@@ -178,7 +194,9 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
             y = y.astype(np.float32)
         else:
             if y.ndim != 1:
-                raise DatasetError(f"y_{s} must be a vector of class indices, got shape {list(y.shape)}")
+                raise DatasetError(
+                    f"y_{s} must be a vector of class indices, got shape {list(y.shape)}"
+                )
             if y.dtype.kind == "f":
                 if not np.isfinite(y).all() or (y != np.round(y)).any():
                     raise DatasetError(f"y_{s} must hold whole class indices")
@@ -191,7 +209,9 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
         seen = int(max(out[f"y_{s}"].max() for s in SPLITS if f"y_{s}" in out)) + 1
         num_classes = len(ds.class_names) if ds.class_names else seen
         if seen > num_classes:
-            raise DatasetError(f"labels out of range: found label {seen - 1} but only {num_classes} class names")
+            raise DatasetError(
+                f"labels out of range: found label {seen - 1} but only {num_classes} class names"
+            )
     if num_classes < 2:
         raise DatasetError(f"need at least 2 classes, got {num_classes}")
     if not multilabel and len(np.unique(out["y_train"])) < 2:
@@ -215,7 +235,11 @@ def with_validation_split(ds: ArrayDataset, fraction: float, seed: int) -> Array
     perm = np.random.default_rng(seed).permutation(n)
     val, train = perm[:n_val], perm[n_val:]
     return replace(
-        ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_val=ds.x_train[val], y_val=ds.y_train[val]
+        ds,
+        x_train=ds.x_train[train],
+        y_train=ds.y_train[train],
+        x_val=ds.x_train[val],
+        y_val=ds.y_train[val],
     )
 
 

@@ -63,8 +63,12 @@ class LogitGaussian:
     factors: torch.Tensor | None = None  # (B, K, R)
     factor_scale: torch.Tensor | None = None  # (B, K), parameter-efficient only
     factor_basis: torch.Tensor | None = None  # (K, R), parameter-efficient only
-    _loc_and_factors: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
-    _loc_and_factors_t: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _loc_and_factors: torch.Tensor | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _loc_and_factors_t: torch.Tensor | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def num_factors(self) -> int:
@@ -101,7 +105,11 @@ class LogitGaussian:
             return None if t is None else t * factor
 
         return LogitGaussian(
-            self.mu * factor, self.scale * factor, mul(self.factors), mul(self.factor_scale), self.factor_basis
+            self.mu * factor,
+            self.scale * factor,
+            mul(self.factors),
+            mul(self.factor_scale),
+            self.factor_basis,
         )
 
     def sample(self, eps_r: torch.Tensor | None, eps_k: torch.Tensor) -> torch.Tensor:
@@ -124,7 +132,9 @@ class LogitGaussian:
         u = torch.matmul(torch.cat([ones, eps_r], -1), self.loc_and_factors())
         return u.addcmul_(scale, eps_k)
 
-    def sample_class_major(self, eps_r_t: torch.Tensor | None, eps_k_t: torch.Tensor) -> torch.Tensor:
+    def sample_class_major(
+        self, eps_r_t: torch.Tensor | None, eps_k_t: torch.Tensor
+    ) -> torch.Tensor:
         """The same draws laid out class-major, (B, K, C): sample(eps_r, eps_k).transpose(1, 2).
 
         Takes the noise transposed too: eps_k_t (K, C) or (B, K, C), eps_r_t (R, C) or
@@ -139,14 +149,18 @@ class LogitGaussian:
             return u.addcmul_(self.factor_scale.unsqueeze(-1), self.factor_basis @ eps_r_t)
         ones = eps_r_t.new_ones(*eps_r_t.shape[:-2], 1, eps_r_t.shape[-1])
         if self._loc_and_factors_t is None:
-            self._loc_and_factors_t = torch.cat([self.mu.unsqueeze(-1), self.factors], -1)  # (B, K, 1 + R)
+            self._loc_and_factors_t = torch.cat(
+                [self.mu.unsqueeze(-1), self.factors], -1
+            )  # (B, K, 1 + R)
         u = torch.matmul(self._loc_and_factors_t, torch.cat([ones, eps_r_t], -2))
         return u.addcmul_(scale, eps_k_t)
 
     def loc_and_factors(self) -> torch.Tensor:
         """[mu; V^T] stacked as (B, 1 + R, K), built once and reused by every chunk."""
         if self._loc_and_factors is None:
-            self._loc_and_factors = torch.cat([self.mu.unsqueeze(1), self.factors.transpose(1, 2)], 1)
+            self._loc_and_factors = torch.cat(
+                [self.mu.unsqueeze(1), self.factors.transpose(1, 2)], 1
+            )
         return self._loc_and_factors
 
 
@@ -190,7 +204,11 @@ class _Draws:
 
     def label_index(self, y: torch.Tensor, num: int) -> torch.Tensor:
         """y broadcast for gather/scatter along the class dim of a chunk of num draws."""
-        return y.view(-1, 1, 1).expand(-1, 1, num) if self.class_major else y.view(-1, 1, 1).expand(-1, num, 1)
+        return (
+            y.view(-1, 1, 1).expand(-1, 1, num)
+            if self.class_major
+            else y.view(-1, 1, 1).expand(-1, num, 1)
+        )
 
 
 def _softmax_and_logsumexp(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,17 +244,40 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, chunk, class_major, with_grad, eps_r, eps_k, mu, scale, factors, factor_scale, factor_basis):
-        draws = _Draws(LogitGaussian(mu, scale, factors, factor_scale, factor_basis), eps_r, eps_k, chunk, class_major)
+    def forward(
+        ctx,
+        y,
+        chunk,
+        class_major,
+        with_grad,
+        eps_r,
+        eps_k,
+        mu,
+        scale,
+        factors,
+        factor_scale,
+        factor_basis,
+    ):
+        draws = _Draws(
+            LogitGaussian(mu, scale, factors, factor_scale, factor_basis),
+            eps_r,
+            eps_k,
+            chunk,
+            class_major,
+        )
         cd, sd, cm = draws.class_dim, draws.sample_dim, draws.class_major
         b = mu.shape[0]
         log_p = mu.new_empty(b, draws.num_samples)
         if with_grad:
             running_max = None  # per example: the reference m of the weights exp(log p_s - m)
             sums = {"mu": torch.zeros_like(mu), "scale": torch.zeros_like(scale)}
-            if factors is not None:  # (B, K, R) class-major, (B, R, K) as the GEMM gives it otherwise
+            if (
+                factors is not None
+            ):  # (B, K, R) class-major, (B, R, K) as the GEMM gives it otherwise
                 r = factors.shape[2]
-                sums["factors"] = factors.new_zeros((b, mu.shape[1], r) if cm else (b, r, mu.shape[1]))
+                sums["factors"] = factors.new_zeros(
+                    (b, mu.shape[1], r) if cm else (b, r, mu.shape[1])
+                )
             if factor_basis is not None:  # per example: the upstream gradient weighs each one
                 sums["factor_scale"] = torch.zeros_like(factor_scale)
                 sums["factor_basis"] = mu.new_zeros(b, *factor_basis.shape)
@@ -267,7 +308,9 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
                 a = factor_basis @ er if cm else er @ factor_basis.T  # J eps_R per draw
                 sums["factor_scale"] += (dz * a).sum(sd)
                 dz_v = dz * factor_scale.unsqueeze(sd)
-                sums["factor_basis"] += dz_v @ er.transpose(-1, -2) if cm else dz_v.transpose(-1, -2) @ er
+                sums["factor_basis"] += (
+                    dz_v @ er.transpose(-1, -2) if cm else dz_v.transpose(-1, -2) @ er
+                )
             sums["scale"] += dz.mul_(ek).sum(sd)
         total = torch.logsumexp(log_p, 1)
         ctx.with_grad = with_grad
@@ -350,7 +393,9 @@ class HetHead(nn.Module):
             self.factor = None
         elif self.parameter_efficient:
             self.factor = nn.Linear(in_features, num_classes, bias=False)  # v(x)
-            self.factor_basis = nn.Parameter(torch.randn(num_classes, num_factors) / math.sqrt(num_factors))
+            self.factor_basis = nn.Parameter(
+                torch.randn(num_classes, num_factors) / math.sqrt(num_factors)
+            )
         else:
             self.factor = nn.Linear(in_features, num_classes * num_factors)
 
@@ -381,7 +426,9 @@ class HetHead(nn.Module):
         if self.factor is None:
             return LogitGaussian(mu, scale)
         if self.parameter_efficient:
-            return LogitGaussian(mu, scale, factor_scale=self.factor(h), factor_basis=self.factor_basis)
+            return LogitGaussian(
+                mu, scale, factor_scale=self.factor(h), factor_basis=self.factor_basis
+            )
         factors = self.factor(h).view(h.shape[0], self.num_classes, self.num_factors)
         return LogitGaussian(mu, scale, factors=factors)
 
@@ -394,12 +441,16 @@ class HetHead(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         shared = self.share_samples_across_batch
         eps_k = torch.randn(
-            _noise_shape(batch, num_samples, self.num_classes, shared), device=device, generator=generator
+            _noise_shape(batch, num_samples, self.num_classes, shared),
+            device=device,
+            generator=generator,
         )
         eps_r = None
         if self.num_factors:
             eps_r = torch.randn(
-                _noise_shape(batch, num_samples, self.num_factors, shared), device=device, generator=generator
+                _noise_shape(batch, num_samples, self.num_factors, shared),
+                device=device,
+                generator=generator,
             )
         return eps_r, eps_k
 
@@ -444,9 +495,19 @@ class HetHead(nn.Module):
         num = eps_k.shape[-2]
         chunk = self.chunk_size(h.shape[0], h.device)
         if self.task == MULTICLASS:
-            parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
-            with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in parts)
-            total = _MulticlassLogLikelihood.apply(y, chunk, self.class_major, with_grad, eps_r, eps_k, *parts)
+            parts = (
+                latent.mu,
+                latent.scale,
+                latent.factors,
+                latent.factor_scale,
+                latent.factor_basis,
+            )
+            with_grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in parts
+            )
+            total = _MulticlassLogLikelihood.apply(
+                y, chunk, self.class_major, with_grad, eps_r, eps_k, *parts
+            )
             return total - math.log(num)
         slices = chunk_slices(num, chunk)
         pos, neg = [], []
@@ -470,9 +531,13 @@ class HetHead(nn.Module):
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         """p_hat = 1/S sum_s softmax(z_s) (sigmoid for multilabel), (B, K); the mean only."""
         if noise is None:
-            noise = self.draw_noise(h.shape[0], num_samples or self.eval_mc_samples, h.device, generator)
+            noise = self.draw_noise(
+                h.shape[0], num_samples or self.eval_mc_samples, h.device, generator
+            )
         latent, (eps_r, eps_k) = self._scaled_latent_and_noise(h, None, generator, noise)
-        draws = _Draws(latent, eps_r, eps_k, self.chunk_size(h.shape[0], h.device), self.class_major)
+        draws = _Draws(
+            latent, eps_r, eps_k, self.chunk_size(h.shape[0], h.device), self.class_major
+        )
         total = torch.zeros_like(latent.mu)
         for _, _, _, z in draws:
             p = torch.softmax(z, draws.class_dim) if self.task == MULTICLASS else z.sigmoid_()
@@ -488,17 +553,23 @@ class HetHead(nn.Module):
         num_samples. The sample count defaults to eval_mc_samples.
         """
         if noise is None:
-            noise = self.draw_noise(h.shape[0], num_samples or self.eval_mc_samples, h.device, generator)
+            noise = self.draw_noise(
+                h.shape[0], num_samples or self.eval_mc_samples, h.device, generator
+            )
         latent, (eps_r, eps_k) = self._scaled_latent_and_noise(h, None, generator, noise)
         num = eps_k.shape[-2]
         # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
         # cancels catastrophically when the spread is far below p, shifted sums do not.
-        shift = torch.softmax(latent.mu, -1) if self.task == MULTICLASS else torch.sigmoid(latent.mu)
+        shift = (
+            torch.softmax(latent.mu, -1) if self.task == MULTICLASS else torch.sigmoid(latent.mu)
+        )
         total = torch.zeros_like(latent.mu)
         total_sq = torch.zeros_like(latent.mu)
         ent_shape = (h.shape[0],) if self.task == MULTICLASS else latent.mu.shape
         total_ent = torch.zeros(ent_shape, device=h.device, dtype=latent.mu.dtype)
-        draws = _Draws(latent, eps_r, eps_k, self.chunk_size(h.shape[0], h.device), self.class_major)
+        draws = _Draws(
+            latent, eps_r, eps_k, self.chunk_size(h.shape[0], h.device), self.class_major
+        )
         cd, sd = draws.class_dim, draws.sample_dim
         for _, _, _, z in draws:
             if self.task == MULTICLASS:
@@ -569,7 +640,9 @@ class LinearHead(nn.Module):
         logits = self.loc(h)
         if self.task == MULTICLASS:
             return -F.cross_entropy(logits, y, reduction="none")
-        return -F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none").sum(-1)
+        return -F.binary_cross_entropy_with_logits(
+            logits, y.to(logits.dtype), reduction="none"
+        ).sum(-1)
 
     def loss(self, h, y, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         return -self.log_likelihood(h, y).mean()

@@ -14,7 +14,9 @@ ECE_BINS = 15
 _EPS = 1e-12
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, num_bins: int = ECE_BINS) -> list[dict]:
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, num_bins: int = ECE_BINS
+) -> list[dict]:
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     # bin i holds confidences in (edges[i], edges[i+1]]; 0 goes to the first bin
     idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
@@ -37,7 +39,11 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, num_bins: int 
 def expected_calibration_error(confidence, correct, num_bins: int = ECE_BINS) -> float:
     n = len(confidence)
     return float(
-        sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(confidence, correct, num_bins) if b["count"])
+        sum(
+            b["count"] / n * abs(b["accuracy"] - b["confidence"])
+            for b in reliability_bins(confidence, correct, num_bins)
+            if b["count"]
+        )
     )
 
 

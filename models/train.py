@@ -92,7 +92,13 @@ def train(
         path = Path(checkpoint_dir) / f"checkpoint_tau{tau:g}.pt" if checkpoint_dir else None
         r = train_run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
         results.append(r)
-        candidates.append({"temperature": tau, "val_nll": r.metrics["val_nll"], "val_accuracy": r.metrics["val_accuracy"]})
+        candidates.append(
+            {
+                "temperature": tau,
+                "val_nll": r.metrics["val_nll"],
+                "val_accuracy": r.metrics["val_accuracy"],
+            }
+        )
     best = min(range(len(grid)), key=lambda i: results[i].metrics["val_nll"])
     chosen = results[best]
     chosen.candidates = candidates
@@ -123,7 +129,11 @@ def train_run(
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -131,7 +141,9 @@ def train_run(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images = x_train.ndim == 4
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+    )
 
     start_epoch, history = 0, []
     best = {"nll": math.inf, "epoch": -1, "state": None}
@@ -170,12 +182,30 @@ def train_run(
             seen += len(batch)
             if callbacks.on_step and (step + 1) % callbacks.step_every == 0:
                 callbacks.on_step(
-                    _progress(epoch, cfg.epochs, step + 1, steps_per_epoch, idx, cand_total, running / seen, tau_label)
+                    _progress(
+                        epoch,
+                        cfg.epochs,
+                        step + 1,
+                        steps_per_epoch,
+                        idx,
+                        cand_total,
+                        running / seen,
+                        tau_label,
+                    )
                 )
 
         val = evaluate_split(model, data.x_val, data.y_val, spec.task)
         val.pop("reliability")
-        entry = _progress(epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, idx, cand_total, running / seen, tau_label)
+        entry = _progress(
+            epoch,
+            cfg.epochs,
+            steps_per_epoch,
+            steps_per_epoch,
+            idx,
+            cand_total,
+            running / seen,
+            tau_label,
+        )
         entry["val"] = val
         entry["temperature_value"] = model.head.temperature.item()
         history.append(entry)
@@ -207,7 +237,9 @@ def train_run(
     model.load_state_dict(best["state"])
     model.eval()
     val = evaluate_split(model, data.x_val, data.y_val, spec.task)
-    x_eval, y_eval = (data.x_test, data.y_test) if data.x_test is not None else (data.x_val, data.y_val)
+    x_eval, y_eval = (
+        (data.x_test, data.y_test) if data.x_test is not None else (data.x_val, data.y_val)
+    )
     test = evaluate_split(model, x_eval, y_eval, spec.task)
     reliability = test.pop("reliability")
     val.pop("reliability")
@@ -216,11 +248,21 @@ def train_run(
     metrics["temperature"] = model.head.temperature.item()
     if spec.head.kind == "het" and spec.head.temperature == "learned":
         spec = spec.with_temperature(round(metrics["temperature"], 6))
-    return TrainResult(model, spec, metrics, reliability, history, best["epoch"] + 1, resumed_from_epoch=resumed_from)
+    return TrainResult(
+        model,
+        spec,
+        metrics,
+        reliability,
+        history,
+        best["epoch"] + 1,
+        resumed_from_epoch=resumed_from,
+    )
 
 
 @torch.no_grad()
-def predict_proba(model: Classifier, x: np.ndarray, num_samples: int | None = None, seed: int = EVAL_SEED) -> np.ndarray:
+def predict_proba(
+    model: Classifier, x: np.ndarray, num_samples: int | None = None, seed: int = EVAL_SEED
+) -> np.ndarray:
     """Predictive probabilities for a whole array, in batches, with seeded noise."""
     model.eval()
     device = model.input_mean.device

@@ -40,7 +40,9 @@ def entropy_of(probs: torch.Tensor, task: str) -> torch.Tensor:
     return -(probs * p.log() + (1 - probs) * q.log())
 
 
-def top_correlations(latent, probs: torch.Tensor, top: int = TOP_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+def top_correlations(
+    latent, probs: torch.Tensor, top: int = TOP_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The latent correlation matrix among each row's `top` most probable classes.
 
     Returns (classes (B, T), rho (B, T, T)) with T = min(top, K). Only the T x T block
@@ -84,7 +86,8 @@ def predictive_uncertainty(
         "top_classes": classes,
         "top_correlation": rho,
         "correlated_pairs": [
-            rank_pairs(c, r, max_pairs) for c, r in zip(classes.cpu().numpy(), rho.cpu().numpy(), strict=True)
+            rank_pairs(c, r, max_pairs)
+            for c, r in zip(classes.cpu().numpy(), rho.cpu().numpy(), strict=True)
         ],
         "num_samples": num,
     }

@@ -140,7 +140,9 @@ def list_datasets(
     response_model=DatasetOut,
     responses={**ERRORS, 404: {"description": "no such dataset"}},
 )
-def get_dataset(dataset_id: str, session: Session = Depends(get_session, scope="function")) -> DatasetOut:
+def get_dataset(
+    dataset_id: str, session: Session = Depends(get_session, scope="function")
+) -> DatasetOut:
     dataset = DatasetStore(session).get(dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} not found")

@@ -15,7 +15,13 @@ from worker.jobs import run_job
 
 SPEC = {
     "task": "multiclass",
-    "head": {"kind": "het", "num_factors": 1, "temperature": 1.0, "train_mc_samples": 4, "eval_mc_samples": 8},
+    "head": {
+        "kind": "het",
+        "num_factors": 1,
+        "temperature": 1.0,
+        "train_mc_samples": 4,
+        "eval_mc_samples": 8,
+    },
     "backbone": {"kind": "mlp", "hidden": [8]},
     "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
 }
@@ -30,7 +36,9 @@ def settings(tmp_path) -> Settings:
 
 def new_job(settings: Settings, spec: dict) -> str:
     rng = np.random.default_rng(0)
-    dataset = validate_arrays({"x_train": rng.normal(size=(40, 3)), "y_train": np.arange(40) % 2}, None)
+    dataset = validate_arrays(
+        {"x_train": rng.normal(size=(40, 3)), "y_train": np.arange(40) % 2}, None
+    )
     relative, sha256 = ArtifactStore(settings.data_dir).put_bytes(dataset.to_npz_bytes(), ".npz")
     with session_scope(settings) as session:
         row = DatasetStore(session).add(
@@ -58,7 +66,12 @@ def test_a_training_error_fails_the_job_with_the_message(settings):
     job_id = new_job(settings, SPEC | {"backbone": {"kind": "cnn"}})  # images backbone on vectors
     assert run_job(job_id, settings) == "failed"
     job, models = ended(settings, job_id)
-    assert job.status == "failed" and "ValueError" in job.error and "images" in job.error and models == 0
+    assert (
+        job.status == "failed"
+        and "ValueError" in job.error
+        and "images" in job.error
+        and models == 0
+    )
 
 
 def test_cancel_requested_before_the_first_step_ends_cancelled(settings):

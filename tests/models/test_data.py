@@ -41,23 +41,66 @@ def test_npz_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"x_train": np.array([[1.0], [2.0]], dtype=object), "y_train": np.array([0, 1])}, "pickle"),
+        (
+            {"x_train": np.array([[1.0], [2.0]], dtype=object), "y_train": np.array([0, 1])},
+            "pickle",
+        ),
         ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0])}, "4 rows but y_train has 3"),
-        ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0, 1]), "x_val": np.zeros((2, 3)), "y_val": np.array([0, 1])}, "per-example shape"),
-        ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0, 5]), "class_names": np.array(["a", "b"])}, "out of range"),
+        (
+            {
+                "x_train": np.zeros((4, 2)),
+                "y_train": np.array([0, 1, 0, 1]),
+                "x_val": np.zeros((2, 3)),
+                "y_val": np.array([0, 1]),
+            },
+            "per-example shape",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 2)),
+                "y_train": np.array([0, 1, 0, 5]),
+                "class_names": np.array(["a", "b"]),
+            },
+            "out of range",
+        ),
         ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0, -1])}, "negative"),
-        ({"x_train": np.array([[0.0, 1], [np.nan, 1], [0, 1]]), "y_train": np.array([0, 1, 0])}, "NaN or inf in float32 (first at row 1)"),
+        (
+            {"x_train": np.array([[0.0, 1], [np.nan, 1], [0, 1]]), "y_train": np.array([0, 1, 0])},
+            "NaN or inf in float32 (first at row 1)",
+        ),
         ({"x_train": np.array([[0.0, 1], [1, np.inf]]), "y_train": np.array([0, 1])}, "NaN or inf"),
-        ({"x_train": np.array([[0.0, 1], [1, 1e300]]), "y_train": np.array([0, 1])}, "NaN or inf in float32"),
+        (
+            {"x_train": np.array([[0.0, 1], [1, 1e300]]), "y_train": np.array([0, 1])},
+            "NaN or inf in float32",
+        ),
         ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, dtype=int)}, "at least 2 classes"),
-        ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 0, 0, 0]), "class_names": np.array(["a", "b"])}, "fewer than 2 distinct"),
+        (
+            {
+                "x_train": np.zeros((4, 2)),
+                "y_train": np.array([0, 0, 0, 0]),
+                "class_names": np.array(["a", "b"]),
+            },
+            "fewer than 2 distinct",
+        ),
         ({"x_train": np.zeros((4, 2)), "y_train": np.array([0.5, 1, 0, 1])}, "whole class indices"),
-        ({"x_train": np.zeros((4, 2, 2)), "y_train": np.array([0, 1, 0, 1])}, "[N, D] vectors or [N, C, H, W]"),
+        (
+            {"x_train": np.zeros((4, 2, 2)), "y_train": np.array([0, 1, 0, 1])},
+            "[N, D] vectors or [N, C, H, W]",
+        ),
         ({"x_train": np.zeros((2, 2)), "y_train": np.array([[0, 2], [1, 0]])}, "only 0 and 1"),
         ({"x_train": np.zeros((2, 2))}, "missing the required array 'y_train'"),
-        ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "weights": np.ones(2)}, "unexpected arrays"),
-        ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "x_val": np.zeros((2, 2))}, "given together"),
-        ({"x_train": np.array([["a", "b"], ["c", "d"]]), "y_train": np.array([0, 1])}, "must be numeric"),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "weights": np.ones(2)},
+            "unexpected arrays",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "x_val": np.zeros((2, 2))},
+            "given together",
+        ),
+        (
+            {"x_train": np.array([["a", "b"], ["c", "d"]]), "y_train": np.array([0, 1])},
+            "must be numeric",
+        ),
     ],
 )
 def test_bad_npz_raises_dataset_error(arrays, message):
@@ -69,7 +112,10 @@ def test_bad_npz_raises_dataset_error(arrays, message):
 def test_pickled_object_array_is_refused_not_executed():
     # np.savez pickles object arrays; allow_pickle=False must refuse to unpickle them.
     with pytest.raises(DatasetError, match="pickle"):
-        load_dataset(npz_bytes(x_train=np.array([{"a": 1}, None], dtype=object), y_train=np.array([0, 1])), "npz")
+        load_dataset(
+            npz_bytes(x_train=np.array([{"a": 1}, None], dtype=object), y_train=np.array([0, 1])),
+            "npz",
+        )
 
 
 def test_byte_string_class_names_are_decoded():
@@ -111,7 +157,9 @@ def test_bad_csv_raises_dataset_error(text, message):
 
 def test_multilabel_and_images_validate():
     rng = np.random.default_rng(0)
-    ds = validate(ArrayDataset(rng.normal(size=(6, 2, 4, 4)), np.array([[0, 1, 1]] * 3 + [[1, 0, 0]] * 3)))
+    ds = validate(
+        ArrayDataset(rng.normal(size=(6, 2, 4, 4)), np.array([[0, 1, 1]] * 3 + [[1, 0, 0]] * 3))
+    )
     assert ds.task == "multilabel" and ds.num_classes == 3 and ds.input_shape == [2, 4, 4]
     assert ds.y_train.dtype == np.float32
 
@@ -134,4 +182,8 @@ def test_standardisation_per_feature_and_per_channel():
     img = np.stack([np.full((2, 3, 3), v) for v in (0.0, 2.0)]).astype(np.float32)
     img[:, 1] += 10
     mean, std = standardisation(img)
-    assert mean.shape == (2, 1, 1) and mean.ravel().tolist() == [1.0, 11.0] and std.ravel().tolist() == [1.0, 1.0]
+    assert (
+        mean.shape == (2, 1, 1)
+        and mean.ravel().tolist() == [1.0, 11.0]
+        and std.ravel().tolist() == [1.0, 1.0]
+    )

@@ -40,7 +40,10 @@ print(json.dumps({"growth_kb": growth, "loss": loss.item(), "grad": h.grad.abs()
 
 def peak_rss_growth(chunk_elements: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(chunk_elements)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(chunk_elements)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -33,11 +33,19 @@ def naive_log_likelihood(latent: LogitGaussian, y, eps_r, eps_k, tau, task=MULTI
     u = latent.mu.unsqueeze(1) + latent.scale.unsqueeze(1) * eps_k
     v = latent.factor_matrix()
     if v is not None:
-        u = u + torch.einsum("bkr,...sr->bsk", v, eps_r) if eps_r.dim() == 2 else u + torch.einsum("bkr,bsr->bsk", v, eps_r)
+        u = (
+            u + torch.einsum("bkr,...sr->bsk", v, eps_r)
+            if eps_r.dim() == 2
+            else u + torch.einsum("bkr,bsr->bsk", v, eps_r)
+        )
     z = u / tau
     log_s = math.log(eps_k.shape[-2])
     if task == MULTICLASS:
-        log_py = torch.log_softmax(z, -1).gather(-1, y.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(-1)
+        log_py = (
+            torch.log_softmax(z, -1)
+            .gather(-1, y.view(-1, 1, 1).expand(-1, z.shape[1], 1))
+            .squeeze(-1)
+        )
         return torch.logsumexp(log_py, 1) - log_s
     log_p = torch.logsumexp(F.logsigmoid(z), 1) - log_s
     log_q = torch.logsumexp(F.logsigmoid(-z), 1) - log_s
@@ -55,7 +63,9 @@ def test_sample_covariance_matches_low_rank_plus_diagonal(parameter_efficient, s
     A draw with one diagonal scalar for all classes (edward2's JAX bug) would add
     d_i d_j off the diagonal and fail here by tens of standard errors.
     """
-    head = make_head(d=4, k=4, r=2, parameter_efficient=parameter_efficient, share_samples_across_batch=shared)
+    head = make_head(
+        d=4, k=4, r=2, parameter_efficient=parameter_efficient, share_samples_across_batch=shared
+    )
     with torch.no_grad():
         head.diag.bias.fill_(0.5)  # d well above its floor, so the diagonal term matters
     h = torch.randn(2, 4)
@@ -66,7 +76,9 @@ def test_sample_covariance_matches_low_rank_plus_diagonal(parameter_efficient, s
     u = latent.sample(eps_r, eps_k).double()  # (2, n, K)
     sigma = latent.covariance().double()
     v = latent.factor_matrix()
-    assert torch.allclose(latent.covariance(), v @ v.transpose(1, 2) + torch.diag_embed(latent.scale**2))
+    assert torch.allclose(
+        latent.covariance(), v @ v.transpose(1, 2) + torch.diag_embed(latent.scale**2)
+    )
     assert torch.allclose(latent.variance(), sigma.diagonal(dim1=1, dim2=2).float())
     for b in range(2):
         centred = u[b] - u[b].mean(0)

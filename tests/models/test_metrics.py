@@ -15,8 +15,15 @@ def test_multiclass_hand_checked():
     y = np.array([0, 0, 2, 1])
     m = evaluate(probs, y, "multiclass")
     assert m["accuracy"] == pytest.approx(0.5)
-    assert m["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.4) + math.log(0.4) + math.log(0.05)) / 4)
-    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.6**2 + 0.6**2) + (0.3**2 + 0.3**2 + 0.6**2) + (0.9**2 + 0.95**2 + 0.05**2)) / 4
+    assert m["nll"] == pytest.approx(
+        -(math.log(0.7) + math.log(0.4) + math.log(0.4) + math.log(0.05)) / 4
+    )
+    brier = (
+        (0.3**2 + 0.2**2 + 0.1**2)
+        + (0.6**2 + 0.6**2)
+        + (0.3**2 + 0.3**2 + 0.6**2)
+        + (0.9**2 + 0.95**2 + 0.05**2)
+    ) / 4
     assert m["brier"] == pytest.approx(brier)
     # confidences 0.7, 0.6, 0.4, 0.9 fall in four different bins of width 1/15:
     # ECE = mean |correct - confidence| = (0.3 + 0.6 + 0.6 + 0.9) / 4
@@ -41,7 +48,9 @@ def test_nll_of_zero_probability_is_large_but_finite():
 
 def test_average_precision_hand_checked():
     # ranking: s=.9 (pos), .8 (neg), .7 (pos), .1 (neg): precisions at positives 1 and 2/3
-    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(
+        np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])
+    ) == pytest.approx((1 + 2 / 3) / 2)
     assert average_precision(np.array([0.2, 0.3]), np.array([0, 0])) is None
 
 
@@ -51,7 +60,17 @@ def test_multilabel_hand_checked():
     m = evaluate(probs, y, "multilabel")
     # label 0: ranking .9 (pos) .6 .1 -> AP 1; label 1: .7 (pos) .4 .2 -> AP 1
     assert m["mean_average_precision"] == pytest.approx(1.0)
-    nll = -(math.log(0.9) + math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.9) + math.log(0.6)) / 3
+    nll = (
+        -(
+            math.log(0.9)
+            + math.log(0.8)
+            + math.log(0.4)
+            + math.log(0.7)
+            + math.log(0.9)
+            + math.log(0.6)
+        )
+        / 3
+    )
     assert m["nll"] == pytest.approx(nll)
     assert m["accuracy"] == pytest.approx(5 / 6)
     assert m["brier"] == pytest.approx((0.01 + 0.04 + 0.36 + 0.09 + 0.01 + 0.16) / 3)

@@ -61,7 +61,8 @@ def test_correlated_pairs_are_the_largest_latent_correlations_among_top_classes(
         top = out["probs"][b].topk(10).indices.tolist()
         assert out["top_classes"][b].tolist() == top
         expected = sorted(
-            ((i, j) for n, i in enumerate(top) for j in top[n + 1 :]), key=lambda ij: -abs(rho[b, ij[0], ij[1]])
+            ((i, j) for n, i in enumerate(top) for j in top[n + 1 :]),
+            key=lambda ij: -abs(rho[b, ij[0], ij[1]]),
         )[:3]
         pairs = out["correlated_pairs"][b]
         assert [tuple(p["classes"]) for p in pairs] == expected
@@ -99,4 +100,6 @@ def test_rank_pairs_orders_by_absolute_correlation():
     ]
     latent = het_head().latent(torch.randn(1, 6))
     classes, rho = top_correlations(latent, torch.rand(1, 12), top=4)
-    assert classes.shape == (1, 4) and torch.allclose(rho.diagonal(dim1=1, dim2=2), torch.ones(1, 4))
+    assert classes.shape == (1, 4) and torch.allclose(
+        rho.diagonal(dim1=1, dim2=2), torch.ones(1, 4)
+    )
