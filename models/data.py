@@ -224,14 +224,20 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
     return ArrayDataset(**out, class_names=names)
 
 
+def validation_rows(n: int, fraction: float) -> int:
+    """How many of ``n`` training rows become the validation split; at least one stays."""
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 1:
+        raise DatasetError(f"too few training rows ({n}) to split off a validation set")
+    return n_val
+
+
 def with_validation_split(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
     """Carve a seeded validation split out of train when none is given."""
     if ds.x_val is not None:
         return ds
     n = len(ds.x_train)
-    n_val = max(1, int(round(n * fraction)))
-    if n - n_val < 1:
-        raise DatasetError(f"too few training rows ({n}) to split off a validation set")
+    n_val = validation_rows(n, fraction)
     perm = np.random.default_rng(seed).permutation(n)
     val, train = perm[:n_val], perm[n_val:]
     return replace(
