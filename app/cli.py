@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from app.settings import Settings
+from app.statuses import TERMINAL_STATUSES, JobStatus
 
 # docs/architecture.md entry points; `python -m` so the children use this interpreter's venv.
 API_COMMAND = ["-m", "uvicorn", "app.main:app"]
@@ -39,7 +40,6 @@ WORKER_COMMAND = [
     "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
     "--pool=solo", "--concurrency=1", "-Q", "train", "--loglevel=INFO",
 ]  # fmt: skip
-TERMINAL = ("succeeded", "failed", "cancelled")
 HTTP_TIMEOUT_S = 60.0
 
 
@@ -351,7 +351,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 130
     print_job(job)
-    return 0 if job["status"] == "succeeded" else 1
+    return 0 if job["status"] == JobStatus.SUCCEEDED else 1
 
 
 def follow_job(api: Api, job_id: str, out=sys.stderr) -> dict:
@@ -361,14 +361,14 @@ def follow_job(api: Api, job_id: str, out=sys.stderr) -> dict:
     try:
         for event, job in api.events(job_id):
             bar.draw(job)
-            if event == "end" or job["status"] in TERMINAL:
+            if event == "end" or job["status"] in TERMINAL_STATUSES:
                 break
     except (httpx.HTTPError, CliError):
         pass  # stream unavailable or cut: polling below still gets us to the end
     while True:
         job = api.request("GET", f"/v1/jobs/{job_id}")
         bar.draw(job)
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL_STATUSES:
             bar.close()
             return job
         time.sleep(1.0)
@@ -386,7 +386,7 @@ class ProgressBar:
     def draw(self, job: dict) -> None:
         progress = job.get("progress") or {}
         fraction = min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0)
-        if job["status"] == "succeeded":
+        if job["status"] == JobStatus.SUCCEEDED:
             fraction = 1.0
         filled = round(fraction * self.WIDTH)
         phase = f" {progress['phase']}" if progress.get("phase") else ""
@@ -411,7 +411,7 @@ class ProgressBar:
 def print_job(job: dict) -> None:
     print(f"job {job['id']}: {job['status']}")
     progress = job.get("progress") or {}
-    if job["status"] not in TERMINAL and progress.get("epochs"):
+    if job["status"] not in TERMINAL_STATUSES and progress.get("epochs"):
         phase = f" ({progress['phase']})" if progress.get("phase") else ""
         print(
             f"  epoch {progress.get('epoch', 0)}/{progress['epochs']}{phase}, {progress.get('fraction', 0):.0%}"
@@ -520,7 +520,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     job = follow_job(api, job["id"])
     print_job(job)
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         return 1
     request = {"inputs": [x_example], "seed": 0, "top_k": 3, "correlated_pairs": True}
     prediction = api.request("POST", f"/v1/models/{job['model_id']}/predict", json=request)
@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="jobs_command", required=True
     )
     ls = jobs.add_parser("ls", parents=[client])
-    ls.add_argument("--status", choices=["queued", "running", *TERMINAL])
+    ls.add_argument("--status", choices=list(JobStatus))
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(func=cmd_jobs_ls)
     for name, func in (("show", cmd_jobs_show), ("cancel", cmd_jobs_cancel)):

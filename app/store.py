@@ -33,8 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+from app.statuses import TERMINAL_STATUSES, JobStatus
+
 MODEL_ROLES = ("model", "baseline")
 
 
@@ -91,7 +91,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     spec: Mapped[dict] = mapped_column(JSON)
     progress: Mapped[dict] = mapped_column(
         JSON, default=lambda: {"epoch": 0, "epochs": 0, "fraction": 0.0}
@@ -198,7 +198,7 @@ class JobStore:
     def create(self, dataset_id: str, spec: dict) -> Job:
         epochs = int(spec.get("train", {}).get("epochs", 0))
         progress = {"epoch": 0, "epochs": epochs, "fraction": 0.0}
-        job = Job(dataset_id=dataset_id, spec=spec, status="queued", progress=progress)
+        job = Job(dataset_id=dataset_id, spec=spec, status=JobStatus.QUEUED, progress=progress)
         self.session.add(job)
         self.session.flush()
         return job
@@ -222,7 +222,7 @@ class JobStore:
         job = self.session.get(Job, job_id, with_for_update=True)
         if job is None or job.status in TERMINAL_STATUSES:
             return None
-        job.status = "running"
+        job.status = JobStatus.RUNNING
         job.attempts += 1
         job.started_at = job.started_at or utcnow()
         self.session.flush()
@@ -245,8 +245,8 @@ class JobStore:
         if job is None or job.status in TERMINAL_STATUSES:
             return job
         job.cancel_requested = True
-        if job.status == "queued":
-            job.status, job.finished_at = "cancelled", utcnow()
+        if job.status == JobStatus.QUEUED:
+            job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
         self.session.flush()
         return job
 
@@ -274,7 +274,7 @@ class JobStore:
         if metrics is not None:
             job.metrics = metrics
         job.model_id, job.baseline_model_id = model_id, baseline_model_id
-        if status == "succeeded":
+        if status == JobStatus.SUCCEEDED:
             job.progress = {**(job.progress or {}), "fraction": 1.0}
         self.session.flush()
         return True

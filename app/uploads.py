@@ -1,45 +1,30 @@
-"""Dataset uploads → canonical arrays, checked at the boundary (numpy + Pillow only).
+"""Dataset uploads → the canonical dataset the API stores (numpy + Pillow, no torch).
 
-Formats (DESIGN §5):
-- ``.npz``: ``x_train``, ``y_train``, optional ``x_val``, ``y_val``, ``x_test``, ``y_test``,
-  ``class_names``; read with ``allow_pickle=False`` so a pickle is refused, never run.
-- ``.csv``: a ``label`` column (integers, or names mapped to sorted class names); every
-  other column a numeric feature.
-- ``.zip`` of class-named image folders ``train/<class>/*.png|jpg`` with optional
-  ``val/`` and ``test/`` (one enclosing folder is allowed); images decoded with Pillow
-  and resized to ``image_size`` × ``image_size``, scaled to [0, 1], shape [N, C, H, W].
-
-Canonical form: x float32; multiclass y int64 in [0, K); multilabel y float32 0/1 of
-shape [N, K]; class_names filled in. Every problem raises ``UploadError`` naming it.
-(The worker re-reads the stored file with models.data.load_dataset, which checks the
-same rules again; the app may not import models, so the checks here are its own.)
+Reading and validation live once, in models.data (torch free): the worker loads the
+stored file with the same functions. This module adds what only the HTTP side needs:
+the stored form (a canonical ``.npz``) and the facts a dataset row records.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import posixpath
-import zipfile
-import zlib
 from dataclasses import dataclass, field
-from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-SPLITS = ("train", "val", "test")
-ALLOWED_NPZ_KEYS = frozenset({f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"class_names"})
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MAX_IMAGE_SIZE = 512
-MAX_ZIP_ENTRIES = 200_000
-MAX_ZIP_EXPANDED_BYTES = 4 << 30  # a zip bomb is refused before anything is decompressed
-MAX_DECODED_IMAGE_BYTES = 4 << 30  # float32 pixels of all images, checked before decoding
-MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
+from models.data import ArrayDataset, from_arrays, read_upload
+from models.data import DatasetError as UploadError
+from models.data import decode_image as decode_image
+from models.data import read_image_zip as read_image_zip
 
-
-class UploadError(ValueError):
-    """The upload is malformed; the message names the problem."""
+__all__ = [
+    "CanonicalDataset",
+    "UploadError",
+    "decode_image",
+    "parse_upload",
+    "read_image_zip",
+    "validate_arrays",
+]
 
 
 @dataclass
@@ -49,6 +34,11 @@ class CanonicalDataset:
     task: str
     input_shape: list[int]
     counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ds: ArrayDataset) -> CanonicalDataset:
+        arrays = {k: v for k, v in vars(ds).items() if isinstance(v, np.ndarray)}
+        return cls(arrays, list(ds.class_names), ds.task, ds.input_shape, ds.counts())
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -60,285 +50,12 @@ def parse_upload(
     filename: str, data: bytes, *, image_size: int | None = None, grayscale: bool = False
 ) -> tuple[str, CanonicalDataset]:
     """Parse and validate an upload; return (format, canonical dataset)."""
-    fmt = posixpath.splitext(filename.lower())[1].lstrip(".")
-    if fmt == "npz":
-        arrays, names = read_npz(data)
-    elif fmt == "csv":
-        arrays, names = read_csv(data)
-    elif fmt == "zip":
-        arrays, names = read_image_zip(data, image_size or 32, grayscale)
-    else:
-        raise UploadError(f"unsupported file type {filename!r}: upload a .npz, .csv or .zip")
-    return fmt, validate_arrays(arrays, names)
-
-
-def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # BadZipFile, ValueError, OSError: all "not an npz"
-        raise UploadError(f"not a readable .npz file: {exc}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise UploadError("not a .npz archive (a single .npy array was given)")
-    with npz:
-        # A .npz is a zip: refuse a compressed bomb before any array is inflated.
-        expanded = sum(info.file_size for info in npz.zip.infolist())
-        if expanded > MAX_ZIP_EXPANDED_BYTES:
-            raise UploadError(
-                f".npz expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
-            )
-        unknown = set(npz.files) - ALLOWED_NPZ_KEYS
-        if unknown:
-            raise UploadError(
-                f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(ALLOWED_NPZ_KEYS)}"
-            )
-        arrays = {}
-        for key in npz.files:
-            try:
-                arrays[key] = npz[key]
-            except ValueError:  # allow_pickle=False refuses object arrays here
-                raise UploadError(
-                    f"array {key!r} holds Python objects (pickle), which are refused"
-                ) from None
-            except Exception as exc:
-                raise UploadError(f"array {key!r} is unreadable: {exc}") from None
-    names = arrays.pop("class_names", None)
-    if names is None:
-        return arrays, None
-    if names.ndim != 1 or names.dtype.kind not in "USiu":
-        raise UploadError(
-            f"class_names must be a 1-D array of strings, got dtype {names.dtype}, shape {list(names.shape)}"
-        )
-    return arrays, [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
-
-
-def read_csv(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    try:
-        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if r]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UploadError(f"not a readable UTF-8 .csv file: {exc}") from None
-    if len(rows) < 2:
-        raise UploadError(".csv needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    if "label" not in header:
-        raise UploadError(f".csv has no 'label' column (columns: {header[:20]})")
-    if len(header) < 2:
-        raise UploadError(".csv has no feature columns beside 'label'")
-    label_col = header.index("label")
-    labels, features = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise UploadError(f".csv line {line}: {len(row)} fields, the header has {len(header)}")
-        labels.append(row[label_col].strip())
-        try:
-            features.append([float(v) for i, v in enumerate(row) if i != label_col])
-        except ValueError as exc:
-            raise UploadError(f".csv line {line}: non-numeric feature ({exc})") from None
-    x = np.asarray(features, dtype=np.float32)
-    try:
-        return {"x_train": x, "y_train": np.asarray([int(v) for v in labels], dtype=np.int64)}, None
-    except ValueError:
-        names = sorted(set(labels))
-        index = {name: i for i, name in enumerate(names)}
-        return {
-            "x_train": x,
-            "y_train": np.asarray([index[v] for v in labels], dtype=np.int64),
-        }, names
-
-
-def safe_member_parts(name: str) -> list[str] | None:
-    """Path parts of a zip entry; UploadError if it would escape its folder; None for a directory."""
-    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UploadError(f"zip entry {name!r} has an absolute or Windows path")
-    parts = name.split("/")
-    if any(p in ("..", ".") for p in parts):
-        raise UploadError(f"zip entry {name!r} escapes its folder ('..' or '.' in the path)")
-    if name.endswith("/"):
-        return None
-    return parts
-
-
-def read_image_zip(
-    data: bytes, image_size: int, grayscale: bool
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    if not 4 <= image_size <= MAX_IMAGE_SIZE:
-        raise UploadError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {image_size}")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise UploadError(f"not a readable .zip file: {exc}") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_ZIP_ENTRIES:
-            raise UploadError(
-                f"zip has {len(infos)} entries, at most {MAX_ZIP_ENTRIES} are accepted"
-            )
-        expanded = sum(info.file_size for info in infos)
-        if expanded > MAX_ZIP_EXPANDED_BYTES:
-            raise UploadError(
-                f"zip expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
-            )
-        files = []
-        for info in infos:
-            parts = safe_member_parts(info.filename)
-            if parts is None or parts[0] == "__MACOSX" or parts[-1].startswith("."):
-                continue
-            files.append((parts, info))
-        # One enclosing folder (zip of "mydata/") is allowed: strip it.
-        roots = {parts[0] for parts, _ in files}
-        if len(roots) == 1 and roots.isdisjoint(SPLITS):
-            files = [(parts[1:], info) for parts, info in files]
-        by_split: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {s: [] for s in SPLITS}
-        for parts, info in files:
-            if len(parts) != 3 or parts[0] not in SPLITS:
-                raise UploadError(
-                    f"zip entry {info.filename!r} is not <split>/<class>/<image> with split train, val or test"
-                )
-            if not parts[2].lower().endswith(IMAGE_SUFFIXES):
-                raise UploadError(f"zip entry {info.filename!r} is not a .png or .jpg image")
-            by_split[parts[0]].append((parts[1], info))
-        if not by_split["train"]:
-            raise UploadError("zip has no train/<class>/ images")
-        class_names = sorted({cls for cls, _ in by_split["train"]})
-        index = {name: i for i, name in enumerate(class_names)}
-        decoded = len(files) * (1 if grayscale else 3) * image_size * image_size * 4
-        if decoded > MAX_DECODED_IMAGE_BYTES:
-            raise UploadError(
-                f"{len(files)} images at {image_size}x{image_size} decode to {decoded} bytes, "
-                f"at most {MAX_DECODED_IMAGE_BYTES} are accepted: use a smaller image_size"
-            )
-        arrays = {}
-        for split, entries in by_split.items():
-            if not entries:
-                continue
-            entries.sort(key=lambda e: e[1].filename)
-            unknown = sorted({cls for cls, _ in entries} - index.keys())
-            if unknown:
-                raise UploadError(f"{split}/ has classes not in train/: {unknown}")
-            arrays[f"x_{split}"] = np.stack(
-                [_decode(archive, info, image_size, grayscale) for _, info in entries]
-            )
-            arrays[f"y_{split}"] = np.asarray([index[cls] for cls, _ in entries], dtype=np.int64)
-    return arrays, class_names
-
-
-def _decode(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, grayscale: bool
-) -> np.ndarray:
-    try:
-        with archive.open(info) as f:
-            return decode_image(f, size, grayscale, f"zip entry {info.filename!r}")
-    # corrupt deflate data, an unsupported compression method, an encrypted entry
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as exc:
-        raise UploadError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
-
-
-def decode_image(stream: IO[bytes], size: int, grayscale: bool, name: str) -> np.ndarray:
-    """One image → float32 [C, size, size] in [0, 1]: the preprocessing of training and
-    of serving (predict's `images`), so both see the same pixels."""
-    try:
-        with Image.open(stream) as image:
-            image = image.convert("L" if grayscale else "RGB").resize(
-                (size, size), Image.Resampling.BILINEAR
-            )
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise UploadError(f"{name} is not a decodable image: {exc}") from None
-    return pixels[None] if grayscale else pixels.transpose(2, 0, 1)
+    fmt, ds = read_upload(filename, data, image_size=image_size, grayscale=grayscale)
+    return fmt, CanonicalDataset.of(ds)
 
 
 def validate_arrays(
     arrays: dict[str, np.ndarray], class_names: list[str] | None
 ) -> CanonicalDataset:
     """Check shapes, dtypes, finiteness and labels; return the canonical dataset."""
-    for required in ("x_train", "y_train"):
-        if required not in arrays:
-            raise UploadError(f"missing the required array {required!r}")
-    multilabel = arrays["y_train"].ndim == 2
-    out: dict[str, np.ndarray] = {}
-    feature_shape = None
-    num_classes = None
-    for split in SPLITS:
-        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
-        if (x is None) != (y is None):
-            raise UploadError(f"x_{split} and y_{split} must be given together")
-        if x is None:
-            continue
-        for name, arr in ((f"x_{split}", x), (f"y_{split}", y)):
-            if arr.dtype.kind not in "biuf":
-                raise UploadError(f"{name} must be numeric, got dtype {arr.dtype}")
-            if arr.ndim == 0:
-                raise UploadError(f"{name} must be an array of rows, got a single number")
-        if x.ndim not in (2, 4):
-            raise UploadError(
-                f"x_{split} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}"
-            )
-        if feature_shape is None:
-            feature_shape = x.shape[1:]
-        elif x.shape[1:] != feature_shape:
-            raise UploadError(
-                f"x_{split} has per-example shape {list(x.shape[1:])}, x_train has {list(feature_shape)}"
-            )
-        if len(x) == 0:
-            raise UploadError(f"x_{split} is empty")
-        if len(x) != len(y):
-            raise UploadError(
-                f"x_{split} has {len(x)} rows but y_{split} has {len(y)} (mismatched lengths)"
-            )
-        with np.errstate(over="ignore"):  # before the check: 1e300 is finite in float64 only
-            x = x.astype(np.float32)
-        finite_rows = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-        if not finite_rows.all():
-            raise UploadError(
-                f"x_{split} contains NaN or inf (first at row {int(np.argmin(finite_rows))})"
-            )
-        if multilabel:
-            if y.ndim != 2 or not np.isin(y, (0, 1)).all():
-                raise UploadError(f"multilabel y_{split} must be an [N, K] array of 0 and 1")
-            if num_classes is not None and y.shape[1] != num_classes:
-                raise UploadError(f"y_{split} has {y.shape[1]} labels, y_train has {num_classes}")
-            num_classes = y.shape[1]
-            y = y.astype(np.float32)
-        else:
-            if y.ndim != 1:
-                raise UploadError(
-                    f"y_{split} must be a vector of class indices, got shape {list(y.shape)}"
-                )
-            if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
-                raise UploadError(
-                    f"y_{split} must hold whole class indices (found NaN or a fraction)"
-                )
-            y = y.astype(np.int64)
-            if (y < 0).any():
-                raise UploadError(
-                    f"labels out of range: y_{split} has a negative label ({int(y.min())})"
-                )
-        out[f"x_{split}"], out[f"y_{split}"] = x, y
-
-    if not multilabel:
-        largest = max(int(out[f"y_{s}"].max()) for s in SPLITS if f"y_{s}" in out)
-        num_classes = len(class_names) if class_names else largest + 1
-        if num_classes > MAX_CLASSES:
-            raise UploadError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
-        if largest >= num_classes:
-            raise UploadError(
-                f"labels out of range: found label {largest} but only {num_classes} class names"
-            )
-    if num_classes < 2:
-        raise UploadError(f"need at least 2 classes, got {num_classes}")
-    if num_classes > MAX_CLASSES:
-        raise UploadError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
-    if not multilabel and len(np.unique(out["y_train"])) < 2:
-        raise UploadError("y_train holds fewer than 2 distinct classes")
-    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise UploadError(f"{len(names)} class_names for {num_classes} classes")
-    if len(set(names)) != len(names):
-        raise UploadError("class_names must be unique")
-    counts = {f"num_{s}": len(out[f"x_{s}"]) if f"x_{s}" in out else 0 for s in SPLITS}
-    return CanonicalDataset(
-        arrays=out,
-        class_names=names,
-        task="multilabel" if multilabel else "multiclass",
-        input_shape=list(feature_shape),
-        counts=counts,
-    )
+    return CanonicalDataset.of(from_arrays(arrays, class_names))

@@ -1,26 +1,45 @@
-"""Datasets as arrays: load, validate, split, standardise. numpy only (no torch here).
+"""Datasets as arrays: read, validate, split, standardise. numpy and Pillow only (no
+torch here): the API validates uploads with these same functions before it stores
+them, and the worker loads the stored file with them again.
 
-Formats (DESIGN §5):
+Formats:
 - ``.npz`` with ``x_train``, ``y_train`` and optional ``x_val``, ``y_val``, ``x_test``,
   ``y_test``, ``class_names``; read with ``allow_pickle=False`` so a pickle inside is
-  refused instead of executed.
-- ``.csv`` with a ``label`` column, every other column a numeric feature.
+  refused instead of executed, and a compressed bomb is refused before inflating.
+- ``.csv`` with a ``label`` column (integers, or names mapped to sorted class names),
+  every other column a numeric feature.
+- ``.zip`` of class-named image folders ``train/<class>/*.png|jpg`` with optional
+  ``val/`` and ``test/`` (one enclosing folder is allowed); images decoded with Pillow
+  and resized to ``image_size`` x ``image_size``, scaled to [0, 1], shape [N, C, H, W].
 
 Labels: multiclass ``y`` is an integer vector in [0, K); multilabel ``y`` is an
 (N, K) 0/1 matrix. Inputs: vectors (N, D) or images (N, C, H, W).
-Bad data raises ``DatasetError`` naming what is wrong.
+Canonical form: x float32; multiclass y int64; multilabel y float32; class_names
+filled in. Bad data raises ``DatasetError`` naming what is wrong.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import posixpath
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 SPLITS = ("train", "val", "test")
+ALLOWED_NPZ_KEYS = frozenset({f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"class_names"})
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_SIZE = 512
+MAX_ZIP_ENTRIES = 200_000
+MAX_ZIP_EXPANDED_BYTES = 4 << 30  # a zip bomb is refused before anything is decompressed
+MAX_DECODED_IMAGE_BYTES = 4 << 30  # float32 pixels of all images, checked before decoding
+MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
 
 
 class DatasetError(ValueError):
@@ -66,157 +85,289 @@ def load_dataset(source: str | Path | bytes, fmt: str | None = None) -> ArrayDat
     else:
         data = source
     if fmt == "npz":
-        return validate(_read_npz(data))
+        return from_arrays(*read_npz(data))
     if fmt == "csv":
-        return validate(_read_csv(data))
+        return from_arrays(*read_csv(data))
     raise DatasetError(f"unsupported dataset format {fmt!r}: use .npz or .csv")
 
 
-def _read_npz(data: bytes) -> ArrayDataset:
+def read_upload(
+    filename: str, data: bytes, *, image_size: int | None = None, grayscale: bool = False
+) -> tuple[str, ArrayDataset]:
+    """Read and validate an uploaded ``.npz``, ``.csv`` or image ``.zip``; return
+    (format, canonical dataset)."""
+    fmt = posixpath.splitext(filename.lower())[1].lstrip(".")
+    if fmt == "npz":
+        arrays, names = read_npz(data)
+    elif fmt == "csv":
+        arrays, names = read_csv(data)
+    elif fmt == "zip":
+        arrays, names = read_image_zip(data, image_size or 32, grayscale)
+    else:
+        raise DatasetError(f"unsupported file type {filename!r}: upload a .npz, .csv or .zip")
+    return fmt, from_arrays(arrays, names)
+
+
+def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError ...
+    except Exception as exc:  # BadZipFile, ValueError, OSError: all "not an npz"
         raise DatasetError(f"not a readable .npz file: {exc}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError("not a .npz archive (a single .npy array was given)")
     with npz:
-        keys = set(npz.files)
-        allowed = {f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"class_names"}
-        unknown = keys - allowed
+        # A .npz is a zip: refuse a compressed bomb before any array is inflated.
+        expanded = sum(info.file_size for info in npz.zip.infolist())
+        if expanded > MAX_ZIP_EXPANDED_BYTES:
+            raise DatasetError(
+                f".npz expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
+            )
+        unknown = set(npz.files) - ALLOWED_NPZ_KEYS
         if unknown:
             raise DatasetError(
-                f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(allowed)}"
+                f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(ALLOWED_NPZ_KEYS)}"
             )
         arrays = {}
-        for key in keys:
+        for key in npz.files:
             try:
                 arrays[key] = npz[key]
-            except ValueError as exc:
-                # allow_pickle=False raises here for object arrays (pickles).
+            except ValueError:  # allow_pickle=False refuses object arrays here
                 raise DatasetError(
-                    f"array {key!r} holds Python objects (pickle), which are refused: {exc}"
+                    f"array {key!r} holds Python objects (pickle), which are refused"
                 ) from None
-    for required in ("x_train", "y_train"):
-        if required not in arrays:
-            raise DatasetError(f".npz is missing the required array {required!r}")
+            except Exception as exc:
+                raise DatasetError(f"array {key!r} is unreadable: {exc}") from None
     names = arrays.pop("class_names", None)
-    # np.savez of a list of Python bytes gives dtype "S": decode it instead of writing "b'cat'".
-    class_names = (
-        [n.decode() if isinstance(n, bytes) else str(n) for n in names.ravel().tolist()]
-        if names is not None
-        else []
-    )
-    return ArrayDataset(**arrays, class_names=class_names)
+    if names is None:
+        return arrays, None
+    if names.ndim != 1 or names.dtype.kind not in "USiu":
+        raise DatasetError(
+            f"class_names must be a 1-D array of strings, got dtype {names.dtype}, shape {list(names.shape)}"
+        )
+    return arrays, [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
 
 
-def _read_csv(data: bytes) -> ArrayDataset:
+def read_csv(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if r]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"not a readable UTF-8 .csv file: {exc}") from None
-    rows = [r for r in rows if r]
     if len(rows) < 2:
         raise DatasetError(".csv needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
     if "label" not in header:
         raise DatasetError(f".csv has no 'label' column (columns: {header[:20]})")
-    li = header.index("label")
     if len(header) < 2:
         raise DatasetError(".csv has no feature columns beside 'label'")
-    labels, feats = [], []
-    for n, row in enumerate(rows[1:], start=2):
+    label_col = header.index("label")
+    labels, features = [], []
+    for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise DatasetError(f".csv line {n}: {len(row)} fields, header has {len(header)}")
-        labels.append(row[li].strip())
+            raise DatasetError(f".csv line {line}: {len(row)} fields, the header has {len(header)}")
+        labels.append(row[label_col].strip())
         try:
-            feats.append([float(v) for i, v in enumerate(row) if i != li])
+            features.append([float(v) for i, v in enumerate(row) if i != label_col])
         except ValueError as exc:
-            raise DatasetError(f".csv line {n}: non-numeric feature ({exc})") from None
-    x = np.asarray(feats, dtype=np.float32)
+            raise DatasetError(f".csv line {line}: non-numeric feature ({exc})") from None
+    x = np.asarray(features, dtype=np.float32)
     try:
-        y = np.asarray([int(v) for v in labels], dtype=np.int64)
-        class_names: list[str] = []
+        return {"x_train": x, "y_train": np.asarray([int(v) for v in labels], dtype=np.int64)}, None
     except ValueError:
-        class_names = sorted(set(labels))
-        index = {c: i for i, c in enumerate(class_names)}
-        y = np.asarray([index[v] for v in labels], dtype=np.int64)
-    return ArrayDataset(x_train=x, y_train=y, class_names=class_names)
+        names = sorted(set(labels))
+        index = {name: i for i, name in enumerate(names)}
+        return {
+            "x_train": x,
+            "y_train": np.asarray([index[v] for v in labels], dtype=np.int64),
+        }, names
 
 
-def validate(ds: ArrayDataset) -> ArrayDataset:
-    """Check shapes, types, finiteness and labels; return a canonical copy.
+def safe_member_parts(name: str) -> list[str] | None:
+    """Path parts of a zip entry; DatasetError if it would escape its folder; None for a directory."""
+    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise DatasetError(f"zip entry {name!r} has an absolute or Windows path")
+    parts = name.split("/")
+    if any(p in ("..", ".") for p in parts):
+        raise DatasetError(f"zip entry {name!r} escapes its folder ('..' or '.' in the path)")
+    if name.endswith("/"):
+        return None
+    return parts
 
-    Canonical: x float32, multiclass y int64, multilabel y float32 0/1, class_names filled.
-    """
-    multilabel = np.asarray(ds.y_train).ndim == 2
-    x_rank = None
-    out = {}
+
+def read_image_zip(
+    data: bytes, image_size: int, grayscale: bool
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    if not 4 <= image_size <= MAX_IMAGE_SIZE:
+        raise DatasetError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {image_size}")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"not a readable .zip file: {exc}") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise DatasetError(
+                f"zip has {len(infos)} entries, at most {MAX_ZIP_ENTRIES} are accepted"
+            )
+        expanded = sum(info.file_size for info in infos)
+        if expanded > MAX_ZIP_EXPANDED_BYTES:
+            raise DatasetError(
+                f"zip expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
+            )
+        files = []
+        for info in infos:
+            parts = safe_member_parts(info.filename)
+            if parts is None or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+                continue
+            files.append((parts, info))
+        # One enclosing folder (zip of "mydata/") is allowed: strip it.
+        roots = {parts[0] for parts, _ in files}
+        if len(roots) == 1 and roots.isdisjoint(SPLITS):
+            files = [(parts[1:], info) for parts, info in files]
+        by_split: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {s: [] for s in SPLITS}
+        for parts, info in files:
+            if len(parts) != 3 or parts[0] not in SPLITS:
+                raise DatasetError(
+                    f"zip entry {info.filename!r} is not <split>/<class>/<image> with split train, val or test"
+                )
+            if not parts[2].lower().endswith(IMAGE_SUFFIXES):
+                raise DatasetError(f"zip entry {info.filename!r} is not a .png or .jpg image")
+            by_split[parts[0]].append((parts[1], info))
+        if not by_split["train"]:
+            raise DatasetError("zip has no train/<class>/ images")
+        class_names = sorted({cls for cls, _ in by_split["train"]})
+        index = {name: i for i, name in enumerate(class_names)}
+        decoded = len(files) * (1 if grayscale else 3) * image_size * image_size * 4
+        if decoded > MAX_DECODED_IMAGE_BYTES:
+            raise DatasetError(
+                f"{len(files)} images at {image_size}x{image_size} decode to {decoded} bytes, "
+                f"at most {MAX_DECODED_IMAGE_BYTES} are accepted: use a smaller image_size"
+            )
+        arrays = {}
+        for split, entries in by_split.items():
+            if not entries:
+                continue
+            entries.sort(key=lambda e: e[1].filename)
+            unknown = sorted({cls for cls, _ in entries} - index.keys())
+            if unknown:
+                raise DatasetError(f"{split}/ has classes not in train/: {unknown}")
+            arrays[f"x_{split}"] = np.stack(
+                [_decode(archive, info, image_size, grayscale) for _, info in entries]
+            )
+            arrays[f"y_{split}"] = np.asarray([index[cls] for cls, _ in entries], dtype=np.int64)
+    return arrays, class_names
+
+
+def _decode(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, grayscale: bool
+) -> np.ndarray:
+    try:
+        with archive.open(info) as f:
+            return decode_image(f, size, grayscale, f"zip entry {info.filename!r}")
+    # corrupt deflate data, an unsupported compression method, an encrypted entry
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as exc:
+        raise DatasetError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
+
+
+def decode_image(stream: IO[bytes], size: int, grayscale: bool, name: str) -> np.ndarray:
+    """One image → float32 [C, size, size] in [0, 1]: the preprocessing of training and
+    of serving (predict's `images`), so both see the same pixels."""
+    try:
+        with Image.open(stream) as image:
+            image = image.convert("L" if grayscale else "RGB").resize(
+                (size, size), Image.Resampling.BILINEAR
+            )
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{name} is not a decodable image: {exc}") from None
+    return pixels[None] if grayscale else pixels.transpose(2, 0, 1)
+
+
+def from_arrays(arrays: dict[str, np.ndarray], class_names: list[str] | None) -> ArrayDataset:
+    """Check shapes, dtypes, finiteness and labels; return the canonical dataset."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+    for required in ("x_train", "y_train"):
+        if required not in arrays:
+            raise DatasetError(f"missing the required array {required!r}")
+    multilabel = arrays["y_train"].ndim == 2
+    out: dict[str, np.ndarray] = {}
+    feature_shape = None
     num_classes = None
-    for s in SPLITS:
-        x, y = ds.split(s)
+    for split in SPLITS:
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
         if (x is None) != (y is None):
-            raise DatasetError(f"x_{s} and y_{s} must be given together")
+            raise DatasetError(f"x_{split} and y_{split} must be given together")
         if x is None:
             continue
-        x, y = np.asarray(x), np.asarray(y)
-        for name, arr in ((f"x_{s}", x), (f"y_{s}", y)):
-            if arr.dtype == object or arr.dtype.kind not in "biuf":
+        for name, arr in ((f"x_{split}", x), (f"y_{split}", y)):
+            if arr.dtype.kind not in "biuf":
                 raise DatasetError(f"{name} must be numeric, got dtype {arr.dtype}")
+            if arr.ndim == 0:
+                raise DatasetError(f"{name} must be an array of rows, got a single number")
         if x.ndim not in (2, 4):
             raise DatasetError(
-                f"x_{s} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}"
+                f"x_{split} must be [N, D] vectors or [N, C, H, W] images, got shape {list(x.shape)}"
             )
-        if x_rank is None:
-            x_rank, feature_shape = x.ndim, x.shape[1:]
+        if feature_shape is None:
+            feature_shape = x.shape[1:]
         elif x.shape[1:] != feature_shape:
             raise DatasetError(
-                f"x_{s} has per-example shape {list(x.shape[1:])}, x_train has {list(feature_shape)}"
+                f"x_{split} has per-example shape {list(x.shape[1:])}, x_train has {list(feature_shape)}"
             )
         if len(x) == 0:
-            raise DatasetError(f"x_{s} is empty")
+            raise DatasetError(f"x_{split} is empty")
         if len(x) != len(y):
-            raise DatasetError(f"x_{s} has {len(x)} rows but y_{s} has {len(y)}")
-        # Checked after the cast: 1e300 is finite in float64 but inf in float32.
-        with np.errstate(over="ignore"):
-            x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(1))[0, 0])
-            raise DatasetError(f"x_{s} contains NaN or inf in float32 (first at row {bad})")
+            raise DatasetError(
+                f"x_{split} has {len(x)} rows but y_{split} has {len(y)} (mismatched lengths)"
+            )
+        with np.errstate(over="ignore"):  # before the check: 1e300 is finite in float64 only
+            x = x.astype(np.float32)
+        finite_rows = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite_rows.all():
+            raise DatasetError(
+                f"x_{split} contains NaN or inf in float32 (first at row "
+                f"{int(np.argmin(finite_rows))})"
+            )
         if multilabel:
-            if y.ndim != 2:
+            if y.ndim != 2 or not np.isin(y, (0, 1)).all():
                 raise DatasetError(
-                    f"y_{s} must be [N, K] 0/1 like y_train, got shape {list(y.shape)}"
+                    f"multilabel y_{split} must be an [N, K] array holding only 0 and 1"
                 )
-            if not np.isin(y, (0, 1)).all():
-                raise DatasetError(f"multilabel y_{s} must hold only 0 and 1")
-            k = y.shape[1]
-            if num_classes is not None and k != num_classes:
-                raise DatasetError(f"y_{s} has {k} labels, y_train has {num_classes}")
-            num_classes = k
+            if num_classes is not None and y.shape[1] != num_classes:
+                raise DatasetError(f"y_{split} has {y.shape[1]} labels, y_train has {num_classes}")
+            num_classes = y.shape[1]
             y = y.astype(np.float32)
         else:
             if y.ndim != 1:
                 raise DatasetError(
-                    f"y_{s} must be a vector of class indices, got shape {list(y.shape)}"
+                    f"y_{split} must be a vector of class indices, got shape {list(y.shape)}"
                 )
-            if y.dtype.kind == "f":
-                if not np.isfinite(y).all() or (y != np.round(y)).any():
-                    raise DatasetError(f"y_{s} must hold whole class indices")
+            if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
+                raise DatasetError(
+                    f"y_{split} must hold whole class indices (found NaN or a fraction)"
+                )
             y = y.astype(np.int64)
             if (y < 0).any():
-                raise DatasetError(f"y_{s} has negative labels (min {int(y.min())})")
-        out[f"x_{s}"], out[f"y_{s}"] = x, y
+                raise DatasetError(
+                    f"labels out of range: y_{split} has a negative label ({int(y.min())})"
+                )
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
 
     if not multilabel:
-        seen = int(max(out[f"y_{s}"].max() for s in SPLITS if f"y_{s}" in out)) + 1
-        num_classes = len(ds.class_names) if ds.class_names else seen
-        if seen > num_classes:
+        largest = max(int(out[f"y_{s}"].max()) for s in SPLITS if f"y_{s}" in out)
+        num_classes = len(class_names) if class_names else largest + 1
+        if num_classes > MAX_CLASSES:
+            raise DatasetError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
+        if largest >= num_classes:
             raise DatasetError(
-                f"labels out of range: found label {seen - 1} but only {num_classes} class names"
+                f"labels out of range: found label {largest} but only {num_classes} class names"
             )
     if num_classes < 2:
         raise DatasetError(f"need at least 2 classes, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise DatasetError(f"{num_classes} classes: at most {MAX_CLASSES} are accepted")
     if not multilabel and len(np.unique(out["y_train"])) < 2:
         raise DatasetError("y_train holds fewer than 2 distinct classes")
-    names = list(ds.class_names) or [str(i) for i in range(num_classes)]
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise DatasetError(f"{len(names)} class_names for {num_classes} classes")
     if len(set(names)) != len(names):
@@ -224,14 +375,26 @@ def validate(ds: ArrayDataset) -> ArrayDataset:
     return ArrayDataset(**out, class_names=names)
 
 
+def validate(ds: ArrayDataset) -> ArrayDataset:
+    """``from_arrays`` for an ArrayDataset: a checked, canonical copy."""
+    arrays = {f"{xy}_{s}": getattr(ds, f"{xy}_{s}") for xy in "xy" for s in SPLITS}
+    return from_arrays(arrays, list(ds.class_names) or None)
+
+
+def validation_rows(n: int, fraction: float) -> int:
+    """How many of ``n`` training rows become the validation split; at least one stays."""
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 1:
+        raise DatasetError(f"too few training rows ({n}) to split off a validation set")
+    return n_val
+
+
 def with_validation_split(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
     """Carve a seeded validation split out of train when none is given."""
     if ds.x_val is not None:
         return ds
     n = len(ds.x_train)
-    n_val = max(1, int(round(n * fraction)))
-    if n - n_val < 1:
-        raise DatasetError(f"too few training rows ({n}) to split off a validation set")
+    n_val = validation_rows(n, fraction)
     perm = np.random.default_rng(seed).permutation(n)
     val, train = perm[:n_val], perm[n_val:]
     return replace(

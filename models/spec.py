@@ -1,19 +1,37 @@
-"""What a training run is: the job spec of DESIGN §5 as pydantic models.
+"""What a training run is: the job spec as pydantic models, and the checks of a spec
+against the dataset it will train on.
 
-Pure pydantic (no torch import) so the worker can validate a stored job cheaply.
+Torch free (pydantic, plus numpy through models.data), so the API validates a job
+with exactly the rules the worker applies before it trains: the API's request body is
+built from these classes, and both call ``check_fits`` with the dataset's facts.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.data import DatasetError, validation_rows
 
 TEMPERATURE_GRID = (0.5, 1.0, 1.5, 2.0, 3.0)
+LEARNED_TEMPERATURE_START = 1.0
+
+# The worker draws one noise tensor per step (shared: S x (K + R); per example: B x S x
+# (K + R), B up to the batch size or the evaluation batch). A spec that would exhaust
+# the worker's memory is refused up front rather than killing worker after worker.
+MAX_NOISE_BYTES = 2 << 30
+EVAL_BATCH_ROWS = 512
+
+
+def temperature_label(tau: float) -> str:
+    """How a grid temperature is named in progress phases and unit folders: "1.5"."""
+    return f"{tau:g}"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class HeadSpec(_Strict):
@@ -23,35 +41,56 @@ class HeadSpec(_Strict):
         1.0, description='a fixed tau > 0, "auto" (grid, best validation NLL) or "learned"'
     )
     temperature_grid: list[float] = Field(
-        default_factory=lambda: list(TEMPERATURE_GRID), min_length=1
+        default_factory=lambda: list(TEMPERATURE_GRID), min_length=1, max_length=16
     )
     temperature_bounds: tuple[float, float] = (0.3, 3.0)
-    train_mc_samples: int = Field(200, ge=1, le=100_000)
-    eval_mc_samples: int = Field(1000, ge=1, le=100_000)
+    train_mc_samples: int = Field(200, ge=1, le=100_000, description="S while training")
+    eval_mc_samples: int = Field(1000, ge=1, le=100_000, description="S for evaluation and serving")
     parameter_efficient: bool = False
     share_samples_across_batch: bool = True
 
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, value):
+        if isinstance(value, float) and not value > 0:
+            raise ValueError("a fixed temperature must be > 0")
+        return value
+
+    @field_validator("temperature_bounds")
+    @classmethod
+    def _ordered_bounds(cls, value):
+        if not 0 < value[0] < value[1]:
+            raise ValueError("temperature_bounds must be (lo, hi) with 0 < lo < hi")
+        return value
+
+    @field_validator("temperature_grid")
+    @classmethod
+    def _positive_distinct_grid(cls, value):
+        if any(not t > 0 for t in value):
+            raise ValueError("every grid temperature must be > 0")
+        # Each grid value trains a unit named after it ("tau=1.5"): two values with the
+        # same name would share a unit.
+        labels = [temperature_label(t) for t in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"grid temperatures must be distinct (as written: {labels})")
+        return value
+
     @model_validator(mode="after")
-    def _temperatures_positive(self) -> HeadSpec:
+    def _learned_start_inside_bounds(self) -> HeadSpec:
         lo, hi = self.temperature_bounds
-        if not 0 < lo < hi:
+        if self.temperature == "learned" and not lo < LEARNED_TEMPERATURE_START < hi:
             raise ValueError(
-                f"temperature_bounds must satisfy 0 < lo < hi, got {self.temperature_bounds}"
-            )
-        if isinstance(self.temperature, float) and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if any(not t > 0 for t in self.temperature_grid):
-            raise ValueError(f"temperature_grid values must be > 0, got {self.temperature_grid}")
-        if self.temperature == "learned" and not lo < 1.0 < hi:
-            raise ValueError(
-                f"a learned temperature starts at 1.0, which must lie inside {self.temperature_bounds}"
+                f"a learned temperature starts at {LEARNED_TEMPERATURE_START}, which must lie "
+                f"inside temperature_bounds {list(self.temperature_bounds)}"
             )
         return self
 
 
 class BackboneSpec(_Strict):
     kind: Literal["mlp", "cnn", "resnet18"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="MLP hidden widths")
+    hidden: list[Annotated[int, Field(ge=1, le=16_384)]] = Field(
+        default_factory=lambda: [256, 256], max_length=16, description="MLP hidden widths"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = Field(True, description="images only: random crop with padding")
     hflip: bool = Field(False, description="images only: random horizontal flip (wrong for digits)")
@@ -67,16 +106,101 @@ class TrainSpec(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="used when the dataset has no x_val")
 
 
-class RunSpec(_Strict):
-    """One model's training run: the job spec minus what only the service needs."""
+Task = Literal["multiclass", "multilabel"]
 
-    task: Literal["multiclass", "multilabel"] = "multiclass"
+
+class RunParts(_Strict):
+    """The parts of a run a client chooses: head, backbone and training budget."""
+
     head: HeadSpec = Field(default_factory=HeadSpec)
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class RunSpec(RunParts):
+    """One model's training run: the job spec minus what only the service needs."""
+
+    task: Task = "multiclass"
 
     def with_temperature(self, tau: float) -> RunSpec:
         return self.model_copy(update={"head": self.head.model_copy(update={"temperature": tau})})
 
     def as_baseline(self) -> RunSpec:
         return self.model_copy(update={"head": HeadSpec(kind="softmax")})
+
+    @property
+    def auto_temperature(self) -> bool:
+        return self.head.kind == "het" and self.head.temperature == "auto"
+
+
+# -- a spec against its dataset -------------------------------------------------------
+
+
+class SpecMismatch(ValueError):
+    """The spec is valid on its own but cannot train on this dataset."""
+
+
+def noise_bytes(spec: RunParts, num_classes: int) -> int:
+    """The largest noise draw the head makes in one step, in bytes (float32)."""
+    head = spec.head
+    if head.kind != "het":
+        return 0
+    per_draw = (num_classes + head.num_factors) * 4
+    rows = 1 if head.share_samples_across_batch else max(spec.train.batch_size, EVAL_BATCH_ROWS)
+    return rows * max(head.train_mc_samples, head.eval_mc_samples) * per_draw
+
+
+class DatasetFacts(Protocol):
+    """What the checks need to know of a dataset (the store's dataset row has it all)."""
+
+    id: str
+    task: str
+    input_shape: Sequence[int]
+    num_classes: int
+    num_train: int
+    num_val: int
+
+
+def check_fits(spec: RunSpec, dataset: DatasetFacts) -> None:
+    """Raise SpecMismatch when ``spec`` cannot train on ``dataset``.
+
+    The API runs it before accepting a job and the worker again before training, so a
+    job the API accepted is never refused by the worker for its spec.
+    """
+    where = f"dataset {dataset.id}"
+    if spec.task != dataset.task:
+        raise SpecMismatch(f"task {spec.task!r} does not match {where}, which is {dataset.task}")
+    images = len(dataset.input_shape) == 3
+    if spec.backbone.kind == "mlp" and images:
+        raise SpecMismatch(
+            f"backbone 'mlp' takes vectors; {where} holds images "
+            f"{list(dataset.input_shape)}: use 'cnn' or 'resnet18'"
+        )
+    if spec.backbone.kind != "mlp" and not images:
+        raise SpecMismatch(
+            f"backbone {spec.backbone.kind!r} takes images; {where} holds vectors: use 'mlp'"
+        )
+    noise = noise_bytes(spec, dataset.num_classes)
+    if noise > MAX_NOISE_BYTES:
+        raise SpecMismatch(
+            f"the head's noise draw would take {noise / 2**30:.1f} GiB (S x (K + R) numbers"
+            f"{'' if spec.head.share_samples_across_batch else ' per example'}; K = "
+            f"{dataset.num_classes}); at most {MAX_NOISE_BYTES / 2**30:.0f} GiB: lower "
+            "train_mc_samples / eval_mc_samples or share the samples across the batch",
+        )
+    if dataset.num_val == 0:
+        try:
+            validation_rows(dataset.num_train, spec.train.val_fraction)
+        except DatasetError as exc:
+            raise SpecMismatch(f"{where}: {exc} (see train.val_fraction)") from None
+
+
+RUN_KEYS = ("task", "head", "backbone", "train")
+
+
+def validate_run(spec: Mapping[str, Any], dataset: DatasetFacts) -> RunSpec:
+    """Everything the worker checks before it trains a stored job spec: the run parts
+    parse as a RunSpec and fit the dataset. Raises ValidationError or SpecMismatch."""
+    run = RunSpec.model_validate({k: spec[k] for k in RUN_KEYS if k in spec})
+    check_fits(run, dataset)
+    return run

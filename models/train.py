@@ -19,6 +19,7 @@ import copy
 import math
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,10 @@ from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
 from models.data import ArrayDataset, standardisation, with_validation_split
 from models.metrics import evaluate
-from models.spec import RunSpec
+from models.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
 
 EVAL_SEED = 12345
-EVAL_BATCH = 512
+EVAL_BATCH = EVAL_BATCH_ROWS  # the noise-memory check sizes evaluation draws by it
 
 
 class Cancelled(Exception):
@@ -82,27 +83,46 @@ def train(
     """Train per spec; "auto" temperature sweeps spec.head.temperature_grid."""
     callbacks = callbacks or Callbacks()
     data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
-    if not (spec.head.kind == "het" and spec.head.temperature == "auto"):
+    if not spec.auto_temperature:
         path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
         return train_run(spec, data, callbacks, path)
 
     grid = spec.head.temperature_grid
-    results, candidates = [], []
+    results = []
     for i, tau in enumerate(grid):
-        path = Path(checkpoint_dir) / f"checkpoint_tau{tau:g}.pt" if checkpoint_dir else None
+        path = (
+            Path(checkpoint_dir) / f"checkpoint_tau{temperature_label(tau)}.pt"
+            if checkpoint_dir
+            else None
+        )
         r = train_run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
         results.append(r)
-        candidates.append(
-            {
-                "temperature": tau,
-                "val_nll": r.metrics["val_nll"],
-                "val_accuracy": r.metrics["val_accuracy"],
-            }
-        )
-    best = min(range(len(grid)), key=lambda i: results[i].metrics["val_nll"])
+    best, table = select_temperature(
+        [(tau, r.metrics) for tau, r in zip(grid, results, strict=True)]
+    )
     chosen = results[best]
-    chosen.candidates = candidates
+    chosen.candidates = table
     return chosen
+
+
+def select_temperature(candidates: list[tuple[float, dict]]) -> tuple[int, list[dict]]:
+    """Temperature "auto"'s choice among runs at each grid temperature: the lowest
+    validation NLL. ``candidates`` is [(temperature, metrics)]; returns the index of
+    the best and the table the job reports: [{temperature, val_nll, val_accuracy,
+    chosen}] in grid order. train() and the worker's fanned-out units both use it."""
+    if not candidates:
+        raise ValueError("no temperature candidates to choose from")
+    best = min(range(len(candidates)), key=lambda i: candidates[i][1]["val_nll"])
+    table = [
+        {
+            "temperature": tau,
+            "val_nll": metrics["val_nll"],
+            "val_accuracy": metrics.get("val_accuracy"),
+            "chosen": i == best,
+        }
+        for i, (tau, metrics) in enumerate(candidates)
+    ]
+    return best, table
 
 
 def train_run(
@@ -142,7 +162,7 @@ def train_run(
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images = x_train.ndim == 4
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
 
     start_epoch, history = 0, []
@@ -298,11 +318,3 @@ def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -27,6 +27,7 @@ from app.broker import TRAIN_QUEUE, TRAIN_TASK, broker_config
 from app.db import session_scope
 from app.logs import configure_logging
 from app.settings import get_settings
+from app.statuses import JobStatus
 from app.store import JobStore
 
 log = logging.getLogger("hetserve.worker")
@@ -65,7 +66,7 @@ def resend_orphaned_jobs(sender=None, **_kwargs) -> None:
     if not embedded_broker():
         return  # Redis redelivers unacknowledged messages itself
     with session_scope(settings) as session:
-        orphans = [job.id for job in JobStore(session).list_by_status("running")]
+        orphans = [job.id for job in JobStore(session).list_by_status(JobStatus.RUNNING)]
     for job_id in orphans:
         log.warning("job %s was running when the last worker stopped: re-sending it", job_id)
         celery_app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)

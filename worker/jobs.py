@@ -1,13 +1,17 @@
 """A training job as plain functions (no Celery here): worker/tasks.py calls them.
 
-A job trains one or more *units*, each a models.train run with its own checkpoint
-folder ``data_dir/checkpoints/<job_id>/<phase>``:
+A job trains one or more *units* (``Unit``), each a models.train run with its own
+checkpoint folder ``data_dir/checkpoints/<job_id>/<unit.folder>``:
 
-- ``"model"``: the requested head; ``"baseline"``: the softmax baseline on the same
-  data and budget (``compare_baseline``);
-- ``temperature: "auto"``: one unit ``"tau=<t>"`` per grid temperature instead of
-  ``"model"``; the best validation NLL wins. These run as a Celery chord (tasks.py), so
-  several workers train them at once; ``run_unit`` and ``finish_units`` are its parts.
+- role ``"model"``: the requested head; ``"baseline"``: the softmax baseline on the
+  same data and budget (``compare_baseline``);
+- ``temperature: "auto"``: one ``"candidate"`` unit per grid temperature instead of
+  ``"model"``; models.train.select_temperature picks the best validation NLL. These run
+  as a Celery chord (tasks.py), so several workers train them at once; ``run_unit`` and
+  ``finish_units`` are its parts.
+
+A unit's ``phase`` ("model", "baseline", "tau=1.5") is how progress and history name
+it over HTTP.
 
 Fixed-temperature jobs run their units one after the other in ``run_job``.
 
@@ -28,17 +32,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.settings import Settings
-from app.store import TERMINAL_STATUSES, DatasetStore, JobStore, ModelStore
+from app.statuses import TERMINAL_STATUSES, JobStatus
+from app.store import DatasetStore, JobStore, ModelStore
 from models.data import ArrayDataset, load_dataset
 from models.export import export_onnx
-from models.spec import RunSpec
-from models.train import Callbacks, Cancelled, TrainResult, train
+from models.spec import RunSpec, temperature_label, validate_run
+from models.train import Callbacks, Cancelled, TrainResult, select_temperature, train
 
 log = logging.getLogger("hetserve.worker")
 
@@ -61,6 +67,61 @@ class WorkerStopping(Exception):
     """The worker is shutting down: hand the job back to the broker."""
 
 
+Role = Literal["model", "baseline", "candidate"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run of a job: the model, the baseline, or one grid temperature of
+    temperature "auto" (a candidate for the model)."""
+
+    role: Role
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ("model", "baseline", "candidate"):
+            raise ValueError(f"unknown unit role {self.role!r}")
+        if (self.role == "candidate") != (self.temperature is not None):
+            raise ValueError("a candidate unit has a temperature, and only a candidate")
+
+    @property
+    def phase(self) -> str:
+        """Its name in the job's progress and history: "model", "baseline", "tau=1.5"."""
+        if self.role == "candidate":
+            return f"tau={temperature_label(self.temperature)}"
+        return self.role
+
+    @property
+    def folder(self) -> str:
+        return self.phase.replace("=", "_")
+
+    def spec(self, run_spec: RunSpec) -> RunSpec:
+        if self.role == "baseline":
+            return run_spec.as_baseline()
+        if self.role == "candidate":
+            return run_spec.with_temperature(self.temperature)
+        return run_spec
+
+    def to_message(self) -> dict:
+        return {"role": self.role, "temperature": self.temperature}
+
+    @classmethod
+    def from_message(cls, message: dict) -> Unit:
+        temperature = message.get("temperature")
+        return cls(message["role"], None if temperature is None else float(temperature))
+
+
+def job_units(run_spec: RunSpec, compare_baseline: bool) -> list[Unit]:
+    units = (
+        [Unit("candidate", t) for t in run_spec.head.temperature_grid]
+        if run_spec.auto_temperature
+        else [Unit("model")]
+    )
+    if compare_baseline:
+        units.append(Unit("baseline"))
+    return units
+
+
 @dataclass
 class JobContext:
     """What a unit needs, read once from the store."""
@@ -70,7 +131,7 @@ class JobContext:
     run_spec: RunSpec
     dataset_path: Path
     deadline: float  # time.time() after which this attempt fails
-    units: list[str]
+    units: list[Unit]
 
 
 @dataclass
@@ -78,7 +139,7 @@ class FanOut:
     """run_job's answer for temperature "auto": train these units in parallel."""
 
     job_id: str
-    units: list[str]
+    units: list[Unit]
 
 
 def run_job(job_id: str, settings: Settings) -> str | FanOut:
@@ -108,16 +169,16 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
         ctx = load_context(job_id, settings)
     except Exception as exc:
         return fail(job_id, settings, exc)
-    if is_auto(ctx.run_spec):
+    if ctx.run_spec.auto_temperature:
         return FanOut(job_id, ctx.units)
 
     try:
         data = load_dataset(ctx.dataset_path)
         results = {}
-        for index, phase in enumerate(ctx.units):
-            results[phase] = train_unit(ctx, phase, data, settings, index)
+        for unit in ctx.units:
+            results[unit.role] = train_unit(ctx, unit, data, settings)
         register_and_finish(ctx, results, data, settings)
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except WorkerStopping:
         raise
     except Cancelled:
@@ -126,12 +187,33 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
         return fail(job_id, settings, exc)
 
 
-def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
+class UnitOutcome:
+    """The ``status`` of a unit's summary."""
+
+    TRAINED = "trained"
+    SKIPPED = "skipped"
+    CANCELLED = JobStatus.CANCELLED.value
+    FAILED = JobStatus.FAILED.value
+
+
+def unit_summary(unit: Unit, status: str, metrics: dict | None = None, error=None) -> dict:
+    metrics = metrics or {}
+    return {
+        "unit": unit.to_message(),
+        "status": status,
+        "val_nll": metrics.get("val_nll"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "error": error,
+    }
+
+
+def run_unit(job_id: str, unit: Unit, settings: Settings) -> dict:
     """One unit of an "auto" job; never raises (the chord's finish must run), except
     WorkerStopping, which hands the unit back to the broker.
 
-    Returns {"phase", "status": "trained"|"cancelled"|"failed"|"skipped", "val_nll", "error"}; the
-    trained model and its metrics wait in the unit's checkpoint folder for finish_units.
+    Returns ``unit_summary``: {"unit", "status" (a UnitOutcome), "val_nll",
+    "val_accuracy", "error"}; the trained model and its metrics wait in the unit's
+    checkpoint folder for finish_units.
     """
     if STOPPING.is_set():
         raise WorkerStopping("the worker is shutting down")
@@ -140,21 +222,16 @@ def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
             current = JobStore(session).get(job_id)
             if current is None or current.status in TERMINAL_STATUSES:
                 # A unit of a chord that another delivery already finished.
-                return {"phase": phase, "status": "skipped", "val_nll": None, "error": None}
+                return unit_summary(unit, UnitOutcome.SKIPPED)
         ctx = load_context(job_id, settings)
-        unit_dir = unit_checkpoint_dir(settings, job_id, phase)
+        unit_dir = unit_checkpoint_dir(settings, job_id, unit)
         done = unit_dir / "result.json"
         if done.exists():  # a redelivered unit that had finished
             return json.loads(done.read_text())
         data = load_dataset(ctx.dataset_path)
-        result = train_unit(ctx, phase, data, settings, ctx.units.index(phase))
+        result = train_unit(ctx, unit, data, settings)
         torch.save(result.model.cpu(), unit_dir / "model.pt")
-        summary = {
-            "phase": phase,
-            "status": "trained",
-            "val_nll": result.metrics["val_nll"],
-            "error": None,
-        }
+        summary = unit_summary(unit, UnitOutcome.TRAINED, result.metrics)
         (unit_dir / "metrics.json").write_text(json.dumps(unit_metrics(result)))
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary))
@@ -163,10 +240,10 @@ def run_unit(job_id: str, phase: str, settings: Settings) -> dict:
     except WorkerStopping:
         raise
     except Cancelled:
-        return {"phase": phase, "status": "cancelled", "val_nll": None, "error": None}
+        return unit_summary(unit, UnitOutcome.CANCELLED)
     except Exception as exc:
-        log.exception("job %s unit %s failed", job_id, phase)
-        return {"phase": phase, "status": "failed", "val_nll": None, "error": describe(exc)}
+        log.exception("job %s unit %s failed", job_id, unit.phase)
+        return unit_summary(unit, UnitOutcome.FAILED, error=describe(exc))
 
 
 def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
@@ -176,46 +253,34 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
         if job is None or job.status in TERMINAL_STATUSES:
             return "skipped"
         cancel = job.cancel_requested
-    failed = [s for s in summaries if s["status"] == "failed"]
+    failed = [s for s in summaries if s["status"] == UnitOutcome.FAILED]
     if failed:
-        return fail(
-            job_id, settings, RuntimeError(f"unit {failed[0]['phase']}: {failed[0]['error']}")
-        )
-    if cancel or any(s["status"] == "cancelled" for s in summaries):
+        unit = Unit.from_message(failed[0]["unit"])
+        return fail(job_id, settings, RuntimeError(f"unit {unit.phase}: {failed[0]['error']}"))
+    if cancel or any(s["status"] == UnitOutcome.CANCELLED for s in summaries):
         return end_cancelled(job_id, settings)
     try:
         ctx = load_context(job_id, settings)
         data = load_dataset(ctx.dataset_path)
-        candidates = [s for s in summaries if s["phase"].startswith("tau=")]
-        best = min(candidates, key=lambda s: s["val_nll"])
+        units = [(Unit.from_message(s["unit"]), s) for s in summaries]
+        candidates = [(unit, s) for unit, s in units if unit.role == "candidate"]
+        best, table = select_temperature([(unit.temperature, s) for unit, s in candidates])
+        sources = {"model": candidates[best][0], "baseline": Unit("baseline")}
         results = {}
-        for phase in ("model", "baseline"):
-            source = best["phase"] if phase == "model" else "baseline"
+        for role, source in sources.items():
             if source not in ctx.units:
                 continue
             unit_dir = unit_checkpoint_dir(settings, job_id, source)
             model = torch.load(unit_dir / "model.pt", weights_only=False)
             metrics = json.loads((unit_dir / "metrics.json").read_text())
-            results[phase] = (model, metrics)
-        table = [
-            {
-                "temperature": float(s["phase"].removeprefix("tau=")),
-                "val_nll": s["val_nll"],
-                "chosen": s is best,
-            }
-            for s in candidates
-        ]
+            results[role] = (model, metrics, source)
         register_trained(ctx, results, data, settings, candidates=table)
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except Exception as exc:
         return fail(job_id, settings, exc)
 
 
 # -- pieces -------------------------------------------------------------------------
-
-
-def is_auto(spec: RunSpec) -> bool:
-    return spec.head.kind == "het" and spec.head.temperature == "auto"
 
 
 def load_context(job_id: str, settings: Settings) -> JobContext:
@@ -226,14 +291,9 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
             raise FileNotFoundError(f"dataset {job.dataset_id} no longer exists")
         spec = dict(job.spec)
         dataset_path = ArtifactStore(settings.data_dir).resolve(dataset.artifact_path)
-    run_spec = RunSpec.model_validate(
-        {k: spec[k] for k in ("task", "head", "backbone", "train") if k in spec}
-    )
-    units = (
-        [f"tau={t:g}" for t in run_spec.head.temperature_grid] if is_auto(run_spec) else ["model"]
-    )
-    if spec.get("compare_baseline"):
-        units.append("baseline")
+        # The same checks the API ran before it accepted the job.
+        run_spec = validate_run(spec, dataset)
+    units = job_units(run_spec, bool(spec.get("compare_baseline")))
     # The limit holds per attempt (like Celery's task time limit): a redelivered job that
     # resumes from a checkpoint gets the full time again.
     return JobContext(
@@ -241,28 +301,18 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
     )
 
 
-def unit_spec(ctx: JobContext, phase: str) -> RunSpec:
-    if phase == "baseline":
-        return ctx.run_spec.as_baseline()
-    if phase.startswith("tau="):
-        return ctx.run_spec.with_temperature(float(phase.removeprefix("tau=")))
-    return ctx.run_spec
-
-
-def unit_checkpoint_dir(settings: Settings, job_id: str, phase: str) -> Path:
-    path = ArtifactStore(settings.data_dir).checkpoint_dir(job_id) / phase.replace("=", "_")
+def unit_checkpoint_dir(settings: Settings, job_id: str, unit: Unit) -> Path:
+    path = ArtifactStore(settings.data_dir).checkpoint_dir(job_id) / unit.folder
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def train_unit(
-    ctx: JobContext, phase: str, data: ArrayDataset, settings: Settings, index: int
-) -> TrainResult:
-    callbacks = StoreCallbacks(ctx, phase, index, settings).callbacks()
+def train_unit(ctx: JobContext, unit: Unit, data: ArrayDataset, settings: Settings) -> TrainResult:
+    callbacks = StoreCallbacks(ctx, unit.phase, settings).callbacks()
     result = train(
-        unit_spec(ctx, phase), data, callbacks, unit_checkpoint_dir(settings, ctx.job_id, phase)
+        unit.spec(ctx.run_spec), data, callbacks, unit_checkpoint_dir(settings, ctx.job_id, unit)
     )
-    backfill_history(ctx.job_id, phase, result.history, settings)
+    backfill_history(ctx.job_id, unit.phase, result.history, settings)
     return result
 
 
@@ -284,7 +334,7 @@ class StoreCallbacks:
     (units × epochs), where "epochs finished" is the job's history row count.
     """
 
-    def __init__(self, ctx: JobContext, phase: str, index: int, settings: Settings):
+    def __init__(self, ctx: JobContext, phase: str, settings: Settings):
         self.ctx, self.phase, self.settings = ctx, phase, settings
         self.total_epochs = len(ctx.units) * ctx.run_spec.train.epochs
         self.epochs_done = self._history_count()
@@ -364,7 +414,7 @@ def unit_metrics(result: TrainResult) -> dict:
 def register_and_finish(
     ctx: JobContext, results: dict[str, TrainResult], data: ArrayDataset, settings: Settings
 ):
-    trained = {phase: (r.model, unit_metrics(r)) for phase, r in results.items()}
+    trained = {role: (r.model, unit_metrics(r), Unit(role)) for role, r in results.items()}
     register_trained(ctx, trained, data, settings, candidates=None)
 
 
@@ -377,14 +427,15 @@ def register_trained(
 ) -> None:
     """Export each trained model to ONNX, register it, and end the job ``succeeded``.
 
-    job.metrics = {"model": {...}, "baseline": {...}?, "candidates": [...]?}: the test
+    ``trained`` maps a role ("model", "baseline") to (model, metrics, the unit that
+    trained it). job.metrics = {"model": {...}, "baseline": {...}?, "candidates": [...]?}: the test
     metrics of both side by side.
     """
     artifacts = ArtifactStore(settings.data_dir)
     held_out = next(x for x in (data.x_test, data.x_val, data.x_train) if x is not None)
     exported = {}
-    for phase, (model, _metrics) in trained.items():
-        path = unit_checkpoint_dir(settings, ctx.job_id, phase) / "model.onnx"
+    for phase, (model, _metrics, unit) in trained.items():
+        path = unit_checkpoint_dir(settings, ctx.job_id, unit) / "model.onnx"
         export_onnx(
             model,
             path,
@@ -393,13 +444,13 @@ def register_trained(
             extra_metadata={"job_id": ctx.job_id, "role": phase},
         )
         exported[phase] = artifacts.put_file(path, ".onnx")
-    job_metrics = {phase: metrics for phase, (_, metrics) in trained.items()}
+    job_metrics = {phase: metrics for phase, (_, metrics, _) in trained.items()}
     if candidates is not None:
         job_metrics["candidates"] = candidates
     with session_scope(settings) as session:
         models = ModelStore(session)
         ids = {}
-        for phase, (_, metrics) in trained.items():
+        for phase, (_, metrics, _) in trained.items():
             onnx_path, onnx_sha256 = exported[phase]
             other = "baseline" if phase == "model" else None
             row = models.register(
@@ -418,7 +469,7 @@ def register_trained(
             ids[phase] = row.id
         JobStore(session).finish(
             ctx.job_id,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             metrics=job_metrics,
             model_id=ids.get("model"),
             baseline_model_id=ids.get("baseline"),
@@ -437,12 +488,12 @@ def register_trained(
 
 def end_cancelled(job_id: str, settings: Settings) -> str:
     with session_scope(settings) as session:
-        ended = JobStore(session).finish(job_id, "cancelled")
+        ended = JobStore(session).finish(job_id, JobStatus.CANCELLED)
     if not ended:
         return "skipped"  # another attempt ended the job first: leave its outcome
     log.info("job %s cancelled", job_id)
     remove_checkpoints(settings, job_id)
-    return "cancelled"
+    return JobStatus.CANCELLED
 
 
 def describe(exc: BaseException) -> str:
@@ -452,11 +503,11 @@ def describe(exc: BaseException) -> str:
 def fail(job_id: str, settings: Settings, exc: BaseException) -> str:
     log.error("job %s failed: %s", job_id, describe(exc), exc_info=exc)
     with session_scope(settings) as session:
-        ended = JobStore(session).finish(job_id, "failed", error=describe(exc))
+        ended = JobStore(session).finish(job_id, JobStatus.FAILED, error=describe(exc))
     if not ended:
         return "skipped"  # another attempt ended the job first: leave its outcome
     remove_checkpoints(settings, job_id)
-    return "failed"
+    return JobStatus.FAILED
 
 
 def remove_checkpoints(settings: Settings, job_id: str) -> None:

@@ -1,8 +1,8 @@
 """Celery tasks: parse the message, call a plain function of worker/jobs.py.
 
 ``hetserve.train_job(job_id)`` runs a job; for temperature "auto" it fans the units out
-as a chord: ``hetserve.train_unit(job_id, phase)`` for each grid temperature (and the
-baseline), then ``hetserve.finish_units(summaries, job_id)`` keeps the best validation
+as a chord: ``hetserve.train_unit(job_id, unit)`` (``jobs.Unit.to_message()``) for each
+grid temperature (and the baseline), then ``hetserve.finish_units(summaries, job_id)`` keeps the best validation
 NLL. A chord needs a result backend: Celery's database backend (settings.result_backend).
 """
 
@@ -33,17 +33,17 @@ def train_job(job_id: str) -> str:
             # acks_late: rejecting with requeue puts the message back now.
             raise Reject(str(exc), requeue=True) from None
     if isinstance(outcome, jobs.FanOut):
-        header = [train_unit.s(outcome.job_id, phase) for phase in outcome.units]
+        header = [train_unit.s(outcome.job_id, unit.to_message()) for unit in outcome.units]
         chord(header)(finish_units.s(outcome.job_id))
         return "fanned out"
     return outcome
 
 
 @celery_app.task(name="hetserve.train_unit", ignore_result=False)
-def train_unit(job_id: str, phase: str) -> dict:
+def train_unit(job_id: str, unit: dict) -> dict:
     with bind_job(str(job_id)):
         try:
-            return jobs.run_unit(str(job_id), str(phase), get_settings())
+            return jobs.run_unit(str(job_id), jobs.Unit.from_message(unit), get_settings())
         except jobs.WorkerStopping as exc:
             raise Reject(str(exc), requeue=True) from None
 

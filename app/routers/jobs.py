@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +22,9 @@ from app.routers import get_session, get_settings_dep
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
-from app.store import TERMINAL_STATUSES, DatasetStore, Job, JobStore
+from app.statuses import TERMINAL_STATUSES, JobStatus
+from app.store import DatasetStore, Job, JobStore
+from models.spec import SpecMismatch, check_fits
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -48,49 +49,14 @@ def job_out(job: Job, history: list | None = None) -> JobOut:
 
 
 def check_spec_fits(spec: JobSpec, dataset) -> dict:
-    """Checks that need the dataset; returns the spec to store, task filled in."""
-    task = spec.task or dataset.task
-    if task != dataset.task:
-        raise HTTPException(
-            422, f"task {task!r} does not match dataset {dataset.id}, which is {dataset.task}"
-        )
-    images = len(dataset.input_shape) == 3
-    if spec.backbone.kind == "mlp" and images:
-        raise HTTPException(
-            422,
-            f"backbone 'mlp' takes vectors; dataset {dataset.id} holds images {dataset.input_shape}: use 'cnn' or 'resnet18'",
-        )
-    if spec.backbone.kind != "mlp" and not images:
-        raise HTTPException(
-            422,
-            f"backbone {spec.backbone.kind!r} takes images; dataset {dataset.id} holds vectors: use 'mlp'",
-        )
-    noise = noise_bytes(spec, dataset.num_classes)
-    if noise > MAX_NOISE_BYTES:
-        raise HTTPException(
-            422,
-            f"the head's noise draw would take {noise / 2**30:.1f} GiB (S x (K + R) numbers"
-            f"{'' if spec.head.share_samples_across_batch else ' per example'}; K = "
-            f"{dataset.num_classes}); at most {MAX_NOISE_BYTES / 2**30:.0f} GiB: lower "
-            "train_mc_samples / eval_mc_samples or share the samples across the batch",
-        )
-    return spec.model_dump(mode="json") | {"task": task}
-
-
-# The worker draws one noise tensor per step (shared: S x (K + R); per example: B x S x
-# (K + R), B up to the batch size or the 512-row evaluation batch). A spec that would
-# exhaust the worker's memory is refused here rather than killing worker after worker.
-MAX_NOISE_BYTES = 2 << 30
-EVAL_BATCH_ROWS = 512
-
-
-def noise_bytes(spec: JobSpec, num_classes: int) -> int:
-    head = spec.head
-    if head.kind != "het":
-        return 0
-    per_draw = (num_classes + head.num_factors) * 4
-    rows = 1 if head.share_samples_across_batch else max(spec.train.batch_size, EVAL_BATCH_ROWS)
-    return rows * max(head.train_mc_samples, head.eval_mc_samples) * per_draw
+    """The checks against the dataset, the same function the worker runs before it
+    trains; returns the spec to store, task filled in."""
+    run = spec.run_spec(dataset.task)
+    try:
+        check_fits(run, dataset)
+    except SpecMismatch as exc:
+        raise HTTPException(422, str(exc)) from None
+    return spec.model_dump(mode="json") | {"task": run.task}
 
 
 @router.post(
@@ -118,7 +84,7 @@ def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) ->
     except Exception as exc:
         with session_scope(settings) as session:
             JobStore(session).finish(
-                job.id, "failed", error=f"broker did not accept the job: {exc}"
+                job.id, JobStatus.FAILED, error=f"broker did not accept the job: {exc}"
             )
         raise HTTPException(
             503, f"broker unavailable, job {job.id} not queued: {type(exc).__name__}"
@@ -130,7 +96,7 @@ def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) ->
 def list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    status: JobStatus | None = None,
     session: Session = Depends(get_session, scope="function"),
 ) -> list[JobOut]:
     jobs = JobStore(session).list(limit, offset, status)
@@ -182,7 +148,22 @@ def _snapshot(settings: Settings, job_id: str) -> dict | None:
         200: {
             "content": {
                 "text/event-stream": {
-                    "example": 'event: progress\ndata: {"id": "c2a7…", "status": "running", "progress": {"epoch": 2, "epochs": 30, "fraction": 0.06, "phase": "model"}, "attempts": 1}\n\n'
+                    "example": "event: progress\ndata: "
+                    + json.dumps(
+                        {
+                            "id": "c2a7…",
+                            "status": JobStatus.RUNNING,
+                            "progress": {
+                                "epoch": 2,
+                                "epochs": 30,
+                                "fraction": 0.06,
+                                "phase": "model",
+                            },
+                            "attempts": 1,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n\n"
                 }
             }
         },

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from app.db import session_scope
-from app.schemas import BackboneSpec, HeadSpec, TrainSpec
 from app.store import JobStore
 from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
@@ -169,38 +168,6 @@ def test_unreachable_store_gives_503_on_readyz(tmp_path):
     with client_for(settings) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["store"] != "ok"
-
-
-def _bounds(schema: dict) -> dict:
-    keys = (
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "enum",
-        "const",
-        "default",
-    )
-    out = {}
-    for name, prop in schema["properties"].items():
-        out[name] = {k: v for k, v in prop.items() if k in keys}
-    return out
-
-
-@pytest.mark.parametrize("pair", ["head", "backbone", "train"])
-def test_boundary_spec_matches_the_training_spec(pair):
-    """app/schemas.py repeats models/spec.py (the app may not import models): same
-    fields, defaults and bounds, so the boundary accepts exactly what training can run."""
-    from models.spec import BackboneSpec as MB
-    from models.spec import HeadSpec as MH
-    from models.spec import TrainSpec as MT
-
-    app_model, core_model = {
-        "head": (HeadSpec, MH),
-        "backbone": (BackboneSpec, MB),
-        "train": (TrainSpec, MT),
-    }[pair]
-    assert _bounds(app_model.model_json_schema()) == _bounds(core_model.model_json_schema())
 
 
 def test_store_registers_once_and_never_restarts_an_ended_job(service):

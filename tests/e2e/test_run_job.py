@@ -11,7 +11,8 @@ from app.db import migrate, session_scope
 from app.settings import Settings
 from app.store import DatasetStore, JobStore, ModelStore
 from app.uploads import validate_arrays
-from worker.jobs import run_job
+from models.spec import RunSpec
+from worker.jobs import Unit, job_units, run_job
 
 SPEC = {
     "task": "multiclass",
@@ -62,15 +63,29 @@ def test_time_limit_fails_the_job_with_the_reason(settings):
     assert not ArtifactStore(settings.data_dir).checkpoint_dir(job_id).exists()
 
 
-def test_a_training_error_fails_the_job_with_the_message(settings):
+def test_a_spec_that_does_not_fit_the_dataset_fails_before_training(settings):
+    # The API refuses this spec with the same check; a job stored anyway never trains.
     job_id = new_job(settings, SPEC | {"backbone": {"kind": "cnn"}})  # images backbone on vectors
     assert run_job(job_id, settings) == "failed"
     job, models = ended(settings, job_id)
     assert (
         job.status == "failed"
-        and "ValueError" in job.error
+        and "SpecMismatch" in job.error
         and "images" in job.error
         and models == 0
+    )
+
+
+def test_a_training_error_fails_the_job_with_the_message(settings, monkeypatch):
+    def broken_training(*_args, **_kwargs):
+        raise ValueError("the loss went sideways")
+
+    monkeypatch.setattr("worker.jobs.train", broken_training)
+    job_id = new_job(settings, SPEC)
+    assert run_job(job_id, settings) == "failed"
+    job, models = ended(settings, job_id)
+    assert (
+        job.status == "failed" and "ValueError: the loss went sideways" in job.error and models == 0
     )
 
 
@@ -94,3 +109,19 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(settings):
     assert run_job(job_id, settings) == "failed"
     job, models = ended(settings, job_id)
     assert job.status == "failed" and "gave up after 2 attempts" in job.error and models == 0
+
+
+def test_a_unit_travels_as_a_message_and_renders_the_phase_the_api_shows():
+    run = RunSpec.model_validate(
+        {"head": {"temperature": "auto", "temperature_grid": [0.5, 1.0, 1.5]}}
+    )
+    units = job_units(run, compare_baseline=True)
+    assert [u.phase for u in units] == ["tau=0.5", "tau=1", "tau=1.5", "baseline"]
+    assert [Unit.from_message(u.to_message()) for u in units] == units
+    assert units[2].spec(run).head.temperature == 1.5
+    assert units[3].spec(run).head.kind == "softmax"
+    assert [u.phase for u in job_units(run.with_temperature(2.0), False)] == ["model"]
+    with pytest.raises(ValueError):
+        Unit("candidate")
+    with pytest.raises(ValueError):
+        Unit("model", 1.0)

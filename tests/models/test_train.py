@@ -9,7 +9,7 @@ import torch
 from models.backbones import augment_images
 from models.data import ArrayDataset, validate
 from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
-from models.train import Callbacks, Cancelled, train
+from models.train import Callbacks, Cancelled, select_temperature, train
 
 
 def blobs(n=150, d=4, k=3, seed=0) -> ArrayDataset:
@@ -107,6 +107,23 @@ def test_auto_temperature_keeps_the_best_validation_nll():
         best
     )
     assert result.metrics["val_nll"] == pytest.approx(min(nlls))
+    assert [c["chosen"] for c in result.candidates] == [t == best for t in grid]
+
+
+def test_select_temperature_keeps_the_lowest_validation_nll_in_grid_order():
+    best, table = select_temperature(
+        [
+            (0.5, {"val_nll": 0.9}),
+            (1.0, {"val_nll": 0.4, "val_accuracy": 0.8}),
+            (2.0, {"val_nll": 0.6}),
+        ]
+    )
+    assert best == 1
+    assert [row["temperature"] for row in table] == [0.5, 1.0, 2.0]
+    assert [row["chosen"] for row in table] == [False, True, False]
+    assert table[1] == {"temperature": 1.0, "val_nll": 0.4, "val_accuracy": 0.8, "chosen": True}
+    with pytest.raises(ValueError):
+        select_temperature([])
 
 
 def test_learned_temperature_ends_within_bounds_and_is_recorded():
