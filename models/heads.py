@@ -334,7 +334,7 @@ class HetHead(nn.Module):
         return eps_r, eps_k
 
     def _tempered(self, h, num_samples, generator, noise, training) -> tuple[LogitGaussian, Noise]:
-        """The Gaussian of z = u / tau, the noise to draw it with, and the chunk size."""
+        """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given)."""
         latent = self.latent(h).scaled(1.0 / self.temperature)
         if noise is None:
             default = self.train_mc_samples if training else self.eval_mc_samples

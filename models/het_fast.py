@@ -80,14 +80,8 @@ class _Draws:
         or (B, R, C).
         """
         lat, cm = self.latent, self.class_major
-        mu, scale = (
-            (lat.mu.unsqueeze(-1), lat.scale.unsqueeze(-1))
-            if cm
-            else (
-                lat.mu.unsqueeze(1),
-                lat.scale.unsqueeze(1),
-            )
-        )
+        sample_dim = -1 if cm else 1
+        mu, scale = lat.mu.unsqueeze(sample_dim), lat.scale.unsqueeze(sample_dim)
         if eps_r is None:
             return torch.addcmul(mu, scale, eps_k)
         if lat.factor_basis is not None:
@@ -136,7 +130,9 @@ class _Draws:
 def log_likelihood(
     latent, y, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool
 ) -> torch.Tensor:
-    """= reference_log_likelihood(latent, y, eps_r, eps_k, task), chunk by chunk; (B,)."""
+    """= reference_log_likelihood(latent, y, eps_r, eps_k, task), chunk by chunk; (B,).
+
+    ``latent`` is the LogitGaussian of z = u / tau; ``chunk`` draws at a time."""
     num = eps_k.shape[-2]
     if multiclass:
         parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
