@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 from models.heads import HetHead, LinearHead  # noqa: E402
+from models.spec import HeadSpec  # noqa: E402
 
 SAMPLES = 1000
 SHAPES = [  # (B, D, K, R), edward2 medians quoted in issue 2 (ms): fwd+bwd, predict
@@ -48,7 +49,8 @@ def make(kind: str, shape, device) -> tuple[torch.nn.Module, torch.Tensor, torch
     b, d, k, r = shape
     torch.manual_seed(0)
     if kind == "het":
-        head = HetHead(d, k, r, train_mc_samples=SAMPLES, eval_mc_samples=SAMPLES)
+        spec = HeadSpec(num_factors=r, train_mc_samples=SAMPLES, eval_mc_samples=SAMPLES)
+        head = HetHead(spec, d, k)
     else:
         head = LinearHead(d, k)
     head = head.to(device)
@@ -166,6 +168,12 @@ def main() -> None:
         default=21,
         help="timed calls per case (a third at the largest shape)",
     )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        choices=[",".join(map(str, shape)) for shape, _ in SHAPES],
+        help="B,D,K,R: time only this shape (repeatable; default: all)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument(
         "--no-input-grad",
@@ -192,6 +200,8 @@ def main() -> None:
 
     rows = []
     for shape, (e2_fb, e2_pred) in SHAPES:
+        if args.shape and ",".join(map(str, shape)) not in args.shape:
+            continue
         repeats = max(3, args.repeats // 3) if shape[2] >= 1000 else args.repeats
         fns = {
             (kind, mode): fn

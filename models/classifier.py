@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from models.backbones import build_backbone
-from models.heads import build_head
+from models.heads import Head, build_head
 from models.spec import RunSpec
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, mean: np.ndarray, std: np.ndarray):
+    def __init__(self, backbone: nn.Module, head: Head, mean: np.ndarray, std: np.ndarray):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -43,20 +43,5 @@ def build_classifier(
     """Build from a RunSpec; the temperature must be a number or "learned" here
     ("auto" is resolved by the training loop's grid)."""
     backbone = build_backbone(spec.backbone, input_shape)
-    h = spec.head
-    if h.kind == "het" and h.temperature == "auto":
-        raise ValueError('temperature "auto" is resolved by train(), not by the model')
-    head = build_head(
-        h.kind,
-        backbone.out_features,
-        num_classes,
-        spec.task,
-        num_factors=h.num_factors,
-        parameter_efficient=h.parameter_efficient,
-        temperature=h.temperature,
-        temperature_bounds=tuple(h.temperature_bounds),
-        train_mc_samples=h.train_mc_samples,
-        eval_mc_samples=h.eval_mc_samples,
-        share_samples_across_batch=h.share_samples_across_batch,
-    )
+    head = build_head(spec.head, backbone.out_features, num_classes, spec.task)
     return Classifier(backbone, head, mean, std)

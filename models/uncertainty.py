@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from models.heads import MULTICLASS
+from models.heads import MULTICLASS, Head
 from models.onnx_contract import rank_pairs
 
 TOP_CLASSES = 10
@@ -63,7 +63,7 @@ def top_correlations(
 
 @torch.no_grad()
 def predictive_uncertainty(
-    head,
+    head: Head,
     h: torch.Tensor,
     num_samples: int | None = None,
     generator: torch.Generator | None = None,

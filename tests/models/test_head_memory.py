@@ -13,6 +13,7 @@ import sys
 PEAK_RSS_SCRIPT = r"""
 import json, sys, torch
 from models.heads import HetHead
+from models.spec import HeadSpec
 
 def status_kb(field):
     with open("/proc/self/status") as f:
@@ -22,7 +23,7 @@ torch.set_num_threads(1)
 chunk_elements = int(sys.argv[1])
 torch.manual_seed(0)
 b, d, k, r, s = 32, 16, 1000, 4, 400           # B x S x K = 12.8M floats = 51 MB per copy
-head = HetHead(d, k, r, train_mc_samples=s, chunk_elements=chunk_elements)
+head = HetHead(HeadSpec(num_factors=r, train_mc_samples=s), d, k, chunk_elements=chunk_elements)
 h = torch.randn(b, d, requires_grad=True)
 y = torch.randint(0, k, (b,))
 noise = head.draw_noise(b, s, "cpu", torch.Generator().manual_seed(1))

@@ -10,11 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead, LogitGaussian, build_head
+from models.spec import HeadSpec
+
+TUNING = ("fast", "chunk_elements", "initial_temperature", "min_scale")
+
+
+def het(d, k, num_factors=4, task=MULTICLASS, **kw) -> HetHead:
+    """HetHead(HeadSpec(num_factors, ...spec fields of kw), d, k, task, ...tuning of kw)."""
+    tuning = {n: kw.pop(n) for n in TUNING if n in kw}
+    return HetHead(HeadSpec(num_factors=num_factors, **kw), d, k, task, **tuning)
 
 
 def make_head(d=6, k=5, r=3, **kw) -> HetHead:
     torch.manual_seed(0)
-    return HetHead(d, k, r, **kw)
+    return het(d, k, r, **kw)
 
 
 def silence_noise(head: HetHead) -> None:
@@ -184,7 +193,7 @@ def test_loss_and_gradients_equal_the_naive_formula_chunked_or_not(options):
     """The chunked custom backward = autograd through the whole (B, S, K) tensor."""
     task = options.get("task", MULTICLASS)
     torch.manual_seed(0)
-    head = HetHead(5, 7, **options).double()
+    head = het(5, 7, **options).double()
     h = torch.randn(4, 5, dtype=torch.double)
     y = torch.randint(0, 7, (4,)) if task == MULTICLASS else torch.randint(0, 2, (4, 7)).double()
     eps_r, eps_k = head.draw_noise(4, 60, "cpu", torch.Generator().manual_seed(3))
@@ -256,15 +265,15 @@ def test_parameter_efficient_variant_structure():
 def test_linear_head_is_the_plain_softmax_and_sigmoid():
     torch.manual_seed(0)
     h = torch.randn(5, 6)
-    head = build_head("softmax", 6, 4, MULTICLASS)
+    head = build_head(HeadSpec(kind="softmax"), 6, 4, MULTICLASS)
     y = torch.randint(0, 4, (5,))
     assert isinstance(head, LinearHead)
     assert torch.allclose(head.loss(h, y), F.cross_entropy(head.loc(h), y))
     assert torch.allclose(head.predict(h), torch.softmax(head.loc(h), -1))
-    ml = build_head("softmax", 6, 4, MULTILABEL)
+    ml = build_head(HeadSpec(kind="softmax"), 6, 4, MULTILABEL)
     assert torch.allclose(ml.predict(h), torch.sigmoid(ml.loc(h)))
     with pytest.raises(ValueError):
-        build_head("bayes", 6, 4, MULTICLASS)
+        build_head(HeadSpec.model_construct(kind="bayes"), 6, 4, MULTICLASS)
 
 
 @pytest.mark.parametrize("task", [MULTICLASS, MULTILABEL])
@@ -281,7 +290,7 @@ def test_predict_is_the_mean_of_moments_on_the_same_noise(task):
 def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
     """log p_s near -200 for every draw: the running-max sums must not underflow."""
     torch.manual_seed(0)
-    head = HetHead(3, 4, 2, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws
+    head = het(3, 4, 2, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws
     with torch.no_grad():
         head.loc.bias.copy_(torch.tensor([100.0, -100.0, 0.0, 0.0], dtype=torch.double))
     h = torch.randn(2, 3, dtype=torch.double)
@@ -302,7 +311,7 @@ def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
 def test_gradient_when_a_later_chunk_jumps_far_above_the_first():
     """The first chunk's draws give log p_y ~ -150, the second ~ -1.4: the running
     reference must be raised and the earlier sums rescaled."""
-    head = HetHead(3, 4, 0, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws, R = 0
+    head = het(3, 4, 0, chunk_elements=2 * 4 * 5).double()  # chunks of 5 draws, R = 0
     with torch.no_grad():
         head.loc.weight.zero_()
         head.loc.bias.zero_()

@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 
-from models.heads import MULTILABEL, HetHead, LinearHead
+from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead
 from models.onnx_contract import rank_pairs
+from models.spec import HeadSpec
 from models.uncertainty import predictive_uncertainty, top_correlations
+
+
+def het(d, k, r, task=MULTICLASS, **spec) -> HetHead:
+    return HetHead(HeadSpec(num_factors=r, **spec), d, k, task)
 
 
 def het_head(**kw) -> HetHead:
     torch.manual_seed(0)
-    head = HetHead(6, 12, 3, temperature=1.3, **kw)
+    head = het(6, 12, 3, temperature=1.3, **kw)
     with torch.no_grad():
         head.diag.bias.fill_(0.5)
         head.factor.weight.mul_(4)
@@ -73,7 +78,7 @@ def test_correlated_pairs_are_the_largest_latent_correlations_among_top_classes(
 def test_diagonal_models_report_no_pairs():
     torch.manual_seed(0)
     h = torch.randn(2, 6)
-    for head in (HetHead(6, 5, 0), LinearHead(6, 5)):
+    for head in (het(6, 5, 0), LinearHead(6, 5)):
         out = predictive_uncertainty(head, h, 50)
         assert out["correlated_pairs"] == [[], []]
     baseline = predictive_uncertainty(LinearHead(6, 5), h)
@@ -83,7 +88,7 @@ def test_diagonal_models_report_no_pairs():
 
 def test_multilabel_fields_are_per_label():
     torch.manual_seed(0)
-    head = HetHead(6, 4, 2, task=MULTILABEL)
+    head = het(6, 4, 2, task=MULTILABEL)
     out = predictive_uncertainty(head, torch.randn(3, 6), 200)
     p = out["probs"]
     assert out["entropy"].shape == (3, 4) and out["expected_entropy"].shape == (3, 4)

@@ -1,0 +1,152 @@
+"""The export's parity check: onnxruntime running the finished graph vs PyTorch.
+
+Two checks (``check_parity``), either failing refuses the export:
+
+1. statistical: onnxruntime's estimate with its own seeded noise vs PyTorch's large-S
+   estimate with independent noise, every probability within a few combined MC standard
+   errors;
+2. same noise: the graph's output vs PyTorch fed ``counter_normals(seed)``, the sampler's
+   numpy twin, which must agree to float32 rounding: any mistake in the graph shows here.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import onnx
+import torch
+
+from models.classifier import Classifier
+from models.export_core import is_sampled, noise_width, split_noise
+from models.export_sampler import counter_normals
+from models.uncertainty import predictive_uncertainty
+
+# Parity, two checks (check_parity):
+# 1. statistical: onnxruntime's estimate (its own seeded noise, S = max(eval S,
+#    PARITY_MIN_ONNX_SAMPLES)) vs PyTorch at PARITY_TORCH_SAMPLES (independent noise),
+#    every probability within z_limit combined MC standard errors, where
+#    z_limit = max(PARITY_Z, the Bonferroni bound for PARITY_FAMILY_ALPHA over the N
+#    probabilities compared): with thousands of probabilities a fixed 4 would refuse
+#    good models (P(|z| > 4) = 6e-5 each, and more at small S, where p_s is skewed).
+# 2. same noise: the graph's output vs PyTorch fed counter_normals(seed), which must agree
+#    to float32 rounding (PARITY_SAME_NOISE_ATOL): any mistake in the graph shows here.
+PARITY_Z = 4.0
+PARITY_FAMILY_ALPHA = 1e-3
+PARITY_MIN_ONNX_SAMPLES = 4000
+PARITY_TORCH_SAMPLES = 10_000
+PARITY_SEEDS = (20260, 20261)  # (torch generator, onnx seed): a reproducible check
+# float32 rounding of a mean of S probabilities; the z-score is taken against
+# sqrt(se_onnx^2 + se_torch^2) + PARITY_ATOL so deterministic entries compare exactly.
+PARITY_ATOL = 1e-5
+PARITY_SAME_NOISE_ATOL = 1e-4
+PARITY_CHUNK_ELEMENTS = 1 << 24  # rows per onnxruntime call: B x S x K at most this
+# The first parity_rows(model) of parity_inputs are compared: the check's cost grows with
+# rows x S x K (PyTorch at 10 000 draws), so many-class models use fewer rows.
+PARITY_MAX_INPUTS = 256
+PARITY_MIN_INPUTS = 8
+PARITY_MAX_ELEMENTS = 1 << 30
+
+
+class ParityError(Exception):
+    """onnxruntime's outputs disagree with PyTorch's (the message carries the figures)."""
+
+
+def parity_rows(model: Classifier) -> int:
+    """How many parity inputs to use: at most PARITY_MAX_INPUTS, and fewer for many
+    classes so that the check stays within PARITY_MAX_ELEMENTS rows x S x K per side."""
+    head = model.head
+    per_row = (
+        max(PARITY_TORCH_SAMPLES, PARITY_MIN_ONNX_SAMPLES, int(head.eval_mc_samples))
+        * head.num_classes
+    )
+    return max(PARITY_MIN_INPUTS, min(PARITY_MAX_INPUTS, PARITY_MAX_ELEMENTS // per_row))
+
+
+def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> dict:
+    """onnxruntime vs PyTorch on held-out inputs x; returns the figures, or raises ParityError.
+
+    Statistical check, independent noise on each side::
+
+        z = |p_onnx - p_torch| / (sqrt(se_onnx^2 + se_torch^2) + PARITY_ATOL),  se = prob_std / sqrt(S)
+        max z <= z_limit = max(PARITY_Z, Phi^-1(1 - PARITY_FAMILY_ALPHA / (2 N)))
+
+    Same-noise check: max |p_onnx(seed) - p_torch(counter_normals(seed))| <= PARITY_SAME_NOISE_ATOL.
+    """
+    import onnxruntime as ort  # the training side has it; imported here, where it is used
+
+    head = model.head
+    torch_seed, onnx_seed = PARITY_SEEDS
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+    def run_onnx(num_samples: int) -> dict[str, np.ndarray]:
+        rows = max(1, PARITY_CHUNK_ELEMENTS // (num_samples * head.num_classes))
+        feeds = {
+            "num_samples": np.asarray(num_samples, np.int64),
+            "seed": np.asarray(onnx_seed, np.int64),
+        }
+        parts = [
+            session.run(["probs", "prob_std"], {"input": x[i : i + rows], **feeds})
+            for i in range(0, len(x), rows)
+        ]
+        return {
+            "probs": np.concatenate([p[0] for p in parts]),
+            "prob_std": np.concatenate([p[1] for p in parts]),
+        }
+
+    sampled = is_sampled(model)
+    onnx_samples = max(int(head.eval_mc_samples), PARITY_MIN_ONNX_SAMPLES) if sampled else 1
+    torch_samples = PARITY_TORCH_SAMPLES if sampled else 1
+    got = run_onnx(onnx_samples)
+    with torch.no_grad():
+        h = model.features(torch.from_numpy(x))
+        ref = predictive_uncertainty(
+            head, h, torch_samples, torch.Generator().manual_seed(torch_seed)
+        )
+    p_onnx, p_ref = got["probs"].astype(np.float64), ref["probs"].double().numpy()
+    se_onnx = got["prob_std"].astype(np.float64) / math.sqrt(onnx_samples)
+    se_ref = ref["mc_stderr"].double().numpy()
+    z = np.abs(p_onnx - p_ref) / (np.sqrt(se_onnx**2 + se_ref**2) + PARITY_ATOL)
+    z_limit = max(PARITY_Z, NormalDist().inv_cdf(1 - PARITY_FAMILY_ALPHA / (2 * z.size)))
+
+    same_samples = int(head.eval_mc_samples) if sampled else 1
+    same = run_onnx(same_samples)["probs"]
+    with torch.no_grad():
+        noise = None
+        if sampled:
+            eps = torch.from_numpy(counter_normals(onnx_seed, same_samples, noise_width(model)))
+            noise = split_noise(eps, head.num_classes, head.num_factors)
+        same_ref = head.moments(h, same_samples, noise=noise)["probs"].numpy()
+    same_diff = float(np.abs(same - same_ref).max())
+
+    figures = {
+        "num_inputs": int(len(x)),
+        "num_probabilities": int(z.size),
+        "onnx_samples": onnx_samples,
+        "torch_samples": torch_samples,
+        "z_limit": round(z_limit, 4),
+        "max_z": float(z.max()),
+        "mean_z": float(z.mean()),
+        "max_abs_diff": float(np.abs(p_onnx - p_ref).max()),
+        "same_noise_samples": same_samples,
+        "same_noise_max_abs_diff": same_diff,
+        "passed": bool(z.max() <= z_limit and same_diff <= PARITY_SAME_NOISE_ATOL),
+    }
+    if not z.max() <= z_limit:  # NaN fails too
+        row, cls = (int(i) for i in np.unravel_index(int(np.argmax(z)), z.shape))
+        raise ParityError(
+            f"parity check failed: onnxruntime p={p_onnx[row, cls]:.6f} vs PyTorch p={p_ref[row, cls]:.6f} "
+            f"for input {row}, class {cls}: {figures['max_z']:.1f} combined MC standard errors apart "
+            f"(limit {z_limit:.2f}; S={onnx_samples} vs {torch_samples}); figures: {figures}"
+        )
+    if not same_diff <= PARITY_SAME_NOISE_ATOL:
+        raise ParityError(
+            f"parity check failed: with the same noise, onnxruntime and PyTorch probabilities differ by "
+            f"up to {same_diff:.2e} (limit {PARITY_SAME_NOISE_ATOL:.0e}); figures: {figures}"
+        )
+    return figures

@@ -1,0 +1,231 @@
+"""The sampler in front of the core: graph inputs ``seed`` and ``num_samples`` -> ``noise``.
+
+A hand-built ONNX subgraph turns ``seed`` and ``num_samples`` into the (S, K + R) noise
+matrix the core (``models.export_core``) takes, with a counter-based generator:
+SplitMix64 on ``key + golden * i``, then Box-Muller. The noise is a pure function of
+(seed, S, K, R):
+
+- a caller's seed gives bit-identical outputs across calls, sessions and processes,
+  and, because the noise is shared by the batch and drawn independently of it, each
+  row's output does not depend on which other rows are batched with it (to float32
+  rounding in one batched call, since some onnxruntime kernels round a tensor's tail
+  differently; bit for bit one row per call, as app/inference.py runs seeded calls);
+- ``seed < 0`` takes the key from one RandomUniform draw. onnxruntime seeds that node
+  from a process-wide clock seed: draws are fresh call after call within a session,
+  but two sessions of one process (or processes forked after a session was created)
+  repeat each other (onnxruntime#27771). app/inference.py therefore never relies on it:
+  it passes a fresh seed from os.urandom on every call, which is fork safe.
+
+``counter_normals`` is the same generator in numpy (torch free), the twin the parity
+check and the tests feed to PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
+
+# SplitMix64 (Steele, Lea, Flood 2014): state_i = key + GOLDEN * i, output = mix(state_i).
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+
+
+def _const(name: str, value, dtype) -> onnx.NodeProto:
+    return oh.make_node(
+        "Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+    )
+
+
+def _mix64_nodes(x: str, out: str, tag: str) -> list[onnx.NodeProto]:
+    """SplitMix64's finaliser on uint64 tensors (wrapping multiplication)::
+
+    z = (x ^ (x >> 30)) * MIX1;  z = (z ^ (z >> 27)) * MIX2;  out = z ^ (z >> 31)
+    """
+    nodes, z = [], x
+    for step, (shift, factor) in enumerate(
+        (("c_u30", "c_mix1"), ("c_u27", "c_mix2"), ("c_u31", None))
+    ):
+        shifted, mixed = f"{tag}_shift{step}", f"{tag}_xor{step}"
+        nodes += [
+            oh.make_node("BitShift", [z, shift], [shifted], direction="RIGHT"),
+            oh.make_node("BitwiseXor", [z, shifted], [mixed if factor else out]),
+        ]
+        if factor:
+            z = f"{tag}_mul{step}"
+            nodes.append(oh.make_node("Mul", [mixed, factor], [z]))
+    return nodes
+
+
+def sampler_nodes(width: int) -> list[onnx.NodeProto]:
+    """The sampler's nodes, every internal tensor name under "sampler/" (no clash with the core)."""
+    nodes = _sampler_nodes(width)
+    own = {o for n in nodes for o in n.output} - {"noise"}
+    for n in nodes:
+        n.input[:] = [f"sampler/{i}" if i in own else i for i in n.input]
+        n.output[:] = [f"sampler/{o}" if o in own else o for o in n.output]
+        n.name = n.output[0]
+    return nodes
+
+
+def _sampler_nodes(width: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``noise`` (S, width) float32 from the graph inputs ``seed``, ``num_samples``.
+
+    Counter-based: pair j = s * H + c (H = ceil(width / 2)) gives one 64-bit word
+    w_j = mix(key + GOLDEN * (j + 1)), two 24-bit uniforms
+    u1 = (w_j >> 40 + 1/2) / 2^24 in (0, 1) and u2 = (w_j & (2^24 - 1)) / 2^24,
+    and by Box-Muller two normals r cos(2 pi u2) in column c and r sin(2 pi u2) in
+    column H + c, r = sqrt(-2 log u1). Row s depends on (key, s) only, so a larger S
+    extends a smaller S's draws (up to the last bit: onnxruntime's Log, Cos and Sin round
+    a tensor's tail elements differently). key = mix(seed), or mix(a RandomUniform draw)
+    when seed < 0.
+    """
+    half = (width + 1) // 2
+    u64 = np.uint64
+    nodes = [
+        _const("c_u30", 30, u64),
+        _const("c_u27", 27, u64),
+        _const("c_u31", 31, u64),
+        _const("c_u40", 40, u64),
+        _const("c_mask24", (1 << 24) - 1, u64),
+        _const("c_mix1", MIX1, u64),
+        _const("c_mix2", MIX2, u64),
+        _const("c_golden", GOLDEN, u64),
+        _const("c_half", half, np.int64),
+        _const("c_half_1d", [half], np.int64),
+        _const("c_one", 1, np.int64),
+        _const("c_zero", 0, np.int64),
+        _const("c_shape_1", [1], np.int64),
+        _const("c_inv24", 2.0**-24, np.float32),
+        _const("c_half_f", 0.5, np.float32),
+        _const("c_minus2", -2.0, np.float32),
+        _const("c_two_pi_inv24", 2 * math.pi * 2.0**-24, np.float32),
+        # key: the caller's seed, or 53 random bits when seed < 0
+        oh.make_node("Less", ["seed", "c_zero"], ["fresh"]),
+        oh.make_node(
+            "RandomUniform",
+            [],
+            ["fresh_f"],
+            dtype=TensorProto.DOUBLE,
+            shape=[1],
+            low=0.0,
+            high=2.0**53,
+        ),
+        oh.make_node("Floor", ["fresh_f"], ["fresh_floor"]),
+        oh.make_node("Cast", ["fresh_floor"], ["fresh_key"], to=TensorProto.INT64),
+        oh.make_node("Where", ["fresh", "fresh_key", "seed"], ["key_i"]),
+        oh.make_node("Cast", ["key_i"], ["key_raw"], to=TensorProto.UINT64),
+        *_mix64_nodes("key_raw", "key", "k"),
+        # counters j + 1 for j in [0, S * H)
+        oh.make_node("Mul", ["num_samples", "c_half"], ["num_pairs"]),
+        oh.make_node("Add", ["num_pairs", "c_one"], ["num_pairs_1"]),
+        oh.make_node("Range", ["c_one", "num_pairs_1", "c_one"], ["counter_i"]),
+        oh.make_node("Cast", ["counter_i"], ["counter"], to=TensorProto.UINT64),
+        oh.make_node("Mul", ["counter", "c_golden"], ["stride"]),
+        oh.make_node("Add", ["stride", "key"], ["state"]),
+        *_mix64_nodes("state", "word", "w"),
+        # two 24-bit uniforms per word
+        oh.make_node("BitShift", ["word", "c_u40"], ["hi"], direction="RIGHT"),
+        oh.make_node("BitwiseAnd", ["word", "c_mask24"], ["lo"]),
+        oh.make_node("Cast", ["hi"], ["hi_f"], to=TensorProto.FLOAT),
+        oh.make_node("Cast", ["lo"], ["lo_f"], to=TensorProto.FLOAT),
+        oh.make_node("Add", ["hi_f", "c_half_f"], ["hi_c"]),
+        oh.make_node("Mul", ["hi_c", "c_inv24"], ["u1"]),
+        # Box-Muller
+        oh.make_node("Log", ["u1"], ["log_u1"]),
+        oh.make_node("Mul", ["log_u1", "c_minus2"], ["r2"]),
+        oh.make_node("Sqrt", ["r2"], ["radius"]),
+        oh.make_node("Mul", ["lo_f", "c_two_pi_inv24"], ["angle"]),  # 2 pi u2
+        oh.make_node("Cos", ["angle"], ["cos"]),
+        oh.make_node("Sin", ["angle"], ["sin"]),
+        oh.make_node("Mul", ["radius", "cos"], ["normal_a"]),
+        oh.make_node("Mul", ["radius", "sin"], ["normal_b"]),
+        oh.make_node("Reshape", ["num_samples", "c_shape_1"], ["num_samples_1d"]),
+        oh.make_node("Concat", ["num_samples_1d", "c_half_1d"], ["pair_shape"], axis=0),
+        oh.make_node("Reshape", ["normal_a", "pair_shape"], ["normal_a2"]),
+        oh.make_node("Reshape", ["normal_b", "pair_shape"], ["normal_b2"]),
+    ]
+    if width % 2 == 0:
+        nodes.append(oh.make_node("Concat", ["normal_a2", "normal_b2"], ["noise"], axis=1))
+    else:
+        nodes += [
+            oh.make_node("Concat", ["normal_a2", "normal_b2"], ["noise_even"], axis=1),
+            _const("c_slice_start", [0], np.int64),
+            _const("c_slice_stop", [width], np.int64),
+            _const("c_slice_axis", [1], np.int64),
+            oh.make_node(
+                "Slice", ["noise_even", "c_slice_start", "c_slice_stop", "c_slice_axis"], ["noise"]
+            ),
+        ]
+    return nodes
+
+
+def counter_normals(seed: int, num_samples: int, width: int) -> np.ndarray:
+    """The sampler's noise for a seed >= 0, in numpy: the (S, width) float32 matrix the
+    graph feeds its core (same integer arithmetic; float ops may differ in the last bit)."""
+    half = (width + 1) // 2
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def mix(x):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(MIX1)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(MIX2)
+        return x ^ (x >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        key = mix(np.uint64(seed) & mask)
+        counter = np.arange(1, num_samples * half + 1, dtype=np.uint64)
+        word = mix(counter * np.uint64(GOLDEN) + key)
+    u1 = ((word >> np.uint64(40)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
+    low = (word & np.uint64((1 << 24) - 1)).astype(np.float32)
+    radius = np.sqrt(np.log(u1) * np.float32(-2.0))
+    angle = low * np.float32(2 * math.pi * 2.0**-24)
+    a = (radius * np.cos(angle)).reshape(num_samples, half)
+    b = (radius * np.sin(angle)).reshape(num_samples, half)
+    return np.concatenate([a, b], axis=1)[:, :width]
+
+
+def with_sampler(core: onnx.ModelProto, width: int, eval_samples: int) -> onnx.ModelProto:
+    """Replace the core's ``noise`` input by the sampler; add inputs num_samples, seed
+    (initializers of the same name give their defaults: eval S, and -1 = fresh draws)."""
+    graph = core.graph
+    inputs = [i for i in graph.input if i.name != "noise"]
+    defaults = [
+        numpy_helper.from_array(np.asarray(eval_samples, dtype=np.int64), "num_samples"),
+        numpy_helper.from_array(np.asarray(-1, dtype=np.int64), "seed"),
+    ]
+    inputs += [oh.make_tensor_value_info(d.name, TensorProto.INT64, []) for d in defaults]
+    merged = oh.make_graph(
+        [*sampler_nodes(width), *graph.node],
+        graph.name,
+        inputs,
+        list(graph.output),
+        [*graph.initializer, *defaults],
+        value_info=list(graph.value_info),
+    )
+    model = oh.make_model(
+        merged,
+        opset_imports=list(core.opset_import),
+        functions=list(core.functions),
+        ir_version=core.ir_version,
+        producer_name="hetserve",
+    )
+    return model
+
+
+def with_ignored_sampling_inputs(core: onnx.ModelProto, eval_samples: int) -> onnx.ModelProto:
+    """The baseline takes num_samples and seed too (ignored) so clients call both alike."""
+    graph = core.graph
+    defaults = [
+        numpy_helper.from_array(np.asarray(eval_samples, dtype=np.int64), "num_samples"),
+        numpy_helper.from_array(np.asarray(-1, dtype=np.int64), "seed"),
+    ]
+    graph.input.extend(oh.make_tensor_value_info(d.name, TensorProto.INT64, []) for d in defaults)
+    graph.initializer.extend(defaults)
+    core.producer_name = "hetserve"
+    return core

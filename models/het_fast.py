@@ -1,0 +1,340 @@
+"""The HET head's fast estimators: the same numbers as the reference in ``models.heads``.
+
+``log_likelihood``, ``predict`` and ``moments`` here compute exactly what
+``models.heads.reference_log_likelihood`` and ``reference_moments`` compute from the same
+tempered Gaussian and the same noise (to floating-point rounding; gradients included).
+``tests/models/test_het_fast.py::test_fast_path_equals_reference`` checks it: multiclass
+and multilabel, parameter-efficient or not, R = 0, shared or per-example noise, one chunk
+or many, both layouts.
+
+What makes them fast, and bounded in memory:
+
+- **Chunks.** The S draws are processed in chunks of about a million logits (in cache on
+  a CPU; 16 million on a GPU, where fewer, larger kernels win), so the B x S x K tensor
+  never exists whole. Peak memory is one chunk.
+- **Multiclass backward.** ``_MulticlassLogLikelihood`` accumulates the gradient in the
+  same pass over the chunks as the value (no autograd graph per chunk, no second draw),
+  against a running per-example reference so that nothing underflows when every
+  log p_s is far below -100. The multilabel loss recomputes its chunks through
+  activation checkpointing instead.
+- **Layout.** With few classes the draws are laid out class-major, (B, K, C), so a
+  reduction over K is a vectorised reduction across rows rather than many tiny ones.
+- **One GEMM.** mu + V eps_R is ``[1, eps_R] @ [mu; V^T]``, the stacked matrix built once
+  and reused by every chunk; the parameter-efficient diag(v) J eps_R is v * (J eps_R).
+- **Stable moments.** The std of the sampled probabilities is summed around the
+  noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CLASS_MAJOR_MAX_CLASSES = 32  # multiclass draws are laid out class-major up to this many classes
+CPU_CHUNK_ELEMENTS = 1 << 20
+GPU_CHUNK_ELEMENTS = 1 << 24
+RESCALE_MARGIN = 30.0  # nats a draw's log p_s may exceed the reference m before rescaling
+
+
+def chunk_slices(num_samples: int, chunk: int) -> list[slice]:
+    """[0, S) cut into consecutive slices of at most ``chunk`` samples."""
+    return [slice(start, min(start + chunk, num_samples)) for start in range(0, num_samples, chunk)]
+
+
+def chunk_size(batch: int, num_classes: int, chunk_elements: int | None, device=None) -> int:
+    """Samples per chunk so that one chunk holds at most ``chunk_elements`` logits
+    (None: CPU_CHUNK_ELEMENTS on a CPU, GPU_CHUNK_ELEMENTS on a GPU)."""
+    if chunk_elements is None:
+        on_gpu = device is not None and torch.device(device).type == "cuda"
+        chunk_elements = GPU_CHUNK_ELEMENTS if on_gpu else CPU_CHUNK_ELEMENTS
+    return max(1, chunk_elements // max(1, batch * num_classes))
+
+
+class _Draws:
+    """Chunks of z = latent.sample(eps) in one of two layouts.
+
+    sample-major (B, C, K), classes in dim 2, fast for many classes; class-major
+    (B, K, C), classes in dim 1, fast for few. ``class_dim`` and ``sample_dim`` say
+    which is which; noise is transposed once, up front, for the class-major layout.
+    """
+
+    def __init__(self, latent, eps_r, eps_k, chunk: int, class_major: bool):
+        self.latent, self.chunk, self.class_major = latent, chunk, class_major
+        self.class_dim, self.sample_dim = (1, 2) if class_major else (2, 1)
+        if latent.num_factors == 0:
+            eps_r = None
+        if class_major:
+            eps_k = eps_k.transpose(-1, -2).contiguous()
+            eps_r = None if eps_r is None else eps_r.transpose(-1, -2).contiguous()
+        self.eps_r, self.eps_k = eps_r, eps_k
+        self.num_samples = eps_k.shape[-1] if class_major else eps_k.shape[-2]
+        self._stacked = None  # [mu; V^T] (B, 1 + R, K), or [mu, V] (B, K, 1 + R) class-major
+
+    def sample(self, eps_r, eps_k) -> torch.Tensor:
+        """latent.sample(eps_r, eps_k) for one chunk, in this layout; a fresh tensor.
+
+        Class-major, the noise comes transposed: eps_k (K, C) or (B, K, C), eps_r (R, C)
+        or (B, R, C).
+        """
+        lat, cm = self.latent, self.class_major
+        sample_dim = -1 if cm else 1
+        mu, scale = lat.mu.unsqueeze(sample_dim), lat.scale.unsqueeze(sample_dim)
+        if eps_r is None:
+            return torch.addcmul(mu, scale, eps_k)
+        if lat.factor_basis is not None:
+            # diag(v) J eps = v * (J eps): one (C, K) product shared by the batch when eps
+            # is shared, instead of a B x C x K x R contraction.
+            u = torch.addcmul(mu, scale, eps_k)
+            if cm:
+                return u.addcmul_(lat.factor_scale.unsqueeze(-1), lat.factor_basis @ eps_r)
+            return u.addcmul_(lat.factor_scale.unsqueeze(1), eps_r @ lat.factor_basis.T)
+        # mu + V eps_R as one GEMM with the stacked [mu; V^T], then d * eps_K in place.
+        if cm:
+            if self._stacked is None:
+                self._stacked = torch.cat([lat.mu.unsqueeze(-1), lat.factors], -1)
+            ones = eps_r.new_ones(*eps_r.shape[:-2], 1, eps_r.shape[-1])
+            u = torch.matmul(self._stacked, torch.cat([ones, eps_r], -2))
+        else:
+            if self._stacked is None:
+                self._stacked = torch.cat([lat.mu.unsqueeze(1), lat.factors.transpose(1, 2)], 1)
+            ones = eps_r.new_ones(*eps_r.shape[:-1], 1)
+            u = torch.matmul(torch.cat([ones, eps_r], -1), self._stacked)
+        return u.addcmul_(scale, eps_k)
+
+    def __iter__(self):
+        """(slice, eps_r chunk, eps_k chunk, z chunk), z a fresh tensor the caller may overwrite."""
+        for sl in chunk_slices(self.num_samples, self.chunk):
+            if self.class_major:
+                er = None if self.eps_r is None else self.eps_r[..., sl]
+                ek = self.eps_k[..., sl]
+            else:
+                er = None if self.eps_r is None else self.eps_r[..., sl, :]
+                ek = self.eps_k[..., sl, :]
+            yield sl, er, ek, self.sample(er, ek)
+
+    def label_index(self, y: torch.Tensor, num: int) -> torch.Tensor:
+        """y broadcast for gather/scatter along the class dim of a chunk of num draws."""
+        return (
+            y.view(-1, 1, 1).expand(-1, 1, num)
+            if self.class_major
+            else y.view(-1, 1, 1).expand(-1, num, 1)
+        )
+
+
+# -- the log-likelihood ---------------------------------------------------------------
+
+
+def log_likelihood(
+    latent, y, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool
+) -> torch.Tensor:
+    """= reference_log_likelihood(latent, y, eps_r, eps_k, task), chunk by chunk; (B,).
+
+    ``latent`` is the LogitGaussian of z = u / tau; ``chunk`` draws at a time."""
+    num = eps_k.shape[-2]
+    if multiclass:
+        parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
+        with_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in parts
+        )
+        total = _MulticlassLogLikelihood.apply(
+            latent, y, chunk, class_major, with_grad, eps_r, eps_k, *parts
+        )
+        return total - math.log(num)
+    draws = _Draws(latent, eps_r, eps_k, chunk, class_major=False)
+    slices = chunk_slices(num, chunk)
+    pos, neg = [], []
+    for sl in slices:
+        args = (draws, None if draws.eps_r is None else draws.eps_r[..., sl, :], eps_k[..., sl, :])
+        if len(slices) > 1 and torch.is_grad_enabled():
+            # Recompute this chunk in backward instead of keeping its B x C x K graph.
+            p, n = checkpoint(_multilabel_chunk_loglik, *args, use_reentrant=False)
+        else:
+            p, n = _multilabel_chunk_loglik(*args)
+        pos.append(p)
+        neg.append(n)
+    log_p = torch.logsumexp(torch.stack(pos, 0), 0) - math.log(num)
+    log_not_p = torch.logsumexp(torch.stack(neg, 0), 0) - math.log(num)
+    y = y.to(log_p.dtype)
+    return (y * log_p + (1 - y) * log_not_p).sum(-1)
+
+
+def _multilabel_chunk_loglik(draws: _Draws, eps_r, eps_k):
+    """logsumexp_s logsigmoid(+-z_s) over one chunk of draws: two (B, K) tensors."""
+    z = draws.sample(eps_r, eps_k)  # (B, C, K)
+    return torch.logsumexp(F.logsigmoid(z), 1), torch.logsumexp(F.logsigmoid(-z), 1)
+
+
+def _softmax_and_logsumexp(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(z) and logsumexp(z) along dim with a single exp pass.
+
+    The softmax at the argmax is exp(max - lse) = 1 / sum_k exp(z_k - max) >= 1/K, so
+    lse = max - log(softmax at the argmax) is exact and never underflows.
+    """
+    probs = torch.softmax(z, dim)
+    return probs, z.amax(dim) - probs.amax(dim).log()
+
+
+class _MulticlassLogLikelihood(torch.autograd.Function):
+    """L = logsumexp_s log_softmax(z_s)_y per example, z_s = u_s / tau, chunk by chunk.
+
+    The gradient is accumulated in the same pass over the chunks as the value, so the
+    (B, S, K) logits are neither kept nor drawn twice. With w_s = exp(log p_s - L) the
+    posterior weight of draw s,
+
+        dL/dz_s,k = w_s (1[k = y] - softmax(z_s)_k),
+        d mu = sum_s dz_s,   d d = sum_s dz_s * eps_K,s,   d V = sum_s dz_s eps_R,s^T
+
+    (and for the parameter-efficient V = diag(v) J: d v = sum_s dz_s * (J eps_R,s),
+    d J = sum_s (dz_s * v) eps_R,s^T). L is only known after the last chunk, so the
+    sums use exp(log p_s - m) with m a reference per example (the first chunk's max of
+    log p_s, raised and the sums rescaled when a draw exceeds it by 30 nats) and are
+    divided by exp(L - m) at the end: nothing underflows even when every log p_s is far
+    below -100 (a confidently wrong example). Each chunk's work stays in cache, which
+    on a CPU is what makes the head fast; peak memory is one chunk plus gradient-sized
+    sums. The one sum larger than its gradient is J's in the parameter-efficient
+    variant: it is kept per example, (B, K, R) like V(x) itself, because the upstream
+    gradient that weighs each example is known only in backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        latent,
+        y,
+        chunk,
+        class_major,
+        with_grad,
+        eps_r,
+        eps_k,
+        mu,
+        scale,
+        factors,
+        factor_scale,
+        factor_basis,
+    ):
+        # latent holds the tensors passed below; they are passed too so that autograd
+        # routes their gradients (backward returns one per argument)
+        draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
+        cd, sd, cm = draws.class_dim, draws.sample_dim, draws.class_major
+        b = mu.shape[0]
+        log_p = mu.new_empty(b, draws.num_samples)
+        if with_grad:
+            running_max = None  # per example: the reference m of the weights exp(log p_s - m)
+            sums = {"mu": torch.zeros_like(mu), "scale": torch.zeros_like(scale)}
+            if (
+                factors is not None
+            ):  # (B, K, R) class-major, (B, R, K) as the GEMM gives it otherwise
+                r = factors.shape[2]
+                sums["factors"] = factors.new_zeros(
+                    (b, mu.shape[1], r) if cm else (b, r, mu.shape[1])
+                )
+            if factor_basis is not None:  # per example: the upstream gradient weighs each one
+                sums["factor_scale"] = torch.zeros_like(factor_scale)
+                sums["factor_basis"] = mu.new_zeros(b, *factor_basis.shape)
+        for sl, er, ek, z in draws:
+            idx = draws.label_index(y, z.shape[sd])
+            probs, lse = _softmax_and_logsumexp(z, cd)
+            log_p_chunk = z.gather(cd, idx).squeeze(cd) - lse  # log softmax(z_s)_y, (B, C)
+            log_p[:, sl] = log_p_chunk
+            if not with_grad:
+                continue
+            chunk_max = log_p_chunk.amax(1)
+            if running_max is None:
+                running_max = chunk_max
+            elif (grown := chunk_max > running_max + RESCALE_MARGIN).any():
+                # Rescale only on a large jump: weights up to e^30 per draw stay far from
+                # float32 overflow, and most chunks then skip this pass over the sums.
+                new_max = torch.where(grown, chunk_max, running_max)
+                rescale = torch.exp(running_max - new_max)
+                for t in sums.values():
+                    t.mul_(rescale.view(-1, *([1] * (t.dim() - 1))))
+                running_max = new_max
+            w = torch.exp(log_p_chunk - running_max.unsqueeze(1)).unsqueeze(cd)
+            dz = probs.mul_(-w).scatter_add_(cd, idx, w)  # w (onehot_y - softmax)
+            sums["mu"] += dz.sum(sd)
+            if factors is not None:
+                sums["factors"] += dz @ er.transpose(-1, -2) if cm else er.transpose(-1, -2) @ dz
+            if factor_basis is not None:
+                a = factor_basis @ er if cm else er @ factor_basis.T  # J eps_R per draw
+                sums["factor_scale"] += (dz * a).sum(sd)
+                dz_v = dz * factor_scale.unsqueeze(sd)
+                sums["factor_basis"] += (
+                    dz_v @ er.transpose(-1, -2) if cm else dz_v.transpose(-1, -2) @ er
+                )
+            sums["scale"] += dz.mul_(ek).sum(sd)
+        total = torch.logsumexp(log_p, 1)
+        ctx.with_grad = with_grad
+        if with_grad:
+            if factors is not None and not cm:
+                sums["factors"] = sums["factors"].transpose(1, 2)
+            ctx.names = list(sums)
+            # divide by sum_s exp(log p_s - m) = exp(L - m) to turn the sums into w_s-weighted ones
+            ctx.save_for_backward(torch.exp(running_max - total), *sums.values())
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if not ctx.with_grad:
+            raise RuntimeError("the HET log-likelihood was computed without gradients")
+        inv_norm, *sums = ctx.saved_tensors
+        g = grad * inv_norm  # (B,)
+        out = {}
+        for name, t in zip(ctx.names, sums, strict=True):
+            weighted = t * g.view(-1, *([1] * (t.dim() - 1)))
+            out[name] = weighted.sum(0) if name == "factor_basis" else weighted
+        return (None,) * 7 + tuple(
+            out.get(n) for n in ("mu", "scale", "factors", "factor_scale", "factor_basis")
+        )
+
+
+# -- the predictive and its moments ------------------------------------------------
+
+
+def predict(latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool) -> torch.Tensor:
+    """= reference_moments(...)["probs"]: 1/S sum_s softmax(z_s) (sigmoid: multilabel), (B, K)."""
+    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
+    total = torch.zeros_like(latent.mu)
+    for _, _, _, z in draws:
+        p = torch.softmax(z, draws.class_dim) if multiclass else z.sigmoid_()
+        total += p.sum(draws.sample_dim)
+    return total / draws.num_samples
+
+
+def moments(
+    latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool
+) -> dict[str, torch.Tensor]:
+    """= reference_moments(latent, eps_r, eps_k, task): probs, prob_std, expected_entropy."""
+    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
+    num = draws.num_samples
+    # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
+    # cancels catastrophically when the spread is far below p, shifted sums do not.
+    shift = torch.softmax(latent.mu, -1) if multiclass else torch.sigmoid(latent.mu)
+    total = torch.zeros_like(latent.mu)
+    total_sq = torch.zeros_like(latent.mu)
+    ent_shape = latent.mu.shape[:1] if multiclass else latent.mu.shape
+    total_ent = latent.mu.new_zeros(ent_shape)
+    cd, sd = draws.class_dim, draws.sample_dim
+    for _, _, _, z in draws:
+        if multiclass:
+            p = torch.softmax(z, cd)
+            # H = -sum_k p_k log p_k = lse - sum_k p_k z_k; shifted by max z (so both
+            # terms stay small for a confident draw): -log p_max - sum_k p_k (z_k - max z)
+            z.sub_(z.amax(cd, keepdim=True))
+            total_ent -= (p.amax(cd).log() + torch.linalg.vecdot(p, z, dim=cd)).sum(-1)
+        else:
+            p = torch.sigmoid(z)
+            total_ent += (F.softplus(z) - z * p).sum(sd)  # H[Bernoulli(sigmoid(z))]
+        p.sub_(shift.unsqueeze(sd))
+        total += p.sum(sd)
+        total_sq += p.square_().sum(sd)
+    mean_shifted = total / num
+    var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
+    return {
+        "probs": shift + mean_shifted,
+        "prob_std": var.sqrt(),
+        "expected_entropy": total_ent / num,
+    }
