@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session
 from app.artifacts import ArtifactStore
 from app.auth import bearer, require_api_key
 from app.db import session_scope
-from app.inference import ModelFileError
 from app.routers import get_artifacts, get_session
 from app.serving import metrics
 from app.serving.inputs import InputError, parse_images, parse_inputs
+from app.serving.onnx_model import ModelFileError
 from app.serving.runtime import ServingRuntime
 from app.serving.schemas import (
     ALIAS_PATTERN,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference import OnnxModel
 from app.serving.batching import DynamicBatcher, Outputs, run_timed
 from app.serving.directory import ModelDirectory
+from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import ModelKey, SessionCache
 from app.settings import Settings
 

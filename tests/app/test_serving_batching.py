@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from app.inference import OnnxModel
 from app.serving.batching import DynamicBatcher
+from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import SessionCache
 from tests.app.serving_support import D, exported
 
