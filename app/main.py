@@ -1,11 +1,13 @@
 """The FastAPI application: ``create_app(settings)`` and the module-level ``app``.
 
 Entry point (docs/architecture.md): ``uvicorn app.main:app``. On start (lifespan) the app loads
-(or generates) the API keys and, with ``auto_migrate``, brings the schema to head.
+(or generates) the API keys, with ``auto_migrate`` brings the schema to head, and builds
+the serving runtime (``app.state.runtime``); on shutdown it stops the runtime's threads.
 """
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,7 @@ from app import db
 from app.auth import load_or_create_keys
 from app.logs import configure_logging
 from app.routers import datasets, health, jobs, models
+from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -37,7 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_keys = load_or_create_keys(settings)
         if settings.auto_migrate:
             db.migrate(settings)
-        yield
+        app.state.runtime = ServingRuntime(settings)
+        # The app's long-lived objects (FastAPI, pydantic, SQLAlchemy, onnxruntime
+        # bindings) all exist now: move them out of the collector's reach so full
+        # collections stop walking them (measured: p99 of /predict under load roughly
+        # halved, bench/serve_load.py).
+        gc.freeze()
+        try:
+            yield
+        finally:
+            app.state.runtime.close()
 
     app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

@@ -119,12 +119,8 @@ AUTH_ERRORS = {401: {"description": "missing or invalid API key"}}
 
 
 def runtime_of(request: Request) -> ServingRuntime:
-    """This app's serving runtime, made on first use (one per app, so per process)."""
-    state = request.app.state
-    runtime = getattr(state, "serving_runtime", None)
-    if runtime is None:
-        runtime = state.serving_runtime = ServingRuntime(state.settings)
-    return runtime
+    """This app's serving runtime, built by the app's lifespan (one per process)."""
+    return request.app.state.runtime
 
 
 def model_out(model: Model, baseline_model_id: str | None) -> ModelOut:
