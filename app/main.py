@@ -14,13 +14,14 @@ from __future__ import annotations
 import gc
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import db
 from app.auth import load_or_create_keys
 from app.deps import require_api_key
+from app.errors import concurrent_change, validation_failed
 from app.logs import configure_logging
 from app.routers import aliases, datasets, health, jobs, metrics, models, predict
 from app.serving.runtime import ServingRuntime
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)
+    app.add_exception_handler(RequestValidationError, validation_failed)
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
     for module in (datasets, jobs, models, aliases, predict):
         v1.include_router(module.router)
@@ -66,16 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(metrics.router)
     return app
-
-
-async def concurrent_change(_request: Request, exc: IntegrityError) -> JSONResponse:
-    # Routes check before they write (unknown dataset id, a dataset still in use); a
-    # concurrent request can still slip in between, and the database's constraint then
-    # refuses the write. That is a conflict to retry, not a server error.
-    return JSONResponse(
-        status_code=409,
-        content={"detail": "a concurrent change conflicted with this request; retry it"},
-    )
 
 
 app = create_app()
