@@ -12,6 +12,7 @@ Repositories take a ``Session`` and never commit: the caller's ``session_scope``
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -169,6 +171,20 @@ class DatasetStore:
             .offset(offset)
         )
         return list(self.session.scalars(query))
+
+    def lock_artifact(self, artifact_path: str) -> None:
+        """Hold, until this transaction ends, the lock that every transaction adding or
+        removing a dataset row of ``artifact_path`` takes first, so "count the rows, then
+        write or remove the file" never interleaves with another upload or delete of the
+        same bytes. PostgreSQL: a transaction-scoped advisory lock on the path; SQLite:
+        the database write lock (taken now by a write that changes nothing)."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            digest = hashlib.sha256(artifact_path.encode()).digest()[:8]
+            key = int.from_bytes(digest, "big", signed=True)
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        elif dialect == "sqlite":
+            self.session.execute(text("UPDATE datasets SET id = id WHERE 0"))
 
     def count_with_artifact(self, artifact_path: str) -> int:
         query = (
