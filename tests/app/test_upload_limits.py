@@ -102,3 +102,18 @@ def test_uploads_wait_for_a_decode_slot_then_503(small_limit):
         holder.join()
     r = upload(client, "ok.npz", npz_bytes(x_train=x, y_train=np.arange(10) % 2))
     assert r.status_code == 201, r.text
+
+
+def test_model_too_large_to_train_is_422(tmp_path):
+    from tests.app.service_client import tiny_arrays
+
+    with client_for(make_settings(tmp_path / "data")) as client:
+        r = upload(client, "t.npz", npz_bytes(**tiny_arrays(n=40, d=8)))
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        huge = {"dataset_id": dataset_id, "backbone": {"kind": "mlp", "hidden": [16384] * 16}}
+        r = client.post("/v1/jobs", json=huge, headers=AUTH)
+        assert r.status_code == 422, r.text
+        assert "GiB to train" in r.json()["detail"]
+        fine = {"dataset_id": dataset_id, "backbone": {"kind": "mlp", "hidden": [16384, 16384]}}
+        assert client.post("/v1/jobs", json=fine, headers=AUTH).status_code in (202, 503)
