@@ -255,9 +255,20 @@ class JobStore:
         query = select(JobHistory).where(JobHistory.job_id == job_id).order_by(JobHistory.id)
         return list(self.session.scalars(query))
 
+    def lock(self, job_id: str) -> None:
+        """Lock the job's row until the transaction ends: a write that changes nothing
+        (PostgreSQL: a row lock; SQLite: the database write lock, which a plain read
+        would not take), so what is read next cannot change before the commit."""
+        self.session.execute(
+            update(Job).where(Job.id == job_id).values(cancel_requested=Job.cancel_requested)
+        )
+
     def request_cancel(self, job_id: str) -> Job | None:
-        """Set the cancel flag; a queued job ends at once (no worker has it yet)."""
-        job = self.session.get(Job, job_id, with_for_update=True)
+        """Set the cancel flag; a queued job ends at once (no worker has it yet). Under
+        the row lock the worker takes to end the job, so a cancel is either seen by the
+        worker (the job ends cancelled) or comes after the end (and changes nothing)."""
+        self.lock(job_id)
+        job = self.session.get(Job, job_id, with_for_update=True, populate_existing=True)
         if job is None or job.status in TERMINAL_STATUSES:
             return job
         job.cancel_requested = True
