@@ -108,20 +108,23 @@ def is_store_outage(exc: BaseException | None) -> bool:
     return False
 
 
-def wait_for_store(settings: Settings) -> bool:
-    """Block until the store answers (backoff 0.5 s doubling up to store_retry_max_s);
-    False if the worker started stopping first. The worker takes no other message
-    meanwhile (solo pool, prefetch 1), so queued jobs stay queued in the broker."""
-    delay = 0.5
+def wait_for_store(settings: Settings) -> bool | None:
+    """Block until the store answers (backoff 0.5 s doubling up to store_retry_max_s).
+    True: it was down and answers again; False: it answered at once (the error was
+    probably not an outage: a schema error, say); None: the worker started stopping
+    first. The worker takes no other message meanwhile (solo pool, prefetch 1), so
+    queued jobs stay queued in the broker."""
+    delay, was_down = 0.5, False
     while not STOPPING.is_set():
         try:
             ping_store(settings)
-            return True
+            return was_down
         except Exception as exc:
             log.warning("store unreachable (%s); retrying in %.1f s", describe(exc), delay)
+        was_down = True
         STOPPING.wait(delay)
         delay = min(delay * 2, settings.store_retry_max_s)
-    return False
+    return None
 
 
 def release_attempt(job_id: str, settings: Settings) -> None:

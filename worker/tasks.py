@@ -51,9 +51,17 @@ def handing_back(job_id: str) -> Iterator[None]:
             if not jobs.is_store_outage(exc):
                 raise
             settings = get_settings()
+            counted = getattr(exc, "attempt_counted", False)
             log.warning("job %s: store unreachable; keeping the message until it is back", job_id)
-            if jobs.wait_for_store(settings) and getattr(exc, "attempt_counted", False):
+            outage = jobs.wait_for_store(settings)
+            if outage is False and not counted:
+                # The store answers: not an outage but an error that would recur on
+                # every delivery. Let it end the task (the sweeper may retry later).
+                raise
+            if outage and counted:
                 jobs.release_attempt(job_id, settings)
+            # Not released when the store answered at once: max_job_attempts bounds a
+            # database error that is not an outage.
             log.warning("job %s: handing the message back to the broker", job_id)
             raise Reject(f"store outage: {jobs.describe(exc)}", requeue=True) from None
         finally:

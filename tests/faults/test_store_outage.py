@@ -26,7 +26,7 @@ from tests.scratch_stores import scratch_redis_postgres
 from tests.waiting import wait_until
 
 OUTAGE_S = 5
-EPOCHS = {"first": 14, "queued": 3}
+EPOCHS = {"first": 10, "queued": 3}
 
 
 def test_store_outage_mid_job_loses_no_job(tmp_path):
