@@ -55,18 +55,19 @@ class SampledCore(nn.Module):
     def forward(self, input: torch.Tensor, noise: torch.Tensor, num_samples: torch.Tensor):  # noqa: A002 (graph input names)
         head = self.model.head
         latent = head.latent(self.model.features(input))
-        z = latent.scaled(1.0 / head.temperature)
-        noise_free = noise_free_from_logits(z.mu, head.task)
+        noise_free = noise_free_from_logits(latent.scaled(1.0 / head.temperature).mu, head.task)
         sampled = num_samples > 0
+        # u's own tensors go into the If and 1/tau is folded in there: whatever the branches
+        # read is computed before the If runs, so S = 0 computes nothing it does not return
         moments = torch.cond(
-            sampled, self._moments, self._placeholders, (noise, *_latent_tensors(z))
+            sampled, self._moments, self._placeholders, (noise, *_latent_tensors(latent))
         )
         ranking = torch.where(sampled, moments[0], noise_free)
         return outputs(latent, moments, ranking, noise_free)
 
     def _moments(self, noise, mu, scale, *factor):
         head = self.model.head
-        z = _latent_from(mu, scale, factor, head)
+        z = _latent_from(mu, scale, factor, head).scaled(1.0 / head.temperature)
         eps_r, eps_k = split_noise(noise, head.num_classes, head.num_factors)
         m = reference_moments(z, eps_r, eps_k, head.task)
         probs = m["probs"]

@@ -53,7 +53,7 @@ def top_correlations(
     t = min(top, probs.shape[-1])
     classes = probs.topk(t, dim=-1).indices  # (B, T)
     scale = latent.scale.gather(-1, classes)
-    cov = torch.diag_embed(scale.square())
+    cov = torch.diag_embed(scale * scale)  # Mul, not Pow, in an exported graph
     v = latent.factor_matrix()
     if v is not None:
         v_top = v.gather(1, classes.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # (B, T, R)
