@@ -35,10 +35,18 @@ D = 128
 R = 10
 
 
-def make_model(kind: str, num_classes: int, samples: int, num_factors: int = R):
+def make_model(
+    kind: str, num_classes: int, samples: int, num_factors: int = R, efficient: bool = False
+):
     torch.manual_seed(0)
     spec = RunSpec(
-        head=HeadSpec(kind=kind, num_factors=num_factors, temperature=1.5, eval_mc_samples=samples),
+        head=HeadSpec(
+            kind=kind,
+            num_factors=num_factors,
+            temperature=1.5,
+            eval_mc_samples=samples,
+            parameter_efficient=efficient,
+        ),
         backbone=BackboneSpec(hidden=[256, 256]),
     )
     return build_classifier(
