@@ -1,4 +1,7 @@
-"""Bearer API keys for every /v1 route.
+"""Bearer API keys for every /v1 route: where they come from and how one is checked.
+
+The FastAPI dependency that applies the check is ``app.deps.require_api_key``; the
+``/v1`` router in app/main.py attaches it once for every route under it.
 
 Keys come from ``HETSERVE_API_KEYS`` (comma separated). When it is unset, one key is
 generated on first start, stored in ``data_dir/api_key`` with mode 0600 and printed;
@@ -13,7 +16,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.settings import Settings
@@ -45,10 +48,8 @@ def load_or_create_keys(settings: Settings) -> list[str]:
     return [key]
 
 
-def require_api_key(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-) -> str:
-    keys: list[str] = request.app.state.api_keys
+def verify_api_key(keys: list[str], credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The key if it is one of ``keys``; otherwise 401 with ``WWW-Authenticate: Bearer``."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             401,

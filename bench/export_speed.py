@@ -12,7 +12,7 @@ markdown table; ratios are against baselines measured in the same run.
 
 Columns: "graph" = the exported file (noise drawn in the graph from a seed), "noise in"
 = the same core fed a precomputed noise matrix (the sampler's cost is the difference),
-"row per call" = the file run one row per session call, as app/inference.py does for a
+"row per call" = the file run one row per session call, as app/serving/onnx_model.py does for a
 caller's seed,
 "torch" = PyTorch eager ``predictive_uncertainty`` (draws with torch.randn), "softmax"
 = the baseline's exported file.
@@ -101,7 +101,7 @@ def bench_cell(
         {
             "graph": lambda: graph.run(None, feeds),
             # what OnnxModel.run does with a caller's seed: one row per call (bit-identical
-            # whatever the row is batched with; app/inference.py says why)
+            # whatever the row is batched with; app/serving/onnx_model.py says why)
             "row per call": lambda: [
                 graph.run(None, {**feeds, "input": x[i : i + 1]}) for i in range(batch)
             ],

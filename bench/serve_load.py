@@ -64,7 +64,7 @@ def minimal_app():
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from app.inference import OnnxModel
+    from app.serving.onnx_model import OnnxModel
 
     model = OnnxModel(
         os.environ["BENCH_MODEL_PATH"], intra_op_threads=int(os.environ["BENCH_INTRA_OP_THREADS"])
@@ -189,7 +189,7 @@ def export_het_mlp(path: Path, num_classes: int) -> Path:
 
 def onnxruntime_rows_per_second(path: Path, batch: int, intra_op_threads: int) -> float:
     """The runtime alone, in this process: rows/s of OnnxModel.run at one batch size."""
-    from app.inference import OnnxModel
+    from app.serving.onnx_model import OnnxModel
 
     model = OnnxModel(path, intra_op_threads=intra_op_threads)
     x = np.random.default_rng(2).normal(size=(batch, D)).astype(np.float32)

@@ -25,7 +25,7 @@ COPY app ./app
 COPY models ./models
 COPY worker ./worker
 RUN pip install --no-deps . \
- && python -c "import app.main, app.inference, app.cli" \
+ && python -c "import app.main, app.serving.onnx_model, app.cli" \
  && ! python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -10,11 +10,11 @@ SplitMix64 on ``key + golden * i``, then Box-Muller. The noise is a pure functio
   and, because the noise is shared by the batch and drawn independently of it, each
   row's output does not depend on which other rows are batched with it (to float32
   rounding in one batched call, since some onnxruntime kernels round a tensor's tail
-  differently; bit for bit one row per call, as app/inference.py runs seeded calls);
+  differently; bit for bit one row per call, as app/serving/onnx_model.py runs seeded calls);
 - ``seed < 0`` takes the key from one RandomUniform draw. onnxruntime seeds that node
   from a process-wide clock seed: draws are fresh call after call within a session,
   but two sessions of one process (or processes forked after a session was created)
-  repeat each other (onnxruntime#27771). app/inference.py therefore never relies on it:
+  repeat each other (onnxruntime#27771). app/serving/onnx_model.py therefore never relies on it:
   it passes a fresh seed from os.urandom on every call, which is fork safe.
 
 ``counter_normals`` is the same generator in numpy (torch free), the twin the parity

@@ -1,30 +1,15 @@
-"""HTTP routers and the request-scoped dependencies they share."""
+"""HTTP routers, one per resource, and the response docs several of them share.
+
+- health.py: ``/healthz``, ``/readyz``        - metrics.py: ``/metrics``
+- datasets.py: ``/v1/datasets``               - jobs.py: ``/v1/jobs``
+- models.py: the model registry               - aliases.py: ``/v1/aliases``
+- predict.py: ``POST /v1/models/{model_id}/predict``, the hot path
+
+Their dependencies (settings, database session, runtime, API key) are the aliases in
+app/deps.py; app/main.py mounts every ``/v1`` router under the API key check.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from fastapi import Request
-from sqlalchemy.orm import Session
-
-from app.artifacts import ArtifactStore
-from app.db import session_scope
-from app.settings import Settings
-
-
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns normally.
-
-    Use it as ``Depends(get_session, scope="function")``: with FastAPI's default
-    ("request") scope the commit would run only after the response was sent, and a
-    client's next request could miss its own write."""
-    with session_scope(request.app.state.settings) as session:
-        yield session
-
-
-def get_artifacts(request: Request) -> ArtifactStore:
-    return ArtifactStore(request.app.state.settings.data_dir)
+AUTH_ERRORS = {401: {"description": "missing or invalid API key"}}
+MODEL_NOT_FOUND = {404: {"description": "no model with that id or alias"}}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fastapi import (
     APIRouter,
-    Depends,
     File,
     Form,
     HTTPException,
@@ -19,12 +18,10 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
 
 from app.artifacts import ArtifactStore
-from app.auth import require_api_key
 from app.db import session_scope
-from app.routers import get_artifacts, get_session, get_settings_dep
+from app.deps import ArtifactsDep, SessionDep, SettingsDep
 from app.schemas import DatasetOut
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -34,7 +31,6 @@ from app.uploads import UploadError, parse_upload
 router = APIRouter(
     prefix="/v1/datasets",
     tags=["datasets"],
-    dependencies=[Depends(require_api_key)],
     route_class=InstrumentedRoute,
 )
 
@@ -71,6 +67,8 @@ def read_limited(upload: UploadFile, limit: int) -> bytes:
 )
 def upload_dataset(
     request: Request,
+    settings: SettingsDep,
+    artifacts: ArtifactsDep,
     file: UploadFile = File(
         ...,
         description=".npz (x_train, y_train, optional x_val/y_val/x_test/y_test/class_names), .csv (label column + numeric features) or .zip (train/<class>/*.png|jpg, optional val/ test/)",
@@ -82,8 +80,6 @@ def upload_dataset(
         32, ge=4, le=512, description=".zip only: images are resized to image_size × image_size"
     ),
     grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
-    settings: Settings = Depends(get_settings_dep),
-    artifacts: ArtifactStore = Depends(get_artifacts),
 ) -> DatasetOut:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
@@ -128,9 +124,9 @@ def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relati
     "", response_model=list[DatasetOut], responses=ERRORS, summary="List datasets, newest first"
 )
 def list_datasets(
+    session: SessionDep,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
-    session: Session = Depends(get_session, scope="function"),
 ) -> list[DatasetOut]:
     return [DatasetOut.model_validate(d) for d in DatasetStore(session).list(limit, offset)]
 
@@ -140,9 +136,7 @@ def list_datasets(
     response_model=DatasetOut,
     responses={**ERRORS, 404: {"description": "no such dataset"}},
 )
-def get_dataset(
-    dataset_id: str, session: Session = Depends(get_session, scope="function")
-) -> DatasetOut:
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
     dataset = DatasetStore(session).get(dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} not found")
@@ -159,9 +153,7 @@ def get_dataset(
     },
 )
 async def delete_dataset(
-    dataset_id: str,
-    settings: Settings = Depends(get_settings_dep),
-    artifacts: ArtifactStore = Depends(get_artifacts),
+    dataset_id: str, settings: SettingsDep, artifacts: ArtifactsDep
 ) -> Response:
     def delete() -> None:
         with session_scope(settings) as session:

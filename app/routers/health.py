@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app import broker, db
-from app.routers import get_settings_dep
+from app.deps import SettingsDep
 from app.serving.metrics import InstrumentedRoute
-from app.settings import Settings
 
 router = APIRouter(tags=["health"], route_class=InstrumentedRoute)
 
@@ -45,7 +44,7 @@ def healthz() -> dict:
         },
     },
 )
-async def readyz(settings: Settings = Depends(get_settings_dep)) -> JSONResponse:
+async def readyz(settings: SettingsDep) -> JSONResponse:
     checks = {}
     for name, check in (("store", db.ping), ("broker", broker.ping)):
         try:

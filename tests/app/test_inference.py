@@ -1,4 +1,4 @@
-"""app/inference.py: the torch-free runtime over an exported file (made here with models/)."""
+"""app/serving/onnx_model.py: the torch-free runtime over an exported file (made here with models/)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto
 from onnx import helper as oh
 
-from app.inference import ModelFileError, OnnxModel
+from app.serving.onnx_model import ModelFileError, OnnxModel
 from models.classifier import build_classifier
 from models.export import export_onnx
 from models.onnx_contract import rank_pairs
@@ -164,7 +164,7 @@ else:
     raise SystemExit("torch importable")
 import json
 import numpy as np
-from app.inference import OnnxModel
+from app.serving.onnx_model import OnnxModel
 model = OnnxModel({str(model_path)!r})
 out = model.run(np.load({str(tmp_path / "x.npy")!r}), num_samples=200, seed=7)
 rows = model.rows(out, 200, top_k=2, correlated_pairs=True)

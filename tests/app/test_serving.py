@@ -181,7 +181,7 @@ def test_two_api_processes_fresh_unseeded_identical_seeded(server, client):
 
 
 def test_64_concurrent_requests_of_different_sizes_batch_and_answer_right(server, client):
-    from app.inference import OnnxModel
+    from app.serving.onnx_model import OnnxModel
 
     model_id = server["ids"]["own"]
     reference = OnnxModel(exported("het"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from app.inference import OnnxModel
 from app.serving.batching import DynamicBatcher
+from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import SessionCache
 from tests.app.serving_support import D, exported
 
@@ -140,3 +140,39 @@ def test_model_directory_caches_for_ttl_and_invalidates(tmp_path):
     assert directory.lookup("prod").model_id == first
     directory.invalidate()
     assert directory.cached("prod") is None
+
+
+def test_runtime_built_before_a_fork_serves_in_the_child(tmp_path):
+    """The lifespan builds the runtime before any request; a process forked after it
+    has run inferences (its threads exist only in the parent) still predicts, seed for
+    seed like the parent, instead of hanging on the parent's executor."""
+    import os
+    import signal
+
+    from app.serving.runtime import ServingRuntime
+    from tests.app.serving_support import make_settings
+
+    runtime = ServingRuntime(make_settings(tmp_path, max_queue_delay_ms=1))
+    path, x = exported("het"), rows(3, 5)
+
+    async def predict():
+        model = await runtime.model(("m", "sha"), path)
+        return await runtime.predict(model, "m", x, S, 4)
+
+    want = asyncio.run(predict())["probs"]
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if it predicted the parent's numbers
+        code = 1
+        try:
+            code = 0 if np.array_equal(asyncio.run(predict())["probs"], want) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the runtime it inherited")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    runtime.close()

@@ -100,7 +100,7 @@ def test_api_dependency_set_serves_a_prediction_without_torch(tmp_path):
         api.terminate()
         api.wait(timeout=30)
 
-    from app.inference import OnnxModel
+    from app.serving.onnx_model import OnnxModel
 
     expected = OnnxModel(onnx_file).run(x[None], num_samples=200, seed=7)["probs"][0]
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)

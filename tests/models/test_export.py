@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto
 from onnx import helper as oh
 
-from app.inference import OnnxModel
+from app.serving.onnx_model import OnnxModel
 from models.classifier import build_classifier
 from models.export import (
     OPSET,
@@ -360,7 +360,7 @@ def test_seeded_outputs_are_bit_identical_in_another_process(exported, tmp_path)
     x = inputs(6)
     np.save(tmp_path / "x.npy", x)
     script = (
-        "import sys, numpy as np; from app.inference import OnnxModel; "
+        "import sys, numpy as np; from app.serving.onnx_model import OnnxModel; "
         f"m = OnnxModel({str(path)!r}); "
         f"out = m.run(np.load({str(tmp_path / 'x.npy')!r}), num_samples=250, seed=99); "
         f"np.savez({str(tmp_path / 'out.npz')!r}, **out)"

@@ -1,0 +1,67 @@
+"""The request-scoped dependencies every router shares, as ``Annotated`` aliases.
+
+    def get_job(job_id: str, session: SessionDep) -> JobOut: ...
+
+- ``SettingsDep``: the app's settings (``app.state.settings``).
+- ``SessionDep``: one database transaction per request, committed before the response
+  is sent.
+- ``ArtifactsDep``: the content-addressed artifact store under ``settings.data_dir``.
+- ``RuntimeDep``: the serving runtime the app's lifespan built (``app.state.runtime``).
+- ``ApiKeyDep``: the caller's API key, checked. Routers do not declare it themselves:
+  app/main.py mounts every ``/v1`` router under one router that requires it.
+
+Everything that only reads ``app.state`` is an ``async def``: FastAPI runs a plain
+``def`` dependency in a worker thread, a hop that costs more than the lookup itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy.orm import Session
+
+from app.artifacts import ArtifactStore
+from app.auth import bearer, verify_api_key
+from app.db import session_scope
+from app.serving.runtime import ServingRuntime
+from app.settings import Settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns normally.
+
+    ``SessionDep`` declares it with ``scope="function"``: with FastAPI's default
+    ("request") scope the commit would run only after the response was sent, and a
+    client's next request could miss its own write."""
+    with session_scope(request.app.state.settings) as session:
+        yield session
+
+
+async def get_artifacts(request: Request) -> ArtifactStore:
+    return ArtifactStore(request.app.state.settings.data_dir)
+
+
+async def get_runtime(request: Request) -> ServingRuntime:
+    return request.app.state.runtime
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The one check of the bearer key, for every /v1 route; 401 when missing or wrong."""
+    return verify_api_key(request.app.state.api_keys, credentials)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
+ApiKeyDep = Annotated[str, Depends(require_api_key)]

@@ -1,0 +1,192 @@
+"""``POST /v1/models/{model_id}/predict``: predictions with uncertainty, the hot path.
+
+Per row, the fields the ONNX graph computes (probabilities, entropies, noise, correlated
+class pairs), run by onnxruntime through the app's serving runtime (app/serving: lookup
+cache, session cache, dynamic batching). ``model_id`` is a model id or an alias.
+
+Also here: ``ServingRoute``, the route class of every model, alias and metrics route:
+counted and timed for /metrics, request bodies capped at ``settings.max_request_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+
+from app.deps import RuntimeDep, SettingsDep
+from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.serving import metrics
+from app.serving.inputs import InputError, parse_images, parse_inputs
+from app.serving.onnx_model import ModelFileError
+from app.serving.schemas import PredictRequest, PredictResponse
+
+try:
+    import orjson
+except ImportError:  # an optional speedup; the standard library encodes the same JSON
+    orjson = None
+
+
+class LimitedBodyRequest(Request):
+    """A request whose body stream stops with 413 past ``limit`` bytes, whatever
+    Content-Length claimed (a chunked or lying client is cut off as it streams)."""
+
+    limit: int = 0
+
+    async def stream(self):
+        received = 0
+        async for chunk in super().stream():
+            received += len(chunk)
+            if received > self.limit:
+                raise HTTPException(413, f"request body exceeds the limit of {self.limit} bytes")
+            yield chunk
+
+
+class ServingRoute(APIRoute):
+    """Counted and timed for /metrics; bodies capped at settings.max_request_bytes."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            limit = request.app.state.settings.max_request_bytes
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise HTTPException(
+                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+                )
+            capped = LimitedBodyRequest(request.scope, request.receive)
+            capped.limit = limit
+            return await handler(capped)
+
+        return metrics.instrument(limited, self.path, self.methods)
+
+
+router = APIRouter(tags=["predict"], route_class=ServingRoute)
+
+# The path parameter and the body are read by the handler itself (see ``predict``), so
+# the OpenAPI document declares them here. The API key is the /v1 router's dependency.
+PREDICT_OPENAPI = {
+    "parameters": [
+        {
+            "name": "model_id",
+            "in": "path",
+            "required": True,
+            "description": "a model id or an alias name",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+}
+
+
+async def read_predict_request(request: Request) -> PredictRequest:
+    """The JSON body, parsed and validated in one pass by pydantic; errors as FastAPI's."""
+    try:
+        return PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        # The raw body (bytes, maybe not UTF-8) is not echoed back: it may not encode.
+        errors = [
+            {
+                **{k: v for k, v in e.items() if k != "input" or not isinstance(v, bytes)},
+                "loc": ("body", *e["loc"]),
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+def unprocessable(loc: list, msg: str) -> HTTPException:
+    return HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+@router.post(
+    "/v1/models/{model_id}/predict",
+    response_model=PredictResponse,
+    summary="Predict with uncertainty (id or alias)",
+    responses={
+        **AUTH_ERRORS,
+        **MODEL_NOT_FOUND,
+        413: {"description": "body over HETSERVE_MAX_REQUEST_BYTES"},
+        422: {"description": "the detail's loc and msg name the offending field and index"},
+    },
+    openapi_extra=PREDICT_OPENAPI,
+)
+async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
+    # The hot path reads its path parameter and body itself (declared in PREDICT_OPENAPI):
+    # FastAPI's generic parameter and body machinery cost about half a millisecond per
+    # request, more than the onnxruntime call of a batched row.
+    model_id = request.path_params["model_id"]
+    body = await read_predict_request(request)
+    if (body.inputs is None) == (body.images is None):
+        raise unprocessable(["body"], "give exactly one of `inputs` or `images`")
+    if body.mc_samples is not None and not 1 <= body.mc_samples <= settings.max_mc_samples:
+        raise unprocessable(
+            ["body", "mc_samples"], f"mc_samples must be in [1, {settings.max_mc_samples}]"
+        )
+
+    served = runtime.directory.cached(model_id) or await run_in_threadpool(
+        runtime.directory.lookup, model_id
+    )
+    if served is None:
+        raise HTTPException(404, f"no model or alias {model_id!r}")
+    resolved_id = request.state.model_id = served.model_id
+    try:
+        model = await runtime.model((resolved_id, served.onnx_sha256), served.path)
+    except ModelFileError:  # deleted by another API process since our cached lookup
+        runtime.directory.invalidate()
+        raise HTTPException(404, f"model {resolved_id} is no longer available") from None
+    input_shape = model.input_shape
+    try:
+        if body.inputs is not None:
+            x = parse_inputs(body.inputs, input_shape, settings.max_batch_rows)
+        else:
+            x = await run_in_threadpool(
+                parse_images, body.images, input_shape, settings.max_batch_rows
+            )
+    except InputError as exc:
+        raise HTTPException(422, exc.detail()) from None
+
+    # The model's own default is capped like a caller's choice (a job may ask for 100k).
+    num_samples = body.mc_samples or min(model.eval_mc_samples, settings.max_mc_samples)
+    outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
+    field = "inputs" if body.inputs is not None else "images"
+    overflow = first_non_finite_row(outputs, model.output_names)
+    if overflow is not None:
+        raise unprocessable(
+            ["body", field, overflow],
+            f"{field}[{overflow}]: the model's outputs overflow for this row (values far outside"
+            " the training data)",
+        )
+    rows = model.rows(
+        outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs
+    )
+    return json_response({"model_id": resolved_id, "mc_samples": num_samples, "predictions": rows})
+
+
+def first_non_finite_row(outputs: dict, names: list[str]) -> int | None:
+    """The first row with a NaN or infinite output (finite but huge inputs overflow the
+    logits), or None; such a row cannot be answered in JSON."""
+    floats = [outputs[name] for name in names if outputs[name].dtype.kind == "f"]
+    if all(np.isfinite(value).all() for value in floats):  # the usual case: one pass each
+        return None
+    bad = np.zeros(len(floats[0]), dtype=bool)
+    for value in floats:
+        bad |= ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+    return int(np.argmax(bad))
+
+
+def json_response(payload: dict) -> Response:
+    """orjson when installed: ~20x faster than json for a prediction's float lists."""
+    if orjson is None:
+        return JSONResponse(payload)
+    return Response(orjson.dumps(payload), media_type="application/json")
