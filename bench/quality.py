@@ -124,7 +124,7 @@ def label_issue_rows(args, data, seed, het_model, softmax_model, clean) -> dict[
     is_flip = labels != clean
     out = {}
 
-    def ours(probs, rule="prune_by_noise_rate"):
+    def ours(probs, rule="predicted_neq_given"):
         scores, flagged = find_label_issues(probs, labels, rule=rule)
         margin_scores, _ = find_label_issues(probs, labels, score="normalized_margin")
         d = detection(flagged, scores, is_flip)
@@ -132,8 +132,8 @@ def label_issue_rows(args, data, seed, het_model, softmax_model, clean) -> dict[
         return d
 
     het_probs = noise_free_probs(het_model, data.x_train)
-    out["ours: HET noise-free, 1 run"] = ours(het_probs)
-    out["ours: HET noise-free, 1 run, predicted ≠ given"] = ours(het_probs, "predicted_neq_given")
+    out["ours: HET noise-free, 1 run (default: argmax ≠ given)"] = ours(het_probs)
+    out["ours: HET noise-free, 1 run, confident learning"] = ours(het_probs, "prune_by_noise_rate")
     out["ours: softmax in-sample, 1 run"] = ours(noise_free_probs(softmax_model, data.x_train))
     if args.folds:
         from cleanlab.filter import find_label_issues as cleanlab_issues

@@ -12,7 +12,8 @@ class of a flipped example, and one training run is enough (no out-of-fold refit
   noisy-digits benchmark it ranks flips at least as well as the normalised margin
   p_y - max_{k != y} p_k; the margin is available as ``score="normalized_margin"``,
   reported as (1 - margin) / 2 so that higher still means more suspect.
-- ``flagged``: the set confident learning (Northcutt, Jiang, Chuang, JAIR 2021) flags,
+- ``flagged``: by default every example whose noise-free argmax is not its given label
+  (``rule="predicted_neq_given"``); or the set confident learning (Northcutt, Jiang, Chuang, JAIR 2021) flags,
   implemented here:
 
   1. per-class thresholds t_j = mean of p_j over the examples labelled j;
@@ -36,8 +37,11 @@ noise-free probabilities ``prune_by_noise_rate`` has F1 0.884 / 0.686 / 0.905 (p
 0.95-0.98; it under-flags when the per-class thresholds are high: seed 1 flags 185 of
 325 flips), ``predicted_neq_given`` 0.913 / 0.774 / 0.922, ``confident_joint``
 0.835 / 0.615 / 0.883. The score's AUROC is 0.984 / 0.931 / 0.991 with self-confidence
-and within 0.001 of that with the normalised margin. The default stays confident
-learning (``prune_by_noise_rate``): the most precise flagged set.
+and within 0.001 of that with the normalised margin. The default is
+``predicted_neq_given``: the best F1, above cleanlab's on every seed; confident learning
+(``prune_by_noise_rate``) gives the more precise, smaller set when precision matters more.
+The argmax rule works here because the noise-free predictive is not fitted to the flips:
+the learned noise absorbed them during training.
 
 Both are equivariant under a permutation of the rows, up to exact ties in the margins.
 """
@@ -55,7 +59,7 @@ def find_label_issues(
     labels: np.ndarray,
     *,
     score: str = "self_confidence",
-    rule: str = "prune_by_noise_rate",
+    rule: str = "predicted_neq_given",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N,) float64, flagged (N,) bool) for probs (N, K) and integer labels (N,)."""
     probs = np.asarray(probs, dtype=np.float64)

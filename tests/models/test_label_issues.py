@@ -58,7 +58,7 @@ def test_per_class_thresholds_count_a_class_the_model_is_never_sure_of():
     probs.append([0.4, 0.15, 0.45])  # labelled 0, confidently class 2 by class 2's standard
     labels.append(0)
     probs, labels = np.array(probs), np.array(labels)
-    _, flagged = find_label_issues(probs, labels)
+    _, flagged = find_label_issues(probs, labels, rule="prune_by_noise_rate")
     assert flagged[-1]
     assert flagged.sum() == 1
 
@@ -71,7 +71,7 @@ def test_permuting_rows_permutes_scores_and_flags():
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     labels = np.where(rng.random(n) < 0.2, rng.integers(0, k, n), truth)
     perm = rng.permutation(n)
-    for rule in ("prune_by_noise_rate", "confident_joint"):
+    for rule in ("prune_by_noise_rate", "confident_joint", "predicted_neq_given"):
         scores, flagged = find_label_issues(probs, labels, rule=rule)
         assert 0 < flagged.sum() < n / 2
         p_scores, p_flagged = find_label_issues(probs[perm], labels[perm], rule=rule)
@@ -82,7 +82,7 @@ def test_permuting_rows_permutes_scores_and_flags():
 def test_every_class_keeps_an_unflagged_example():
     probs = np.array([[0.9, 0.1]] * 20 + [[0.95, 0.05]] * 3)
     labels = np.array([0] * 20 + [1] * 3)  # every row labelled 1 looks like class 0
-    _, flagged = find_label_issues(probs, labels)
+    _, flagged = find_label_issues(probs, labels, rule="prune_by_noise_rate")
     assert not flagged[:20].any()
     assert flagged[20:].sum() == 2
 
@@ -113,3 +113,10 @@ def test_noise_free_probs_are_the_tempered_softmax_of_mu_in_row_order():
     np.testing.assert_allclose(
         noise_free_probs(baseline, x), baseline.predict(torch.as_tensor(x)).numpy(), rtol=1e-5
     )
+
+
+def test_the_default_rule_flags_where_the_argmax_is_not_the_given_label():
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
+    labels = np.array([1, 1, 2, 2])
+    _, flagged = find_label_issues(probs, labels)
+    np.testing.assert_array_equal(flagged, [True, False, True, False])
