@@ -15,6 +15,11 @@
 path, and ``model`` is a resolved model id (empty when the request named none that
 exists): labels never carry client-chosen strings, so their number stays bounded.
 
+Model ids are not for everyone: a scrape without a valid API key gets every series
+summed over its ``model`` label (the label is gone); a scrape with one
+(``Authorization: Bearer <key>``, Prometheus' ``authorization`` scrape setting) gets
+the per-model series.
+
 Each API process counts for itself. With ``uvicorn --workers N`` set
 ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before start: prometheus_client then
 writes every process's values there and ``/metrics`` sums them.
@@ -41,7 +46,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.exceptions import HTTPException
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -99,14 +104,16 @@ class JobsByStatus:
         yield family
 
 
-def exposition(jobs: JobsByStatus | None) -> Response:
-    """The Prometheus text format of this process (or of all, in multiprocess mode)."""
+def exposition(jobs: JobsByStatus | None, per_model: bool = True) -> Response:
+    """The Prometheus text format of this process (or of all, in multiprocess mode);
+    without ``per_model`` every series is summed over its ``model`` label."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
     else:
-        registry = CollectorRegistry()
-        registry.register(_Forward(REGISTRY))
+        source = REGISTRY
+    registry.register(_Forward(source) if per_model else _WithoutModel(source))
     if jobs is not None:
         registry.register(jobs)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -120,6 +127,30 @@ class _Forward:
 
     def collect(self):
         return self.registry.collect()
+
+
+class _WithoutModel(_Forward):
+    """The same metrics with the ``model`` label summed away (no model ids listed)."""
+
+    def collect(self):
+        for family in self.registry.collect():
+            merged: dict[tuple, list] = {}
+            for sample in family.samples:
+                labels = {k: v for k, v in sample.labels.items() if k != "model"}
+                key = (sample.name, tuple(sorted(labels.items())))
+                if key in merged:  # a sum, but the earliest of the _created timestamps
+                    old = merged[key][1]
+                    merged[key][1] = (
+                        min(old, sample.value)
+                        if sample.name.endswith("_created")
+                        else old + sample.value
+                    )
+                else:
+                    merged[key] = [labels, sample.value]
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, _), (labels, value) in merged.items():
+                out.add_sample(name, labels, value)
+            yield out
 
 
 def instrument(handler: Callable, route: str, methods: set[str] | None) -> Callable:
