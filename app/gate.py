@@ -14,7 +14,8 @@ For each HTTP request, in order:
    The early answers close the connection: the server does not drain the unread body.
 3. Writes under ``/v1`` (POST, PUT, PATCH, DELETE, except a model's serving POSTs such as
    predict) leave an audit line on logger ``hetserve.audit``: the key's fingerprint,
-   method, route template, the ids in the path or the created id, and the status.
+   method, route template (the raw path when refused before routing), the ids in the
+   path or the created id, and the status; refused writes (403, 404, 409...) included.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class RequestGate:
                 await error(403, "this API key may only predict and read models")(
                     scope, receive, send
                 )
+                if method in WRITE_METHODS:
+                    audit(scope, key.fingerprint, 403, b"")
                 return
             state["api_key"] = key
         elif path == "/metrics" and (token := bearer_token(headers)):

@@ -109,13 +109,15 @@ def test_every_write_leaves_an_audit_line_and_no_log_line_holds_a_key(tmp_path, 
         dataset_id = r.json()["id"]
         assert client.delete(f"/v1/datasets/{dataset_id}", headers=bearer(FULL)).status_code == 204
         assert client.get("/v1/datasets", headers=bearer(FULL)).status_code == 200  # a read
-        client.post("/v1/jobs", json={}, headers=bearer(PREDICT))  # refused: not audited
+        client.post("/v1/jobs", json={}, headers=bearer(PREDICT))  # refused, audited
         client.get("/v1/jobs", headers=bearer("wrong-key-0123456789"))
     audits = [r for r in caplog.records if r.name == "hetserve.audit"]
     assert [(a.method, a.route, a.status) for a in audits] == [
         ("POST", "/v1/datasets", 201),
         ("DELETE", "/v1/datasets/{dataset_id}", 204),
+        ("POST", None, 403),
     ]
+    assert audits[2].who == fingerprint(PREDICT)
     assert audits[0].who == fingerprint(FULL) == hashlib.sha256(FULL.encode()).hexdigest()[:8]
     assert audits[0].ids == {"created_id": dataset_id}
     assert audits[1].ids == {"dataset_id": dataset_id}
