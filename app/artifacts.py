@@ -77,5 +77,21 @@ class ArtifactStore:
     def remove(self, relative: str) -> None:
         self.resolve(relative).unlink(missing_ok=True)
 
+    def set_aside(self, relative: str) -> Path | None:
+        """Rename a file out of its content address (to delete once the transaction
+        that dropped its last reference committed); None if it was not there."""
+        target = self.resolve(relative)
+        aside = target.with_name(f".del-{os.getpid()}-{os.urandom(4).hex()}-{target.name}")
+        try:
+            os.replace(target, aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back(self, aside: Path | None, relative: str) -> None:
+        """Undo set_aside (the transaction rolled back)."""
+        if aside is not None:
+            os.replace(aside, self.resolve(relative))
+
     def checkpoint_dir(self, job_id: str) -> Path:
         return self.data_dir / "checkpoints" / job_id

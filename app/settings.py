@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # -- uploads and jobs --------------------------------------------------------
     max_upload_bytes: int = 256 * 1024 * 1024
     max_json_body_bytes: int = 4 * 1024 * 1024  # every other route but predict
+    max_expanded_bytes: int = Field(
+        1 << 30, ge=1, description="what one upload may expand to in memory (arrays, images)"
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="uploads one API process decodes at once; others wait"
+    )
+    decode_wait_s: float = 30.0  # an upload waits this long for a decode slot, then 503
     job_time_limit_s: int = 6 * 3600
     max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
@@ -55,6 +62,15 @@ class Settings(BaseSettings):
         0.2  # embedded (sqla+sqlite) broker: how often the worker polls
     )
     cancel_poll_interval_s: float = 1.0  # worker reads the job's cancel flag at most this often
+    store_retry_max_s: float = Field(
+        30.0, gt=0, description="worker, store down: longest wait between reconnect attempts"
+    )
+    sweep_interval_s: float = Field(
+        300.0, ge=0, description="worker: re-queue stranded jobs this often (0: at start only)"
+    )
+    sweep_grace_s: float = Field(
+        60.0, ge=0, description="a job must be this old before the sweeper may re-queue it"
+    )
     auto_migrate: bool = True  # the API runs `alembic upgrade head` on start
 
     # -- serving -------------------------------------------------------------------

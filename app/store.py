@@ -12,6 +12,7 @@ Repositories take a ``Session`` and never commit: the caller's ``session_scope``
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -170,6 +172,20 @@ class DatasetStore:
         )
         return list(self.session.scalars(query))
 
+    def lock_artifact(self, artifact_path: str) -> None:
+        """Hold, until this transaction ends, the lock that every transaction adding or
+        removing a dataset row of ``artifact_path`` takes first, so "count the rows, then
+        write or remove the file" never interleaves with another upload or delete of the
+        same bytes. PostgreSQL: a transaction-scoped advisory lock on the path; SQLite:
+        the database write lock (taken now by a write that changes nothing)."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            digest = hashlib.sha256(artifact_path.encode()).digest()[:8]
+            key = int.from_bytes(digest, "big", signed=True)
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        elif dialect == "sqlite":
+            self.session.execute(text("UPDATE datasets SET id = id WHERE 0"))
+
     def count_with_artifact(self, artifact_path: str) -> int:
         query = (
             select(func.count()).select_from(Dataset).where(Dataset.artifact_path == artifact_path)
@@ -239,9 +255,20 @@ class JobStore:
         query = select(JobHistory).where(JobHistory.job_id == job_id).order_by(JobHistory.id)
         return list(self.session.scalars(query))
 
+    def lock(self, job_id: str) -> None:
+        """Lock the job's row until the transaction ends: a write that changes nothing
+        (PostgreSQL: a row lock; SQLite: the database write lock, which a plain read
+        would not take), so what is read next cannot change before the commit."""
+        self.session.execute(
+            update(Job).where(Job.id == job_id).values(cancel_requested=Job.cancel_requested)
+        )
+
     def request_cancel(self, job_id: str) -> Job | None:
-        """Set the cancel flag; a queued job ends at once (no worker has it yet)."""
-        job = self.session.get(Job, job_id, with_for_update=True)
+        """Set the cancel flag; a queued job ends at once (no worker has it yet). Under
+        the row lock the worker takes to end the job, so a cancel is either seen by the
+        worker (the job ends cancelled) or comes after the end (and changes nothing)."""
+        self.lock(job_id)
+        job = self.session.get(Job, job_id, with_for_update=True, populate_existing=True)
         if job is None or job.status in TERMINAL_STATUSES:
             return job
         job.cancel_requested = True

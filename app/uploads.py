@@ -8,18 +8,24 @@ the stored form (a canonical ``.npz``) and the facts a dataset row records.
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.data import ArrayDataset, from_arrays, read_upload
+from models.data import MAX_EXPANDED_BYTES, ArrayDataset, TooLarge, from_arrays, read_upload
 from models.data import DatasetError as UploadError
 from models.data import decode_image as decode_image
 from models.data import read_image_zip as read_image_zip
 
 __all__ = [
     "CanonicalDataset",
+    "DecodeBusy",
+    "TooLarge",
     "UploadError",
+    "decode_slot",
     "decode_image",
     "parse_upload",
     "read_image_zip",
@@ -46,11 +52,45 @@ class CanonicalDataset:
         return buffer.getvalue()
 
 
+class DecodeBusy(Exception):
+    """Every decode slot stayed taken for the whole wait (HTTP 503)."""
+
+
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def decode_slot(limit: int, wait_s: float) -> Iterator[None]:
+    """At most ``limit`` uploads of this process decode at once (each may expand to
+    settings.max_expanded_bytes); wait up to ``wait_s`` for a slot, else DecodeBusy."""
+    with _slots_lock:
+        slots = _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+    if not slots.acquire(timeout=wait_s):
+        raise DecodeBusy(f"{limit} uploads are being decoded; retry in a few seconds")
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def parse_upload(
-    filename: str, data: bytes, *, image_size: int | None = None, grayscale: bool = False
+    filename: str,
+    data: bytes,
+    *,
+    image_size: int | None = None,
+    grayscale: bool = False,
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
 ) -> tuple[str, CanonicalDataset]:
-    """Parse and validate an upload; return (format, canonical dataset)."""
-    fmt, ds = read_upload(filename, data, image_size=image_size, grayscale=grayscale)
+    """Parse and validate an upload; return (format, canonical dataset). Raises
+    TooLarge (a subclass of UploadError) when it would expand past max_expanded_bytes."""
+    fmt, ds = read_upload(
+        filename,
+        data,
+        image_size=image_size,
+        grayscale=grayscale,
+        max_expanded_bytes=max_expanded_bytes,
+    )
     return fmt, CanonicalDataset.of(ds)
 
 

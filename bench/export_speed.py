@@ -105,7 +105,9 @@ def bench_cell(
             "row per call": lambda: [
                 graph.run(None, {**feeds, "input": x[i : i + 1]}) for i in range(batch)
             ],
-            "noise in": lambda: noise_in.run(None, {"input": x, "noise": noise}),
+            "noise in": lambda: noise_in.run(
+                None, {"input": x, "noise": noise, "num_samples": feeds["num_samples"]}
+            ),
             "torch": torch_het,
             "softmax": lambda: softmax.run(None, feeds),
             "torch softmax": torch_softmax,

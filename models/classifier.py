@@ -36,6 +36,11 @@ class Classifier(nn.Module):
     def predict(self, x, num_samples=None, generator=None):
         return self.head.predict(self.features(x), num_samples, generator)
 
+    @torch.no_grad()
+    def noise_free_probs(self, x):
+        """softmax(mu(x) / tau) (sigmoid per label): the predictive without label noise."""
+        return self.head.noise_free_probs(self.features(x))
+
 
 def build_classifier(
     spec: RunSpec, input_shape: list[int], num_classes: int, mean: np.ndarray, std: np.ndarray

@@ -37,8 +37,11 @@ ALLOWED_NPZ_KEYS = frozenset({f"{xy}_{s}" for xy in "xy" for s in SPLITS} | {"cl
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGE_SIZE = 512
 MAX_ZIP_ENTRIES = 200_000
-MAX_ZIP_EXPANDED_BYTES = 4 << 30  # a zip bomb is refused before anything is decompressed
-MAX_DECODED_IMAGE_BYTES = 4 << 30  # float32 pixels of all images, checked before decoding
+# What one upload may expand to in memory (npy arrays as declared, canonical float32
+# copies, decoded images), checked before anything is decompressed. The API passes
+# settings.max_expanded_bytes; this is its default.
+MAX_EXPANDED_BYTES = 1 << 30
+MAX_ZIP_EXPANDED_BYTES = MAX_EXPANDED_BYTES  # kept for callers of the old name
 MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
 
 
@@ -77,38 +80,81 @@ class ArrayDataset:
         }
 
 
+class TooLarge(DatasetError):
+    """The upload would expand past the allowed size in memory (HTTP 413)."""
+
+
 def load_dataset(source: str | Path | bytes, fmt: str | None = None) -> ArrayDataset:
-    """Load and validate a ``.npz`` or ``.csv`` dataset from a path or raw bytes."""
+    """Load and validate a ``.npz`` or ``.csv`` dataset from a path or raw bytes.
+
+    No expansion bound here: the worker reads files the API already checked."""
     if isinstance(source, (str, Path)):
         fmt = fmt or Path(source).suffix.lstrip(".").lower()
         data = Path(source).read_bytes()
     else:
         data = source
     if fmt == "npz":
-        return from_arrays(*read_npz(data))
+        return from_arrays(*read_npz(data, max_expanded_bytes=None))
     if fmt == "csv":
         return from_arrays(*read_csv(data))
     raise DatasetError(f"unsupported dataset format {fmt!r}: use .npz or .csv")
 
 
 def read_upload(
-    filename: str, data: bytes, *, image_size: int | None = None, grayscale: bool = False
+    filename: str,
+    data: bytes,
+    *,
+    image_size: int | None = None,
+    grayscale: bool = False,
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
 ) -> tuple[str, ArrayDataset]:
     """Read and validate an uploaded ``.npz``, ``.csv`` or image ``.zip``; return
-    (format, canonical dataset)."""
+    (format, canonical dataset). TooLarge when it would expand past ``max_expanded_bytes``."""
     fmt = posixpath.splitext(filename.lower())[1].lstrip(".")
     if fmt == "npz":
-        arrays, names = read_npz(data)
+        arrays, names = read_npz(data, max_expanded_bytes=max_expanded_bytes)
     elif fmt == "csv":
         arrays, names = read_csv(data)
     elif fmt == "zip":
-        arrays, names = read_image_zip(data, image_size or 32, grayscale)
+        arrays, names = read_image_zip(
+            data, image_size or 32, grayscale, max_expanded_bytes=max_expanded_bytes
+        )
     else:
         raise DatasetError(f"unsupported file type {filename!r}: upload a .npz, .csv or .zip")
     return fmt, from_arrays(arrays, names)
 
 
-def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
+def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
+    """Bytes the arrays of a .npz take once read and made canonical, from each member's
+    npy header alone (a few hundred bytes decompressed per member, never the data):
+    numpy allocates the declared shape up front, so a small compressed file declaring
+    huge arrays must be refused here. Labels count at 8 bytes (int64), the rest at
+    least 4 (float32)."""
+    total = 0
+    for info in npz.zip.infolist():
+        name = info.filename.removesuffix(".npy")
+        try:
+            with npz.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _fortran, dtype = read_header(f)
+        except Exception as exc:
+            raise DatasetError(f"array {name!r} has no readable npy header: {exc}") from None
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        canonical = 8 if name.startswith("y_") else 4
+        total += count * max(dtype.itemsize, canonical)
+    return total
+
+
+def read_npz(
+    data: bytes, *, max_expanded_bytes: int | None = MAX_EXPANDED_BYTES
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # BadZipFile, ValueError, OSError: all "not an npz"
@@ -116,17 +162,23 @@ def read_npz(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DatasetError("not a .npz archive (a single .npy array was given)")
     with npz:
-        # A .npz is a zip: refuse a compressed bomb before any array is inflated.
-        expanded = sum(info.file_size for info in npz.zip.infolist())
-        if expanded > MAX_ZIP_EXPANDED_BYTES:
-            raise DatasetError(
-                f".npz expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
-            )
         unknown = set(npz.files) - ALLOWED_NPZ_KEYS
         if unknown:
             raise DatasetError(
                 f"unexpected arrays in .npz: {sorted(unknown)}; allowed: {sorted(ALLOWED_NPZ_KEYS)}"
             )
+        if max_expanded_bytes is not None:
+            # A .npz is a zip: refuse a compressed bomb before any array is inflated,
+            # by the sizes the zip declares and by the shapes the npy headers declare.
+            expanded = max(
+                sum(info.file_size for info in npz.zip.infolist()), npz_declared_bytes(npz)
+            )
+            if expanded > max_expanded_bytes:
+                raise TooLarge(
+                    f".npz expands to {expanded} bytes in memory (the arrays' declared shapes "
+                    f"and dtypes), at most {max_expanded_bytes} are accepted "
+                    "(HETSERVE_MAX_EXPANDED_BYTES)"
+                )
         arrays = {}
         for key in npz.files:
             try:
@@ -171,8 +223,19 @@ def read_csv(data: bytes) -> tuple[dict[str, np.ndarray], list[str] | None]:
             raise DatasetError(f".csv line {line}: non-numeric feature ({exc})") from None
     x = np.asarray(features, dtype=np.float32)
     try:
-        return {"x_train": x, "y_train": np.asarray([int(v) for v in labels], dtype=np.int64)}, None
+        integers = [int(v) for v in labels]
     except ValueError:
+        integers = None
+    if integers is not None:
+        try:
+            return {"x_train": x, "y_train": np.asarray(integers, dtype=np.int64)}, None
+        except OverflowError:
+            big = str(max(integers, key=abs))
+            big = big if len(big) <= 30 else big[:27] + "..."
+            raise DatasetError(
+                f".csv label {big} is out of range: class indices must fit in int64"
+            ) from None
+    else:
         names = sorted(set(labels))
         index = {name: i for i, name in enumerate(names)}
         return {
@@ -194,7 +257,7 @@ def safe_member_parts(name: str) -> list[str] | None:
 
 
 def read_image_zip(
-    data: bytes, image_size: int, grayscale: bool
+    data: bytes, image_size: int, grayscale: bool, *, max_expanded_bytes: int = MAX_EXPANDED_BYTES
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     if not 4 <= image_size <= MAX_IMAGE_SIZE:
         raise DatasetError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {image_size}")
@@ -209,9 +272,10 @@ def read_image_zip(
                 f"zip has {len(infos)} entries, at most {MAX_ZIP_ENTRIES} are accepted"
             )
         expanded = sum(info.file_size for info in infos)
-        if expanded > MAX_ZIP_EXPANDED_BYTES:
-            raise DatasetError(
-                f"zip expands to {expanded} bytes, at most {MAX_ZIP_EXPANDED_BYTES} are accepted"
+        if expanded > max_expanded_bytes:
+            raise TooLarge(
+                f"zip expands to {expanded} bytes, at most {max_expanded_bytes} are accepted "
+                "(HETSERVE_MAX_EXPANDED_BYTES)"
             )
         files = []
         for info in infos:
@@ -237,10 +301,11 @@ def read_image_zip(
         class_names = sorted({cls for cls, _ in by_split["train"]})
         index = {name: i for i, name in enumerate(class_names)}
         decoded = len(files) * (1 if grayscale else 3) * image_size * image_size * 4
-        if decoded > MAX_DECODED_IMAGE_BYTES:
-            raise DatasetError(
+        if decoded > max_expanded_bytes:
+            raise TooLarge(
                 f"{len(files)} images at {image_size}x{image_size} decode to {decoded} bytes, "
-                f"at most {MAX_DECODED_IMAGE_BYTES} are accepted: use a smaller image_size"
+                f"at most {max_expanded_bytes} are accepted (HETSERVE_MAX_EXPANDED_BYTES): "
+                "use a smaller image_size"
             )
         arrays = {}
         for split, entries in by_split.items():

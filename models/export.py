@@ -4,7 +4,8 @@ The file's contract (docs/export.md has the full version; the names are in
 ``models.onnx_contract``):
 
     inputs   input        float32 [B, ...]   raw features; standardisation is in the graph
-             num_samples  int64 scalar       S, optional (default: the model's eval S)
+             num_samples  int64 scalar       S, optional (default: the model's eval S);
+                                             <= 0: no sampling (see below)
              seed         int64 scalar       optional; < 0 (the default) = fresh draws
     outputs  probs             [B, K]   p_hat = 1/S sum_s softmax(u_s / tau)  (sigmoid: multilabel)
              entropy           [B] / [B, K]   H[p_hat] (per label for multilabel)
@@ -13,13 +14,19 @@ The file's contract (docs/export.md has the full version; the names are in
              noise_std         [B, K]   sqrt(diag Sigma(x)), exact
              top_classes       int64 [B, T]   the T = min(10, K) most probable classes
              top_correlation   [B, T, T]      rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj) among them
+             noise_free_probs  [B, K]   softmax(mu / tau) (sigmoid: multilabel), exact
+
+With num_samples <= 0 a HET graph skips the sampler and the MC moments (an ONNX If): the
+SAMPLED_OUTPUTS of ``models.onnx_contract`` come back as zeros, the rest exact (the top
+classes then ranked by noise_free_probs).
 
 Three parts, one module each:
 
 1. ``models.export_core``: the torch core, features -> latent Gaussian -> MC outputs with
    the noise ``eps`` (S x (K + R), shared by the batch) as a graph input ``noise``,
-   computed by the head's reference estimator and exported with dynamo;
-2. ``models.export_sampler``: the hand-built ONNX sampler put in front of the core,
+   computed by the head's reference estimator inside a torch.cond on num_samples > 0
+   and exported with dynamo;
+2. ``models.export_sampler``: the hand-built ONNX sampler, put inside that If's branch,
    ``seed`` and ``num_samples`` -> ``noise`` (SplitMix64, then Box-Muller), and its
    numpy twin ``counter_normals``;
 3. ``models.export_parity``: onnxruntime vs PyTorch on held-out inputs, statistically and

@@ -4,8 +4,11 @@ with the noise as a graph input (the sampler in ``models.export_sampler`` replac
 The HET core computes its outputs with the head's own code: ``HetHead.latent``,
 ``LogitGaussian.scaled`` (1/tau folded into the (B, K) tensors) and
 ``models.heads.reference_moments`` (one pass over S, so batch and S stay dynamic in the
-graph), then the exact per-example fields of ``models.uncertainty``. Exported alone, with
-its ``noise`` input, it is the "precomputed noise" baseline of bench/export_speed.py.
+graph), then the exact per-example fields of ``models.uncertainty`` and the noise-free
+predictive softmax(mu / tau). The MC moments sit in a ``torch.cond`` on num_samples > 0,
+exported as an ONNX ``If``, so a call with S = 0 costs only the deterministic parts.
+Exported alone, with its ``noise`` and ``num_samples`` inputs, it is the "precomputed
+noise" baseline of bench/export_speed.py.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from models.classifier import Classifier
-from models.heads import LogitGaussian, reference_moments
+from models.heads import MULTICLASS, LogitGaussian, noise_free_from_logits, reference_moments
 from models.onnx_contract import OUTPUT_NAMES
 from models.uncertainty import entropy_of, top_correlations
 
@@ -37,19 +40,65 @@ def split_noise(noise: torch.Tensor, num_classes: int, num_factors: int):
 
 
 class SampledCore(nn.Module):
-    """forward(input, noise) -> the OUTPUT_NAMES tensors, noise = [eps_K | eps_R] (S, K + R)
-    shared by the batch; the moments are ``reference_moments`` of z = u / tau."""
+    """forward(input, noise, num_samples) -> the OUTPUT_NAMES tensors, noise = [eps_K | eps_R]
+    (S, K + R) shared by the batch; the moments are ``reference_moments`` of z = u / tau.
+
+    The MC part is a ``torch.cond`` on num_samples > 0 (an ONNX ``If``; the sampler is moved
+    into its then-branch): with num_samples <= 0 the SAMPLED_OUTPUTS are zeros and nothing is
+    drawn, while noise_free_probs, noise_std and the correlations stay exact (the top
+    classes then ranked by noise_free_probs)."""
 
     def __init__(self, model: Classifier):
         super().__init__()
         self.model = model
 
-    def forward(self, input: torch.Tensor, noise: torch.Tensor):  # noqa: A002 (graph input name)
+    def forward(self, input: torch.Tensor, noise: torch.Tensor, num_samples: torch.Tensor):  # noqa: A002 (graph input names)
         head = self.model.head
         latent = head.latent(self.model.features(input))
+        noise_free = noise_free_from_logits(latent.scaled(1.0 / head.temperature).mu, head.task)
+        sampled = num_samples > 0
+        # u's own tensors go into the If and 1/tau is folded in there: whatever the branches
+        # read is computed before the If runs, so S = 0 computes nothing it does not return
+        moments = torch.cond(
+            sampled, self._moments, self._placeholders, (noise, *_latent_tensors(latent))
+        )
+        ranking = torch.where(sampled, moments[0], noise_free)
+        return outputs(latent, moments, ranking, noise_free)
+
+    def _moments(self, noise, mu, scale, *factor):
+        head = self.model.head
+        z = _latent_from(mu, scale, factor, head).scaled(1.0 / head.temperature)
         eps_r, eps_k = split_noise(noise, head.num_classes, head.num_factors)
-        m = reference_moments(latent.scaled(1.0 / head.temperature), eps_r, eps_k, head.task)
-        return outputs(latent, m, head.task)
+        m = reference_moments(z, eps_r, eps_k, head.task)
+        probs = m["probs"]
+        return probs, entropy_of(probs, head.task), m["expected_entropy"], m["prob_std"]
+
+    def _placeholders(self, noise, mu, scale, *factor):
+        per_example = mu[:, 0] if self.model.head.task == MULTICLASS else mu
+        return (
+            torch.zeros_like(mu),
+            torch.zeros_like(per_example),
+            torch.zeros_like(per_example),
+            torch.zeros_like(mu),
+        )
+
+
+def _latent_tensors(z: LogitGaussian) -> tuple[torch.Tensor, ...]:
+    """The input-dependent tensors of a LogitGaussian, as torch.cond operands."""
+    if z.factor_basis is not None:
+        return z.mu, z.scale, z.factor_scale
+    if z.factors is not None:
+        return z.mu, z.scale, z.factors
+    return z.mu, z.scale
+
+
+def _latent_from(mu, scale, factor, head) -> LogitGaussian:
+    """_latent_tensors' inverse (J, input independent, comes from the head)."""
+    if not factor:
+        return LogitGaussian(mu, scale)
+    if head.parameter_efficient:
+        return LogitGaussian(mu, scale, factor_scale=factor[0], factor_basis=head.factor_basis)
+    return LogitGaussian(mu, scale, factors=factor[0])
 
 
 class DeterministicCore(nn.Module):
@@ -63,34 +112,37 @@ class DeterministicCore(nn.Module):
     def forward(self, input: torch.Tensor):  # noqa: A002
         head = self.model.head
         h = self.model.features(input)
-        return outputs(head.latent(h), head.moments(h), head.task)
+        m = head.moments(h)
+        probs = m["probs"]
+        moments = (probs, entropy_of(probs, head.task), m["expected_entropy"], m["prob_std"])
+        return outputs(head.latent(h), moments, probs, head.noise_free_probs(h))
 
 
-def outputs(latent: LogitGaussian, moments: dict, task: str) -> tuple[torch.Tensor, ...]:
-    """The OUTPUT_NAMES tensors, in order, from the latent of u and the MC moments."""
-    probs = moments["probs"]
-    classes, rho = top_correlations(latent, probs)
-    return (
-        probs,
-        entropy_of(probs, task),
-        moments["expected_entropy"],
-        moments["prob_std"],
-        latent.variance().sqrt(),
-        classes,
-        rho,
-    )
+def outputs(
+    latent: LogitGaussian, moments: tuple, ranking: torch.Tensor, noise_free: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The OUTPUT_NAMES tensors, in order, from the latent of u, the SAMPLED_OUTPUTS
+    (probs, entropy, expected_entropy, prob_std), the probabilities that rank the top
+    classes and the noise-free predictive."""
+    classes, rho = top_correlations(latent, ranking)
+    return (*moments, latent.variance().sqrt(), classes, rho, noise_free)
 
 
 def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
-    """The torch-exported core of a CPU model. HET: inputs (input, noise); baseline: (input)."""
+    """The torch-exported core of a CPU model. HET: inputs (input, noise, num_samples);
+    baseline: (input)."""
     model.eval()
     x = torch.zeros([3, *input_shape])
     batch = torch.export.Dim("batch")
     if is_sampled(model):
         core: nn.Module = SampledCore(model)
-        args = (x, torch.zeros(5, noise_width(model)))
-        dynamic = {"input": {0: batch}, "noise": {0: torch.export.Dim("samples")}}
-        input_names = ["input", "noise"]
+        args = (x, torch.zeros(5, noise_width(model)), torch.tensor(5))
+        dynamic = {
+            "input": {0: batch},
+            "noise": {0: torch.export.Dim("samples")},
+            "num_samples": None,
+        }
+        input_names = ["input", "noise", "num_samples"]
     else:
         core = DeterministicCore(model)
         args = (x,)

@@ -7,6 +7,10 @@ Two checks (``check_parity``), either failing refuses the export:
    errors;
 2. same noise: the graph's output vs PyTorch fed ``counter_normals(seed)``, the sampler's
    numpy twin, which must agree to float32 rounding: any mistake in the graph shows here.
+
+The deterministic ``noise_free_probs`` is compared exactly (to float32 rounding), at the
+eval S and at S = 0, where the graph must skip the sampler and still return it, with
+finite placeholders for the SAMPLED_OUTPUTS.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from models.classifier import Classifier
 from models.export_core import is_sampled, noise_width, split_noise
 from models.export_sampler import counter_normals
+from models.onnx_contract import OUTPUT_NAMES
 from models.uncertainty import predictive_uncertainty
 
 # Parity, two checks (check_parity):
@@ -41,6 +46,8 @@ PARITY_SEEDS = (20260, 20261)  # (torch generator, onnx seed): a reproducible ch
 # sqrt(se_onnx^2 + se_torch^2) + PARITY_ATOL so deterministic entries compare exactly.
 PARITY_ATOL = 1e-5
 PARITY_SAME_NOISE_ATOL = 1e-4
+# noise_free_probs: no sampling, so onnxruntime and PyTorch differ by float32 rounding only
+PARITY_EXACT_ATOL = 1e-5
 PARITY_CHUNK_ELEMENTS = 1 << 24  # rows per onnxruntime call: B x S x K at most this
 # The first parity_rows(model) of parity_inputs are compared: the check's cost grows with
 # rows x S x K (PyTorch at 10 000 draws), so many-class models use fewer rows.
@@ -73,6 +80,8 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         max z <= z_limit = max(PARITY_Z, Phi^-1(1 - PARITY_FAMILY_ALPHA / (2 N)))
 
     Same-noise check: max |p_onnx(seed) - p_torch(counter_normals(seed))| <= PARITY_SAME_NOISE_ATOL.
+    noise_free_probs, at eval S and at S = 0: max |p_onnx - softmax(mu / tau)| <= PARITY_EXACT_ATOL,
+    and every output finite at S = 0.
     """
     import onnxruntime as ort  # the training side has it; imported here, where it is used
 
@@ -84,20 +93,17 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
     )
 
-    def run_onnx(num_samples: int) -> dict[str, np.ndarray]:
-        rows = max(1, PARITY_CHUNK_ELEMENTS // (num_samples * head.num_classes))
+    def run_onnx(num_samples: int, names=("probs", "prob_std")) -> dict[str, np.ndarray]:
+        rows = max(1, PARITY_CHUNK_ELEMENTS // (max(num_samples, 1) * head.num_classes))
         feeds = {
             "num_samples": np.asarray(num_samples, np.int64),
             "seed": np.asarray(onnx_seed, np.int64),
         }
         parts = [
-            session.run(["probs", "prob_std"], {"input": x[i : i + rows], **feeds})
+            session.run(list(names), {"input": x[i : i + rows], **feeds})
             for i in range(0, len(x), rows)
         ]
-        return {
-            "probs": np.concatenate([p[0] for p in parts]),
-            "prob_std": np.concatenate([p[1] for p in parts]),
-        }
+        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
     sampled = is_sampled(model)
     onnx_samples = max(int(head.eval_mc_samples), PARITY_MIN_ONNX_SAMPLES) if sampled else 1
@@ -115,14 +121,20 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
     z_limit = max(PARITY_Z, NormalDist().inv_cdf(1 - PARITY_FAMILY_ALPHA / (2 * z.size)))
 
     same_samples = int(head.eval_mc_samples) if sampled else 1
-    same = run_onnx(same_samples)["probs"]
+    same = run_onnx(same_samples, ("probs", "noise_free_probs"))
     with torch.no_grad():
         noise = None
         if sampled:
             eps = torch.from_numpy(counter_normals(onnx_seed, same_samples, noise_width(model)))
             noise = split_noise(eps, head.num_classes, head.num_factors)
         same_ref = head.moments(h, same_samples, noise=noise)["probs"].numpy()
-    same_diff = float(np.abs(same - same_ref).max())
+        noise_free_ref = head.noise_free_probs(h).numpy()
+    same_diff = float(np.abs(same["probs"] - same_ref).max())
+    noise_free_diff = float(np.abs(same["noise_free_probs"] - noise_free_ref).max())
+    # S = 0: no sampling; noise_free_probs exact, every output finite
+    zero = run_onnx(0, OUTPUT_NAMES)
+    zero_diff = float(np.abs(zero["noise_free_probs"] - noise_free_ref).max())
+    zero_finite = all(bool(np.isfinite(v).all()) for v in zero.values())
 
     figures = {
         "num_inputs": int(len(x)),
@@ -135,7 +147,15 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         "max_abs_diff": float(np.abs(p_onnx - p_ref).max()),
         "same_noise_samples": same_samples,
         "same_noise_max_abs_diff": same_diff,
-        "passed": bool(z.max() <= z_limit and same_diff <= PARITY_SAME_NOISE_ATOL),
+        "noise_free_max_abs_diff": noise_free_diff,
+        "zero_samples_noise_free_max_abs_diff": zero_diff,
+        "zero_samples_finite": zero_finite,
+        "passed": bool(
+            z.max() <= z_limit
+            and same_diff <= PARITY_SAME_NOISE_ATOL
+            and max(noise_free_diff, zero_diff) <= PARITY_EXACT_ATOL
+            and zero_finite
+        ),
     }
     if not z.max() <= z_limit:  # NaN fails too
         row, cls = (int(i) for i in np.unravel_index(int(np.argmax(z)), z.shape))
@@ -148,5 +168,16 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         raise ParityError(
             f"parity check failed: with the same noise, onnxruntime and PyTorch probabilities differ by "
             f"up to {same_diff:.2e} (limit {PARITY_SAME_NOISE_ATOL:.0e}); figures: {figures}"
+        )
+    if not max(noise_free_diff, zero_diff) <= PARITY_EXACT_ATOL:
+        raise ParityError(
+            f"parity check failed: noise_free_probs differ from PyTorch's softmax(mu / tau) by "
+            f"up to {max(noise_free_diff, zero_diff):.2e} (limit {PARITY_EXACT_ATOL:.0e}; "
+            f"{noise_free_diff:.2e} at S={same_samples}, {zero_diff:.2e} at S=0); figures: {figures}"
+        )
+    if not zero_finite:
+        raise ParityError(
+            f"parity check failed: a call with num_samples=0 returned non-finite outputs; "
+            f"figures: {figures}"
         )
     return figures

@@ -1,7 +1,8 @@
-"""The sampler in front of the core: graph inputs ``seed`` and ``num_samples`` -> ``noise``.
+"""The sampler of the core: graph inputs ``seed`` and ``num_samples`` -> ``noise``.
 
 A hand-built ONNX subgraph turns ``seed`` and ``num_samples`` into the (S, K + R) noise
-matrix the core (``models.export_core``) takes, with a counter-based generator:
+matrix the core (``models.export_core``) takes, with a counter-based generator (it runs
+inside the core's If on num_samples > 0, so S = 0 draws nothing):
 SplitMix64 on ``key + golden * i``, then Box-Muller. The noise is a pure function of
 (seed, S, K, R):
 
@@ -190,18 +191,52 @@ def counter_normals(seed: int, num_samples: int, width: int) -> np.ndarray:
     return np.concatenate([a, b], axis=1)[:, :width]
 
 
+def _references(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether any node of ``graph`` or of its subgraphs reads the value ``name``."""
+    for node in graph.node:
+        if name in node.input:
+            return True
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            if any(_references(g, name) for g in subgraphs):
+                return True
+    return False
+
+
+def _noise_branch(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """The one If branch of the core's top level that reads ``noise`` (the MC moments)."""
+    if any("noise" in node.input for node in graph.node):
+        raise ValueError("the core reads noise outside its If on num_samples > 0")
+    branches = [
+        attr.g
+        for node in graph.node
+        if node.op_type == "If"
+        for attr in node.attribute
+        if _references(attr.g, "noise")
+    ]
+    if len(branches) != 1:
+        raise ValueError(f"expected one If branch reading noise in the core, found {len(branches)}")
+    return branches[0]
+
+
 def with_sampler(core: onnx.ModelProto, width: int, eval_samples: int) -> onnx.ModelProto:
-    """Replace the core's ``noise`` input by the sampler; add inputs num_samples, seed
-    (initializers of the same name give their defaults: eval S, and -1 = fresh draws)."""
+    """Replace the core's ``noise`` input by the sampler, put inside the core's If branch
+    that computes the MC moments (so num_samples <= 0 draws nothing), and make inputs
+    ``num_samples`` and ``seed`` optional (initializers of the same name give their
+    defaults: eval S, and -1 = fresh draws)."""
     graph = core.graph
-    inputs = [i for i in graph.input if i.name != "noise"]
+    branch = _noise_branch(graph)
+    nodes = [*sampler_nodes(width), *branch.node]
+    del branch.node[:]
+    branch.node.extend(nodes)
+    inputs = [i for i in graph.input if i.name not in ("noise", "num_samples")]
     defaults = [
         numpy_helper.from_array(np.asarray(eval_samples, dtype=np.int64), "num_samples"),
         numpy_helper.from_array(np.asarray(-1, dtype=np.int64), "seed"),
     ]
     inputs += [oh.make_tensor_value_info(d.name, TensorProto.INT64, []) for d in defaults]
     merged = oh.make_graph(
-        [*sampler_nodes(width), *graph.node],
+        list(graph.node),
         graph.name,
         inputs,
         list(graph.output),

@@ -11,6 +11,8 @@ import numpy as np
 
 # Outputs of every exported graph, in this order. Baseline models have the same outputs,
 # with zeros where a quantity does not exist (no noise: noise_std = 0, no correlations).
+# noise_free_probs is softmax(mu / tau) (sigmoid per label): the predictive with the
+# learned label noise set to zero, exact, no sampling (the baseline's own probabilities).
 OUTPUT_NAMES = (
     "probs",
     "entropy",
@@ -19,7 +21,16 @@ OUTPUT_NAMES = (
     "noise_std",
     "top_classes",
     "top_correlation",
+    "noise_free_probs",
 )
+
+# The outputs that come from the MC draws. A HET graph called with num_samples <= 0 skips
+# the sampler and the MC moments altogether (an ONNX If on num_samples > 0) and returns
+# these as placeholder zeros of their usual shapes: finite, meaningless, for a runtime to
+# null out. The other outputs stay exact at S = 0: noise_free_probs, noise_std, and
+# top_classes / top_correlation, ranked by noise_free_probs there (by probs when S > 0).
+# The baseline ignores num_samples: its outputs are exact at any S, 0 included.
+SAMPLED_OUTPUTS = ("probs", "entropy", "expected_entropy", "prob_std")
 
 # Metadata lives in the file's metadata_props as JSON values under this prefix.
 META_PREFIX = "hetserve."

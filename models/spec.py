@@ -24,6 +24,16 @@ LEARNED_TEMPERATURE_START = 1.0
 MAX_NOISE_BYTES = 2 << 30
 EVAL_BATCH_ROWS = 512
 
+# The model's training memory, estimated at submission (``training_bytes``): float32
+# parameters four times over (weights, gradients, Adam's two moments) plus the
+# activations of one training batch kept for the backward pass (twice: values and
+# gradients). A spec above it is refused (422) instead of killing the worker.
+MAX_TRAINING_BYTES = 8 << 30
+# Floats of activations per input pixel, per image, for the image backbones (summed over
+# their conv/batch-norm/ReLU outputs at each stage's resolution; models/backbones.py).
+ACTIVATIONS_PER_PIXEL = {"cnn": 200, "resnet18": 2000}
+IMAGE_BACKBONE = {"cnn": (93_000, 128), "resnet18": (11_200_000, 512)}  # params, features
+
 
 def temperature_label(tau: float) -> str:
     """How a grid temperature is named in progress phases and unit folders: "1.5"."""
@@ -150,6 +160,37 @@ def noise_bytes(spec: RunParts, num_classes: int) -> int:
     return rows * max(head.train_mc_samples, head.eval_mc_samples) * per_draw
 
 
+def parameter_count(spec: RunParts, input_shape: Sequence[int], num_classes: int) -> int:
+    """Parameters of backbone and head (an upper bound for parameter_efficient heads)."""
+    if spec.backbone.kind == "mlp":
+        width, params = 1, 0
+        for dim in input_shape:
+            width *= int(dim)
+        for hidden in spec.backbone.hidden:
+            params += width * hidden + hidden
+            width = hidden
+        features = width
+    else:
+        params, features = IMAGE_BACKBONE[spec.backbone.kind]
+        params += 9 * int(input_shape[0]) * 64  # the stem follows the input channels
+    per_class = features + 1
+    if spec.head.kind == "het":  # loc, diagonal scale, R factors per class
+        per_class *= 2 + spec.head.num_factors
+    return params + per_class * num_classes
+
+
+def training_bytes(spec: RunParts, input_shape: Sequence[int], num_classes: int) -> int:
+    """Estimated memory of training the model: see MAX_TRAINING_BYTES."""
+    params = parameter_count(spec, input_shape, num_classes)
+    if spec.backbone.kind == "mlp":
+        per_row = sum(spec.backbone.hidden) * 2  # linear output and its ReLU
+    else:
+        pixels = int(input_shape[-1]) * int(input_shape[-2]) if len(input_shape) == 3 else 1
+        per_row = ACTIVATIONS_PER_PIXEL[spec.backbone.kind] * pixels
+    activations = spec.train.batch_size * per_row * 4 * 2
+    return params * 4 * 4 + activations
+
+
 class DatasetFacts(Protocol):
     """What the checks need to know of a dataset (the store's dataset row has it all)."""
 
@@ -187,6 +228,16 @@ def check_fits(spec: RunSpec, dataset: DatasetFacts) -> None:
             f"{'' if spec.head.share_samples_across_batch else ' per example'}; K = "
             f"{dataset.num_classes}); at most {MAX_NOISE_BYTES / 2**30:.0f} GiB: lower "
             "train_mc_samples / eval_mc_samples or share the samples across the batch",
+        )
+    memory = training_bytes(spec, dataset.input_shape, dataset.num_classes)
+    if memory > MAX_TRAINING_BYTES:
+        params = parameter_count(spec, dataset.input_shape, dataset.num_classes)
+        raise SpecMismatch(
+            f"the model would take about {memory / 2**30:.1f} GiB to train ({params:,} "
+            f"parameters with gradients and Adam state, plus a batch of "
+            f"{spec.train.batch_size} rows of activations); at most "
+            f"{MAX_TRAINING_BYTES / 2**30:.0f} GiB: use a smaller backbone.hidden or "
+            "train.batch_size"
         )
     if dataset.num_val == 0:
         try:

@@ -58,7 +58,9 @@ class Callbacks:
 class TrainResult:
     model: Classifier
     spec: RunSpec  # with the temperature actually used
-    metrics: dict  # test_* (on x_test, or on the validation split when there is none) and val_*
+    # test_* (on x_test, or on the validation split when there is none) and val_* of the MC
+    # predictive; noise_free_test_* and noise_free_val_* of the noise-free one
+    metrics: dict
     reliability: list[dict]
     history: list[dict]
     best_epoch: int
@@ -264,6 +266,14 @@ def train_run(
     reliability = test.pop("reliability")
     val.pop("reliability")
     metrics = {f"test_{k}": v for k, v in test.items()} | {f"val_{k}": v for k, v in val.items()}
+    # The noise-free predictive softmax(mu / tau) of the same model, beside the MC one
+    # (equal for the softmax baseline, whose predictive has no noise).
+    nf_test = evaluate_split(model, x_eval, y_eval, spec.task, noise_free=True)
+    nf_val = evaluate_split(model, data.x_val, data.y_val, spec.task, noise_free=True)
+    nf_test.pop("reliability")
+    nf_val.pop("reliability")
+    metrics |= {f"noise_free_test_{k}": v for k, v in nf_test.items()}
+    metrics |= {f"noise_free_val_{k}": v for k, v in nf_val.items()}
     metrics["test_split"] = "test" if data.x_test is not None else "val"
     metrics["temperature"] = model.head.temperature.item()
     if spec.head.kind == "het" and spec.head.temperature == "learned":
@@ -281,21 +291,33 @@ def train_run(
 
 @torch.no_grad()
 def predict_proba(
-    model: Classifier, x: np.ndarray, num_samples: int | None = None, seed: int = EVAL_SEED
+    model: Classifier,
+    x: np.ndarray,
+    num_samples: int | None = None,
+    seed: int = EVAL_SEED,
+    noise_free: bool = False,
 ) -> np.ndarray:
-    """Predictive probabilities for a whole array, in batches, with seeded noise."""
+    """Predictive probabilities for a whole array, in batches, with seeded noise.
+
+    noise_free: the noise-free predictive softmax(mu / tau) instead (no sampling)."""
     model.eval()
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
     for start in range(0, len(x), EVAL_BATCH):
         xb = torch.as_tensor(x[start : start + EVAL_BATCH], device=device)
-        out.append(model.predict(xb, num_samples, generator=gen).float().cpu().numpy())
+        if noise_free:
+            probs = model.noise_free_probs(xb)
+        else:
+            probs = model.predict(xb, num_samples, generator=gen)
+        out.append(probs.float().cpu().numpy())
     return np.concatenate(out)
 
 
-def evaluate_split(model: Classifier, x, y, task: str, num_samples: int | None = None) -> dict:
-    return evaluate(predict_proba(model, x, num_samples), y, task)
+def evaluate_split(
+    model: Classifier, x, y, task: str, num_samples: int | None = None, noise_free: bool = False
+) -> dict:
+    return evaluate(predict_proba(model, x, num_samples, noise_free=noise_free), y, task)
 
 
 def _progress(epoch, epochs, step, steps, idx, total, train_loss, tau) -> dict:

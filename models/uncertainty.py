@@ -12,6 +12,8 @@ This is the reference the exported ONNX graph is tested against.
 | noise_std          | sqrt(diag Sigma(x)): label noise in logit space, exact         |
 | correlated_pairs   | among the most probable classes (up to 10), the pairs with the |
 |                    | largest |rho_ij|, rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj)   |
+| noise_free_probs   | softmax(mu / tau) (sigmoid per label): the label noise set to  |
+|                    | zero; exact, no sampling                                       |
 
 For multilabel heads entropy and expected_entropy are per label (binary entropies).
 
@@ -51,7 +53,7 @@ def top_correlations(
     t = min(top, probs.shape[-1])
     classes = probs.topk(t, dim=-1).indices  # (B, T)
     scale = latent.scale.gather(-1, classes)
-    cov = torch.diag_embed(scale.square())
+    cov = torch.diag_embed(scale * scale)  # Mul, not Pow, in an exported graph
     v = latent.factor_matrix()
     if v is not None:
         v_top = v.gather(1, classes.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # (B, T, R)
@@ -89,5 +91,6 @@ def predictive_uncertainty(
             rank_pairs(c, r, max_pairs)
             for c, r in zip(classes.cpu().numpy(), rho.cpu().numpy(), strict=True)
         ],
+        "noise_free_probs": head.noise_free_probs(h),
         "num_samples": num,
     }

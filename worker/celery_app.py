@@ -12,23 +12,28 @@ Run (docs/architecture.md):
 - Cancellation is cooperative (the training loop reads the job's flag): terminate-style
   revoke would kill a process holding a GPU context.
 - The embedded broker (kombu's SQL transport) never redelivers a message whose worker
-  died, so in embedded mode (one worker by design) the worker re-sends, once ready, the
-  jobs the store still shows as running: they resume from their checkpoints.
+  died. In embedded mode only one worker runs per data folder: it takes an exclusive
+  lock (``fcntl.flock``) on ``data_dir/worker.lock`` and a second one exits at once
+  with a message saying so (two would train the same running job twice).
+- The sweeper (worker/sweeper.py), on every broker: once ready and then every
+  ``sweep_interval_s``, re-queues the jobs the store shows as queued or running that no
+  broker message holds; they resume from their checkpoints. In embedded mode the
+  first sweep re-sends every running job (its worker, the previous holder of the lock,
+  is gone).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 
 from celery import Celery
-from celery.signals import setup_logging, worker_ready
+from celery.signals import setup_logging, worker_init, worker_ready
 
-from app.broker import TRAIN_QUEUE, TRAIN_TASK, broker_config
-from app.db import session_scope
+from app.broker import TRAIN_QUEUE, broker_config
 from app.logs import configure_logging
 from app.settings import get_settings
-from app.statuses import JobStatus
-from app.store import JobStore
 
 log = logging.getLogger("hetserve.worker")
 
@@ -61,12 +66,46 @@ def embedded_broker() -> bool:
     return settings.resolved_broker_url.startswith(("sqla+", "sqlalchemy+", "filesystem"))
 
 
+_data_dir_lock: int | None = None  # the open lock file, held for the process's life
+
+
+class AnotherEmbeddedWorker(SystemExit):
+    pass
+
+
+def lock_data_dir(data_dir) -> int:
+    """Take the embedded worker's exclusive lock on data_dir; exit if another has it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "worker.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AnotherEmbeddedWorker(
+            f"another embedded worker (pid {holder}) already runs on {data_dir.resolve()} "
+            f"(it holds {path}): with the embedded broker only one worker may run per data "
+            "folder; use Redis and PostgreSQL for several workers (docs/deploy.md)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@worker_init.connect
+def one_embedded_worker(sender=None, **_kwargs) -> None:
+    global _data_dir_lock
+    if embedded_broker() and _data_dir_lock is None:
+        try:
+            _data_dir_lock = lock_data_dir(settings.data_dir)
+        except AnotherEmbeddedWorker as exc:
+            log.error("%s", exc)
+            raise
+
+
 @worker_ready.connect
-def resend_orphaned_jobs(sender=None, **_kwargs) -> None:
-    if not embedded_broker():
-        return  # Redis redelivers unacknowledged messages itself
-    with session_scope(settings) as session:
-        orphans = [job.id for job in JobStore(session).list_by_status(JobStatus.RUNNING)]
-    for job_id in orphans:
-        log.warning("job %s was running when the last worker stopped: re-sending it", job_id)
-        celery_app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+def start_sweeper(sender=None, **_kwargs) -> None:
+    from worker import sweeper
+
+    sweeper.start(settings, lambda job_id: sweeper.send_train_job(celery_app, job_id))

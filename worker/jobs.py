@@ -15,6 +15,13 @@ it over HTTP.
 
 Fixed-temperature jobs run their units one after the other in ``run_job``.
 
+Store outages: a connection-kind database error anywhere in a job (a progress write,
+the cancel poll, ``fail`` itself) never fails the job and never lets its message be
+acknowledged: it leaves as ``StoreOutage``; tasks.py then waits, with backoff, until the
+store answers again (taking no other message meanwhile), hands the attempt back
+(``release_attempt``) and the message back to the broker; the job resumes from its
+checkpoint.
+
 Crash safety: each epoch ends with a checkpoint (models.train), so a redelivered job
 resumes from its last finished epoch; model registration is idempotent
 (UNIQUE(job_id, role)); a job that already ended is never run again.
@@ -35,12 +42,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.artifacts import ArtifactStore
+from app.db import ping as ping_store
 from app.db import session_scope
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
-from app.store import DatasetStore, JobStore, ModelStore
+from app.store import DatasetStore, Job, JobStore, Model, ModelStore
 from models.data import ArrayDataset, load_dataset
 from models.export import export_onnx
 from models.spec import RunSpec, temperature_label, validate_run
@@ -58,6 +68,10 @@ PARITY_ROWS = 64
 # timeout (hours) hands it out again.
 STOPPING = threading.Event()
 
+# Jobs whose message this worker process holds right now (tasks.py): the sweeper
+# never re-queues them.
+HELD_HERE: set[str] = set()
+
 
 class JobTimeLimit(Exception):
     """The job ran past settings.job_time_limit_s."""
@@ -65,6 +79,66 @@ class JobTimeLimit(Exception):
 
 class WorkerStopping(Exception):
     """The worker is shutting down: hand the job back to the broker."""
+
+
+class StoreOutage(Exception):
+    """The store could not be reached: the job must go back to the broker, unharmed.
+
+    ``attempt_counted``: this delivery's start_attempt committed (release_attempt undoes it).
+    """
+
+    def __init__(self, job_id: str, attempt_counted: bool):
+        super().__init__(f"job {job_id}: the store is unreachable")
+        self.job_id, self.attempt_counted = job_id, attempt_counted
+
+
+def is_store_outage(exc: BaseException | None) -> bool:
+    """A connection-kind SQLAlchemy error (server gone, refused, connection reset, SQLite
+    locked): the store is unreachable for now, not the job wrong. Looks down the chain
+    of causes too."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, StoreOutage):
+            return True
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def wait_for_store(settings: Settings) -> bool | None:
+    """Block until the store answers (backoff 0.5 s doubling up to store_retry_max_s).
+    True: it was down and answers again; False: it answered at once (the error was
+    probably not an outage: a schema error, say); None: the worker started stopping
+    first. The worker takes no other message meanwhile (solo pool, prefetch 1), so
+    queued jobs stay queued in the broker."""
+    delay, was_down = 0.5, False
+    while not STOPPING.is_set():
+        try:
+            ping_store(settings)
+            return was_down
+        except Exception as exc:
+            log.warning("store unreachable (%s); retrying in %.1f s", describe(exc), delay)
+        was_down = True
+        STOPPING.wait(delay)
+        delay = min(delay * 2, settings.store_retry_max_s)
+    return None
+
+
+def release_attempt(job_id: str, settings: Settings) -> None:
+    """Undo this delivery's start_attempt: an outage of the store is not the job's
+    fault and must not use up its max_job_attempts. Best effort."""
+    try:
+        with session_scope(settings) as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts > 0)
+                .values(attempts=Job.attempts - 1)
+            )
+    except Exception as exc:
+        log.warning("job %s: could not release the attempt: %s", job_id, describe(exc))
 
 
 Role = Literal["model", "baseline", "candidate"]
@@ -146,12 +220,26 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
     """Run (or resume) a job; return its final status, "skipped", or a FanOut."""
     if STOPPING.is_set():  # a message fetched during shutdown goes straight back
         raise WorkerStopping("the worker is shutting down")
-    with session_scope(settings) as session:
-        job = JobStore(session).start_attempt(job_id)
-        if job is None:
-            log.info("job %s already ended or does not exist; nothing to do", job_id)
-            return "skipped"
-        attempt = job.attempts
+    try:
+        with session_scope(settings) as session:
+            job = JobStore(session).start_attempt(job_id)
+            if job is None:
+                log.info("job %s already ended or does not exist; nothing to do", job_id)
+                return "skipped"
+            attempt = job.attempts
+    except Exception as exc:
+        if is_store_outage(exc):
+            raise StoreOutage(job_id, attempt_counted=False) from exc
+        raise
+    try:
+        return run_attempt(job_id, attempt, settings)
+    except Exception as exc:
+        if is_store_outage(exc):
+            raise StoreOutage(job_id, attempt_counted=True) from exc
+        raise
+
+
+def run_attempt(job_id: str, attempt: int, settings: Settings) -> str | FanOut:
     log.info("job %s: attempt %d", job_id, attempt)
     if attempt > settings.max_job_attempts:
         # acks_late + reject_on_worker_lost redeliver a job whose worker died; a job that
@@ -168,6 +256,8 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
     try:
         ctx = load_context(job_id, settings)
     except Exception as exc:
+        if is_store_outage(exc):
+            raise
         return fail(job_id, settings, exc)
     if ctx.run_spec.auto_temperature:
         return FanOut(job_id, ctx.units)
@@ -177,13 +267,14 @@ def run_job(job_id: str, settings: Settings) -> str | FanOut:
         results = {}
         for unit in ctx.units:
             results[unit.role] = train_unit(ctx, unit, data, settings)
-        register_and_finish(ctx, results, data, settings)
-        return JobStatus.SUCCEEDED
+        return register_and_finish(ctx, results, data, settings)
     except WorkerStopping:
         raise
     except Cancelled:
         return end_cancelled(job_id, settings)
     except Exception as exc:
+        if is_store_outage(exc):
+            raise
         return fail(job_id, settings, exc)
 
 
@@ -242,6 +333,8 @@ def run_unit(job_id: str, unit: Unit, settings: Settings) -> dict:
     except Cancelled:
         return unit_summary(unit, UnitOutcome.CANCELLED)
     except Exception as exc:
+        if is_store_outage(exc):
+            raise StoreOutage(job_id, attempt_counted=False) from exc
         log.exception("job %s unit %s failed", job_id, unit.phase)
         return unit_summary(unit, UnitOutcome.FAILED, error=describe(exc))
 
@@ -274,9 +367,10 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
             model = torch.load(unit_dir / "model.pt", weights_only=False)
             metrics = json.loads((unit_dir / "metrics.json").read_text())
             results[role] = (model, metrics, source)
-        register_trained(ctx, results, data, settings, candidates=table)
-        return JobStatus.SUCCEEDED
+        return register_trained(ctx, results, data, settings, candidates=table)
     except Exception as exc:
+        if is_store_outage(exc):
+            raise StoreOutage(job_id, attempt_counted=False) from exc
         return fail(job_id, settings, exc)
 
 
@@ -413,9 +507,9 @@ def unit_metrics(result: TrainResult) -> dict:
 
 def register_and_finish(
     ctx: JobContext, results: dict[str, TrainResult], data: ArrayDataset, settings: Settings
-):
+) -> str:
     trained = {role: (r.model, unit_metrics(r), Unit(role)) for role, r in results.items()}
-    register_trained(ctx, trained, data, settings, candidates=None)
+    return register_trained(ctx, trained, data, settings, candidates=None)
 
 
 def register_trained(
@@ -424,8 +518,9 @@ def register_trained(
     data: ArrayDataset,
     settings: Settings,
     candidates: list | None,
-) -> None:
-    """Export each trained model to ONNX, register it, and end the job ``succeeded``.
+) -> str:
+    """Export each trained model to ONNX, register it, and end the job ``succeeded``
+    (or ``cancelled``, when a cancel arrived meanwhile); return that status.
 
     ``trained`` maps a role ("model", "baseline") to (model, metrics, the unit that
     trained it). job.metrics = {"model": {...}, "baseline": {...}?, "candidates": [...]?}: the test
@@ -448,32 +543,27 @@ def register_trained(
     if candidates is not None:
         job_metrics["candidates"] = candidates
     with session_scope(settings) as session:
-        models = ModelStore(session)
-        ids = {}
-        for phase, (_, metrics, _) in trained.items():
-            onnx_path, onnx_sha256 = exported[phase]
-            other = "baseline" if phase == "model" else None
-            row = models.register(
-                ctx.job_id,
-                phase,
-                head=metrics["head"],
-                task=data.task,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-                class_names=data.class_names,
-                metrics=metrics,
-                baseline_metrics=job_metrics.get(other) if other else None,
-                onnx_path=onnx_path,
-                onnx_sha256=onnx_sha256,
-            )
-            ids[phase] = row.id
-        JobStore(session).finish(
-            ctx.job_id,
-            JobStatus.SUCCEEDED,
-            metrics=job_metrics,
-            model_id=ids.get("model"),
-            baseline_model_id=ids.get("baseline"),
-        )
+        # A cancel that arrived during the export is honoured: under the job's row lock
+        # (the one request_cancel takes), either the job ends cancelled here or the
+        # cancel comes after it succeeded (and is answered 409).
+        JobStore(session).lock(ctx.job_id)
+        job = session.get(Job, ctx.job_id, with_for_update=True, populate_existing=True)
+        cancelled = job is not None and job.cancel_requested
+        if cancelled:
+            JobStore(session).finish(ctx.job_id, JobStatus.CANCELLED)
+            unused = [
+                path
+                for path, _ in exported.values()
+                if not session.scalar(select(func.count()).where(Model.onnx_path == path))
+            ]
+        else:
+            register_models(session, ctx, trained, exported, job_metrics, data)
+    if cancelled:
+        for path in unused:
+            artifacts.remove(path)
+        log.info("job %s cancelled during its export", ctx.job_id)
+        remove_checkpoints(settings, ctx.job_id)
+        return JobStatus.CANCELLED
     log.info(
         "job %s succeeded: %s",
         ctx.job_id,
@@ -484,6 +574,37 @@ def register_trained(
         },
     )
     remove_checkpoints(settings, ctx.job_id)
+    return JobStatus.SUCCEEDED
+
+
+def register_models(session, ctx, trained, exported, job_metrics, data) -> None:
+    """The models' rows and the job's end (succeeded), in the caller's transaction."""
+    models = ModelStore(session)
+    ids = {}
+    for phase, (_, metrics, _) in trained.items():
+        onnx_path, onnx_sha256 = exported[phase]
+        other = "baseline" if phase == "model" else None
+        row = models.register(
+            ctx.job_id,
+            phase,
+            head=metrics["head"],
+            task=data.task,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            metrics=metrics,
+            baseline_metrics=job_metrics.get(other) if other else None,
+            onnx_path=onnx_path,
+            onnx_sha256=onnx_sha256,
+        )
+        ids[phase] = row.id
+    JobStore(session).finish(
+        ctx.job_id,
+        JobStatus.SUCCEEDED,
+        metrics=job_metrics,
+        model_id=ids.get("model"),
+        baseline_model_id=ids.get("baseline"),
+    )
 
 
 def end_cancelled(job_id: str, settings: Settings) -> str:

@@ -4,9 +4,19 @@
 as a chord: ``hetserve.train_unit(job_id, unit)`` (``jobs.Unit.to_message()``) for each
 grid temperature (and the baseline), then ``hetserve.finish_units(summaries, job_id)`` keeps the best validation
 NLL. A chord needs a result backend: Celery's database backend (settings.result_backend).
+
+Every task runs inside ``handing_back``: a worker shutting down, or a store that cannot
+be reached, puts the message back on the broker (``Reject(requeue=True)``; with
+acks_late nothing was acknowledged) instead of acknowledging a job that did not end.
+While the store is down the task blocks (jobs.wait_for_store), so the worker does not
+take, and lose, the next queued message.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery import chord
 from celery.exceptions import Reject
@@ -17,6 +27,8 @@ from app.settings import get_settings
 from worker import jobs
 from worker.celery_app import celery_app
 
+log = logging.getLogger("hetserve.worker")
+
 
 @worker_shutting_down.connect
 def hand_back_running_job(**_kwargs) -> None:
@@ -24,14 +36,42 @@ def hand_back_running_job(**_kwargs) -> None:
     jobs.STOPPING.set()
 
 
-@celery_app.task(name="hetserve.train_job")
-def train_job(job_id: str) -> str:
-    with bind_job(str(job_id)):
+@contextmanager
+def handing_back(job_id: str) -> Iterator[None]:
+    """Bind the job to the log lines, mark it held by this worker (the sweeper skips
+    it), and turn WorkerStopping and store outages into Reject(requeue=True)."""
+    with bind_job(job_id):
+        jobs.HELD_HERE.add(job_id)
         try:
-            outcome = jobs.run_job(str(job_id), get_settings())
+            yield
         except jobs.WorkerStopping as exc:
             # acks_late: rejecting with requeue puts the message back now.
             raise Reject(str(exc), requeue=True) from None
+        except Exception as exc:
+            if not jobs.is_store_outage(exc):
+                raise
+            settings = get_settings()
+            counted = getattr(exc, "attempt_counted", False)
+            log.warning("job %s: store unreachable; keeping the message until it is back", job_id)
+            outage = jobs.wait_for_store(settings)
+            if outage is False and not counted:
+                # The store answers: not an outage but an error that would recur on
+                # every delivery. Let it end the task (the sweeper may retry later).
+                raise
+            if outage and counted:
+                jobs.release_attempt(job_id, settings)
+            # Not released when the store answered at once: max_job_attempts bounds a
+            # database error that is not an outage.
+            log.warning("job %s: handing the message back to the broker", job_id)
+            raise Reject(f"store outage: {jobs.describe(exc)}", requeue=True) from None
+        finally:
+            jobs.HELD_HERE.discard(job_id)
+
+
+@celery_app.task(name="hetserve.train_job")
+def train_job(job_id: str) -> str:
+    with handing_back(str(job_id)):
+        outcome = jobs.run_job(str(job_id), get_settings())
     if isinstance(outcome, jobs.FanOut):
         header = [train_unit.s(outcome.job_id, unit.to_message()) for unit in outcome.units]
         chord(header)(finish_units.s(outcome.job_id))
@@ -41,14 +81,11 @@ def train_job(job_id: str) -> str:
 
 @celery_app.task(name="hetserve.train_unit", ignore_result=False)
 def train_unit(job_id: str, unit: dict) -> dict:
-    with bind_job(str(job_id)):
-        try:
-            return jobs.run_unit(str(job_id), jobs.Unit.from_message(unit), get_settings())
-        except jobs.WorkerStopping as exc:
-            raise Reject(str(exc), requeue=True) from None
+    with handing_back(str(job_id)):
+        return jobs.run_unit(str(job_id), jobs.Unit.from_message(unit), get_settings())
 
 
 @celery_app.task(name="hetserve.finish_units")
 def finish_units(summaries: list[dict], job_id: str) -> str:
-    with bind_job(str(job_id)):
+    with handing_back(str(job_id)):
         return jobs.finish_units(str(job_id), list(summaries), get_settings())

@@ -81,6 +81,10 @@ def upload_dataset(
     ),
     grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
 ) -> DatasetOut:
+    import hashlib
+
+    from app.uploads import DecodeBusy, TooLarge, decode_slot
+
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
@@ -89,14 +93,32 @@ def upload_dataset(
     if not filename.lower().endswith((".npz", ".csv", ".zip")):
         raise HTTPException(415, f"unsupported file type {filename!r}: upload a .npz, .csv or .zip")
     try:
-        fmt, dataset = parse_upload(filename, data, image_size=image_size, grayscale=grayscale)
+        # Each decode may expand to max_expanded_bytes: a bounded number at once.
+        with decode_slot(settings.max_concurrent_decodes, settings.decode_wait_s):
+            fmt, dataset = parse_upload(
+                filename,
+                data,
+                image_size=image_size,
+                grayscale=grayscale,
+                max_expanded_bytes=settings.max_expanded_bytes,
+            )
+            canonical = dataset.to_npz_bytes()
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
     except UploadError as exc:
         raise HTTPException(422, str(exc)) from None
-    canonical = dataset.to_npz_bytes()
-    relative, sha256 = artifacts.put_bytes(canonical, ".npz")
+    except DecodeBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    sha256 = hashlib.sha256(canonical).hexdigest()
+    relative = artifacts.relative_path(sha256, ".npz")
+    # Under the artifact's lock (the one delete takes): the row is added and the file
+    # written (again, if a delete of the same bytes just removed it) before any delete
+    # of the same bytes can count the rows.
     try:
         with session_scope(settings) as session:
-            row = DatasetStore(session).add(
+            store = DatasetStore(session)
+            store.lock_artifact(relative)
+            row = store.add(
                 name=name or filename,
                 format=fmt,
                 task=dataset.task,
@@ -108,15 +130,19 @@ def upload_dataset(
                 size_bytes=len(canonical),
                 artifact_path=relative,
             )
-            return DatasetOut.model_validate(row)
+            artifacts.put_bytes(canonical, ".npz")
+            out = DatasetOut.model_validate(row)
     except BaseException:
         _remove_if_unreferenced(settings, artifacts, relative)
         raise
+    return out
 
 
 def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relative: str) -> None:
     with session_scope(settings) as session:
-        if DatasetStore(session).count_with_artifact(relative) == 0:
+        store = DatasetStore(session)
+        store.lock_artifact(relative)
+        if store.count_with_artifact(relative) == 0:
             artifacts.remove(relative)
 
 
@@ -156,15 +182,33 @@ async def delete_dataset(
     dataset_id: str, settings: SettingsDep, artifacts: ArtifactsDep
 ) -> Response:
     def delete() -> None:
-        with session_scope(settings) as session:
-            try:
-                dataset = DatasetStore(session).delete(dataset_id)
-            except InUseError as exc:
-                raise HTTPException(409, str(exc)) from None
-            if dataset is None:
-                raise HTTPException(404, f"dataset {dataset_id} not found")
-            relative = dataset.artifact_path
-        _remove_if_unreferenced(settings, artifacts, relative)
+        # The row goes, the last reference's file is set aside, and the transaction
+        # commits, all under the artifact's lock, which an upload of the same bytes
+        # takes before it adds its row and writes the file: neither sees the other half
+        # done. The file is deleted only after the commit (put back on a rollback).
+        aside, relative = None, None
+        try:
+            with session_scope(settings) as session:
+                store = DatasetStore(session)
+                found = store.get(dataset_id)
+                if found is None:
+                    raise HTTPException(404, f"dataset {dataset_id} not found")
+                relative = found.artifact_path
+                store.lock_artifact(relative)
+                try:
+                    dataset = store.delete(dataset_id)
+                except InUseError as exc:
+                    raise HTTPException(409, str(exc)) from None
+                if dataset is None:
+                    raise HTTPException(404, f"dataset {dataset_id} not found")
+                if store.count_with_artifact(relative) == 0:
+                    aside = artifacts.set_aside(relative)
+        except BaseException:
+            if relative is not None:
+                artifacts.put_back(aside, relative)
+            raise
+        if aside is not None:
+            aside.unlink(missing_ok=True)
 
     await run_in_threadpool(delete)
     return Response(status_code=204)

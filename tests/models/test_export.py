@@ -33,8 +33,9 @@ from models.export import (
     noise_width,
     sampler_nodes,
 )
+from models.onnx_contract import SAMPLED_OUTPUTS
 from models.spec import BackboneSpec, HeadSpec, RunSpec
-from models.uncertainty import predictive_uncertainty
+from models.uncertainty import predictive_uncertainty, top_correlations
 
 D = 6
 K = 7
@@ -196,6 +197,64 @@ def test_softmax_baseline_has_zeros_where_nothing_is_sampled(exported):
         and not got["top_correlation"].any()
     )
     np.testing.assert_allclose(got["expected_entropy"], got["entropy"], rtol=1e-5)
+
+
+# -- the noise-free predictive and num_samples = 0 ------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_zero_samples_returns_the_exact_outputs_and_placeholders(exported, name):
+    """S = 0: noise_free_probs = softmax(mu / tau) (sigmoid per label) computed in torch,
+    noise_std and the correlations (ranked by noise_free_probs) exact, and the sampled
+    outputs finite placeholders: zeros for HET, the exact values for the baseline."""
+    model, path, meta = exported[name]
+    x = inputs(9)
+    got = run_plain(plain_session(path), x, num_samples=0, seed=5)
+    head = model.head
+    with torch.no_grad():
+        latent = head.latent(model.features(torch.from_numpy(x)))
+        logits = latent.mu / head.temperature
+        free = torch.softmax(logits, -1) if head.task == "multiclass" else torch.sigmoid(logits)
+        classes, rho = top_correlations(latent, free)
+        noise_std = latent.variance().sqrt()
+    assert all(np.isfinite(v).all() for v in got.values())
+    np.testing.assert_allclose(got["noise_free_probs"], free.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["noise_std"], noise_std.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(got["top_classes"], classes.numpy())
+    np.testing.assert_allclose(got["top_correlation"], rho.numpy(), rtol=1e-4, atol=1e-5)
+    if CASES[name]["kind"] == "het":
+        assert not any(got[out].any() for out in SAMPLED_OUTPUTS)
+        assert got["noise_std"].min() > 0  # noise there is, it is just not sampled
+    else:
+        np.testing.assert_array_equal(got["probs"], got["noise_free_probs"])
+    assert meta["parity"]["zero_samples_finite"]
+    assert meta["parity"]["zero_samples_noise_free_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_noise_free_probs_do_not_depend_on_num_samples_or_seed(exported, name):
+    _, path, meta = exported[name]
+    session, x = plain_session(path), inputs(6)
+    zero = run_plain(session, x, num_samples=0, seed=1)["noise_free_probs"]
+    for num, seed in ((1, 2), (300, 3), (EVAL_S, -1)):
+        got = run_plain(session, x, num_samples=num, seed=seed)
+        np.testing.assert_array_equal(got["noise_free_probs"], zero)
+        if CASES[name]["kind"] == "het":  # the MC predictive is another number
+            assert np.abs(got["probs"] - zero).max() > 1e-3
+    assert meta["parity"]["noise_free_max_abs_diff"] <= 1e-5
+
+
+def test_zero_samples_runs_no_sampler():
+    """The sampler sits inside the If on num_samples > 0, not in the main graph."""
+    from models.export import build_onnx
+
+    proto = build_onnx(make_model(), [D])
+    main = proto.graph.node
+    assert not any(n.name.startswith("sampler/") for n in main)
+    (branch_if,) = [n for n in main if n.op_type == "If"]
+    branches = {a.name: a.g for a in branch_if.attribute}
+    assert any(n.name.startswith("sampler/") for n in branches["then_branch"].node)
+    assert not any(n.name.startswith("sampler/") for n in branches["else_branch"].node)
 
 
 # -- the sampler ---------------------------------------------------------------------

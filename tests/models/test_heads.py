@@ -329,3 +329,48 @@ def test_gradient_when_a_later_chunk_jumps_far_above_the_first():
     (-naive_log_likelihood(head.latent(h), y, *noise, head.temperature).mean()).backward()
     for name, p in head.named_parameters():
         assert torch.allclose(ours[name], p.grad, rtol=1e-8, atol=1e-12), name
+
+
+# -- the noise-free predictive ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parameter_efficient", [False, True])
+def test_noise_free_equals_mc_predictive_when_the_noise_vanishes(parameter_efficient):
+    """V = 0, d = 1e-6: the MC predictive collapses onto softmax(mu / tau)."""
+    head = make_head(temperature=1.7, min_scale=1e-6, parameter_efficient=parameter_efficient)
+    silence_noise(head)
+    h = torch.randn(8, 6) * 2
+    m = head.moments(h, 400, torch.Generator().manual_seed(0))
+    free = head.noise_free_probs(h)
+    assert ((m["probs"] - free).abs() <= 4 * m["prob_std"] / 20 + 1e-6).all()
+    assert not torch.allclose(free, torch.softmax(head.loc(h), -1), atol=1e-3)  # tau matters
+
+
+@pytest.mark.parametrize("temperature", [0.6, "learned"])
+def test_noise_free_is_the_tempered_softmax_of_mu(temperature):
+    head = make_head(temperature=temperature)
+    h = torch.randn(8, 6)
+    tau = head.temperature
+    expected = torch.softmax(head.latent(h).mu / tau, -1)
+    torch.testing.assert_close(head.noise_free_probs(h), expected, rtol=0, atol=1e-7)
+    # the noisy predictive is something else: the noise is real in this head
+    assert (head.predict(h, 400, torch.Generator().manual_seed(0)) - expected).abs().max() > 1e-2
+
+
+def test_noise_free_is_the_tempered_sigmoid_of_mu_per_label():
+    head = make_head(task=MULTILABEL, temperature=0.7, parameter_efficient=True)
+    h = torch.randn(8, 6)
+    expected = torch.sigmoid(head.latent(h).mu / 0.7)
+    torch.testing.assert_close(head.noise_free_probs(h), expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(expected.sum(-1), torch.ones(8))  # per label, not a softmax
+
+
+@pytest.mark.parametrize("task", [MULTICLASS, MULTILABEL])
+def test_linear_head_noise_free_is_its_predict(task):
+    torch.manual_seed(0)
+    head = LinearHead(6, 5, task)
+    h = torch.randn(8, 6)
+    assert torch.equal(head.noise_free_probs(h), head.predict(h))
+    logits = head.loc(h)
+    plain = torch.softmax(logits, -1) if task == MULTICLASS else torch.sigmoid(logits)
+    torch.testing.assert_close(head.noise_free_probs(h), plain)

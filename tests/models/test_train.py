@@ -151,6 +151,20 @@ def test_progress_and_best_epoch_and_baseline():
     assert result.metrics["test_split"] == "test" and result.metrics["test_accuracy"] > 0.6
     baseline = train(tiny_spec(epochs=3).as_baseline(), blobs())
     assert baseline.metrics["test_accuracy"] > 0.6 and baseline.model.head.num_factors == 0
+    check_noise_free_metrics(result, baseline)
+
+
+def check_noise_free_metrics(het, baseline):
+    """Both predictives are reported; for the softmax baseline they are the same numbers."""
+    names = ("accuracy", "nll", "ece", "brier")
+    for split in ("test", "val"):
+        for name in names:
+            key = f"{split}_{name}"
+            assert baseline.metrics[f"noise_free_{key}"] == baseline.metrics[key], key
+            assert np.isfinite(het.metrics[f"noise_free_{key}"]), key
+    # the HET model's two predictives differ (it has learned noise)
+    assert het.metrics["noise_free_test_nll"] != het.metrics["test_nll"]
+    assert "noise_free_test_reliability" not in het.metrics
 
 
 def test_images_train_through_the_cnn_with_augmentation():

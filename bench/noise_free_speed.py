@@ -1,0 +1,128 @@
+"""Cost of the noise-free predictive: a HET model called with num_samples = 0 vs the
+softmax baseline on the same backbone, both through onnxruntime.
+
+    .venv/bin/python bench/noise_free_speed.py [--threads 1] [--samples 1000] [--repeats 51]
+
+MLP backbone (D=128, hidden [256, 256]), K = 100, B = 64, R = 10, random weights (speed
+does not depend on training). Variants, timed round-robin in interleaved rounds so a
+load change hits them alike (median ms per call):
+
+- "het S=0": the HET file with num_samples = 0, every output fetched (noise_free_probs,
+  noise_std, top classes and correlations exact; the sampled outputs are zeros);
+- "het S=0, noise_free_probs only": the same call fetching only noise_free_probs
+  (onnxruntime 1.32 runs every node whatever is fetched, so it costs the same);
+- "het R=0 S=0": a diagonal-only HET model (no K x R factor layer), every output;
+- "het PE S=0": the parameter-efficient HET model, V(x) = diag(v(x)) J, every output;
+- "softmax": the baseline's file, every output;
+- "het S=<default>": the HET file at its default S, every output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.classifier import build_classifier
+from models.export import build_onnx
+from models.spec import BackboneSpec, HeadSpec, RunSpec
+
+D = 128
+R = 10
+
+
+def make_model(
+    kind: str, num_classes: int, samples: int, num_factors: int = R, efficient: bool = False
+):
+    torch.manual_seed(0)
+    spec = RunSpec(
+        head=HeadSpec(
+            kind=kind,
+            num_factors=num_factors,
+            temperature=1.5,
+            eval_mc_samples=samples,
+            parameter_efficient=efficient,
+        ),
+        backbone=BackboneSpec(hidden=[256, 256]),
+    )
+    return build_classifier(
+        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
+    ).eval()
+
+
+def session(proto, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def time_round_robin(calls: dict, repeats: int, warmup: int = 5) -> dict[str, float]:
+    """Median seconds per call of each callable, timed in interleaved rounds."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    parser.add_argument("--samples", type=int, default=1000, help="the HET model's default S")
+    parser.add_argument("--repeats", type=int, default=51)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    k, s = args.classes, args.samples
+
+    het = session(build_onnx(make_model("het", k, s), [D]), args.threads)
+    base = session(build_onnx(make_model("softmax", k, s), [D]), args.threads)
+    het_r0 = session(build_onnx(make_model("het", k, s, num_factors=0), [D]), args.threads)
+    het_pe = session(build_onnx(make_model("het", k, s, efficient=True), [D]), args.threads)
+    x = np.random.default_rng(0).normal(size=(args.batch, D)).astype(np.float32)
+
+    def feeds(num: int) -> dict:
+        return {
+            "input": x,
+            "num_samples": np.asarray(num, np.int64),
+            "seed": np.asarray(1, np.int64),
+        }
+
+    zero, default = feeds(0), feeds(s)
+    t = time_round_robin(
+        {
+            "het S=0": lambda: het.run(None, zero),
+            "het S=0, noise_free_probs only": lambda: het.run(["noise_free_probs"], zero),
+            "het R=0 S=0": lambda: het_r0.run(None, zero),
+            "het PE S=0": lambda: het_pe.run(None, zero),
+            "softmax": lambda: base.run(None, default),
+            f"het S={s}": lambda: het.run(None, default),
+        },
+        args.repeats,
+    )
+    print(
+        f"onnxruntime {ort.__version__}, {args.threads} thread(s), K={k}, B={args.batch}, "
+        f"R={R}, MLP {D}-256-256, median of {args.repeats} interleaved rounds\n"
+    )
+    print("| call | ms | vs softmax |")
+    print("|---|---:|---:|")
+    for name, sec in t.items():
+        print(f"| {name} | {sec * 1e3:.3f} | {sec / t['softmax']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

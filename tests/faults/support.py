@@ -1,0 +1,195 @@
+"""Fault tests: a real Celery worker process against stores the test can break.
+
+``CuttableProxy`` is a loopback TCP proxy in front of PostgreSQL: ``cut()`` drops every
+connection and refuses new ones (the database is "down"), ``restore()`` listens again on
+the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from app.artifacts import ArtifactStore
+from app.db import migrate, session_scope
+from app.settings import Settings
+from app.store import DatasetStore, JobStore
+from app.uploads import validate_arrays
+from tests.waiting import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+# ~0.4 s per epoch on one core (tests/e2e/test_service_e2e.py).
+SLOW = {
+    "head": {
+        "kind": "het",
+        "num_factors": 2,
+        "temperature": 1.0,
+        "train_mc_samples": 128,
+        "eval_mc_samples": 64,
+    },
+    "backbone": {"kind": "mlp", "hidden": [256, 256]},
+    "train": {"batch_size": 8, "device": "cpu"},
+    "task": "multiclass",
+}
+
+
+class CuttableProxy:
+    def __init__(self, target_port: int):
+        self.port, self.target_port = free_port(), target_port
+        self.listener: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def restore(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener.settimeout(0.1)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self.listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def add_dataset(settings: Settings, n: int = 2000, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = (rng.normal(size=(n, 8)) + 1.5 * y[:, None] * np.eye(8)[0]).astype(np.float32)
+    ds = validate_arrays({"x_train": x, "y_train": y}, ["neg", "pos"])
+    canonical = ds.to_npz_bytes()
+    relative, sha256 = ArtifactStore(settings.data_dir).put_bytes(canonical, ".npz")
+    with session_scope(settings) as session:
+        row = DatasetStore(session).add(
+            name="fault",
+            format="npz",
+            task=ds.task,
+            **ds.counts,
+            input_shape=ds.input_shape,
+            num_classes=len(ds.class_names),
+            class_names=ds.class_names,
+            sha256=sha256,
+            size_bytes=len(canonical),
+            artifact_path=relative,
+        )
+        return row.id
+
+
+def add_job(settings: Settings, dataset_id: str, epochs: int, status: str | None = None) -> str:
+    spec = SLOW | {"train": SLOW["train"] | {"epochs": epochs}, "dataset_id": dataset_id}
+    with session_scope(settings) as session:
+        job = JobStore(session).create(dataset_id, spec)
+        if status is not None:
+            job.status = status
+        return job.id
+
+
+def base_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    return (
+        env
+        | {
+            "HETSERVE_DATA_DIR": str(data_dir),
+            "HETSERVE_CANCEL_POLL_INTERVAL_S": "0.2",
+            "HETSERVE_BROKER_POLLING_INTERVAL_S": "0.1",
+            "HETSERVE_STORE_RETRY_MAX_S": "1",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        | extra
+    )
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings(
+        **{
+            k.removeprefix("HETSERVE_").lower(): v
+            for k, v in env.items()
+            if k.startswith("HETSERVE_")
+        }
+    )
+
+
+def start_worker(env: dict[str, str], log: Path, wait_ready: bool = True) -> subprocess.Popen:
+    argv = [
+        str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker",
+        "--pool=solo", "--concurrency=1", "-Q", "train", "--loglevel=INFO",
+        "--hostname", f"fault-{uuid.uuid4().hex[:6]}@%h",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready():
+        if worker.poll() is not None:
+            raise AssertionError(f"worker exited {worker.returncode}: {log.read_text()[-3000:]}")
+        return " ready." in log.read_text(errors="replace")
+
+    if wait_ready:
+        wait_until(ready, 120, "the worker to be ready")
+    return worker
+
+
+def stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def prepare(env: dict[str, str]) -> Settings:
+    settings = settings_of(env)
+    migrate(settings)
+    return settings
