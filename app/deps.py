@@ -7,8 +7,9 @@
   is sent.
 - ``ArtifactsDep``: the content-addressed artifact store under ``settings.data_dir``.
 - ``RuntimeDep``: the serving runtime the app's lifespan built (``app.state.runtime``).
-- ``ApiKeyDep``: the caller's API key, checked. Routers do not declare it themselves:
-  app/main.py mounts every ``/v1`` router under one router that requires it.
+- ``ApiKeyDep``: the caller's API key (``app.auth.ApiKey``: scope and fingerprint),
+  checked by ``app.gate.RequestGate`` before the body was read. Routers do not declare
+  it themselves: app/main.py mounts every ``/v1`` router under one router that requires it.
 
 Everything that only reads ``app.state`` is an ``async def``: FastAPI runs a plain
 ``def`` dependency in a worker thread, a hop that costs more than the lookup itself.
@@ -19,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
 from app.artifacts import ArtifactStore
-from app.auth import bearer, verify_api_key
+from app.auth import ApiKey, bearer
 from app.db import session_scope
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings
@@ -54,14 +55,19 @@ async def get_runtime(request: Request) -> ServingRuntime:
 
 async def require_api_key(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    """The one check of the bearer key, for every /v1 route; 401 when missing or wrong."""
-    return verify_api_key(request.app.state.api_keys, credentials)
+    # Declared for the OpenAPI document (the security scheme); the gate did the check.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ApiKey:
+    """The key the gate (app/gate.py) checked for this /v1 request; 401 if it did not
+    (a route mounted where the gate does not look)."""
+    key = getattr(request.state, "api_key", None)
+    if key is None:
+        raise HTTPException(401, "missing API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
-ApiKeyDep = Annotated[str, Depends(require_api_key)]
+ApiKeyDep = Annotated[ApiKey, Depends(require_api_key)]

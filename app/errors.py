@@ -4,16 +4,21 @@ FastAPI's own 422 echoes each offending value back in full: a 60 MB body came ba
 60 MB error, and a NaN or Infinity (which Python's JSON parser accepts) made the error
 itself unencodable, a 500. Here each echoed value is cut to a short excerpt and anything
 JSON cannot carry becomes text.
+
+A store that cannot be reached is a 503 ``{"detail": "the store is unavailable; retry"}``
+with ``Retry-After``, not a plain-text 500.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 EXCERPT_CHARS = 120
 
@@ -55,4 +60,30 @@ async def concurrent_change(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=409,
         content={"detail": "a concurrent change conflicted with this request; retry it"},
+    )
+
+
+STORE_RETRY_AFTER_S = 5
+store_log = logging.getLogger("hetserve.store")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The store could not be reached (or dropped the connection), as opposed to a bad
+    query: an OperationalError (connection refused, server gone, SQLite locked), a
+    connection SQLAlchemy invalidated, or no pooled connection in time."""
+    if isinstance(exc, OperationalError | SATimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # Connection failures are a 503 to retry, in JSON like every other error; any other
+    # database error stays a server error (raised on to the 500 handler).
+    if not is_connection_error(exc):
+        raise exc
+    store_log.warning("the store is unavailable: %s", type(exc).__name__, exc_info=False)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "the store is unavailable; retry"},
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
     )

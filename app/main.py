@@ -4,9 +4,11 @@ Entry point (docs/architecture.md): ``uvicorn app.main:app``. On start (lifespan
 (or generates) the API keys, with ``auto_migrate`` brings the schema to head, and builds
 the serving runtime (``app.state.runtime``); on shutdown it stops the runtime's threads.
 
-Every ``/v1`` router is mounted under one router that requires the API key
-(``app.deps.require_api_key``): a route under ``/v1`` cannot be reached without one.
-Health, readiness and ``/metrics`` are mounted beside it, open.
+Every request passes ``app.gate.RequestGate`` first: API key, scope and throttling for
+``/v1``, the body limit of the route, an audit line for every write, all before the body
+is read. Every ``/v1`` router is mounted under one router that requires the key the gate
+checked (``app.deps.require_api_key``). Health, readiness and ``/metrics`` are mounted
+beside it, open.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from app import db
-from app.auth import load_or_create_keys
+from app import db, gate
+from app.auth import KeyRing
 from app.deps import require_api_key
-from app.errors import concurrent_change, validation_failed
+from app.errors import concurrent_change, store_unavailable, validation_failed
 from app.logs import configure_logging
 from app.routers import aliases, datasets, health, jobs, metrics, models, predict
 from app.serving.runtime import ServingRuntime
@@ -43,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.api_keys = load_or_create_keys(settings)
+        app.state.key_ring = KeyRing(settings)
         if settings.auto_migrate:
             db.migrate(settings)
         app.state.runtime = ServingRuntime(settings)
@@ -61,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(DBAPIError, store_unavailable)  # IntegrityError: its own, above
+    app.add_exception_handler(SATimeoutError, store_unavailable)
+    gate.install(app, settings)
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
     for module in (datasets, jobs, models, aliases, predict):
         v1.include_router(module.router)

@@ -30,11 +30,21 @@ class Settings(BaseSettings):
 
     # -- auth -----------------------------------------------------------------
     api_keys: str | None = Field(
-        None, description="comma-separated bearer keys; unset: one generated key"
+        None,
+        description="comma-separated bearer keys, `key:predict` for a predict-only key;"
+        " unset (and no keys file): one generated key",
     )
+    api_keys_file: Path | None = Field(
+        None, description="a file of keys (same syntax, also one a line), re-read when it changes"
+    )
+    auth_failure_limit: int = Field(
+        30, ge=1, description="wrong keys from one client address per window before 429"
+    )
+    auth_failure_window_s: float = 60.0
 
     # -- uploads and jobs --------------------------------------------------------
     max_upload_bytes: int = 256 * 1024 * 1024
+    max_json_body_bytes: int = 4 * 1024 * 1024  # every other route but predict
     max_expanded_bytes: int = Field(
         1 << 30, ge=1, description="what one upload may expand to in memory (arrays, images)"
     )

@@ -1,16 +1,38 @@
-"""Liveness and readiness (no API key: load balancers and compose call these)."""
+"""Liveness and readiness (no API key: load balancers and compose call these).
+
+``/readyz`` is 503 unless the store answers, the broker answers and the data folder
+takes a new file (created and deleted: a read-only or full volume fails it). It also
+lists, under ``model_files``, the models whose ONNX file failed its integrity check in
+this process; those alone do not make it 503: the artifact volume is shared, so every
+API process would drop out of rotation together and stop serving the models that are
+intact. Alert on ``model_files`` instead.
+"""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app import broker, db
-from app.deps import SettingsDep
+from app.deps import RuntimeDep, SettingsDep
 from app.serving.metrics import InstrumentedRoute
+from app.settings import Settings
 
 router = APIRouter(tags=["health"], route_class=InstrumentedRoute)
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Raise unless a file can be created (and removed) in the data folder."""
+    fd, name = tempfile.mkstemp(prefix=".readyz-", dir=settings.data_dir)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 @router.get(
@@ -24,11 +46,19 @@ def healthz() -> dict:
 
 @router.get(
     "/readyz",
-    summary="The store and the broker answer",
+    summary="The store and the broker answer, the data folder is writable",
     responses={
         200: {
             "content": {
-                "application/json": {"example": {"status": "ready", "store": "ok", "broker": "ok"}}
+                "application/json": {
+                    "example": {
+                        "status": "ready",
+                        "store": "ok",
+                        "broker": "ok",
+                        "data_dir": "ok",
+                        "model_files": "ok",
+                    }
+                }
             }
         },
         503: {
@@ -38,21 +68,25 @@ def healthz() -> dict:
                         "status": "unavailable",
                         "store": "ok",
                         "broker": "OperationalError: ...",
+                        "data_dir": "OSError: [Errno 30] Read-only file system: ...",
+                        "model_files": {"failed_integrity": ["3f2a..."]},
                     }
                 }
             }
         },
     },
 )
-async def readyz(settings: SettingsDep) -> JSONResponse:
-    checks = {}
-    for name, check in (("store", db.ping), ("broker", broker.ping)):
+async def readyz(settings: SettingsDep, runtime: RuntimeDep) -> JSONResponse:
+    checks: dict[str, object] = {}
+    for name, check in (("store", db.ping), ("broker", broker.ping), ("data_dir", check_data_dir)):
         try:
             await run_in_threadpool(check, settings)
             checks[name] = "ok"
         except Exception as exc:  # any failure means "not ready"; say which and why
             checks[name] = f"{type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
+    failed = sorted(runtime.sessions.failed)
+    checks["model_files"] = {"failed_integrity": failed} if failed else "ok"
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
     )

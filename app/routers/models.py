@@ -89,10 +89,15 @@ def get_model(request: Request, model_id: ModelRef, session: SessionDep) -> Mode
         **AUTH_ERRORS,
         **MODEL_NOT_FOUND,
         200: {"content": {"application/octet-stream": {}}},
+        409: {"description": "the file does not match its recorded sha256"},
     },
 )
 def get_onnx(
-    request: Request, model_id: ModelRef, session: SessionDep, artifacts: ArtifactsDep
+    request: Request,
+    model_id: ModelRef,
+    session: SessionDep,
+    artifacts: ArtifactsDep,
+    runtime: RuntimeDep,
 ) -> FileResponse:
     model = find_model(session, model_id)
     request.state.model_id = model.id
@@ -101,6 +106,7 @@ def get_onnx(
         raise HTTPException(
             404, f"the ONNX file of model {model.id} is missing from the artifact store"
         )
+    runtime.sessions.verify(model.id, model.onnx_sha256, path)  # 409 when it does not match
     return FileResponse(
         path,
         media_type="application/octet-stream",

@@ -5,25 +5,23 @@ class pairs), run by onnxruntime through the app's serving runtime (app/serving:
 cache, session cache, dynamic batching). ``model_id`` is a model id or an alias.
 
 Also here: ``ServingRoute``, the route class of every model, alias and metrics route:
-counted and timed for /metrics, request bodies capped at ``settings.max_request_bytes``.
+counted and timed for /metrics. Request bodies are capped by app/gate.py, predict's at
+``settings.max_request_bytes``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from app.deps import RuntimeDep, SettingsDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
-from app.serving import metrics
 from app.serving.inputs import InputError, parse_images, parse_inputs
+from app.serving.metrics import JSON_OFF_LOOP_BYTES, InstrumentedRoute
 from app.serving.onnx_model import ModelFileError
 from app.serving.schemas import PredictRequest, PredictResponse
 
@@ -33,39 +31,9 @@ except ImportError:  # an optional speedup; the standard library encodes the sam
     orjson = None
 
 
-class LimitedBodyRequest(Request):
-    """A request whose body stream stops with 413 past ``limit`` bytes, whatever
-    Content-Length claimed (a chunked or lying client is cut off as it streams)."""
-
-    limit: int = 0
-
-    async def stream(self):
-        received = 0
-        async for chunk in super().stream():
-            received += len(chunk)
-            if received > self.limit:
-                raise HTTPException(413, f"request body exceeds the limit of {self.limit} bytes")
-            yield chunk
-
-
-class ServingRoute(APIRoute):
-    """Counted and timed for /metrics; bodies capped at settings.max_request_bytes."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def limited(request: Request) -> Response:
-            limit = request.app.state.settings.max_request_bytes
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise HTTPException(
-                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes"
-                )
-            capped = LimitedBodyRequest(request.scope, request.receive)
-            capped.limit = limit
-            return await handler(capped)
-
-        return metrics.instrument(limited, self.path, self.methods)
+class ServingRoute(InstrumentedRoute):
+    """Counted and timed for /metrics. Body limits: app/gate.py (``max_request_bytes``
+    for predict)."""
 
 
 router = APIRouter(tags=["predict"], route_class=ServingRoute)
@@ -91,8 +59,11 @@ PREDICT_OPENAPI = {
 
 async def read_predict_request(request: Request) -> PredictRequest:
     """The JSON body, parsed and validated in one pass by pydantic; errors as FastAPI's."""
+    body = await request.body()
     try:
-        return PredictRequest.model_validate_json(await request.body())
+        if len(body) > JSON_OFF_LOOP_BYTES:  # not on the event loop
+            return await run_in_threadpool(PredictRequest.model_validate_json, body)
+        return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         # The raw body (bytes, maybe not UTF-8) is not echoed back: it may not encode.
         errors = [

@@ -7,10 +7,15 @@ Writes made through this process (alias moved, model deleted) clear the cache at
 another API process sees them within ``ttl_s``. A request that resolved an alias just
 before it moved is served by the model it resolved, which stays registered, so moving
 an alias under load drops nothing.
+
+While the store is unreachable a refresh fails: the expired entry is kept and served
+(and retried after another ``ttl_s``), so models this process already knows keep being
+served through a store outage; an unknown reference raises (a 503 to the client).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.settings import Settings
 from app.store import ModelStore
+
+log = logging.getLogger("hetserve.serving")
 
 
 @dataclass(frozen=True)
@@ -55,13 +62,27 @@ class ModelDirectory:
     def lookup(self, ref: str) -> ServedModel | None:
         """Query the store (blocking); None when ``ref`` is neither a model id nor an alias."""
         try:
-            with session_scope(self.settings) as session:
-                model = ModelStore(session).resolve(ref)
-                served = None
-                if model is not None:
-                    served = ServedModel(
-                        model.id, model.onnx_sha256, self.artifacts.resolve(model.onnx_path)
-                    )
+            try:
+                with session_scope(self.settings) as session:
+                    model = ModelStore(session).resolve(ref)
+                    served = None
+                    if model is not None:
+                        served = ServedModel(
+                            model.id, model.onnx_sha256, self.artifacts.resolve(model.onnx_path)
+                        )
+            except Exception as exc:
+                with self._lock:
+                    entry = self._entries.get(ref)
+                    if entry is None:
+                        raise
+                    # Keep serving what we knew; ask the store again after another ttl.
+                    self._entries[ref] = (time.monotonic(), entry[1])
+                log.warning(
+                    "model lookup of %r failed (%s); serving the cached entry",
+                    ref,
+                    type(exc).__name__,
+                )
+                return entry[1]
             with self._lock:
                 if served is None:
                     self._entries.pop(ref, None)  # deleted elsewhere: forget it

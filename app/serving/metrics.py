@@ -15,6 +15,11 @@
 path, and ``model`` is a resolved model id (empty when the request named none that
 exists): labels never carry client-chosen strings, so their number stays bounded.
 
+Model ids are not for everyone: a scrape without a valid API key gets every series
+summed over its ``model`` label (the label is gone); a scrape with one
+(``Authorization: Bearer <key>``, Prometheus' ``authorization`` scrape setting) gets
+the per-model series.
+
 Each API process counts for itself. With ``uvicorn --workers N`` set
 ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before start: prometheus_client then
 writes every process's values there and ``/metrics`` sums them.
@@ -22,11 +27,13 @@ writes every process's values there and ``/metrics`` sums them.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 
 from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import (
@@ -39,7 +46,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.exceptions import HTTPException
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -97,14 +104,16 @@ class JobsByStatus:
         yield family
 
 
-def exposition(jobs: JobsByStatus | None) -> Response:
-    """The Prometheus text format of this process (or of all, in multiprocess mode)."""
+def exposition(jobs: JobsByStatus | None, per_model: bool = True) -> Response:
+    """The Prometheus text format of this process (or of all, in multiprocess mode);
+    without ``per_model`` every series is summed over its ``model`` label."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
     else:
-        registry = CollectorRegistry()
-        registry.register(_Forward(REGISTRY))
+        source = REGISTRY
+    registry.register(_Forward(source) if per_model else _WithoutModel(source))
     if jobs is not None:
         registry.register(jobs)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -118,6 +127,30 @@ class _Forward:
 
     def collect(self):
         return self.registry.collect()
+
+
+class _WithoutModel(_Forward):
+    """The same metrics with the ``model`` label summed away (no model ids listed)."""
+
+    def collect(self):
+        for family in self.registry.collect():
+            merged: dict[tuple, list] = {}
+            for sample in family.samples:
+                labels = {k: v for k, v in sample.labels.items() if k != "model"}
+                key = (sample.name, tuple(sorted(labels.items())))
+                if key in merged:  # a sum, but the earliest of the _created timestamps
+                    old = merged[key][1]
+                    merged[key][1] = (
+                        min(old, sample.value)
+                        if sample.name.endswith("_created")
+                        else old + sample.value
+                    )
+                else:
+                    merged[key] = [labels, sample.value]
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, _), (labels, value) in merged.items():
+                out.add_sample(name, labels, value)
+            yield out
 
 
 def instrument(handler: Callable, route: str, methods: set[str] | None) -> Callable:
@@ -148,8 +181,37 @@ def instrument(handler: Callable, route: str, methods: set[str] | None) -> Calla
     return instrumented
 
 
+JSON_OFF_LOOP_BYTES = 64 * 1024
+
+
+def json_off_loop(handler: Callable, route: APIRoute) -> Callable:
+    """A JSON body above ``JSON_OFF_LOOP_BYTES`` is parsed in a worker thread, not on the
+    event loop (FastAPI's own parse would block every other request meanwhile); the
+    result is left where FastAPI looks first (``Request.json``'s cache). A body that is
+    not JSON is left for FastAPI to report as its usual 422."""
+
+    async def parsed(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if (
+            getattr(route, "body_field", None) is not None
+            and "json" in content_type
+            and request.method in ("POST", "PUT", "PATCH")
+        ):
+            body = await request.body()
+            if len(body) > JSON_OFF_LOOP_BYTES:
+                try:
+                    request._json = await run_in_threadpool(json.loads, body)
+                except ValueError:
+                    pass
+        return await handler(request)
+
+    return parsed
+
+
 class InstrumentedRoute(APIRoute):
-    """An APIRoute counted and timed for /metrics: ``APIRouter(route_class=InstrumentedRoute)``."""
+    """An APIRoute counted and timed for /metrics, its large JSON bodies parsed off the
+    event loop: ``APIRouter(route_class=InstrumentedRoute)``."""
 
     def get_route_handler(self) -> Callable:
-        return instrument(super().get_route_handler(), self.path, self.methods)
+        handler = json_off_loop(super().get_route_handler(), self)
+        return instrument(handler, self.path, self.methods)

@@ -142,7 +142,13 @@ def test_unknown_job_is_404_and_auth_is_required(service):
 def test_readyz_is_200_with_embedded_services(service):
     client, _, _ = service
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"status": "ready", "store": "ok", "broker": "ok"}
+    assert r.status_code == 200 and r.json() == {
+        "status": "ready",
+        "store": "ok",
+        "broker": "ok",
+        "data_dir": "ok",
+        "model_files": "ok",
+    }
 
 
 def test_unreachable_broker_gives_503_on_readyz_and_post(tmp_path):

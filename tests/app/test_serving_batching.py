@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,19 +98,20 @@ def test_unseeded_calls_draw_fresh_noise(model):
 
 def test_session_cache_is_lru_and_warm(tmp_path):
     path = exported("het")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()  # checked against the file on load
     cache = SessionCache(capacity=2)
-    first = cache.get(("a", "sha"), path)
-    assert cache.get(("a", "sha"), path) is first  # a hit is the same session
-    cache.get(("b", "sha"), path)
-    cache.get(("a", "sha"), path)  # a is now the most recent
-    cache.get(("c", "sha"), path)  # evicts b, the least recently used
-    assert cache.peek(("b", "sha")) is None
-    assert cache.peek(("a", "sha")) is first
+    first = cache.get(("a", sha), path)
+    assert cache.get(("a", sha), path) is first  # a hit is the same session
+    cache.get(("b", sha), path)
+    cache.get(("a", sha), path)  # a is now the most recent
+    cache.get(("c", sha), path)  # evicts b, the least recently used
+    assert cache.peek(("b", sha)) is None
+    assert cache.peek(("a", sha)) is first
     assert cache.peek(("a", "other-sha")) is None  # the file hash is part of the key
     assert len(cache) == 2
     assert REGISTRY.get_sample_value("hetserve_sessions_loaded") == 2
     cache.forget("a")
-    assert cache.peek(("a", "sha")) is None and len(cache) == 1
+    assert cache.peek(("a", sha)) is None and len(cache) == 1
 
 
 def test_model_directory_caches_for_ttl_and_invalidates(tmp_path):
@@ -154,9 +156,10 @@ def test_runtime_built_before_a_fork_serves_in_the_child(tmp_path):
 
     runtime = ServingRuntime(make_settings(tmp_path, max_queue_delay_ms=1))
     path, x = exported("het"), rows(3, 5)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
 
     async def predict():
-        model = await runtime.model(("m", "sha"), path)
+        model = await runtime.model(("m", sha), path)
         return await runtime.predict(model, "m", x, S, 4)
 
     want = asyncio.run(predict())["probs"]

@@ -1,0 +1,34 @@
+"""/readyz is 503 while the data folder takes no new file (read-only or full volume)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from app.routers import health
+from tests.app.service_client import client_for, make_settings
+
+
+def test_readyz_is_503_while_the_data_folder_is_read_only(tmp_path, monkeypatch):
+    settings = make_settings(tmp_path / "data")
+    with client_for(settings) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 200 and r.json()["data_dir"] == "ok", r.text
+
+        if os.geteuid() != 0:
+            settings.data_dir.chmod(0o555)
+        else:  # root writes through file modes: fail the way a read-only mount does
+
+            def read_only(*_args, **_kwargs):
+                raise OSError(errno.EROFS, "Read-only file system")
+
+            monkeypatch.setattr(health.tempfile, "mkstemp", read_only)
+        try:
+            r = client.get("/readyz")
+        finally:
+            settings.data_dir.chmod(0o755)
+            monkeypatch.undo()
+        assert r.status_code == 503, r.text
+        assert r.json()["status"] == "unavailable" and "Read-only" in r.json()["data_dir"]
+        assert client.get("/readyz").status_code == 200
+        assert [p.name for p in settings.data_dir.iterdir() if p.name.startswith(".readyz")] == []
