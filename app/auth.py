@@ -92,7 +92,7 @@ def generated_key(settings: Settings) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
+    key = generate_key()
     try:
         # O_EXCL: two processes starting at once must not both write a key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -226,6 +226,15 @@ def predict_scope_allows(method: str, path: str) -> bool:
     if method in ("GET", "HEAD"):
         return len(parts) >= 2 and parts[1] in ("models", "aliases")
     return method == "POST" and len(parts) == 4 and parts[1] == "models"
+
+
+def generate_key() -> str:
+    """43 URL-safe characters (256 bits) that never start with "-": such a key reads as an
+    option on a command line (``--key -abc``)."""
+    while True:
+        key = secrets.token_urlsafe(32)
+        if not key.startswith("-"):
+            return key
 
 
 def load_or_create_keys(settings: Settings) -> list[str]:
