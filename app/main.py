@@ -23,7 +23,7 @@ from app.auth import load_or_create_keys
 from app.deps import require_api_key
 from app.errors import concurrent_change, validation_failed
 from app.logs import configure_logging
-from app.routers import aliases, datasets, health, jobs, metrics, models, predict
+from app.routers import aliases, datasets, health, jobs, metrics, models, predict, ui
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
@@ -57,7 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.runtime.close()
 
-    app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc come from app/routers/ui.py: the same pages, scripts served from here.
+    app = FastAPI(
+        title="hetserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
@@ -67,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(metrics.router)
+    ui.install(app)
     return app
 
 
