@@ -47,4 +47,12 @@ sed -i '/^\/\/# sourceMappingURL=/d' \
   "$dest/swagger-ui-dist-$SWAGGER/swagger-ui-bundle.js" \
   "$dest/redoc-$REDOC/redoc.standalone.js"
 
+# ReDoc's sidebar shows the Redocly logo from cdn.redoc.ly, unconditionally: draw an empty
+# inline image instead, so the page asks no other host for anything.
+logo='src:"https://cdn.redoc.ly/redoc/logo-mini.svg"'
+grep -qF "$logo" "$dest/redoc-$REDOC/redoc.standalone.js"
+sed -i "s|$logo|src:\"data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E\"|" \
+  "$dest/redoc-$REDOC/redoc.standalone.js"
+! grep -qF "cdn.redoc.ly" "$dest/redoc-$REDOC/redoc.standalone.js"
+
 du -sh "$dest"/*
