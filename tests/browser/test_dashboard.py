@@ -158,6 +158,80 @@ def test_job_page_draws_curves_metrics_and_the_noise_sections(signed_in, origin,
     check_page(signed_in, origin, "job")
 
 
+# Answers shaped as the HTTP contract describes them, served to the page by a fetch
+# wrapper: the drawing of the noise report, the label issues and the reliability diagram
+# is checked whether or not this server has those routes and fields yet.
+FAKE_NOISE = {
+    "num_examples": 300,
+    "class_pairs": [
+        {"classes": [0, 1], "class_names": ["cat", "dog"], "flip_rate": 0.12, "correlation": -0.8},
+        {"classes": [2, 3], "class_names": ["fox", "owl"], "flip_rate": 0.09, "correlation": -0.7},
+    ],
+    "flip_matrix": [
+        [0.0, 0.12, 0.01, 0.0],
+        [0.11, 0.0, 0.0, 0.01],
+        [0.0, 0.01, 0.0, 0.09],
+        [0.01, 0.0, 0.08, 0.0],
+    ],
+    "noise_std_by_class": [1.2, 1.1, 0.9, 0.95],
+}
+FAKE_ISSUES = {
+    "num_examples": 300,
+    "num_flagged": 2,
+    "issues": [
+        {"index": 17, "given_label": 1, "suggested_label": 0, "score": 0.93},
+        {"index": 4, "given_label": 3, "suggested_label": 2, "score": 0.88},
+    ],
+}
+FAKE_RELIABILITY = {
+    "bin_edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+    "accuracy": [None, 0.4, 0.7, 0.95],
+    "confidence": [None, 0.42, 0.63, 0.9],
+    "count": [0, 10, 30, 60],
+}
+FAKE_FETCH = """
+const [noise, issues, reliability] = arguments;
+window.__realFetch = window.__realFetch || window.fetch;
+const real = window.__realFetch;
+const json = (body) => new Response(JSON.stringify(body),
+  {status: 200, headers: {"Content-Type": "application/json"}});
+window.fetch = async (input, init) => {
+  const url = String(input);
+  const model = (url.match(/\\/v1\\/models\\/(\\w+)\\//) || [])[1];
+  if (/\\/noise$/.test(url)) return json({model_id: model, ...noise});
+  if (/\\/label-issues\\?/.test(url)) return json({model_id: model, dataset_id: "d", ...issues});
+  const res = await real(input, init);
+  if (/\\/v1\\/jobs\\/\\w+$/.test(url) && res.ok) {
+    const job = await res.json();
+    job.metrics.model.reliability = reliability;
+    return json(job);
+  }
+  return res;
+};
+"""
+
+
+def test_job_page_draws_the_noise_report_label_issues_and_reliability(signed_in, origin, trained):
+    job = trained["job"]
+    goto(signed_in, origin, "#/models")
+    signed_in.execute_script(FAKE_FETCH, FAKE_NOISE, FAKE_ISSUES, FAKE_RELIABILITY)
+    try:
+        goto(signed_in, origin, f"#/jobs/{job['id']}")
+        wait_css(signed_in, "#label-issues table.issues")
+        cells = css(signed_in, "#noise svg.heatmap rect")
+        assert len(cells) == len(CLASS_NAMES) ** 2
+        pairs = signed_in.find_element(By.CSS_SELECTOR, "#noise table.pairs").text
+        assert "cat ↔ dog" in pairs and "fox ↔ owl" in pairs
+        issues = signed_in.find_element(By.CSS_SELECTOR, "#label-issues table.issues").text
+        assert "17 dog cat 0.9300" in issues
+        # three non-empty bins drawn (the empty one is skipped)
+        assert len(css(signed_in, "#reliability svg.reliability rect")) == 1 + 3
+        signed_in.execute_script("document.getElementById('noise').scrollIntoView();")
+        check_page(signed_in, origin, "job-noise")
+    finally:
+        signed_in.execute_script("if (window.__realFetch) window.fetch = window.__realFetch;")
+
+
 def test_onnx_download_and_alias_from_the_job_page(signed_in, origin, trained):
     job = trained["job"]
     goto(signed_in, origin, f"#/jobs/{job['id']}")
