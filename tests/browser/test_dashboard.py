@@ -334,6 +334,13 @@ def test_submit_follow_and_cancel_jobs_from_the_jobs_page(signed_in, origin, tra
         lambda d: "running" in d.find_element(By.CSS_SELECTOR, f"tr[data-job='{long}']").text,
         180,
     )
+    # Its page draws the curves while it trains, from the epochs finished so far.
+    goto(signed_in, origin, f"#/jobs/{long}")
+    canvas = wait_css(signed_in, "#curves canvas", timeout=120)
+    wait(signed_in, lambda d: canvas_drawn(d, canvas), what="live training curves")
+    assert "running" in signed_in.find_element(By.CSS_SELECTOR, ".job-progress").text
+    check_page(signed_in, origin, "job-live")
+    goto(signed_in, origin, "#/jobs")
     signed_in.find_element(By.CSS_SELECTOR, f"tr[data-job='{long}'] button").click()
     wait(
         signed_in,

@@ -174,6 +174,8 @@ async function renderJob(view, job, model, signal) {
   setProgress(job);
   const chart = h("div.chart#curves");
   const history = job.history || [];
+  const noEpochs = message("No epochs recorded yet.");
+  noEpochs.hidden = history.length > 0;
   const modelId = model?.id || job.model_id;
   const classNames = model?.class_names;
   view.replaceChildren(
@@ -182,7 +184,7 @@ async function renderJob(view, job, model, signal) {
       h("p", {}, progress),
       h("p.muted", {}, `head ${spec.head?.kind} R=${spec.head?.num_factors ?? "–"} τ=${spec.head?.temperature ?? "–"} · backbone ${spec.backbone?.kind} · ${spec.train?.epochs} epochs · baseline ${spec.compare_baseline ? "yes" : "no"} · dataset `, h("span.mono", {}, shortId(job.dataset_id)), ` · created ${when(job.created_at)}`),
       job.error ? h("p.error", {}, job.error) : null),
-    h("section.card", {}, h("h2", {}, "Training curves"), history.length ? chart : message("No epochs recorded yet."),
+    h("section.card", {}, h("h2", {}, "Training curves"), noEpochs, chart,
       h("p.legend-note", {}, "dotted: train loss · solid: validation NLL (left axis) · dashed: validation accuracy (right axis)")),
     h("div.grid", {},
       h("section.card#metrics", {}, h("h2", {}, "Test metrics"),
@@ -192,9 +194,29 @@ async function renderJob(view, job, model, signal) {
   );
   if (history.length) trainingCurves(chart, history);
   if (!TERMINAL.has(job.status)) {
-    follow(job, (j, name) => {
+    // Live: progress on every event, the curves redrawn once per finished epoch, the
+    // whole page again when the job ends.
+    let drawn = `${job.progress?.phase}:${job.progress?.epoch}`;
+    let busy = false;
+    follow(job, async (j, name) => {
       setProgress(j);
-      if (name === "end") jobPage(view, [job.id], signal).catch(() => {});
+      if (name === "end") {
+        jobPage(view, [job.id], signal).catch(() => {});
+        return;
+      }
+      const key = `${j.progress?.phase}:${j.progress?.epoch}`;
+      if (key === drawn || busy) return;
+      busy = true;
+      try {
+        const fresh = await api(`/v1/jobs/${job.id}`, { signal });
+        if (fresh.history?.length) {
+          noEpochs.hidden = true;
+          trainingCurves(chart, fresh.history);
+        }
+        drawn = key;
+      } catch { /* the next event tries again */ } finally {
+        busy = false;
+      }
     }, signal);
   }
   const sections = await Promise.all([
