@@ -6,7 +6,8 @@ the serving runtime (``app.state.runtime``); on shutdown it stops the runtime's 
 
 Every ``/v1`` router is mounted under one router that requires the API key
 (``app.deps.require_api_key``): a route under ``/v1`` cannot be reached without one.
-Health, readiness and ``/metrics`` are mounted beside it, open.
+Health, readiness and ``/metrics`` are mounted beside it, open, and so are the dashboard
+(``/ui``, ``/static``) and the API docs (app/routers/ui.py).
 """
 
 from __future__ import annotations
