@@ -8,7 +8,8 @@ Every request passes ``app.gate.RequestGate`` first: API key, scope and throttli
 ``/v1``, the body limit of the route, an audit line for every write, all before the body
 is read. Every ``/v1`` router is mounted under one router that requires the key the gate
 checked (``app.deps.require_api_key``). Health, readiness and ``/metrics`` are mounted
-beside it, open.
+beside it, open, and so are the dashboard (``/ui``, ``/static``) and the API docs
+(app/routers/ui.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from app.auth import KeyRing
 from app.deps import require_api_key
 from app.errors import concurrent_change, store_unavailable, validation_failed
 from app.logs import configure_logging
-from app.routers import aliases, datasets, health, jobs, metrics, models, predict
+from app.routers import aliases, datasets, health, jobs, metrics, models, predict, ui
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
@@ -60,7 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.runtime.close()
 
-    app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc come from app/routers/ui.py: the same pages, scripts served from here.
+    app = FastAPI(
+        title="hetserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
@@ -73,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(metrics.router)
+    ui.install(app)
     return app
 
 

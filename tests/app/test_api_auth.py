@@ -11,6 +11,7 @@ from app.main import create_app
 from tests.app.service_client import API_KEY, make_settings
 
 OPEN_PATHS = {
+    "/ui",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -1,0 +1,156 @@
+"""Browser fixtures: a REAL service (uvicorn + one Celery worker, embedded backend, as in
+tests/e2e) with one small HET job trained beside its softmax baseline, and a headless
+Chromium driven by selenium through /usr/bin/chromedriver.
+
+Chromium runs with every host name but the loopback resolving to nothing, so a page that
+reached for a CDN would fail loudly (a console error) as well as show up in the resource
+timing list the tests check.
+
+Skipped, with the reason, when chromium, chromedriver or selenium is missing (.ci/run
+installs chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import API_KEY, Stack
+from tests.waiting import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+CLASS_NAMES = ["cat", "dog", "fox", "owl"]
+JOB = {
+    "head": {
+        "kind": "het",
+        "num_factors": 2,
+        "temperature": 1.5,
+        "train_mc_samples": 16,
+        "eval_mc_samples": 64,
+    },
+    "backbone": {"kind": "mlp", "hidden": [32]},
+    "train": {"epochs": 12, "batch_size": 32, "lr": 0.01, "device": "cpu"},
+    "compare_baseline": True,
+}
+
+
+def _binary(*names: str) -> str | None:
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+CHROMIUM = _binary("chromium", "chromium-browser", "google-chrome")
+CHROMEDRIVER = _binary("chromedriver")
+
+
+def dataset_npz(path: Path, n: int = 400, seed: int = 0) -> Path:
+    """Four classes in 8 dimensions, a fifth of the training labels flipped between
+    neighbours (cat<->dog, fox<->owl), 3/4 train, 1/4 test."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    x = (rng.normal(size=(n, 8)) + 3.0 * np.eye(8)[y]).astype(np.float32)
+    cut = 3 * n // 4
+    noisy = y[:cut].copy()
+    flip = rng.random(cut) < 0.2
+    noisy[flip] = noisy[flip] ^ 1
+    np.savez(
+        path,
+        x_train=x[:cut],
+        y_train=noisy,
+        x_test=x[cut:],
+        y_test=y[cut:],
+        class_names=np.array(CLASS_NAMES),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory) -> Iterator[Stack]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("chromium or chromedriver is not installed (.ci/run installs them)")
+    pytest.importorskip("selenium", reason="selenium is not installed (the dev extra has it)")
+    root = tmp_path_factory.mktemp("browser")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    port = free_port()
+    env = base_env | {
+        "HETSERVE_DATA_DIR": str(root / "data"),
+        "HETSERVE_API_KEYS": API_KEY,
+        "HETSERVE_CANCEL_POLL_INTERVAL_S": "0.2",
+        "HETSERVE_BROKER_POLLING_INTERVAL_S": "0.1",
+        "HETSERVE_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    stack = Stack("embedded", env, root / "data", port)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def trained(service, tmp_path_factory) -> dict:
+    """The dataset id and the succeeded job (model + baseline) the pages show."""
+    path = dataset_npz(tmp_path_factory.mktemp("data") / "animals.npz")
+    with service.client() as client, open(path, "rb") as f:
+        r = client.post("/v1/datasets", files={"file": ("animals.npz", f)})
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        r = client.post("/v1/jobs", json={"dataset_id": dataset_id, **JOB})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+        def done():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_until(done, 240, "the HET job to finish", interval=0.5)
+    assert job["status"] == "succeeded", job["error"]
+    return {"dataset_id": dataset_id, "job": job}
+
+
+@pytest.fixture(scope="session")
+def origin(service) -> str:
+    return f"http://127.0.0.1:{service.port}"
+
+
+@pytest.fixture(scope="session")
+def browser(service):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1800",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        # Any host but the loopback resolves to nothing: a CDN load would fail.
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
