@@ -57,7 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.runtime.close()
 
-    app = FastAPI(title="hetserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="hetserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Stable operationIds for generated clients: "<tag>-<function name>", e.g. jobs-get_job.
+        generate_unique_id_function=lambda r: f"{r.tags[0]}-{r.name}" if r.tags else r.name,
+    )
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
