@@ -606,6 +606,9 @@ def cmd_jobs_ls(args: argparse.Namespace) -> int:
         print_json(jobs)
         return 0
     for job in jobs:
+        if args.quiet:
+            print(job["id"])
+            continue
         progress = job.get("progress") or {}
         print(
             f"{job['id']}  {job['status']:<9}  {progress.get('fraction', 0):4.0%}  "
@@ -987,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     jobs = group("jobs", "list, show, follow and cancel jobs")
-    ls = command(jobs, "ls", "list jobs, newest first", cmd_jobs_ls, **with_client)
+    ls = command(jobs, "ls", "list jobs, newest first", cmd_jobs_ls, parents=[client, quiet])
     ls.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
     ls.add_argument("--limit", type=int, default=20, help="at most this many")
     for name, func, text, parents in (

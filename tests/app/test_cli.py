@@ -268,3 +268,38 @@ def test_redact_hides_the_database_password():
         == "postgresql+psycopg://u:***@db:5432/x"
     )
     assert cli._redact("sqlite:////var/h.db") == "sqlite:////var/h.db"
+
+
+def test_models_noise_and_label_issues_against_a_stub(monkeypatch, capsys):
+    """The two model reports, coded against the HTTP contract (a stub service)."""
+    import hetserve
+
+    answers = {
+        "/v1/models/prod/noise": {
+            "model_id": "m1", "num_examples": 90, "flip_matrix": None,
+            "class_pairs": [{"classes": [1, 2], "class_names": ["b", "c"], "flip_rate": 0.25,
+                             "correlation": -0.5}],
+            "noise_std_by_class": [0.1, 0.9, 0.8],
+        },
+        "/v1/models/prod/label-issues": {
+            "model_id": "m1", "dataset_id": "d1", "num_examples": 90, "num_flagged": 7,
+            "issues": [{"index": 12, "given_label": 2, "suggested_label": 1, "score": 0.9}],
+        },
+    }  # fmt: skip
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json=answers[request.url.path])
+
+    def stub_client(url, key, **kwargs):
+        return hetserve.Client(url, key, transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(cli, "Client", stub_client)
+    assert cli.main(["models", "noise", "prod", "--url", "http://svc", "--key", "-k"]) == 0
+    out = capsys.readouterr().out
+    assert "label noise over 90 training inputs" in out and "| b ↔ c | 0.2500 | -0.5000 |" in out
+    assert cli.main(["models", "label-issues", "prod", "--url", "http://svc", "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "7 of 90 training rows flagged" in out and "| 12 | 2 | 1 | 0.9000 |" in out
+    assert seen[0].headers["authorization"] == "Bearer -k" and seen[1].url.params["limit"] == "5"
