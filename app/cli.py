@@ -4,14 +4,15 @@ Two kinds of subcommands:
 
 - local processes: ``up`` (what ``make run`` runs: migrations, then the API and one
   worker as child processes on embedded defaults, until Ctrl-C) and ``migrate``;
-- HTTP clients of a running service: ``datasets``, ``train``, ``jobs``, ``demo``. They
+- HTTP clients of a running service, all through the Python client ``hetserve.Client``:
+  ``datasets``, ``train``, ``jobs``, ``models``, ``aliases``, ``predict``, ``demo``. They
   find the service at ``--url`` / ``HETSERVE_URL`` (default: HETSERVE_HOST:HETSERVE_PORT)
-  and authenticate with ``--key`` / ``HETSERVE_API_KEY``, else the first of
+  and authenticate with ``--key=KEY`` / ``HETSERVE_API_KEY``, else the first of
   ``HETSERVE_API_KEYS``, else the key file the service wrote into the data folder.
 
-Stdlib and httpx only at import: no torch, so the command starts fast and works from the
-API image. ``demo`` alone needs the training side (sklearn's digits, models/) and runs
-it in a child process.
+Stdlib, httpx and tqdm at import: no torch, so the command starts fast and works from
+the API image. ``demo`` and ``demo-data`` alone need the training side (sklearn's
+digits, models/) and run it in a child process.
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
-import numpy as np
 
+import hetserve
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
+from hetserve import Client
 
 # docs/architecture.md entry points; `python -m` so the children use this interpreter's venv.
 API_COMMAND = ["-m", "uvicorn", "app.main:app"]
@@ -59,6 +63,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None when it can), checked the way uvicorn
+    binds (SO_REUSEADDR: a port in TIME_WAIT is free, one with a listener is not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Migrate, start the API and one worker, print URL and key, stop both on a signal.
 
@@ -66,6 +83,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     process, which then stops each child exactly once: SIGTERM (uvicorn: graceful; Celery:
     warm shutdown), after ``--stop-timeout`` SIGQUIT to Celery (cold: a running job is
     left to be redelivered and resumes from its checkpoint), then SIGKILL.
+
+    A taken port is refused before anything starts: otherwise whatever already listens
+    there (say another ``hetserve up``) would answer our health check.
     """
     from app import db
     from app.auth import load_or_create_keys
@@ -73,6 +93,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     env_settings = Settings()
     data_dir = env_settings.data_dir.resolve()
     settings = Settings(data_dir=data_dir)
+    if reason := port_in_use(settings.host, settings.port):
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {reason}. Another process "
+            "(another `hetserve up`?) holds the port: stop it, or choose another port with "
+            "HETSERVE_PORT=<port>"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     db.migrate(settings)
     keys = load_or_create_keys(settings)
@@ -92,7 +118,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     url = f"http://{_client_host(settings.host)}:{settings.port}"
     exit_code = 0
     try:
-        if _wait_healthy(url, children, stop, args.start_timeout):
+        if _wait_healthy(url, children, stop, args.start_timeout, keys[0]):
             key_origin = (
                 "from HETSERVE_API_KEYS"
                 if settings.api_keys
@@ -107,7 +133,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"Ctrl-C stops the API and the worker.",
                 flush=True,
             )
-        while not stop.is_set():
+        elif not stop.is_set():
+            exit_code = 1
+        while exit_code == 0 and not stop.is_set():
             dead = [name for name, proc in children.items() if proc.poll() is not None]
             if dead:
                 print(
@@ -142,15 +170,28 @@ def _die_with_parent() -> None:
 
 
 def _wait_healthy(
-    url: str, children: dict[str, subprocess.Popen], stop: threading.Event, timeout_s: float
+    url: str,
+    children: dict[str, subprocess.Popen],
+    stop: threading.Event,
+    timeout_s: float,
+    key: str,
 ) -> bool:
+    """True once our API answers /healthz and accepts our key; False (said on stderr)
+    when a child dies first or the time is up."""
     deadline = time.monotonic() + timeout_s
     while not stop.is_set() and time.monotonic() < deadline:
-        if any(proc.poll() is not None for proc in children.values()):
+        dead = [name for name, proc in children.items() if proc.poll() is not None]
+        if dead:
+            print(f"hetserve: {dead[0]} exited with status {children[dead[0]].returncode} "
+                  "before the API answered; stopping", file=sys.stderr, flush=True)  # fmt: skip
             return False
         try:
             if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return True
+                # Whoever answers must be ours: a service with other keys is not.
+                probe = httpx.get(f"{url}/v1/aliases", timeout=5.0,
+                                  headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+                if probe.status_code == 200 and children["api"].poll() is None:
+                    return True
         except httpx.HTTPError:
             pass
         stop.wait(0.2)
@@ -198,93 +239,109 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{location}"
 
 
-# --------------------------------------------------------------------------- HTTP client
+# --------------------------------------------------------------------------- the client
+
+KEY_HELP = (
+    "API key. Use --key=KEY (with '=') when the key starts with '-'. Default: "
+    "HETSERVE_API_KEY, else the first of HETSERVE_API_KEYS, else <data folder>/api_key "
+    "(HETSERVE_DATA_DIR, default ./var), the file `hetserve up` writes"
+)
 
 
-class Api:
-    """A thin httpx client: JSON in and out, errors turned into CliError with the detail."""
-
-    def __init__(self, url: str, key: str | None) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_S)
-
-    def request(self, method: str, path: str, **kwargs) -> dict | list:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise CliError(f"cannot reach {self.url}: {exc} (is `hetserve up` running?)") from None
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise CliError(f"{method} {path}: HTTP {response.status_code}: {detail}")
-        return response.json()
-
-    def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
-        """(event, job) pairs from GET /v1/jobs/{id}/events until the stream ends."""
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise CliError(
-                    f"events of job {job_id}: HTTP {response.status_code}: {response.text}"
-                )
-            event, data = "message", []
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
-                    yield event, json.loads("\n".join(data))
-                    event, data = "message", []
-
-
-def api_from(args: argparse.Namespace) -> Api:
+def client_from(args: argparse.Namespace) -> Client:
+    """The hetserve.Client for --url/--key, or the defaults the module docstring lists."""
     settings = Settings()
     url = args.url or os.environ.get("HETSERVE_URL")
     url = url or f"http://{_client_host(settings.host)}:{settings.port}"
-    return Api(url, args.key or _default_key(settings))
+    key, source = (args.key, "--key") if args.key else _default_key(settings)
+    args.key_source = source
+    return Client(url, key or "", timeout=HTTP_TIMEOUT_S)
 
 
-def _default_key(settings: Settings) -> str | None:
+def _default_key(settings: Settings) -> tuple[str | None, str]:
+    """(key, where it came from)."""
     if key := os.environ.get("HETSERVE_API_KEY"):
-        return key
+        return key, "HETSERVE_API_KEY"
     if settings.api_keys:
-        return settings.api_keys.split(",")[0].strip()
+        return settings.api_keys.split(",")[0].strip(), "HETSERVE_API_KEYS"
     key_file = settings.data_dir / "api_key"
-    return key_file.read_text().strip() if key_file.exists() else None
+    if key_file.exists():
+        return key_file.read_text().strip(), str(key_file.resolve())
+    return None, f"nowhere: no --key, HETSERVE_API_KEY, HETSERVE_API_KEYS or {key_file}"
+
+
+def auth_hint(args: argparse.Namespace) -> str:
+    source = getattr(args, "key_source", None) or "nowhere"
+    data_dir = Settings().data_dir
+    return (
+        f"the service refused the API key (key taken from {source}).\n"
+        f"  `hetserve up` prints its key and stores it in <data folder>/api_key "
+        f"(here {data_dir / 'api_key'}; the folder is HETSERVE_DATA_DIR); with "
+        "HETSERVE_API_KEYS set, the keys are those.\n"
+        "  Pass it as --key=KEY (the '=' form also works for keys starting with '-') or "
+        "export HETSERVE_API_KEY=KEY."
+    )
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
 
 
 # --------------------------------------------------------------------------- datasets
 
 
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
-    dataset = upload_dataset(
-        api_from(args), Path(args.file), args.name, args.image_size, args.grayscale
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    dataset = client_from(args).upload_dataset(
+        path, name=args.name, image_size=args.image_size, grayscale=args.grayscale
     )
-    print(json.dumps(dataset, indent=2) if args.json else _dataset_line(dataset))
+    _print_dataset(args, dataset)
     return 0
 
 
-def upload_dataset(api: Api, path: Path, name: str | None = None, image_size: int = 32,
-                   grayscale: bool = False) -> dict:  # fmt: skip
-    if not path.is_file():
-        raise CliError(f"no such file: {path}")
-    form = {"image_size": str(image_size), "grayscale": str(grayscale).lower()}
-    if name:
-        form["name"] = name
-    with path.open("rb") as f:
-        return api.request("POST", "/v1/datasets", files={"file": (path.name, f)}, data=form)
+def cmd_datasets_register(args: argparse.Namespace) -> int:
+    uri = args.uri if "://" in args.uri else Path(args.uri).resolve().as_uri()
+    _print_dataset(args, client_from(args).register_dataset(uri))
+    return 0
+
+
+def _print_dataset(args: argparse.Namespace, dataset: dict) -> None:
+    if args.json:
+        print_json(dataset)
+    elif args.quiet:
+        print(dataset["id"])
+    else:
+        print(_dataset_line(dataset))
 
 
 def cmd_datasets_ls(args: argparse.Namespace) -> int:
-    datasets = api_from(args).request("GET", "/v1/datasets")
+    datasets = client_from(args).list_datasets(limit=args.limit)
     if args.json:
-        print(json.dumps(datasets, indent=2))
+        print_json(datasets)
     for dataset in [] if args.json else datasets:
         print(_dataset_line(dataset))
+    return 0
+
+
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    dataset = client_from(args).get_dataset(args.dataset_id)
+    if args.json:
+        print_json(dataset)
+        return 0
+    print(_dataset_line(dataset))
+    print(f"  classes  {', '.join(dataset['class_names'])}")
+    print(
+        f"  format   {dataset['format']}, {dataset['size_bytes']} bytes, sha256 {dataset['sha256']}"
+    )
+    print(f"  created  {dataset['created_at']}")
+    return 0
+
+
+def cmd_datasets_rm(args: argparse.Namespace) -> int:
+    client_from(args).delete_dataset(args.dataset_id)
+    print(f"dataset {args.dataset_id} removed")
     return 0
 
 
@@ -339,73 +396,163 @@ def _temperature(value: str) -> float | str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    api = api_from(args)
-    job = api.request("POST", "/v1/jobs", json=build_spec(args))
-    print(f"job {job['id']} {job['status']}", flush=True)
+    client = client_from(args)
+    job = client.submit_job(build_spec(args))
+    if not args.quiet:
+        print(f"job {job['id']} {job['status']}", flush=True)
     if args.no_wait:
+        if args.quiet:
+            print(job["id"])
         return 0
+    return _follow_and_report(client, job["id"], args)
+
+
+def cmd_jobs_wait(args: argparse.Namespace) -> int:
+    return _follow_and_report(client_from(args), args.job_id, args)
+
+
+def _follow_and_report(client: Client, job_id: str, args: argparse.Namespace) -> int:
     try:
-        job = follow_job(api, job["id"])
+        job = follow_job(client, job_id, quiet=args.quiet)
     except KeyboardInterrupt:
-        print(f"\nstopped following; job {job['id']} goes on (hetserve jobs cancel {job['id']})",
+        print(f"\nstopped following; job {job_id} goes on (hetserve jobs cancel {job_id})",
               file=sys.stderr)  # fmt: skip
         return 130
-    print_job(job)
+    if args.json:
+        print_json(job)
+    elif args.quiet:
+        if job["status"] == JobStatus.SUCCEEDED:
+            print(job["model_id"])
+        else:
+            print(f"hetserve: job {job_id} {job['status']}: {job.get('error') or ''}",
+                  file=sys.stderr)  # fmt: skip
+    else:
+        print_job(job)
     return 0 if job["status"] == JobStatus.SUCCEEDED else 1
 
 
-def follow_job(api: Api, job_id: str, out=sys.stderr) -> dict:
-    """Draw a progress bar from the job's server-sent events until it ends; if the stream
-    breaks, poll GET /v1/jobs/{id} instead. Returns the final job (with history)."""
-    bar = ProgressBar(out)
+def follow_job(client: Client, job_id: str, out=None, quiet: bool = False) -> dict:
+    """Draw a progress bar while the job runs (server-sent events, polling if the stream
+    breaks: ``Client.wait``); returns the final job (with history). ``quiet``: no bar."""
+    bar = None if quiet else ProgressBar(out or sys.stderr, client, job_id)
     try:
-        for event, job in api.events(job_id):
+        job = client.wait(job_id, on_progress=bar.draw if bar else None)
+        if bar:
             bar.draw(job)
-            if event == "end" or job["status"] in TERMINAL_STATUSES:
-                break
-    except (httpx.HTTPError, CliError):
-        pass  # stream unavailable or cut: polling below still gets us to the end
-    while True:
-        job = api.request("GET", f"/v1/jobs/{job_id}")
-        bar.draw(job)
-        if job["status"] in TERMINAL_STATUSES:
+    finally:
+        if bar:
             bar.close()
-            return job
-        time.sleep(1.0)
+    return job
 
 
 class ProgressBar:
-    """One redrawn line on a terminal; one line per change otherwise (logs, CI)."""
+    """The job's progress: a tqdm bar on a terminal; one line per change otherwise (logs,
+    CI). Both show status, the unit being trained (model, baseline, or the
+    auto-temperature sweep's tau=...), epoch, the last epoch's training loss, the time per
+    epoch and the ETA (from the rate of progress so far)."""
 
     WIDTH = 30
 
-    def __init__(self, out) -> None:
-        self.out, self.last = out, None
+    def __init__(self, out, client: Client | None = None, job_id: str | None = None) -> None:
+        self.out, self.client, self.job_id = out, client, job_id
         self.tty = hasattr(out, "isatty") and out.isatty()
+        self.last: str | None = None
+        self.tqdm = None
+        self.started: tuple[float, float] | None = None  # (time, fraction) at first running
+        self.epoch_key: tuple | None = None
+        self.loss: float | None = None
+        self.sweep: list[str] = []
+        self.epoch_times: list[float] = []
 
-    def draw(self, job: dict) -> None:
+    def _history(self, job: dict) -> None:
+        """Loss and sweep units come from the job's history: fetched once per new epoch."""
+        progress = job.get("progress") or {}
+        key = (progress.get("phase"), progress.get("epoch"), job.get("status"))
+        if key == self.epoch_key:
+            return
+        self.epoch_key = key
+        history = job.get("history")
+        if history is None and self.client is not None and self.job_id is not None:
+            try:
+                history = self.client.get_job(self.job_id).get("history")
+            except hetserve.HetserveError:
+                history = None
+        if not history:
+            return
+        losses = [h["train_loss"] for h in history if isinstance(h.get("train_loss"), int | float)]
+        self.loss = losses[-1] if losses else self.loss
+        self.sweep = list(
+            dict.fromkeys(h["phase"] for h in history if str(h.get("phase", "")).startswith("tau="))
+        )
+        if len(self.epoch_times) < len(history):
+            self.epoch_times += [time.monotonic()] * (len(history) - len(self.epoch_times))
+
+    def describe(self, job: dict) -> tuple[float, str]:
         progress = job.get("progress") or {}
         fraction = min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0)
         if job["status"] == JobStatus.SUCCEEDED:
             fraction = 1.0
+        parts = []
+        phase = progress.get("phase")
+        if phase and phase.startswith("tau="):
+            units = self.sweep + ([phase] if phase not in self.sweep else [])
+            parts.append(f"sweep unit {units.index(phase) + 1} {phase}")
+        elif phase:
+            parts.append(phase)
+        if progress.get("epochs"):
+            parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        now = time.monotonic()
+        if job["status"] == JobStatus.RUNNING:
+            if self.started is None:
+                self.started = (now, fraction)
+            t0, f0 = self.started
+            if fraction > f0 and now > t0:
+                eta = (1.0 - fraction) * (now - t0) / (fraction - f0)
+                parts.append(f"eta {_duration(eta)}")
+        if len(self.epoch_times) >= 2:
+            per_epoch = (self.epoch_times[-1] - self.epoch_times[0]) / (len(self.epoch_times) - 1)
+            parts.append(f"{per_epoch:.1f} s/epoch")
+        return fraction, " ".join(parts)
+
+    def draw(self, job: dict) -> None:
+        self._history(job)
+        fraction, detail = self.describe(job)
+        if self.tty:
+            self._draw_tqdm(job, fraction, detail)
+            return
         filled = round(fraction * self.WIDTH)
-        phase = f" {progress['phase']}" if progress.get("phase") else ""
-        epochs = (
-            f" epoch {progress.get('epoch', 0)}/{progress['epochs']}"
-            if progress.get("epochs")
-            else ""
-        )
-        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%} {job['status']}{phase}{epochs}"
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%} {job['status']} {detail}".rstrip()
         if line == self.last:
             return
         self.last = line
-        self.out.write(f"\r{line}\033[K" if self.tty else f"{line}\n")
+        self.out.write(f"{line}\n")
         self.out.flush()
 
+    def _draw_tqdm(self, job: dict, fraction: float, detail: str) -> None:
+        from tqdm import tqdm
+
+        if self.tqdm is None:
+            self.tqdm = tqdm(total=100, file=self.out, unit="%", dynamic_ncols=True,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")  # fmt: skip
+        self.tqdm.set_description_str(job["status"], refresh=False)
+        self.tqdm.set_postfix_str(detail, refresh=False)
+        self.tqdm.update(round(fraction * 100) - self.tqdm.n)
+
     def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
+        if self.tqdm is not None:
+            self.tqdm.close()
+            self.tqdm = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 60}:{seconds % 60:02d}"
+        if seconds < 3600
+        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+    )
 
 
 def print_job(job: dict) -> None:
@@ -454,12 +601,14 @@ def _fmt(value) -> str:
 
 
 def cmd_jobs_ls(args: argparse.Namespace) -> int:
-    params = {"limit": args.limit} | ({"status": args.status} if args.status else {})
-    jobs = api_from(args).request("GET", "/v1/jobs", params=params)
+    jobs = client_from(args).list_jobs(status=args.status, limit=args.limit)
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print_json(jobs)
         return 0
     for job in jobs:
+        if args.quiet:
+            print(job["id"])
+            continue
         progress = job.get("progress") or {}
         print(
             f"{job['id']}  {job['status']:<9}  {progress.get('fraction', 0):4.0%}  "
@@ -469,17 +618,199 @@ def cmd_jobs_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    job = api_from(args).request("GET", f"/v1/jobs/{args.job_id}")
+    job = client_from(args).get_job(args.job_id)
     if args.json:
-        print(json.dumps(job, indent=2))
+        print_json(job)
     else:
         print_job(job)
     return 0
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    job = api_from(args).request("POST", f"/v1/jobs/{args.job_id}/cancel")
+    job = client_from(args).cancel_job(args.job_id)
     print(f"job {job['id']}: cancel requested (status {job['status']})")
+    return 0
+
+
+# --------------------------------------------------------------------------- models / aliases
+
+
+def cmd_models_ls(args: argparse.Namespace) -> int:
+    models = client_from(args).list_models(role=args.role, limit=args.limit)
+    if args.json:
+        print_json(models)
+        return 0
+    for m in models:
+        accuracy = (m.get("metrics") or {}).get("test_accuracy")
+        acc = f"  test_accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+        print(f"{m['id']}  {m['role']:<8}  {m['head']:<7}  {m['task']}  x{m['input_shape']}  "
+              f"{m['num_classes']} classes{acc}  job {m['job_id']}")  # fmt: skip
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    m = client_from(args).get_model(args.model_id)
+    if args.json:
+        print_json(m)
+        return 0
+    print(f"model {m['id']}  ({m['role']}, head {m['head']}, {m['task']})")
+    print(f"  job      {m['job_id']}")
+    print(
+        f"  input    {m['input_shape']}, {m['num_classes']} classes: {', '.join(m['class_names'])}"
+    )
+    print(f"  onnx     sha256 {m['onnx_sha256']}")
+    if m.get("baseline_model_id"):
+        print(f"  baseline {m['baseline_model_id']}")
+    columns = {"model": m.get("metrics") or {}}
+    if m.get("baseline_metrics"):
+        columns["baseline"] = m["baseline_metrics"]
+    if columns["model"]:
+        print(metrics_table(columns))
+    return 0
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    path = client_from(args).download_onnx(args.model_id, args.out)
+    print(path)
+    return 0
+
+
+def cmd_models_noise(args: argparse.Namespace) -> int:
+    report = client_from(args).noise(args.model_id)
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"model {report['model_id']}: label noise over {report['num_examples']} training inputs")
+    pairs = report.get("class_pairs") or []
+    if pairs:
+        print("| classes | flip rate | latent correlation |")
+        print("|---|---:|---:|")
+        for pair in pairs[: args.top]:
+            names = " ↔ ".join(pair.get("class_names") or [str(c) for c in pair["classes"]])
+            print(f"| {names} | {pair['flip_rate']:.4f} | {pair['correlation']:+.4f} |")
+    stds = report.get("noise_std_by_class")
+    if stds:
+        print("noise std by class: " + ", ".join(f"{s:.3f}" for s in stds))
+    return 0
+
+
+def cmd_models_label_issues(args: argparse.Namespace) -> int:
+    found = client_from(args).label_issues(args.model_id, limit=args.limit)
+    if args.json:
+        print_json(found)
+        return 0
+    print(f"model {found['model_id']} (dataset {found['dataset_id']}): {found['num_flagged']} of "
+          f"{found['num_examples']} training rows flagged, most likely mislabeled first")  # fmt: skip
+    issues = found.get("issues") or []
+    if issues:
+        print("| x_train row | given | suggested | score |")
+        print("|---:|---:|---:|---:|")
+        for issue in issues:
+            print(f"| {issue['index']} | {issue['given_label']} | {issue['suggested_label']} | "
+                  f"{issue['score']:.4f} |")  # fmt: skip
+    return 0
+
+
+def cmd_aliases_set(args: argparse.Namespace) -> int:
+    alias = client_from(args).set_alias(args.name, args.model_id)
+    print_json(alias) if args.json else print(f"{alias['name']} -> {alias['model_id']}")
+    return 0
+
+
+def cmd_aliases_ls(args: argparse.Namespace) -> int:
+    aliases = client_from(args).list_aliases()
+    if args.json:
+        print_json(aliases)
+        return 0
+    for alias in aliases:
+        print(f"{alias['name']}  -> {alias['model_id']}  (updated {alias['updated_at']})")
+    return 0
+
+
+def cmd_aliases_rm(args: argparse.Namespace) -> int:
+    client_from(args).delete_alias(args.name)
+    print(f"alias {args.name} removed")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_inputs(paths: list[str], rows: int | None, array: str | None) -> tuple[str, Any]:
+    """("inputs", rows) from a .npy, .npz or .csv file, or ("images", paths) for image files."""
+    if all(p.lower().endswith(IMAGE_SUFFIXES) for p in paths):
+        return "images", [Path(p) for p in paths]
+    if len(paths) != 1:
+        raise CliError("give one .npy, .npz or .csv file, or image files (.png, .jpg)")
+    import numpy as np
+
+    path = Path(paths[0])
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                name = array or next(
+                    (n for n in ("x_test", "x_val", "x_train", "x") if n in arrays), None
+                )
+                if name is None or name not in arrays:
+                    raise CliError(
+                        f"{path}: no array {name or 'x_test'} (has {', '.join(arrays.files)}); choose one with --array"
+                    )
+                x = arrays[name]
+        elif suffix == ".csv":
+            x = _read_csv(path)
+        else:
+            raise CliError(f"{path}: predict reads .npy, .npz, .csv or image files")
+    except (ValueError, OSError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    if x.ndim == 1:
+        x = x[None, :]
+    return "inputs", x[:rows] if rows else x
+
+
+def _read_csv(path: Path):
+    """Numeric rows; a header line is skipped, and its ``label`` column dropped (so a
+    training .csv can be fed back)."""
+    import numpy as np
+
+    with path.open() as f:
+        first = f.readline().strip().split(",")
+    try:
+        [float(v) for v in first]
+        header = None
+    except ValueError:
+        header = [h.strip() for h in first]
+    x = np.loadtxt(path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2)
+    if header is not None and "label" in header:
+        x = np.delete(x, header.index("label"), axis=1)
+    return x.astype(np.float32)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    kind, values = read_inputs(args.files, args.rows, args.array)
+    options = {"mc_samples": args.mc_samples, "seed": args.seed, "predictive": args.predictive,
+               "top_k": args.top_k, "correlated_pairs": args.correlated_pairs}  # fmt: skip
+    client = client_from(args)
+    if kind == "images":
+        result = client.predict(args.model_id, images=values, **options)
+    else:
+        result = client.predict(args.model_id, values, **options)
+    if args.json:
+        print_json({"model_id": result.model_id, "mc_samples": result.mc_samples,
+                    "predictive": result.predictive, "predictions": result.rows})  # fmt: skip
+        return 0
+    how = ("noise-free predictive" if result.predictive == "noise_free"
+           else f"S={result.mc_samples} samples")  # fmt: skip
+    print(f"model {result.model_id}, {how}:")
+    for i, row in enumerate(result.rows):
+        print(f"row {i}:")
+        print(prediction_summary(row))
     return 0
 
 
@@ -490,21 +821,40 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 DEMO_DATASET_COMMAND = ["-m", "models.benchmarks", "noisy_digits"]
 
 
+def write_demo_data(path: Path, seed: int) -> None:
+    made = subprocess.run(
+        [sys.executable, *DEMO_DATASET_COMMAND, str(path), "--seed", str(seed)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise CliError(
+            f"could not build the noisy-digits benchmark (it needs the training extra, "
+            f"pip install 'hetserve[train]'): {made.stderr.strip()[-500:]}"
+        )
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    path = Path(args.out)
+    write_demo_data(path, args.seed)
+    with np.load(path) as arrays:
+        sizes = {k: arrays[k].shape for k in arrays.files if k.startswith("x_")}
+    shapes = ", ".join(f"{k} {list(v)}" for k, v in sizes.items())
+    print(f"wrote {path}: noisy digits (64 features, 10 classes; {shapes})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    api = api_from(args)
+    import numpy as np
+
+    client = client_from(args)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "noisy_digits.npz"
-        made = subprocess.run(
-            [sys.executable, *DEMO_DATASET_COMMAND, str(path), "--seed", str(args.seed)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if made.returncode != 0:
-            raise CliError(
-                f"could not build the noisy-digits benchmark: {made.stderr.strip()[-500:]}"
-            )
-        dataset = upload_dataset(api, path, name="noisy-digits")
+        write_demo_data(path, args.seed)
+        dataset = client.upload_dataset(path, name="noisy-digits")
         with np.load(path) as arrays:
-            x_example, y_example = arrays["x_test"][0].tolist(), int(arrays["y_test"][0])
+            x_example, y_example = arrays["x_test"][:1], int(arrays["y_test"][0])
     print(_dataset_line(dataset))
     spec = {
         "dataset_id": dataset["id"],
@@ -513,31 +863,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "train": {"epochs": args.epochs, "seed": args.seed},
         "compare_baseline": True,
     }
-    job = api.request("POST", "/v1/jobs", json=spec)
+    job = client.submit_job(spec)
     print(
         f"job {job['id']}: HET (R=4) and the softmax baseline, {args.epochs} epochs each",
         flush=True,
     )
-    job = follow_job(api, job["id"])
+    job = follow_job(client, job["id"])
     print_job(job)
     if job["status"] != JobStatus.SUCCEEDED:
         return 1
-    request = {"inputs": [x_example], "seed": 0, "top_k": 3, "correlated_pairs": True}
-    prediction = api.request("POST", f"/v1/models/{job['model_id']}/predict", json=request)
-    row = prediction["predictions"][0]
+    result = client.predict(job["model_id"], x_example, seed=0, top_k=3, correlated_pairs=True)
     print(f"one test image (true class {y_example}) through the served model, "
-          f"S={prediction['mc_samples']} samples:")  # fmt: skip
-    print(prediction_summary(row))
+          f"S={result.mc_samples} samples:")  # fmt: skip
+    print(prediction_summary(result.rows[0]))
     return 0
 
 
 def prediction_summary(row: dict) -> str:
     """A few lines for a person; the full row (probs, prob_std, mc_stderr, noise_std per
-    class) is what the API returns."""
+    class) is what the API returns (--json)."""
     lines = [
-        f"  predicted {row['class_name']} (class {row['label']}), confidence {row['confidence']:.3f}",
-        f"  entropy {row['entropy']:.3f}, expected entropy {row['expected_entropy']:.3f}",
+        f"  predicted {row['class_name']} (class {row['label']}), confidence {row['confidence']:.3f}"
     ]
+    entropy, expected = row.get("entropy"), row.get("expected_entropy")
+    if isinstance(entropy, float) and isinstance(expected, float):
+        lines.append(f"  entropy {entropy:.3f}, expected entropy {expected:.3f}")
+    elif isinstance(entropy, float):
+        lines.append(f"  entropy {entropy:.3f}")
     if row.get("top_k"):
         top = ", ".join(f"{t['class_name']} {t['prob']:.3f}" for t in row["top_k"])
         lines.append(f"  top {len(row['top_k'])}: {top}")
@@ -555,85 +907,191 @@ def prediction_summary(row: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetserve",
-        description="Train heteroscedastic (HET) classifiers and serve them with uncertainty.",
+        description="Train heteroscedastic (HET) classifiers and serve them with uncertainty. "
+        "`hetserve up` runs the service; the other commands talk to a running one.",
+        epilog="The service is found at --url / HETSERVE_URL (default "
+        "http://HETSERVE_HOST:HETSERVE_PORT, 127.0.0.1:8000). "
+        + KEY_HELP.replace("API key. ", "The API key: ")
+        + ".",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"hetserve {hetserve.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the API and one worker on embedded defaults (make run)")
+    def command(parent, name: str, help: str, func: Callable | None = None, **kwargs):
+        p = parent.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                              **kwargs)  # fmt: skip
+        if func is not None:
+            p.set_defaults(func=func)
+        return p
+
+    def group(name: str, help: str):
+        return command(sub, name, help).add_subparsers(
+            dest=f"{name}_command", required=True, metavar="SUBCOMMAND"
+        )
+
+    up = command(sub, "up", "run the API and one worker on embedded defaults (make run)", cmd_up)
     up.add_argument("--stop-timeout", type=int, default=10, help="seconds per shutdown step")
     up.add_argument(
         "--start-timeout", type=float, default=60.0, help="seconds to wait for /healthz"
     )
-    up.set_defaults(func=cmd_up)
-    sub.add_parser("migrate", help="bring the store's schema to head").set_defaults(
-        func=cmd_migrate
-    )
+    command(sub, "migrate", "bring the store's schema to head", cmd_migrate)
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
-        "--url", help="service URL (HETSERVE_URL; default HETSERVE_HOST:HETSERVE_PORT)"
+        "--url", help="service URL (HETSERVE_URL; default http://HETSERVE_HOST:HETSERVE_PORT)"
     )
-    client.add_argument(
-        "--key", help="API key (HETSERVE_API_KEY; default the data folder's key file)"
+    client.add_argument("--key", metavar="KEY", help=KEY_HELP)
+    client.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the id (for $(...) in scripts)"
     )
-    client.add_argument("--json", action="store_true", help="print raw JSON")
+    with_client = {"parents": [client]}
 
-    datasets = sub.add_parser("datasets", help="upload and list datasets").add_subparsers(
-        dest="datasets_command", required=True
-    )
-    upload = datasets.add_parser("upload", parents=[client], help="upload a .npz, .csv or .zip")
-    upload.add_argument("file")
-    upload.add_argument("--name")
+    datasets = group("datasets", "upload, register, list, show and remove datasets")
+    upload = command(datasets, "upload", "upload a .npz, .csv or .zip of image folders",
+                     cmd_datasets_upload, parents=[client, quiet])  # fmt: skip
+    upload.add_argument("file", help="the dataset file")
+    upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument("--image-size", type=int, default=32, help=".zip: resize images to N×N")
     upload.add_argument("--grayscale", action="store_true", help=".zip: decode as one channel")
-    upload.set_defaults(func=cmd_datasets_upload)
-    datasets.add_parser("ls", parents=[client]).set_defaults(func=cmd_datasets_ls)
+    register = command(datasets, "register", "register a dataset that stays where it is "
+                       "(under the service's HETSERVE_DATASET_ROOTS)", cmd_datasets_register,
+                       parents=[client, quiet])  # fmt: skip
+    register.add_argument("uri", help="file:///... URI or a path on the service's machine")
+    ls = command(datasets, "ls", "list datasets, newest first", cmd_datasets_ls, **with_client)
+    ls.add_argument("--limit", type=int, default=100, help="at most this many")
+    for name, func, text in (("show", cmd_datasets_show, "show one dataset"),
+                             ("rm", cmd_datasets_rm, "remove a dataset no job uses")):  # fmt: skip
+        command(datasets, name, text, func, **with_client).add_argument(
+            "dataset_id", help="dataset id"
+        )
 
-    train = sub.add_parser("train", parents=[client], help="submit a job and follow it")
+    train = command(sub, "train", "submit a training job and follow it with a progress bar",
+                    cmd_train, parents=[client, quiet])  # fmt: skip
     train.add_argument("--dataset", required=True, help="dataset id")
     train.add_argument("--spec", help="job spec as JSON, or @file.json; flags override it")
-    train.add_argument("--head", choices=["het", "softmax"])
-    train.add_argument("--num-factors", type=int, help="R")
+    train.add_argument("--head", choices=["het", "softmax"], help="classifier head")
+    train.add_argument("--num-factors", type=int, help="R, the rank of the noise covariance")
     train.add_argument("--temperature", type=_temperature, help="a number, auto or learned")
-    train.add_argument("--train-mc-samples", type=int)
-    train.add_argument("--eval-mc-samples", type=int)
-    train.add_argument("--backbone", choices=["mlp", "cnn", "resnet18"])
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--compare-baseline", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--train-mc-samples", type=int, help="MC samples per training step")
+    train.add_argument("--eval-mc-samples", type=int, help="MC samples at evaluation and serving")
+    train.add_argument("--backbone", choices=["mlp", "cnn", "resnet18"], help="feature extractor")
+    train.add_argument("--epochs", type=int, help="epochs per trained model")
+    train.add_argument("--batch-size", type=int, help="examples per step")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--seed", type=int, help="training seed")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the worker trains")
+    train.add_argument("--compare-baseline", action=argparse.BooleanOptionalAction, default=None,
+                       help="also train the softmax baseline on the same data and budget")  # fmt: skip
     train.add_argument("--no-wait", action="store_true", help="submit and return")
-    train.set_defaults(func=cmd_train)
-
-    jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(
-        dest="jobs_command", required=True
+    train.epilog = (
+        "With -q, prints only the model id once the job succeeds (the job id with --no-wait)."
     )
-    ls = jobs.add_parser("ls", parents=[client])
-    ls.add_argument("--status", choices=list(JobStatus))
-    ls.add_argument("--limit", type=int, default=20)
-    ls.set_defaults(func=cmd_jobs_ls)
-    for name, func in (("show", cmd_jobs_show), ("cancel", cmd_jobs_cancel)):
-        command = jobs.add_parser(name, parents=[client])
-        command.add_argument("job_id")
-        command.set_defaults(func=func)
 
-    demo = sub.add_parser(
-        "demo", parents=[client], help="noisy digits: HET vs softmax, one prediction"
-    )
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--temperature", type=_temperature, default=2.0)
-    demo.set_defaults(func=cmd_demo)
+    jobs = group("jobs", "list, show, follow and cancel jobs")
+    ls = command(jobs, "ls", "list jobs, newest first", cmd_jobs_ls, parents=[client, quiet])
+    ls.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many")
+    for name, func, text, parents in (
+        ("show", cmd_jobs_show, "show a job: status, progress, metrics, model ids", [client]),
+        ("wait", cmd_jobs_wait, "follow a job to its end with a progress bar", [client, quiet]),
+        ("cancel", cmd_jobs_cancel, "ask a job to stop (the worker stops within about a second)",
+         [client]),
+    ):  # fmt: skip
+        command(jobs, name, text, func, parents=parents).add_argument("job_id", help="job id")
+
+    models = group("models", "list and inspect trained models, their noise and label issues")
+    ls = command(models, "ls", "list models, newest first", cmd_models_ls, **with_client)
+    ls.add_argument("--role", choices=["model", "baseline"], help="only this role")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many")
+    command(models, "show", "show a model (id or alias) and its test metrics", cmd_models_show,
+            **with_client).add_argument("model_id")  # fmt: skip
+    download = command(models, "download", "save the model's ONNX file", cmd_models_download,
+                       **with_client)  # fmt: skip
+    download.add_argument("model_id")
+    download.add_argument("out", nargs="?", default=".", help="file or folder (default: .)")
+    noise = command(models, "noise", "the model's label-noise report: most confused class "
+                    "pairs, flip rates, latent correlations", cmd_models_noise, **with_client)  # fmt: skip
+    noise.add_argument("model_id")
+    noise.add_argument("--top", type=int, default=10, help="class pairs to list")
+    issues = command(models, "label-issues", "training rows the model thinks are mislabeled",
+                     cmd_models_label_issues, **with_client)  # fmt: skip
+    issues.add_argument("model_id")
+    issues.add_argument("--limit", type=int, default=20, help="issues to list")
+
+    aliases = group("aliases", "name models (production, staging, ...)")
+    alias_set = command(aliases, "set", "point an alias at a model (create or move)",
+                        cmd_aliases_set, **with_client)  # fmt: skip
+    alias_set.add_argument("name")
+    alias_set.add_argument("model_id")
+    command(aliases, "ls", "list aliases", cmd_aliases_ls, **with_client)
+    command(aliases, "rm", "remove an alias (the model stays)", cmd_aliases_rm,
+            **with_client).add_argument("name")  # fmt: skip
+
+    predict = command(sub, "predict", "predict with uncertainty from a .npy, .npz or .csv file, "
+                      "or image files", cmd_predict, **with_client)  # fmt: skip
+    predict.add_argument("model_id", help="model id or alias")
+    predict.add_argument("files", nargs="+", metavar="FILE",
+                         help=".npy [N, ...], .npz (x_test, or --array), .csv (rows of features; "
+                         "a header's label column is dropped) or .png/.jpg images")  # fmt: skip
+    predict.add_argument("--array", help=".npz: the array to read (default x_test)")
+    predict.add_argument("--rows", type=int, help="only the first N rows")
+    predict.add_argument("--mc-samples", type=int, help="S, Monte-Carlo samples")
+    predict.add_argument("--seed", type=int, help="reproducible draws")
+    predict.add_argument("--predictive", choices=["marginal", "noise_free"],
+                         help="marginal: the MC predictive (default); noise_free: softmax of "
+                         "the mean logits, no sampling")  # fmt: skip
+    predict.add_argument("--top-k", type=int, help="list the k most probable classes")
+    predict.add_argument("--correlated-pairs", action="store_true",
+                         help="list each row's most correlated class pairs")  # fmt: skip
+
+    demo = command(sub, "demo", "noisy digits: HET vs softmax, one prediction", cmd_demo,
+                   **with_client)  # fmt: skip
+    demo.add_argument("--epochs", type=int, default=30, help="epochs per model")
+    demo.add_argument("--seed", type=int, default=0, help="data and training seed")
+    demo.add_argument("--temperature", type=_temperature, default=2.0, help="HET temperature")
+    demo_data = command(sub, "demo-data", "write the noisy-digits benchmark as an uploadable "
+                        ".npz (needs the training extra)", cmd_demo_data)  # fmt: skip
+    demo_data.add_argument("out", help="the .npz to write, e.g. digits.npz")
+    demo_data.add_argument("--seed", type=int, default=0, help="noise seed")
     return parser
 
 
+def _join_key(argv: list[str]) -> list[str]:
+    """``--key -abc`` as ``--key=-abc``: --key always takes a value, so the next word is it
+    even when it starts with '-' (which argparse would take for an option)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--key" and i + 1 < len(argv):
+            out.append(f"--key={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_key(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except CliError as exc:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `hetserve jobs show ID | head`: the reader left. Exit quietly; stdout goes to
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a tool killed by the signal
+    except hetserve.AuthenticationError as exc:
+        print(f"hetserve: {exc}\nhetserve: {auth_hint(args)}", file=sys.stderr)
+        return 1
+    except hetserve.ConnectionFailed as exc:
+        print(f"hetserve: {exc} (is `hetserve up` running? the URL is --url / HETSERVE_URL)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except (CliError, hetserve.HetserveError, FileNotFoundError) as exc:
         print(f"hetserve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Stable operationIds for generated clients: "<tag>-<function name>", e.g. jobs-get_job.
+        generate_unique_id_function=lambda r: f"{r.tags[0]}-{r.name}" if r.tags else r.name,
     )
     app.state.settings = settings
     app.add_exception_handler(IntegrityError, concurrent_change)

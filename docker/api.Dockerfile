@@ -24,8 +24,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY app ./app
 COPY models ./models
 COPY worker ./worker
+COPY hetserve ./hetserve
 RUN pip install --no-deps . \
- && python -c "import app.main, app.serving.onnx_model, app.cli" \
+ && python -c "import app.main, app.serving.onnx_model, app.cli, hetserve" \
  && ! python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}

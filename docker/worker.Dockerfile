@@ -25,6 +25,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 COPY app ./app
 COPY models ./models
 COPY worker ./worker
+COPY hetserve ./hetserve
 RUN pip install --no-deps . \
  && python -c "import torch, worker.celery_app; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 

@@ -30,7 +30,7 @@ def lint_imports(tree: Path) -> subprocess.CompletedProcess:
 
 
 def copy_tree(tmp_path: Path) -> Path:
-    for name in ("app", "models", "worker"):
+    for name in ("app", "models", "worker", "hetserve"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
     return tmp_path
@@ -57,3 +57,13 @@ def test_a_violation_breaks_the_contract(tmp_path, line):
     done = lint_imports(tree)
     assert done.returncode != 0
     assert "Broken contracts" in done.stdout and "app.settings" in done.stdout
+
+
+@pytest.mark.parametrize("line", ["import app.settings  # noqa", "import torch  # noqa"])
+def test_the_client_may_not_import_the_server_or_torch(tmp_path, line):
+    tree = copy_tree(tmp_path)
+    errors = tree / "hetserve" / "errors.py"
+    errors.write_text(errors.read_text() + "\n" + line + "\n")
+    done = lint_imports(tree)
+    assert done.returncode != 0
+    assert "Broken contracts" in done.stdout and "hetserve.errors" in done.stdout

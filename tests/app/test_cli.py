@@ -5,13 +5,14 @@ SIGTERM; plus the pieces that need no server (spec flags, metrics table)."""
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -113,6 +114,52 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
         assert job_id in listed and "succeeded" in listed
         refused = run_cli(env, "jobs", "show", job_id, "--key", "wrong")
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+        # the hint says where the key lives and how to pass one, even one starting with '-'
+        assert str(tmp_path / "var" / "api_key") in refused.stderr
+        assert "--key=KEY" in refused.stderr and "HETSERVE_API_KEY" in refused.stderr
+        for argv in (["--key", "-wrong"], ["--key=-wrong"]):
+            refused = run_cli(env, "jobs", "show", job_id, *argv)
+            assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused.stderr
+            assert "key taken from --key" in refused.stderr
+
+        # models, aliases, predict from .npy and .csv files, datasets show
+        model_id = shown["model_id"]
+        assert model_id in run_cli(env, "models", "ls").stdout
+        assert "| test_accuracy |" in run_cli(env, "models", "show", model_id).stdout
+        aliased = run_cli(env, "aliases", "set", "prod", model_id)
+        assert aliased.stdout.strip() == f"prod -> {model_id}", aliased.stderr
+        assert f"prod  -> {model_id}" in run_cli(env, "aliases", "ls").stdout
+        np.save(tmp_path / "x.npy", 4 * np.eye(3, 4, dtype=np.float32))
+        answer = run_cli(env, "predict", "prod", str(tmp_path / "x.npy"), "--seed", "1",
+                         "--top-k", "2", "--json")  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        rows = json.loads(answer.stdout)["predictions"]
+        assert len(rows) == 3 and all(len(r["top_k"]) == 2 for r in rows)
+        (tmp_path / "x.csv").write_text("f0,f1,label,f2,f3\n4,0,0,0,0\n0,4,1,0,0\n")
+        answer = run_cli(env, "predict", "prod", str(tmp_path / "x.csv"), "--mc-samples", "32")
+        assert answer.returncode == 0, answer.stderr
+        assert "S=32 samples" in answer.stdout and answer.stdout.count("predicted ") == 2
+        assert "train/val/test 90/30/30" in run_cli(env, "datasets", "show", dataset["id"]).stdout
+
+        # a reader that leaves early (| head) ends the command quietly, no traceback
+        np.save(tmp_path / "many.npy", np.zeros((1000, 4), dtype=np.float32))
+        piped = subprocess.run(
+            f"'{HETSERVE}' predict prod '{tmp_path / 'many.npy'}' --json | head -c 10",
+            shell=True, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert piped.stdout == '{\n  "model' and piped.stderr == ""
+        shown_head = subprocess.run(f"'{HETSERVE}' jobs show {job_id} | head -1", shell=True,
+                                    env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert shown_head.stdout == f"job {job_id}: succeeded\n" and shown_head.stderr == ""
+
+        # -q: only the model id, for MODEL=$(hetserve train ... -q)
+        quiet = run_cli(
+            env, "train", "--dataset", dataset["id"], "--epochs", "1", "--num-factors", "2",
+            "--temperature", "1.0", "--train-mc-samples", "8", "--eval-mc-samples", "16",
+            "--device", "cpu", "-q",
+        )  # fmt: skip
+        assert quiet.returncode == 0, quiet.stderr
+        assert re.fullmatch(r"[0-9a-f]{32}\n", quiet.stdout) and quiet.stderr == ""
 
         # demo: the noisy-digits benchmark, HET and baseline side by side, one prediction
         demo = run_cli(env, "demo", "--epochs", "1")
@@ -136,17 +183,47 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
     assert "hetserve stopped" in out.read_text()
 
 
-def test_up_exits_nonzero_when_a_child_cannot_start(tmp_path):
-    """The port is taken: the API dies, `up` stops the worker and reports failure."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+def test_up_refuses_a_taken_port_and_prints_nothing_misleading(tmp_path):
+    """Another service (here one that answers /healthz like hetserve) holds the port: `up`
+    says so and exits 1 before starting anything; no banner, no key."""
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        port = other.server_address[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
-        env |= {"HETSERVE_DATA_DIR": str(tmp_path), "HETSERVE_PORT": str(taken.getsockname()[1])}
+        env |= {"HETSERVE_DATA_DIR": str(tmp_path / "var"), "HETSERVE_PORT": str(port)}
         done = subprocess.run([str(HETSERVE), "up"], env=env, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
+    finally:
+        other.shutdown()
+        other.server_close()
     assert done.returncode == 1
-    assert "api exited" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "HETSERVE_PORT" in done.stderr
+    assert "is up" not in done.stdout + done.stderr and "API key" not in done.stdout
+    assert not (tmp_path / "var" / "api_key").exists()  # nothing started, no key made
+
+
+def test_up_exits_nonzero_when_a_child_cannot_start(tmp_path):
+    """The worker cannot start (its broker URL is unusable): `up` stops the API and
+    reports failure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    env |= {"HETSERVE_DATA_DIR": str(tmp_path), "HETSERVE_PORT": str(free_port()),
+            "HETSERVE_BROKER_URL": "nosuchtransport://x"}  # fmt: skip
+    done = subprocess.run([str(HETSERVE), "up"], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "worker exited" in done.stderr
 
 
 def parse_train(*argv: str) -> argparse.Namespace:
@@ -191,3 +268,38 @@ def test_redact_hides_the_database_password():
         == "postgresql+psycopg://u:***@db:5432/x"
     )
     assert cli._redact("sqlite:////var/h.db") == "sqlite:////var/h.db"
+
+
+def test_models_noise_and_label_issues_against_a_stub(monkeypatch, capsys):
+    """The two model reports, coded against the HTTP contract (a stub service)."""
+    import hetserve
+
+    answers = {
+        "/v1/models/prod/noise": {
+            "model_id": "m1", "num_examples": 90, "flip_matrix": None,
+            "class_pairs": [{"classes": [1, 2], "class_names": ["b", "c"], "flip_rate": 0.25,
+                             "correlation": -0.5}],
+            "noise_std_by_class": [0.1, 0.9, 0.8],
+        },
+        "/v1/models/prod/label-issues": {
+            "model_id": "m1", "dataset_id": "d1", "num_examples": 90, "num_flagged": 7,
+            "issues": [{"index": 12, "given_label": 2, "suggested_label": 1, "score": 0.9}],
+        },
+    }  # fmt: skip
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json=answers[request.url.path])
+
+    def stub_client(url, key, **kwargs):
+        return hetserve.Client(url, key, transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(cli, "Client", stub_client)
+    assert cli.main(["models", "noise", "prod", "--url", "http://svc", "--key", "-k"]) == 0
+    out = capsys.readouterr().out
+    assert "label noise over 90 training inputs" in out and "| b ↔ c | 0.2500 | -0.5000 |" in out
+    assert cli.main(["models", "label-issues", "prod", "--url", "http://svc", "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "7 of 90 training rows flagged" in out and "| 12 | 2 | 1 | 0.9000 |" in out
+    assert seen[0].headers["authorization"] == "Bearer -k" and seen[1].url.params["limit"] == "5"

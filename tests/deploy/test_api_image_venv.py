@@ -27,7 +27,7 @@ from tests.deploy.conftest import REPO
 from tests.waiting import free_port
 
 # What docker/api.Dockerfile copies into its build stage.
-BUILD_CONTEXT = ("pyproject.toml", "README.md", "app", "models", "worker")
+BUILD_CONTEXT = ("pyproject.toml", "README.md", "app", "models", "worker", "hetserve")
 PIP_TIMEOUT_S = 900
 
 

@@ -1,0 +1,85 @@
+"""The README's Train and Predict console blocks run as written on a fresh folder against
+a real `hetserve up` (API + worker processes): every `$ ` command, continuation lines
+included, in one bash with `set -euo pipefail`. Only the port differs (a free one
+instead of 8000). A command using a feature the service does not have yet (the
+``predictive`` field) is left out, and said so."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.waiting import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = Path(sys.executable).parent.parent
+
+
+def console_commands(section: str) -> list[str]:
+    text = (REPO / "README.md").read_text()
+    body = text[text.index(f"## {section}\n") :]
+    body = body[: body.index("\n## ", 1)]
+    block = re.search(r"```console\n(.*?)```", body, re.S).group(1)
+    commands, current = [], None
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            current = [line[2:]]
+            commands.append(current)
+        elif current is not None and current[-1].endswith("\\"):
+            current.append(line)
+        else:
+            current = None
+    return ["\n".join(c) for c in commands]
+
+
+def test_the_readme_blocks_are_found():
+    train, predict = console_commands("Train"), console_commands("Predict")
+    assert train[0].startswith("hetserve demo-data digits.npz")
+    assert any(c.startswith("MODEL=$(hetserve train") for c in train)
+    assert any("curl" in c and "/predict" in c for c in predict)
+
+
+@pytest.mark.slow
+def test_readme_train_and_predict_run_as_written(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    env |= {"HETSERVE_PORT": str(port), "OMP_NUM_THREADS": "1",
+            "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"}  # fmt: skip
+    (tmp_path / ".venv").symlink_to(VENV)  # what `make run` leaves in a fresh clone
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(["hetserve", "up"], cwd=tmp_path, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until(lambda: "hetserve is up" in (tmp_path / "up.log").read_text()
+                   or up.poll() is not None, 120, "hetserve up")  # fmt: skip
+        assert up.poll() is None, (tmp_path / "up.log").read_text()
+        spec = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()
+        predict = spec["paths"]["/v1/models/{model_id}/predict"]["post"]
+        properties = predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        commands = console_commands("Train") + console_commands("Predict")
+        left_out = [c for c in commands if "predictive" not in properties and "--predictive" in c]
+        script = ["set -euo pipefail"]
+        for command in commands:
+            if command not in left_out:
+                script += [f"echo {shlex.quote('>>> ' + command.splitlines()[0][:60])} >&2",
+                           command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")]  # fmt: skip
+        script.append('echo; echo "MODEL=$MODEL"')
+        done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=240)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert re.search(r"^MODEL=[0-9a-f]{32}$", done.stdout, re.M), done.stdout
+        assert '"num_classes":10' in done.stdout and '"status":"queued"' in done.stdout
+        assert "event: end" in done.stdout  # the events stream ran to the job's end
+        assert done.stdout.count("predicted ") >= 2 and '"correlated_pairs"' in done.stdout
+        print(done.stdout[-2500:], "\nleft out (not on this service yet):", left_out)
+    finally:
+        up.terminate()
+        up.wait(timeout=60)
+        log.close()
