@@ -12,10 +12,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from models.data import MAX_EXPANDED_BYTES, ArrayDataset, TooLarge, from_arrays, read_upload
+from models.data import ArrayDataset, TooLarge, from_arrays, read_upload
 from models.data import DatasetError as UploadError
 from models.data import decode_image as decode_image
 from models.data import read_image_zip as read_image_zip
@@ -74,23 +75,11 @@ def decode_slot(limit: int, wait_s: float) -> Iterator[None]:
         slots.release()
 
 
-def parse_upload(
-    filename: str,
-    data: bytes,
-    *,
-    image_size: int | None = None,
-    grayscale: bool = False,
-    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
-) -> tuple[str, CanonicalDataset]:
-    """Parse and validate an upload; return (format, canonical dataset). Raises
-    TooLarge (a subclass of UploadError) when it would expand past max_expanded_bytes."""
-    fmt, ds = read_upload(
-        filename,
-        data,
-        image_size=image_size,
-        grayscale=grayscale,
-        max_expanded_bytes=max_expanded_bytes,
-    )
+def parse_upload(filename: str, data: bytes, **options: Any) -> tuple[str, CanonicalDataset]:
+    """Parse and validate an upload (``models.data.read_upload``, whose keyword options
+    it takes); return (format, canonical dataset). TooLarge (an UploadError) when it would
+    expand past ``max_expanded_bytes``."""
+    fmt, ds = read_upload(filename, data, **options)
     return fmt, CanonicalDataset.of(ds)
 
 
