@@ -172,9 +172,9 @@ def check_noise_free_metrics(het, baseline):
         for diagram in diagrams.values():
             assert len(diagram["bin_edges"]) == len(diagram["count"]) + 1
             assert sum(diagram["count"]) > 0
-    assert baseline.metrics["reliability"]["marginal"] == baseline.metrics["reliability"][
-        "noise_free"
-    ]
+    assert (
+        baseline.metrics["reliability"]["marginal"] == baseline.metrics["reliability"]["noise_free"]
+    )
 
 
 def test_images_train_through_the_cnn_with_augmentation():
