@@ -23,7 +23,7 @@ from app.auth import load_or_create_keys
 from app.deps import require_api_key
 from app.errors import concurrent_change, validation_failed
 from app.logs import configure_logging
-from app.routers import aliases, datasets, health, jobs, metrics, models, predict
+from app.routers import aliases, datasets, health, jobs, metrics, models, noise, predict
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (datasets, jobs, models, aliases, predict):
+    for module in (datasets, jobs, models, aliases, predict, noise):
         v1.include_router(module.router)
     app.include_router(health.router)
     app.include_router(v1)

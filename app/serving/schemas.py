@@ -31,6 +31,24 @@ class ModelOut(BaseModel):
                         "test_nll": 0.468,
                         "test_ece": 0.03,
                         "test_brier": 0.22,
+                        "noise_free_test_accuracy": 0.851,
+                        "noise_free_test_nll": 0.401,
+                        "noise_free_test_ece": 0.018,
+                        "noise_free_test_brier": 0.2,
+                        "reliability": {
+                            "marginal": {
+                                "bin_edges": [0.0, 0.5, 1.0],
+                                "accuracy": [None, 0.85],
+                                "confidence": [None, 0.82],
+                                "count": [0, 397],
+                            },
+                            "noise_free": {
+                                "bin_edges": [0.0, 0.5, 1.0],
+                                "accuracy": [None, 0.85],
+                                "confidence": [None, 0.86],
+                                "count": [0, 397],
+                            },
+                        },
                     },
                     "baseline_metrics": {
                         "test_accuracy": 0.764,
@@ -55,7 +73,11 @@ class ModelOut(BaseModel):
     num_classes: int
     class_names: list[str]
     metrics: dict[str, Any] = Field(
-        description="test_accuracy, test_nll, test_ece, test_brier, ..."
+        description="test_accuracy, test_nll, test_ece, test_brier of the MC predictive; "
+        "noise_free_test_accuracy, noise_free_test_nll, noise_free_test_ece, "
+        "noise_free_test_brier of the noise-free one; reliability: the test split's "
+        "reliability diagrams of both, {marginal, noise_free: {bin_edges, accuracy, "
+        "confidence, count}} (models trained since they are stored); val_*, ..."
     )
     baseline_metrics: dict[str, Any] | None = Field(
         None,
@@ -163,3 +185,65 @@ class PredictResponse(BaseModel):
     model_id: str = Field(description="the model that answered (an alias resolved)")
     mc_samples: int = Field(description="S used")
     predictions: list[Prediction]
+
+
+class NoisePair(BaseModel):
+    classes: list[int] = Field(description="two class indices i < j")
+    class_names: list[str]
+    flip_rate: float = Field(
+        description="pooled rate at which a draw of the latent noise moves the argmax "
+        "between i and j, over the training inputs predicted i or j"
+    )
+    correlation: float = Field(
+        description="ρ_ij of the training-set average Σ; negative: i and j swap more often"
+    )
+
+
+class NoiseReportOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "5b2e0c1d9f8a4e3b8c7d6e5f4a3b2c1d",
+                    "num_examples": 1400,
+                    "class_pairs": [
+                        {
+                            "classes": [3, 5],
+                            "class_names": ["3", "5"],
+                            "flip_rate": 0.041,
+                            "correlation": -0.62,
+                        }
+                    ],
+                    "flip_matrix": None,
+                    "noise_std_by_class": [0.8] * 10,
+                }
+            ]
+        }
+    )
+
+    model_id: str
+    num_examples: int = Field(description="training rows the report aggregates")
+    class_pairs: list[NoisePair] = Field(description="most confused first (up to 20)")
+    flip_matrix: list[list[float]] | None = Field(
+        description="K x K: [i][j] = rate at which a draw moves argmax mu from i to j; "
+        "null when K > 100"
+    )
+    noise_std_by_class: list[float] = Field(
+        description="per class, the mean over training inputs of sqrt(Σ_kk(x))"
+    )
+
+
+class LabelIssue(BaseModel):
+    index: int = Field(description="the row of the dataset's uploaded x_train")
+    given_label: int
+    suggested_label: int = Field(description="argmax of the noise-free predictive")
+    score: float = Field(description="1 - p(given label) under the noise-free predictive")
+    flagged: bool = Field(description="in the flagged set (suggested_label != given_label)")
+
+
+class LabelIssuesOut(BaseModel):
+    model_id: str
+    dataset_id: str
+    num_examples: int = Field(description="every row of the uploaded x_train")
+    num_flagged: int = Field(description="the size of the set the flag rule flags")
+    issues: list[LabelIssue] = Field(description="most likely mislabeled first, up to limit")
