@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -142,6 +142,12 @@ class PredictRequest(BaseModel):
     correlated_pairs: bool = Field(
         False, description="report each row's most correlated class pairs"
     )
+    predictive: Literal["marginal", "noise_free"] = Field(
+        "marginal",
+        description='"marginal": the MC predictive (which label would an annotator of the '
+        'training data give?); "noise_free": softmax(mu/τ), the label noise set to zero '
+        "(which class is it?), exact, no sampling: mc_samples is then ignored",
+    )
 
 
 class CorrelatedPair(BaseModel):
@@ -160,20 +166,35 @@ class TopClass(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One row's DESIGN §2 fields. Multilabel models: probs are per label, and entropy
-    and expected_entropy are per-label binary entropies (lists)."""
+    """One row's uncertainty fields. Multilabel models: probs are per label, and entropy
+    and expected_entropy are per-label binary entropies (lists). With ``predictive:
+    "noise_free"``, probs (and label, class_name, confidence, entropy, top_k) come from
+    noise_free_probs and the sampled-only fields are null."""
 
-    probs: list[float] = Field(description="the MC predictive p̂")
-    label: int = Field(description="argmax of p̂")
-    class_name: str
-    confidence: float = Field(description="p̂ of the label")
-    entropy: float | list[float] = Field(
-        description="H[p̂], total predictive (aleatoric) uncertainty"
+    probs: list[float] = Field(
+        description="the predictive asked for: the MC predictive p̂ (marginal) or noise_free_probs"
     )
-    expected_entropy: float | list[float] = Field(description="mean_s H[softmax(u_s / τ)]")
-    prob_std: list[float] = Field(description="per-class std of the sampled probabilities")
-    mc_stderr: list[float] = Field(description="prob_std / sqrt(S): how precise p̂ is")
+    label: int = Field(description="argmax of probs")
+    class_name: str
+    confidence: float = Field(description="probs of the label")
+    entropy: float | list[float] = Field(
+        description="H[probs], total predictive (aleatoric) uncertainty"
+    )
+    expected_entropy: float | list[float] | None = Field(
+        description="mean_s H[softmax(u_s / τ)]; null for noise_free"
+    )
+    prob_std: list[float] | None = Field(
+        description="per-class std of the sampled probabilities; null for noise_free"
+    )
+    mc_stderr: list[float] | None = Field(
+        description="prob_std / sqrt(S): how precise p̂ is; null for noise_free"
+    )
     noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
+    noise_free_probs: list[float] | None = Field(
+        None,
+        description="softmax(mu(x)/τ) (sigmoid per label): the predictive with the learned "
+        "label noise set to zero, exact; absent for a model file exported before it existed",
+    )
     correlated_pairs: list[CorrelatedPair] | None = Field(
         None,
         description="only when asked (correlated_pairs: true); up to 5 pairs, largest |ρ| first",
@@ -183,7 +204,8 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_id: str = Field(description="the model that answered (an alias resolved)")
-    mc_samples: int = Field(description="S used")
+    mc_samples: int = Field(description="S used; 0 for noise_free (no sampling)")
+    predictive: Literal["marginal", "noise_free"] = Field(description="the predictive answered")
     predictions: list[Prediction]
 
 
