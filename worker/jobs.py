@@ -73,7 +73,11 @@ REPORTED_METRICS = (
     "noise_free_test_ece",
     "noise_free_test_brier",
 )
-NOISE_REPORT_SAMPLES = 100  # S of the noise report's flip rates, per training row
+# The noise report's flip rates: S draws per training row, S = DRAWS // N within
+# [MIN, MAX] (100 up to N = 2000, fewer above: the rates pool over rows, and the draws
+# dominate the step's time; docs/models.md has the timings).
+NOISE_REPORT_DRAWS = 200_000
+NOISE_REPORT_SAMPLES = (10, 100)
 PARITY_ROWS = 64
 
 
@@ -635,6 +639,11 @@ def register_models(session, ctx, trained, exported, job_metrics, data, knowledg
     )
 
 
+def noise_report_samples(n: int) -> int:
+    low, high = NOISE_REPORT_SAMPLES
+    return max(low, min(high, NOISE_REPORT_DRAWS // max(1, n)))
+
+
 def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, bytes | None]:
     """What a trained model knows about its training labels: (noise report, label
     issues as label_issues_file bytes), over every row of the dataset's uploaded
@@ -654,7 +663,7 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     scores, flagged = find_label_issues(probs, y)
     issues = label_issues_file.encode(scores, flagged, y, probs.argmax(1))
     try:
-        report = noise_report(model, x, num_samples=NOISE_REPORT_SAMPLES, seed=seed)
+        report = noise_report(model, x, num_samples=noise_report_samples(len(x)), seed=seed)
     except NoNoiseModel as exc:
         report = None if isinstance(model.head, LinearHead) else {"unavailable": str(exc)}
     log.info(
