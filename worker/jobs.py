@@ -77,6 +77,7 @@ REPORTED_METRICS = (
 # [MIN, MAX] (100 up to N = 2000, fewer above: the rates pool over rows, and the draws
 # dominate the step's time; docs/models.md has the timings).
 NOISE_REPORT_DRAWS = 200_000
+LABEL_ISSUE_CHUNK_ROWS = 4096
 NOISE_REPORT_SAMPLES = (10, 100)
 PARITY_ROWS = 64
 
@@ -659,9 +660,19 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
         return None, None
     start = time.perf_counter()
     x, y = data.x_train, np.asarray(data.y_train, dtype=np.int64)
-    probs = noise_free_probs(model, x)
-    scores, flagged = find_label_issues(probs, y)
-    issues = label_issues_file.encode(scores, flagged, y, probs.argmax(1))
+    # The default flag rule and score are per row: chunks give the same answer as one
+    # call, and no N x K array of probabilities exists at once.
+    scores, flagged, suggested = [], [], []
+    for start in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
+        probs = noise_free_probs(model, x[start : start + LABEL_ISSUE_CHUNK_ROWS])
+        chunk_scores, chunk_flagged = find_label_issues(
+            probs, y[start : start + LABEL_ISSUE_CHUNK_ROWS]
+        )
+        scores.append(chunk_scores)
+        flagged.append(chunk_flagged)
+        suggested.append(probs.argmax(1))
+    flagged = np.concatenate(flagged)
+    issues = label_issues_file.encode(np.concatenate(scores), flagged, y, np.concatenate(suggested))
     try:
         report = noise_report(model, x, num_samples=noise_report_samples(len(x)), seed=seed)
     except NoNoiseModel as exc:

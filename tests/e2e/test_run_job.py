@@ -4,6 +4,8 @@ happy paths run through real processes in test_service_e2e.py."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,25 @@ def test_a_multilabel_job_stores_neither(settings):
     with session_scope(settings) as session:
         model = ModelStore(session).by_job(job_id, "model")
         assert model.noise_report is None and model.label_issues_path is None
+
+
+def test_label_knowledge_in_row_chunks_equals_one_pass(monkeypatch):
+    from models.classifier import build_classifier
+    from models.data import ArrayDataset
+    from worker import jobs
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(50, 3)).astype(np.float32), np.arange(50) % 4
+    spec = RunSpec.model_validate({"head": {"num_factors": 2, "temperature": 1.0}})
+    model = build_classifier(spec, [3], 4, np.zeros(3), np.ones(3))
+    data = ArrayDataset(x_train=x, y_train=y, class_names=list("abcd"))
+    report, whole = jobs.label_knowledge(model, data, seed=0)
+    monkeypatch.setattr(jobs, "LABEL_ISSUE_CHUNK_ROWS", 7)
+    chunked_report, chunked = jobs.label_knowledge(model, data, seed=0)
+    assert chunked_report == report
+    whole, chunked = np.load(io.BytesIO(whole)), np.load(io.BytesIO(chunked))
+    for name in ("index", "given", "suggested", "flagged"):
+        np.testing.assert_array_equal(whole[name], chunked[name])
+    np.testing.assert_allclose(whole["score"], chunked["score"], rtol=1e-6)
+    assert jobs.noise_report_samples(50) == 100 and jobs.noise_report_samples(10**6) == 10
+    assert jobs.noise_report_samples(10_000) == 20
