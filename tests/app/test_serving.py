@@ -492,8 +492,9 @@ def test_metrics_cover_routes_sessions_and_jobs(server, client):
         "status": "200",
     }
     assert metric(text, "hetserve_http_requests_total", labels) >= 1
-    assert metric(text, "hetserve_jobs", {"status": "succeeded"}) == 4
-    assert metric(text, "hetserve_sessions_loaded", {}) == 2  # a and image; b and own deleted
+    assert metric(text, "hetserve_jobs", {"status": "succeeded"}) == 5
+    # a, image and old (b and own deleted)
+    assert metric(text, "hetserve_sessions_loaded", {}) == 3
     assert "hetserve_queue_depth" in text and "hetserve_inference_duration_seconds_bucket" in text
 
 
