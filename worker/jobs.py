@@ -77,8 +77,8 @@ REPORTED_METRICS = (
 # [MIN, MAX] (100 up to N = 2000, fewer above: the rates pool over rows, and the draws
 # dominate the step's time; docs/models.md has the timings).
 NOISE_REPORT_DRAWS = 200_000
-LABEL_ISSUE_CHUNK_ROWS = 4096
 NOISE_REPORT_SAMPLES = (10, 100)
+LABEL_ISSUE_CHUNK_ROWS = 4096  # rows of noise-free probabilities held at once
 PARITY_ROWS = 64
 
 
@@ -663,11 +663,10 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     # The default flag rule and score are per row: chunks give the same answer as one
     # call, and no N x K array of probabilities exists at once.
     scores, flagged, suggested = [], [], []
-    for start in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
-        probs = noise_free_probs(model, x[start : start + LABEL_ISSUE_CHUNK_ROWS])
-        chunk_scores, chunk_flagged = find_label_issues(
-            probs, y[start : start + LABEL_ISSUE_CHUNK_ROWS]
-        )
+    for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
+        chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
+        probs = noise_free_probs(model, x[chunk])
+        chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
         scores.append(chunk_scores)
         flagged.append(chunk_flagged)
         suggested.append(probs.argmax(1))
