@@ -27,7 +27,7 @@ from app.auth import KeyRing
 from app.deps import require_api_key
 from app.errors import concurrent_change, store_unavailable, validation_failed
 from app.logs import configure_logging
-from app.routers import aliases, datasets, health, jobs, metrics, models, predict, ui
+from app.routers import aliases, datasets, health, jobs, metrics, models, noise, predict, ui
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(SATimeoutError, store_unavailable)
     gate.install(app, settings)
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (datasets, jobs, models, aliases, predict):
+    for module in (datasets, jobs, models, aliases, predict, noise):
         v1.include_router(module.router)
     app.include_router(health.router)
     app.include_router(v1)

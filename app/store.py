@@ -3,7 +3,7 @@
 Tables: datasets, jobs, job_history, models, aliases. Ids are uuid4 hex strings (32
 chars); times are timezone-aware UTC (SQLite keeps naive values, so ``UTCDateTime``
 attaches UTC on the way out). Artifact paths (``datasets.artifact_path``,
-``models.onnx_path``) are relative to ``settings.data_dir``: resolve them with
+``models.onnx_path``, ``models.label_issues_path``) are relative to ``settings.data_dir``: resolve them with
 ``app.artifacts.ArtifactStore.resolve``.
 
 Repositories take a ``Session`` and never commit: the caller's ``session_scope``
@@ -136,6 +136,13 @@ class Model(Base):
     onnx_path: Mapped[str] = mapped_column(Text)
     onnx_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the model learned about its training labels (app/routers/noise.py): the noise
+    # report (HET multiclass; {"unavailable": reason} when the head learned no noise),
+    # and the label issues of every training row as an .npz artifact
+    # (app/label_issues_file.py). NULL: not computed (a model trained before they were,
+    # a baseline's noise report, a multilabel model).
+    noise_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    label_issues_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Alias(Base):

@@ -36,6 +36,18 @@ def reliability_bins(
     return bins
 
 
+def reliability_diagram(bins: list[dict]) -> dict:
+    """The bins of ``reliability_bins`` as parallel lists, the form stored with a model:
+    ``{"bin_edges": [num_bins + 1], "accuracy", "confidence", "count": [num_bins]}``;
+    accuracy and confidence are None for an empty bin."""
+    return {
+        "bin_edges": [bins[0]["lower"], *(b["upper"] for b in bins)] if bins else [],
+        "accuracy": [b["accuracy"] for b in bins],
+        "confidence": [b["confidence"] for b in bins],
+        "count": [b["count"] for b in bins],
+    }
+
+
 def expected_calibration_error(confidence, correct, num_bins: int = ECE_BINS) -> float:
     n = len(confidence)
     return float(

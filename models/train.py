@@ -29,7 +29,7 @@ import torch
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
 from models.data import ArrayDataset, standardisation, with_validation_split
-from models.metrics import evaluate
+from models.metrics import evaluate, reliability_diagram
 from models.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
 
 EVAL_SEED = 12345
@@ -270,9 +270,14 @@ def train_run(
     # (equal for the softmax baseline, whose predictive has no noise).
     nf_test = evaluate_split(model, x_eval, y_eval, spec.task, noise_free=True)
     nf_val = evaluate_split(model, data.x_val, data.y_val, spec.task, noise_free=True)
-    nf_test.pop("reliability")
+    nf_reliability = nf_test.pop("reliability")
     nf_val.pop("reliability")
     metrics |= {f"noise_free_test_{k}": v for k, v in nf_test.items()}
+    # The reliability diagrams of the test split, both predictives (the ECEs' bins).
+    metrics["reliability"] = {
+        "marginal": reliability_diagram(reliability),
+        "noise_free": reliability_diagram(nf_reliability),
+    }
     metrics |= {f"noise_free_val_{k}": v for k, v in nf_val.items()}
     metrics["test_split"] = "test" if data.x_test is not None else "val"
     metrics["temperature"] = model.head.temperature.item()

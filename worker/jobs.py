@@ -41,10 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app import label_issues_file
 from app.artifacts import ArtifactStore
 from app.db import ping as ping_store
 from app.db import session_scope
@@ -53,12 +55,30 @@ from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import DatasetStore, Job, JobStore, Model, ModelStore
 from models.data import ArrayDataset, load_dataset
 from models.export import export_onnx
+from models.heads import LinearHead
+from models.label_issues import find_label_issues, noise_free_probs
+from models.noise_report import NoNoiseModel, noise_report
 from models.spec import RunSpec, temperature_label, validate_run
 from models.train import Callbacks, Cancelled, TrainResult, select_temperature, train
 
 log = logging.getLogger("hetserve.worker")
 
-REPORTED_METRICS = ("test_accuracy", "test_nll", "test_ece", "test_brier")
+REPORTED_METRICS = (
+    "test_accuracy",
+    "test_nll",
+    "test_ece",
+    "test_brier",
+    "noise_free_test_accuracy",
+    "noise_free_test_nll",
+    "noise_free_test_ece",
+    "noise_free_test_brier",
+)
+# The noise report's flip rates: S draws per training row, S = DRAWS // N within
+# [MIN, MAX] (100 up to N = 2000, fewer above: the rates pool over rows, and the draws
+# dominate the step's time; docs/models.md has the timings).
+NOISE_REPORT_DRAWS = 200_000
+NOISE_REPORT_SAMPLES = (10, 100)
+LABEL_ISSUE_CHUNK_ROWS = 4096  # rows of noise-free probabilities held at once
 PARITY_ROWS = 64
 
 
@@ -539,6 +559,11 @@ def register_trained(
             extra_metadata={"job_id": ctx.job_id, "role": phase},
         )
         exported[phase] = artifacts.put_file(path, ".onnx")
+    knowledge = {}
+    for phase, (model, _metrics, _unit) in trained.items():
+        report, issues = label_knowledge(model, data, ctx.run_spec.train.seed)
+        issues_path = None if issues is None else artifacts.put_bytes(issues, ".issues.npz")[0]
+        knowledge[phase] = (report, issues_path)
     job_metrics = {phase: metrics for phase, (_, metrics, _) in trained.items()}
     if candidates is not None:
         job_metrics["candidates"] = candidates
@@ -555,9 +580,14 @@ def register_trained(
                 path
                 for path, _ in exported.values()
                 if not session.scalar(select(func.count()).where(Model.onnx_path == path))
+            ] + [
+                path
+                for _, path in knowledge.values()
+                if path is not None
+                and not session.scalar(select(func.count()).where(Model.label_issues_path == path))
             ]
         else:
-            register_models(session, ctx, trained, exported, job_metrics, data)
+            register_models(session, ctx, trained, exported, job_metrics, data, knowledge)
     if cancelled:
         for path in unused:
             artifacts.remove(path)
@@ -577,12 +607,13 @@ def register_trained(
     return JobStatus.SUCCEEDED
 
 
-def register_models(session, ctx, trained, exported, job_metrics, data) -> None:
+def register_models(session, ctx, trained, exported, job_metrics, data, knowledge) -> None:
     """The models' rows and the job's end (succeeded), in the caller's transaction."""
     models = ModelStore(session)
     ids = {}
     for phase, (_, metrics, _) in trained.items():
         onnx_path, onnx_sha256 = exported[phase]
+        report, issues_path = knowledge.get(phase, (None, None))
         other = "baseline" if phase == "model" else None
         row = models.register(
             ctx.job_id,
@@ -596,6 +627,8 @@ def register_models(session, ctx, trained, exported, job_metrics, data) -> None:
             baseline_metrics=job_metrics.get(other) if other else None,
             onnx_path=onnx_path,
             onnx_sha256=onnx_sha256,
+            noise_report=report,
+            label_issues_path=issues_path,
         )
         ids[phase] = row.id
     JobStore(session).finish(
@@ -605,6 +638,52 @@ def register_models(session, ctx, trained, exported, job_metrics, data) -> None:
         model_id=ids.get("model"),
         baseline_model_id=ids.get("baseline"),
     )
+
+
+def noise_report_samples(n: int) -> int:
+    low, high = NOISE_REPORT_SAMPLES
+    return max(low, min(high, NOISE_REPORT_DRAWS // max(1, n)))
+
+
+def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, bytes | None]:
+    """What a trained model knows about its training labels: (noise report, label
+    issues as label_issues_file bytes), over every row of the dataset's uploaded
+    ``x_train`` in upload order, the validation hold-out train() split off included
+    (``data`` is the dataset as stored, never split), so a row index is a row of the
+    upload.
+
+    Multilabel: (None, None), neither is defined. A softmax baseline: no noise report
+    (None), but label issues from its own softmax (cheap, and a useful comparison). A
+    HET head whose covariance is exactly zero: ``{"unavailable": reason}``.
+    """
+    if data.task != "multiclass":
+        return None, None
+    start = time.perf_counter()
+    x, y = data.x_train, np.asarray(data.y_train, dtype=np.int64)
+    # The default flag rule and score are per row: chunks give the same answer as one
+    # call, and no N x K array of probabilities exists at once.
+    scores, flagged, suggested = [], [], []
+    for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
+        chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
+        probs = noise_free_probs(model, x[chunk])
+        chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
+        scores.append(chunk_scores)
+        flagged.append(chunk_flagged)
+        suggested.append(probs.argmax(1))
+    flagged = np.concatenate(flagged)
+    issues = label_issues_file.encode(np.concatenate(scores), flagged, y, np.concatenate(suggested))
+    try:
+        report = noise_report(model, x, num_samples=noise_report_samples(len(x)), seed=seed)
+    except NoNoiseModel as exc:
+        report = None if isinstance(model.head, LinearHead) else {"unavailable": str(exc)}
+    log.info(
+        "label knowledge over %d training rows (K=%d): %d flagged, %.2f s",
+        len(x),
+        data.num_classes,
+        int(flagged.sum()),
+        time.perf_counter() - start,
+    )
+    return report, issues
 
 
 def end_cancelled(job_id: str, settings: Settings) -> str:

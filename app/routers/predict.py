@@ -1,8 +1,10 @@
 """``POST /v1/models/{model_id}/predict``: predictions with uncertainty, the hot path.
 
 Per row, the fields the ONNX graph computes (probabilities, entropies, noise, correlated
-class pairs), run by onnxruntime through the app's serving runtime (app/serving: lookup
-cache, session cache, dynamic batching). ``model_id`` is a model id or an alias.
+class pairs, the noise-free predictive), run by onnxruntime through the app's serving runtime (app/serving: lookup
+cache, session cache, dynamic batching). ``model_id`` is a model id or an alias. ``predictive: "noise_free"`` calls the graph with
+``num_samples = 0`` (no sampling: its own batching lane) and answers from
+``noise_free_probs``; 409 for a file exported before that output existed.
 
 Also here: ``ServingRoute``, the route class of every model, alias and metrics route:
 counted and timed for /metrics. Request bodies are capped by app/gate.py, predict's at
@@ -127,8 +129,18 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
     except InputError as exc:
         raise HTTPException(422, exc.detail()) from None
 
-    # The model's own default is capped like a caller's choice (a job may ask for 100k).
-    num_samples = body.mc_samples or min(model.eval_mc_samples, settings.max_mc_samples)
+    if body.predictive == "noise_free":
+        if not model.has_noise_free:
+            raise HTTPException(
+                409,
+                f"model {resolved_id} was exported before the noise-free predictive existed "
+                '(its ONNX file has no noise_free_probs output): use predictive "marginal", '
+                "or train it again",
+            )
+        num_samples = 0  # the graph skips its sampler: softmax(mu / tau) alone
+    else:
+        # The model's own default is capped like a caller's choice (a job may ask for 100k).
+        num_samples = body.mc_samples or min(model.eval_mc_samples, settings.max_mc_samples)
     outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
     field = "inputs" if body.inputs is not None else "images"
     overflow = first_non_finite_row(outputs, model.output_names)
@@ -139,9 +151,20 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
             " the training data)",
         )
     rows = model.rows(
-        outputs, num_samples, top_k=body.top_k, correlated_pairs=body.correlated_pairs
+        outputs,
+        num_samples,
+        top_k=body.top_k,
+        correlated_pairs=body.correlated_pairs,
+        predictive=body.predictive,
     )
-    return json_response({"model_id": resolved_id, "mc_samples": num_samples, "predictions": rows})
+    return json_response(
+        {
+            "model_id": resolved_id,
+            "mc_samples": num_samples,
+            "predictive": body.predictive,
+            "predictions": rows,
+        }
+    )
 
 
 def first_non_finite_row(outputs: dict, names: list[str]) -> int | None:

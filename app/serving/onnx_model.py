@@ -2,7 +2,17 @@
 
     model = OnnxModel("model.onnx")
     out = model.run(x, num_samples=1000, seed=None)     # graph outputs, numpy arrays
-    rows = model.rows(out, 1000, top_k=3, correlated_pairs=True)   # DESIGN §2 fields
+    rows = model.rows(out, 1000, top_k=3, correlated_pairs=True)   # per-example fields
+    out = model.run(x, num_samples=0)                    # noise-free: no sampling at all
+    rows = model.rows(out, 0, predictive="noise_free")
+
+Two predictives. ``"marginal"`` (the default) answers from the MC predictive ``probs``;
+``"noise_free"`` from ``noise_free_probs`` = softmax(mu / tau) (sigmoid per label), the
+predictive with the learned label noise set to zero, which the graph computes exactly
+at ``num_samples = 0`` without drawing anything (the sampled outputs are placeholder
+zeros then, and the rows give null for them). A file exported before the graph had the
+``noise_free_probs`` output (``has_noise_free`` False) serves the marginal predictive
+only.
 
 Randomness. The graph draws its noise from a counter-based generator keyed by the
 ``seed`` input (models/export.py). With ``seed=None`` this runtime passes a fresh
@@ -48,6 +58,9 @@ import numpy as np
 import onnxruntime as ort
 
 from models.onnx_contract import MAX_SEED, META_PREFIX, REQUIRED_METADATA, rank_pairs
+
+NOISE_FREE_OUTPUT = "noise_free_probs"
+PREDICTIVES = ("marginal", "noise_free")
 
 
 class ModelFileError(ValueError):
@@ -117,6 +130,7 @@ class OnnxModel:
         self.task = self.metadata["task"]
         self.eval_mc_samples = int(self.metadata["eval_mc_samples"])
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.has_noise_free = NOISE_FREE_OUTPUT in self.output_names
 
     def _new_session(self) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -170,16 +184,18 @@ class OnnxModel:
         """The graph's outputs for a batch x [B, ...]: probs, entropy, expected_entropy,
         prob_std, noise_std, top_classes, top_correlation.
 
-        num_samples: S (default: the model's eval S). seed: 0 <= seed < 2^63 for
-        reproducible draws; None for fresh ones.
+        num_samples: S (default: the model's eval S); 0 skips the sampling (the
+        noise-free predictive only; files with a noise_free_probs output). seed:
+        0 <= seed < 2^63 for reproducible draws; None for fresh ones.
         """
         x = self.check_input(x)
         num_samples = self.eval_mc_samples if num_samples is None else int(num_samples)
-        if num_samples < 1:
+        if num_samples < (0 if self.has_noise_free else 1):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if seed is None:
             seed = fresh_seed()
-            rows_per_call = max(1, self.max_elements // (num_samples * self.num_classes))
+            per_row = max(1, num_samples) * self.num_classes
+            rows_per_call = max(1, self.max_elements // per_row)
         else:
             seed = int(seed)
             rows_per_call = 1  # bit-identical whatever the row is batched with
@@ -207,13 +223,29 @@ class OnnxModel:
         top_k: int | None = None,
         correlated_pairs: bool = False,
         max_pairs: int = 5,
+        predictive: str = "marginal",
     ) -> list[dict]:
         """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
-        expected_entropy, prob_std, mc_stderr = prob_std / sqrt(S), noise_std, and
-        correlated_pairs (when asked) and top_k (when given)."""
-        probs = outputs["probs"]
+        expected_entropy, prob_std, mc_stderr = prob_std / sqrt(S), noise_std,
+        noise_free_probs (files that have it), and correlated_pairs (when asked) and
+        top_k (when given).
+
+        ``predictive="noise_free"`` (outputs of a num_samples = 0 call): probs, label,
+        class_name, confidence, entropy and top_k come from noise_free_probs;
+        expected_entropy, prob_std and mc_stderr, which only sampling gives, are None.
+        """
+        if predictive not in PREDICTIVES:
+            raise ValueError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
+        noise_free = outputs.get(NOISE_FREE_OUTPUT)
+        sampled = predictive == "marginal"
+        if sampled:
+            probs, entropy = outputs["probs"], outputs["entropy"]
+            mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
+        elif noise_free is None:
+            raise ValueError("this model file has no noise_free_probs output")
+        else:
+            probs, entropy = noise_free, entropy_of(noise_free, self.task)
         labels = probs.argmax(-1)
-        mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
         rows = []
         for i, label in enumerate(labels.tolist()):
             row = {
@@ -221,12 +253,14 @@ class OnnxModel:
                 "label": label,
                 "class_name": self.class_names[label],
                 "confidence": float(probs[i, label]),
-                "entropy": outputs["entropy"][i].tolist(),
-                "expected_entropy": outputs["expected_entropy"][i].tolist(),
-                "prob_std": outputs["prob_std"][i].tolist(),
-                "mc_stderr": mc_stderr[i].tolist(),
+                "entropy": entropy[i].tolist(),
+                "expected_entropy": outputs["expected_entropy"][i].tolist() if sampled else None,
+                "prob_std": outputs["prob_std"][i].tolist() if sampled else None,
+                "mc_stderr": mc_stderr[i].tolist() if sampled else None,
                 "noise_std": outputs["noise_std"][i].tolist(),
             }
+            if noise_free is not None:
+                row["noise_free_probs"] = noise_free[i].tolist()
             if correlated_pairs:
                 row["correlated_pairs"] = rank_pairs(
                     outputs["top_classes"][i], outputs["top_correlation"][i], max_pairs
@@ -242,3 +276,14 @@ class OnnxModel:
             {"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])}
             for c in order
         ]
+
+
+def entropy_of(probs: np.ndarray, task: str) -> np.ndarray:
+    """H[p] per row (nats), as the graph computes ``entropy``: multiclass, one value
+    per row; multilabel, each label's binary entropy."""
+    p = probs.astype(np.float64)
+    if task == "multiclass":
+        return (-(p * np.log(np.clip(p, 1e-12, None))).sum(-1)).astype(probs.dtype)
+    q = 1 - p
+    h = -(p * np.log(np.clip(p, 1e-12, None)) + q * np.log(np.clip(q, 1e-12, None)))
+    return h.astype(probs.dtype)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +31,24 @@ class ModelOut(BaseModel):
                         "test_nll": 0.468,
                         "test_ece": 0.03,
                         "test_brier": 0.22,
+                        "noise_free_test_accuracy": 0.851,
+                        "noise_free_test_nll": 0.401,
+                        "noise_free_test_ece": 0.018,
+                        "noise_free_test_brier": 0.2,
+                        "reliability": {
+                            "marginal": {
+                                "bin_edges": [0.0, 0.5, 1.0],
+                                "accuracy": [None, 0.85],
+                                "confidence": [None, 0.82],
+                                "count": [0, 397],
+                            },
+                            "noise_free": {
+                                "bin_edges": [0.0, 0.5, 1.0],
+                                "accuracy": [None, 0.85],
+                                "confidence": [None, 0.86],
+                                "count": [0, 397],
+                            },
+                        },
                     },
                     "baseline_metrics": {
                         "test_accuracy": 0.764,
@@ -55,7 +73,11 @@ class ModelOut(BaseModel):
     num_classes: int
     class_names: list[str]
     metrics: dict[str, Any] = Field(
-        description="test_accuracy, test_nll, test_ece, test_brier, ..."
+        description="test_accuracy, test_nll, test_ece, test_brier of the MC predictive; "
+        "noise_free_test_accuracy, noise_free_test_nll, noise_free_test_ece, "
+        "noise_free_test_brier of the noise-free one; reliability: the test split's "
+        "reliability diagrams of both, {marginal, noise_free: {bin_edges, accuracy, "
+        "confidence, count}} (models trained since they are stored); val_*, ..."
     )
     baseline_metrics: dict[str, Any] | None = Field(
         None,
@@ -120,6 +142,12 @@ class PredictRequest(BaseModel):
     correlated_pairs: bool = Field(
         False, description="report each row's most correlated class pairs"
     )
+    predictive: Literal["marginal", "noise_free"] = Field(
+        "marginal",
+        description='"marginal": the MC predictive (which label would an annotator of the '
+        'training data give?); "noise_free": softmax(mu/τ), the label noise set to zero '
+        "(which class is it?), exact, no sampling: mc_samples is then ignored",
+    )
 
 
 class CorrelatedPair(BaseModel):
@@ -138,20 +166,35 @@ class TopClass(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One row's DESIGN §2 fields. Multilabel models: probs are per label, and entropy
-    and expected_entropy are per-label binary entropies (lists)."""
+    """One row's uncertainty fields. Multilabel models: probs are per label, and entropy
+    and expected_entropy are per-label binary entropies (lists). With ``predictive:
+    "noise_free"``, probs (and label, class_name, confidence, entropy, top_k) come from
+    noise_free_probs and the sampled-only fields are null."""
 
-    probs: list[float] = Field(description="the MC predictive p̂")
-    label: int = Field(description="argmax of p̂")
-    class_name: str
-    confidence: float = Field(description="p̂ of the label")
-    entropy: float | list[float] = Field(
-        description="H[p̂], total predictive (aleatoric) uncertainty"
+    probs: list[float] = Field(
+        description="the predictive asked for: the MC predictive p̂ (marginal) or noise_free_probs"
     )
-    expected_entropy: float | list[float] = Field(description="mean_s H[softmax(u_s / τ)]")
-    prob_std: list[float] = Field(description="per-class std of the sampled probabilities")
-    mc_stderr: list[float] = Field(description="prob_std / sqrt(S): how precise p̂ is")
+    label: int = Field(description="argmax of probs")
+    class_name: str
+    confidence: float = Field(description="probs of the label")
+    entropy: float | list[float] = Field(
+        description="H[probs], total predictive (aleatoric) uncertainty"
+    )
+    expected_entropy: float | list[float] | None = Field(
+        description="mean_s H[softmax(u_s / τ)]; null for noise_free"
+    )
+    prob_std: list[float] | None = Field(
+        description="per-class std of the sampled probabilities; null for noise_free"
+    )
+    mc_stderr: list[float] | None = Field(
+        description="prob_std / sqrt(S): how precise p̂ is; null for noise_free"
+    )
     noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
+    noise_free_probs: list[float] | None = Field(
+        None,
+        description="softmax(mu(x)/τ) (sigmoid per label): the predictive with the learned "
+        "label noise set to zero, exact; absent for a model file exported before it existed",
+    )
     correlated_pairs: list[CorrelatedPair] | None = Field(
         None,
         description="only when asked (correlated_pairs: true); up to 5 pairs, largest |ρ| first",
@@ -161,5 +204,68 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_id: str = Field(description="the model that answered (an alias resolved)")
-    mc_samples: int = Field(description="S used")
+    mc_samples: int = Field(description="S used; 0 for noise_free (no sampling)")
+    predictive: Literal["marginal", "noise_free"] = Field(description="the predictive answered")
     predictions: list[Prediction]
+
+
+class NoisePair(BaseModel):
+    classes: list[int] = Field(description="two class indices i < j")
+    class_names: list[str]
+    flip_rate: float = Field(
+        description="pooled rate at which a draw of the latent noise moves the argmax "
+        "between i and j, over the training inputs predicted i or j"
+    )
+    correlation: float = Field(
+        description="ρ_ij of the training-set average Σ; negative: i and j swap more often"
+    )
+
+
+class NoiseReportOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "5b2e0c1d9f8a4e3b8c7d6e5f4a3b2c1d",
+                    "num_examples": 1400,
+                    "class_pairs": [
+                        {
+                            "classes": [3, 5],
+                            "class_names": ["3", "5"],
+                            "flip_rate": 0.041,
+                            "correlation": -0.62,
+                        }
+                    ],
+                    "flip_matrix": None,
+                    "noise_std_by_class": [0.8] * 10,
+                }
+            ]
+        }
+    )
+
+    model_id: str
+    num_examples: int = Field(description="training rows the report aggregates")
+    class_pairs: list[NoisePair] = Field(description="most confused first (up to 20)")
+    flip_matrix: list[list[float]] | None = Field(
+        description="K x K: [i][j] = rate at which a draw moves argmax mu from i to j; "
+        "null when K > 100"
+    )
+    noise_std_by_class: list[float] = Field(
+        description="per class, the mean over training inputs of sqrt(Σ_kk(x))"
+    )
+
+
+class LabelIssue(BaseModel):
+    index: int = Field(description="the row of the dataset's uploaded x_train")
+    given_label: int
+    suggested_label: int = Field(description="argmax of the noise-free predictive")
+    score: float = Field(description="1 - p(given label) under the noise-free predictive")
+    flagged: bool = Field(description="in the flagged set (suggested_label != given_label)")
+
+
+class LabelIssuesOut(BaseModel):
+    model_id: str
+    dataset_id: str
+    num_examples: int = Field(description="every row of the uploaded x_train")
+    num_flagged: int = Field(description="the size of the set the flag rule flags")
+    issues: list[LabelIssue] = Field(description="most likely mislabeled first, up to limit")

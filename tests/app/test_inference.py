@@ -31,7 +31,7 @@ def inputs(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
+def torch_model():
     torch.manual_seed(0)
     spec = RunSpec(
         head=HeadSpec(kind="het", num_factors=3, temperature=1.0, eval_mc_samples=300),
@@ -41,9 +41,24 @@ def model_path(tmp_path_factory):
     with torch.no_grad():
         model.head.loc.weight.mul_(4.0)
         model.head.factor.weight.mul_(3.0)  # strong correlations to rank
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, torch_model):
     path = tmp_path_factory.mktemp("onnx") / "het.onnx"
-    export_onnx(model, path, class_names=CLASS_NAMES, parity_inputs=inputs(16, seed=1))
+    export_onnx(torch_model, path, class_names=CLASS_NAMES, parity_inputs=inputs(16, seed=1))
     return path
+
+
+def without_noise_free_output(path, out):
+    """The same file as exported before the graph had a noise_free_probs output."""
+    proto = onnx.load(path)
+    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, out)
+    return out
 
 
 def test_metadata_is_parsed(model_path):
@@ -123,7 +138,7 @@ def test_batches_larger_than_max_elements_are_split(model_path):
         (np.zeros((2, D + 1)), {}, "shape"),
         (np.zeros((0, D)), {}, "at least one"),
         (np.full((1, D), np.nan), {}, "finite"),
-        (np.zeros((1, D)), {"num_samples": 0}, "num_samples"),
+        (np.zeros((1, D)), {"num_samples": -1}, "num_samples"),
         (np.zeros((1, D)), {"seed": -1}, "seed"),
         (np.zeros((1, D)), {"seed": 2**63}, "seed"),
     ],
@@ -131,6 +146,57 @@ def test_batches_larger_than_max_elements_are_split(model_path):
 def test_bad_calls_are_refused(model_path, x, kwargs, message):
     with pytest.raises(ValueError, match=message):
         OnnxModel(model_path).run(x, **kwargs)
+
+
+def test_noise_free_rows_are_softmax_of_mu_over_tau_without_sampling(model_path, torch_model):
+    model = OnnxModel(model_path)
+    x = inputs(7, seed=3)
+    out = model.run(x, num_samples=0, seed=5)
+    rows = model.rows(out, 0, top_k=2, correlated_pairs=True, predictive="noise_free")
+    json.dumps(rows)
+    with torch.no_grad():
+        expected = torch_model.noise_free_probs(torch.as_tensor(x)).double().numpy()
+        z = torch_model.head.latent(torch_model.features(torch.as_tensor(x))).mu
+        by_hand = torch.softmax(z / torch_model.head.temperature, -1).double().numpy()
+    np.testing.assert_allclose(expected, by_hand, atol=1e-6)
+    marginal = model.rows(model.run(x, num_samples=200, seed=5), 200)
+    for i, row in enumerate(rows):
+        probs = np.asarray(row["probs"])
+        np.testing.assert_allclose(probs, expected[i], atol=1e-5)
+        assert row["noise_free_probs"] == row["probs"]
+        assert row["label"] == int(np.argmax(expected[i]))
+        assert row["class_name"] == CLASS_NAMES[row["label"]]
+        assert row["confidence"] == probs.max()
+        assert row["entropy"] == pytest.approx(-(probs * np.log(probs)).sum(), rel=1e-4)
+        assert row["expected_entropy"] is None and row["prob_std"] is None
+        assert row["mc_stderr"] is None
+        assert [t["class"] for t in row["top_k"]] == list(np.argsort(-probs)[:2])
+        # exact without sampling: the same as in a marginal call
+        np.testing.assert_allclose(row["noise_std"], marginal[i]["noise_std"], rtol=1e-6)
+        assert row["correlated_pairs"]
+        # every marginal row carries the noise-free predictive too
+        np.testing.assert_allclose(marginal[i]["noise_free_probs"], expected[i], atol=1e-5)
+        assert marginal[i]["probs"] != marginal[i]["noise_free_probs"]
+
+
+def test_seeded_noise_free_rows_are_bit_identical_whatever_they_are_batched_with(model_path):
+    model = OnnxModel(model_path)
+    x = inputs(6, seed=4)
+    alone = model.run(x[2:3], num_samples=0, seed=9)["noise_free_probs"]
+    batched = model.run(x, num_samples=0, seed=9)["noise_free_probs"]
+    assert alone.tobytes() == batched[2:3].tobytes()
+
+
+def test_a_file_without_the_noise_free_output_serves_marginal_only(model_path, tmp_path):
+    model = OnnxModel(without_noise_free_output(model_path, tmp_path / "old.onnx"))
+    assert not model.has_noise_free and OnnxModel(model_path).has_noise_free
+    with pytest.raises(ValueError, match="num_samples"):
+        model.run(inputs(1), num_samples=0)
+    out = model.run(inputs(2), num_samples=50)
+    rows = model.rows(out, 50)
+    assert "noise_free_probs" not in rows[0] and rows[0]["prob_std"] is not None
+    with pytest.raises(ValueError, match="noise_free_probs"):
+        model.rows(out, 50, predictive="noise_free")
 
 
 def test_files_that_are_not_hetserve_models_are_refused(tmp_path):

@@ -59,6 +59,16 @@ def with_extra_metadata(path: Path, out: Path) -> Path:
     return out
 
 
+def without_noise_free_output(path: Path, out: Path) -> Path:
+    """The same model as a file exported before the graph had a noise_free_probs output."""
+    proto = onnx.load(path)
+    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("serving")
@@ -68,6 +78,7 @@ def server(tmp_path_factory):
         "b": register(settings, exported("het")),  # shares a's file
         "own": register(settings, with_extra_metadata(exported("het"), data / "copy.onnx")),
         "image": register(settings, exported("image")),
+        "old": register(settings, without_noise_free_output(exported("het"), data / "old.onnx")),
     }
     env = settings_env(data, **SERVER_SETTINGS)
     with live_server(env) as url:
@@ -144,6 +155,47 @@ def test_api_equals_onnxruntime_on_the_downloaded_file(server, client):
         assert abs(pairs[0]["correlation"]) == pytest.approx(float(strongest), rel=1e-5)
         i, j = (classes.index(c) for c in pairs[0]["classes"])
         assert pairs[0]["correlation"] == pytest.approx(float(rho[i, j]), rel=1e-5)
+
+
+def test_noise_free_predictive_is_the_files_noise_free_output_without_sampling(server, client):
+    model_id = server["ids"]["a"]
+    session = ort.InferenceSession(str(exported("het")), providers=["CPUExecutionProvider"])
+    x = rows(4, 8)
+    feeds = {"input": x, "num_samples": np.asarray(0, np.int64), "seed": np.asarray(1, np.int64)}
+    want, noise_std = session.run(["noise_free_probs", "noise_std"], feeds)
+
+    body = predict(client, model_id, x, predictive="noise_free", top_k=2, correlated_pairs=True)
+    assert body["predictive"] == "noise_free" and body["mc_samples"] == 0
+    np.testing.assert_allclose(column(body, "probs"), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(column(body, "noise_std"), noise_std, rtol=1e-5, atol=1e-6)
+    for p in body["predictions"]:
+        probs = np.array(p["probs"])
+        assert p["label"] == int(probs.argmax()) and p["confidence"] == p["probs"][p["label"]]
+        assert p["entropy"] == pytest.approx(-(probs * np.log(probs)).sum(), rel=1e-4)
+        assert p["expected_entropy"] is None and p["prob_std"] is None and p["mc_stderr"] is None
+        assert p["noise_free_probs"] == p["probs"] and p["correlated_pairs"]
+        assert [t["class"] for t in p["top_k"]] == list(np.argsort(-probs)[:2])
+    # mc_samples is ignored (no sampling); seeded requests stay bit-identical
+    seeded = predict(client, model_id, x, predictive="noise_free", seed=3, mc_samples=50)
+    assert seeded["mc_samples"] == 0
+    again = predict(client, model_id, x[1:2], predictive="noise_free", seed=3)
+    assert again["predictions"][0] == seeded["predictions"][1]
+
+    marginal = predict(client, model_id, x, seed=3)
+    assert marginal["predictive"] == "marginal" and marginal["mc_samples"] == EVAL_S
+    np.testing.assert_allclose(column(marginal, "noise_free_probs"), want, rtol=1e-5, atol=1e-6)
+    assert all(p["prob_std"] is not None for p in marginal["predictions"])
+
+
+def test_a_model_file_without_the_noise_free_output_is_409_for_noise_free_only(server, client):
+    old = server["ids"]["old"]
+    r = client.post(
+        f"/v1/models/{old}/predict",
+        json={"inputs": rows(1, 0).tolist(), "predictive": "noise_free"},
+    )
+    assert r.status_code == 409 and "noise_free_probs" in r.json()["detail"], r.text
+    body = predict(client, old, rows(1, 0))
+    assert body["predictive"] == "marginal" and "noise_free_probs" not in body["predictions"][0]
 
 
 def test_unseeded_calls_differ_and_agree_within_mc_error(server, client):
@@ -319,6 +371,8 @@ def test_validation_names_the_field_and_index(server, client):
         (vec, {"inputs": good, "mc_samples": MAX_S + 1}, ["body", "mc_samples"]),
         (vec, {"inputs": good, "seed": -1}, ["body", "seed"]),
         (vec, {"inputs": good, "top_k": 0}, ["body", "top_k"]),
+        (vec, {"inputs": good, "predictive": "epistemic"}, ["body", "predictive"]),
+        (vec, {"inputs": good, "predictive": None}, ["body", "predictive"]),
         (vec, {}, ["body"]),
         (vec, {"images": ["aGVsbG8="]}, ["body", "images"]),  # not an image model
         (img, {"images": ["aGVsbG8="]}, ["body", "images", 0]),  # base64 of "hello"
@@ -438,8 +492,9 @@ def test_metrics_cover_routes_sessions_and_jobs(server, client):
         "status": "200",
     }
     assert metric(text, "hetserve_http_requests_total", labels) >= 1
-    assert metric(text, "hetserve_jobs", {"status": "succeeded"}) == 4
-    assert metric(text, "hetserve_sessions_loaded", {}) == 2  # a and image; b and own deleted
+    assert metric(text, "hetserve_jobs", {"status": "succeeded"}) == 5
+    # a, image and old (b and own deleted)
+    assert metric(text, "hetserve_sessions_loaded", {}) == 3
     assert "hetserve_queue_depth" in text and "hetserve_inference_duration_seconds_bucket" in text
 
 

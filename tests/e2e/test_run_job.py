@@ -1,11 +1,15 @@
 """worker.jobs.run_job in-process on a real store (no broker): how a job ends when
-training cannot go on. The happy paths run through real processes in test_service_e2e.py."""
+training cannot go on, and what a finished job stores about its training labels. The
+happy paths run through real processes in test_service_e2e.py."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
 
+from app import label_issues_file
 from app.artifacts import ArtifactStore
 from app.db import migrate, session_scope
 from app.settings import Settings
@@ -35,16 +39,15 @@ def settings(tmp_path) -> Settings:
     return settings
 
 
-def new_job(settings: Settings, spec: dict) -> str:
+def new_job(settings: Settings, spec: dict, arrays: dict | None = None) -> str:
     rng = np.random.default_rng(0)
-    dataset = validate_arrays(
-        {"x_train": rng.normal(size=(40, 3)), "y_train": np.arange(40) % 2}, None
-    )
+    arrays = arrays or {"x_train": rng.normal(size=(40, 3)), "y_train": np.arange(40) % 2}
+    dataset = validate_arrays(arrays, None)
     relative, sha256 = ArtifactStore(settings.data_dir).put_bytes(dataset.to_npz_bytes(), ".npz")
     with session_scope(settings) as session:
         row = DatasetStore(session).add(
             name="t", format="npz", task=dataset.task, **dataset.counts, input_shape=dataset.input_shape,
-            num_classes=2, class_names=dataset.class_names, sha256=sha256, size_bytes=1, artifact_path=relative,
+            num_classes=len(dataset.class_names), class_names=dataset.class_names, sha256=sha256, size_bytes=1, artifact_path=relative,
         )  # fmt: skip
         return JobStore(session).create(row.id, spec).id
 
@@ -125,3 +128,77 @@ def test_a_unit_travels_as_a_message_and_renders_the_phase_the_api_shows():
         Unit("candidate")
     with pytest.raises(ValueError):
         Unit("model", 1.0)
+
+
+def test_a_finished_job_stores_the_noise_report_and_label_issues_of_every_training_row(
+    settings,
+):
+    # 3 classes; no x_val, so train() splits a validation hold-out off x_train: the
+    # report and the issues still cover every uploaded row, indexed in upload order.
+    rng = np.random.default_rng(1)
+    n = 90
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 3)) * 0.3 + 2.0 * np.eye(3)[y]
+    job_id = new_job(
+        settings,
+        SPEC | {"compare_baseline": True},
+        {"x_train": x, "y_train": y, "x_test": x[:9], "y_test": y[:9]},
+    )
+    assert run_job(job_id, settings) == "succeeded"
+    with session_scope(settings) as session:
+        store = ModelStore(session)
+        model, baseline = store.by_job(job_id, "model"), store.by_job(job_id, "baseline")
+        model_row = (model.noise_report, model.label_issues_path, model.metrics)
+        baseline_row = (baseline.noise_report, baseline.label_issues_path)
+    report, issues_path, metrics = model_row
+    assert report["num_examples"] == n and len(report["noise_std_by_class"]) == 3
+    assert len(report["flip_matrix"]) == 3 and len(report["class_pairs"]) == 3
+    assert {tuple(p["classes"]) for p in report["class_pairs"]} == {(0, 1), (0, 2), (1, 2)}
+    assert set(metrics["reliability"]) == {"marginal", "noise_free"}
+    for path in (issues_path, baseline_row[1]):
+        file = ArtifactStore(settings.data_dir).resolve(path)
+        arrays = np.load(file)
+        assert sorted(arrays["index"].tolist()) == list(range(n))  # every uploaded row
+        np.testing.assert_array_equal(arrays["given"], y[arrays["index"]])
+        assert (np.diff(arrays["score"]) <= 0).all()  # most suspect first
+        head = label_issues_file.read_head(file, 5)
+        assert head["num_examples"] == n and len(head["issues"]) == 5
+        assert head["num_flagged"] == int(arrays["flagged"].sum())
+        np.testing.assert_array_equal(
+            arrays["flagged"], arrays["suggested"] != arrays["given"]
+        )  # the default rule: noise-free argmax != given label
+    assert baseline_row[0] is None  # a softmax baseline has no noise model
+
+
+def test_a_multilabel_job_stores_neither(settings):
+    rng = np.random.default_rng(2)
+    y = (rng.uniform(size=(40, 3)) < 0.5).astype(np.int64)
+    job_id = new_job(
+        settings, SPEC | {"task": "multilabel"}, {"x_train": rng.normal(size=(40, 3)), "y_train": y}
+    )
+    assert run_job(job_id, settings) == "succeeded"
+    with session_scope(settings) as session:
+        model = ModelStore(session).by_job(job_id, "model")
+        assert model.noise_report is None and model.label_issues_path is None
+
+
+def test_label_knowledge_in_row_chunks_equals_one_pass(monkeypatch):
+    from models.classifier import build_classifier
+    from models.data import ArrayDataset
+    from worker import jobs
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(50, 3)).astype(np.float32), np.arange(50) % 4
+    spec = RunSpec.model_validate({"head": {"num_factors": 2, "temperature": 1.0}})
+    model = build_classifier(spec, [3], 4, np.zeros(3), np.ones(3))
+    data = ArrayDataset(x_train=x, y_train=y, class_names=list("abcd"))
+    report, whole = jobs.label_knowledge(model, data, seed=0)
+    monkeypatch.setattr(jobs, "LABEL_ISSUE_CHUNK_ROWS", 7)
+    chunked_report, chunked = jobs.label_knowledge(model, data, seed=0)
+    assert chunked_report == report
+    whole, chunked = np.load(io.BytesIO(whole)), np.load(io.BytesIO(chunked))
+    for name in ("index", "given", "suggested", "flagged"):
+        np.testing.assert_array_equal(whole[name], chunked[name])
+    np.testing.assert_allclose(whole["score"], chunked["score"], rtol=1e-6)
+    assert jobs.noise_report_samples(50) == 100 and jobs.noise_report_samples(10**6) == 10
+    assert jobs.noise_report_samples(10_000) == 20

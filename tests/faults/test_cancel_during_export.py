@@ -1,5 +1,5 @@
 """A cancel that arrives while the worker exports the trained model is honoured: the
-job ends cancelled, no model is registered, no ONNX file is left behind."""
+job ends cancelled, no model is registered, no ONNX file (nor label-issues file) is left behind."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def test_cancel_during_export_ends_the_job_cancelled(tmp_path, monkeypatch):
         assert JobStore(session).get(job_id).status == JobStatus.CANCELLED
         assert ModelStore(session).count_for_job(job_id) == 0
     assert not list((settings.data_dir / "artifacts").rglob("*.onnx"))
+    assert not list((settings.data_dir / "artifacts").rglob("*.issues.npz"))  # nor label issues
 
 
 def test_cancel_after_the_end_changes_nothing(tmp_path):

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import average_precision, evaluate, expected_calibration_error, reliability_bins
+from models.metrics import (
+    average_precision,
+    evaluate,
+    expected_calibration_error,
+    reliability_bins,
+    reliability_diagram,
+)
 
 
 def test_multiclass_hand_checked():
@@ -39,6 +45,21 @@ def test_ece_pools_within_a_bin():
     full = [b for b in bins if b["count"]]
     assert len(full) == 1 and full[0]["lower"] == pytest.approx(0.8) and full[0]["accuracy"] == 0.75
     assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
+
+
+def test_reliability_diagram_lists_the_ece_bins_side_by_side():
+    conf = np.array([0.81, 0.85, 0.82, 0.84, 0.3])
+    correct = np.array([1.0, 1.0, 0.0, 1.0, 0.0])
+    diagram = reliability_diagram(reliability_bins(conf, correct))
+    assert len(diagram["bin_edges"]) == 16 and diagram["bin_edges"][0] == 0.0
+    assert diagram["bin_edges"][-1] == 1.0
+    assert len(diagram["count"]) == len(diagram["accuracy"]) == len(diagram["confidence"]) == 15
+    assert sum(diagram["count"]) == 5
+    full = [i for i, c in enumerate(diagram["count"]) if c]
+    assert diagram["count"][full[-1]] == 4 and diagram["accuracy"][full[-1]] == 0.75
+    assert diagram["confidence"][full[-1]] == pytest.approx(0.83)
+    empty = next(i for i, c in enumerate(diagram["count"]) if not c)
+    assert diagram["accuracy"][empty] is None and diagram["confidence"][empty] is None
 
 
 def test_nll_of_zero_probability_is_large_but_finite():

@@ -165,6 +165,16 @@ def check_noise_free_metrics(het, baseline):
     # the HET model's two predictives differ (it has learned noise)
     assert het.metrics["noise_free_test_nll"] != het.metrics["test_nll"]
     assert "noise_free_test_reliability" not in het.metrics
+    # the test split's reliability diagrams of both predictives, bins of the ECE
+    for result in (het, baseline):
+        diagrams = result.metrics["reliability"]
+        assert set(diagrams) == {"marginal", "noise_free"}
+        for diagram in diagrams.values():
+            assert len(diagram["bin_edges"]) == len(diagram["count"]) + 1
+            assert sum(diagram["count"]) > 0
+    assert (
+        baseline.metrics["reliability"]["marginal"] == baseline.metrics["reliability"]["noise_free"]
+    )
 
 
 def test_images_train_through_the_cnn_with_augmentation():

@@ -1,0 +1,93 @@
+"""The label-issues artifact of a model: one ``.issues.npz`` (numpy only, no torch).
+
+The worker writes it once per trained multiclass model (worker/jobs.py); the API reads
+its head (app/routers/noise.py). Five parallel arrays, one entry per row of the
+dataset's uploaded ``x_train`` (the validation hold-out included), sorted most likely
+mislabeled first (score descending, ties by row index):
+
+- ``index`` (int64): the row of the uploaded ``x_train``;
+- ``given`` (int64): its label in ``y_train``;
+- ``suggested`` (int64): the argmax of the model's noise-free predictive;
+- ``score`` (float64): 1 - p(given label), higher = more suspect;
+- ``flagged`` (bool): in the set the flag rule flags (models/label_issues.py).
+
+Stored uncompressed, so a reader takes the first ``limit`` entries of each array
+without reading the rest: a request costs O(limit) (plus one byte per row to count
+the flagged), whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ARRAYS = ("index", "given", "suggested", "score", "flagged")
+
+
+def encode(scores, flagged, given, suggested) -> bytes:
+    """The .npz bytes for per-row arrays in upload order (row i = x_train[i])."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    index = np.arange(n, dtype=np.int64)
+    order = np.lexsort((index, -scores))  # score descending, then row
+    arrays = {
+        "index": index[order],
+        "given": np.asarray(given, dtype=np.int64)[order],
+        "suggested": np.asarray(suggested, dtype=np.int64)[order],
+        "score": scores[order],
+        "flagged": np.asarray(flagged, dtype=bool)[order],
+    }
+    if any(len(a) != n for a in arrays.values()):
+        raise ValueError("scores, flagged, given and suggested must have one entry per row")
+    # np.savez's layout, with fixed entry times: equal issues give equal bytes, so the
+    # same content address (a redelivered job stores no second file).
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _read(archive: zipfile.ZipFile, name: str, limit: int | None) -> np.ndarray:
+    """The first ``limit`` entries (all when None) of one 1-d member array."""
+    with archive.open(f"{name}.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        if len(shape) != 1 or dtype.hasobject:
+            raise ValueError(f"label issues: {name} is not a flat numeric array")
+        count = shape[0] if limit is None else min(limit, shape[0])
+        return np.frombuffer(fp.read(count * dtype.itemsize), dtype=dtype, count=count)
+
+
+def read_head(path: str | Path, limit: int) -> dict:
+    """``{"num_examples", "num_flagged", "issues": [{"index", "given_label",
+    "suggested_label", "score", "flagged"}, ...]}``: the first ``limit`` entries."""
+    with zipfile.ZipFile(path) as archive:
+        flagged = _read(archive, "flagged", None)
+        head = {name: _read(archive, name, limit) for name in ARRAYS if name != "flagged"}
+    issues = [
+        {
+            "index": int(i),
+            "given_label": int(g),
+            "suggested_label": int(s),
+            "score": float(sc),
+            "flagged": bool(f),
+        }
+        for i, g, s, sc, f in zip(
+            head["index"],
+            head["given"],
+            head["suggested"],
+            head["score"],
+            flagged[:limit],
+            strict=True,
+        )
+    ]
+    return {"num_examples": len(flagged), "num_flagged": int(flagged.sum()), "issues": issues}
