@@ -6,6 +6,11 @@
 A file is written to a temporary name in the same folder and renamed into place, so a
 reader (or a process killed mid-write) never sees half a file; equal content is stored
 once. The store keeps paths relative to data_dir (``resolve`` turns them back).
+
+Storing bytes that are already there refreshes the file's modification time: garbage
+collection (app/retention.py) leaves a file no row refers to alone until it is older than
+``gc_grace_s``, and an upload or export in flight writes (or re-writes) its file before
+its row commits.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 CHUNK = 1 << 20
+TMP_PREFIX = ".tmp-"  # a file being written (renamed into place when complete)
+ASIDE_PREFIX = ".del-"  # a file set aside, deleted once its delete commits
 
 
 def sha256_file(path: Path) -> str:
@@ -43,9 +50,9 @@ class ArtifactStore:
         sha256 = hashlib.sha256(data).hexdigest()
         relative = self.relative_path(sha256, suffix)
         target = self.resolve(relative)
-        if not target.exists():
+        if not self._touch(target):
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -62,9 +69,9 @@ class ArtifactStore:
         sha256 = sha256_file(source)
         relative = self.relative_path(sha256, suffix)
         target = self.resolve(relative)
-        if not target.exists():
+        if not self._touch(target):
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
             os.close(fd)
             try:
                 shutil.copyfile(source, tmp)
@@ -74,6 +81,17 @@ class ArtifactStore:
                 raise
         return relative, sha256
 
+    @staticmethod
+    def _touch(target: Path) -> bool:
+        """Refresh an existing file's modification time; False when it is not there."""
+        try:
+            os.utime(target)
+        except FileNotFoundError:
+            return False
+        except PermissionError:  # a read-only copy (someone else's file): still there
+            return target.exists()
+        return True
+
     def remove(self, relative: str) -> None:
         self.resolve(relative).unlink(missing_ok=True)
 
@@ -81,7 +99,7 @@ class ArtifactStore:
         """Rename a file out of its content address (to delete once the transaction
         that dropped its last reference committed); None if it was not there."""
         target = self.resolve(relative)
-        aside = target.with_name(f".del-{os.getpid()}-{os.urandom(4).hex()}-{target.name}")
+        aside = target.with_name(f"{ASIDE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{target.name}")
         try:
             os.replace(target, aside)
         except FileNotFoundError:

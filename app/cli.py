@@ -3,7 +3,8 @@
 Two kinds of subcommands:
 
 - local processes: ``up`` (what ``make run`` runs: migrations, then the API and one
-  worker as child processes on embedded defaults, until Ctrl-C) and ``migrate``;
+  worker as child processes on embedded defaults, until Ctrl-C), ``migrate``, ``gc``,
+  ``backup`` and ``restore`` (against the store and data folder the settings name);
 - HTTP clients of a running service, all through the Python client ``hetserve.Client``:
   ``datasets``, ``train``, ``jobs``, ``models``, ``aliases``, ``predict``, ``demo``. They
   find the service at ``--url`` / ``HETSERVE_URL`` (default: HETSERVE_HOST:HETSERVE_PORT)
@@ -60,6 +61,53 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = Settings()
     db.migrate(settings)
     print(f"migrated {_redact(settings.resolved_database_url)} to head")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from app.retention import collect_garbage
+
+    report = collect_garbage(Settings(), dry_run=args.dry_run)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    for label, items in (("artifact", report.artifacts), ("checkpoints of job", report.checkpoints),
+                         ("temporary", report.temporary)):  # fmt: skip
+        for item in items:
+            print(f"{'would remove' if report.dry_run else 'removed'} {label} {item}")
+    print(report.summary())
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from app.retention import BackupError, backup
+
+    settings = Settings()
+    try:
+        manifest = backup(settings, Path(args.dir))
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(f"backed up {_redact(settings.resolved_database_url)} ({manifest['store']}, revision "
+          f"{manifest['revision']}) and {manifest['artifact_files']} artifact file(s), "
+          f"{manifest['artifact_bytes']} bytes, to {args.dir}")  # fmt: skip
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from app.retention import BackupError, restore
+
+    settings = Settings()
+    try:
+        result = restore(settings, Path(args.dir), force=args.force)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(f"restored {_redact(settings.resolved_database_url)} from {args.dir} (backup of "
+          f"{result['created_at']}) and {result['restored_artifact_files']} artifact file(s) "
+          f"into {settings.data_dir}")  # fmt: skip
+    if result["missing_artifacts"]:
+        print(f"hetserve: {len(result['missing_artifacts'])} file(s) the store refers to are "
+              f"missing: {', '.join(result['missing_artifacts'][:5])}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -632,6 +680,12 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_rm(args: argparse.Namespace) -> int:
+    client_from(args).delete_job(args.job_id, models=args.models)
+    print(f"job {args.job_id} removed" + (" with its models" if args.models else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- models / aliases
 
 
@@ -935,6 +989,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-timeout", type=float, default=60.0, help="seconds to wait for /healthz"
     )
     command(sub, "migrate", "bring the store's schema to head", cmd_migrate)
+    gc = command(sub, "gc", "remove unreferenced artifacts, checkpoints of ended jobs and "
+                 "stale temporary files from the data folder (runs locally)", cmd_gc)  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.epilog = "Files no row refers to are removed once older than HETSERVE_GC_GRACE_S."
+    backup_cmd = command(sub, "backup", "back up the store, then the artifacts, into a new "
+                         "folder (runs locally; PostgreSQL needs pg_dump)", cmd_backup)  # fmt: skip
+    backup_cmd.add_argument("dir", help="the folder to create (or an empty one)")
+    restore_cmd = command(sub, "restore", "restore a backup folder into the store and data "
+                          "folder (stop the service first)", cmd_restore)  # fmt: skip
+    restore_cmd.add_argument("dir", help="a folder `hetserve backup` wrote")
+    restore_cmd.add_argument("--force", action="store_true",
+                             help="replace an existing store")  # fmt: skip
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -989,7 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With -q, prints only the model id once the job succeeds (the job id with --no-wait)."
     )
 
-    jobs = group("jobs", "list, show, follow and cancel jobs")
+    jobs = group("jobs", "list, show, follow, cancel and delete jobs")
     ls = command(jobs, "ls", "list jobs, newest first", cmd_jobs_ls, parents=[client, quiet])
     ls.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
     ls.add_argument("--limit", type=int, default=20, help="at most this many")
@@ -1000,6 +1067,11 @@ def build_parser() -> argparse.ArgumentParser:
          [client]),
     ):  # fmt: skip
         command(jobs, name, text, func, parents=parents).add_argument("job_id", help="job id")
+    rm = command(jobs, "rm", "delete an ended job, its history and checkpoints", cmd_jobs_rm,
+                 **with_client)  # fmt: skip
+    rm.add_argument("job_id", help="job id")
+    rm.add_argument("--models", action="store_true",
+                    help="also delete its models (refused while an alias points at one)")  # fmt: skip
 
     models = group("models", "list and inspect trained models, their noise and label issues")
     ls = command(models, "ls", "list models, newest first", cmd_models_ls, **with_client)

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         60.0, ge=0, description="a job must be this old before the sweeper may re-queue it"
     )
     auto_migrate: bool = True  # the API runs `alembic upgrade head` on start
+    gc_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        description="hetserve gc: an unreferenced artifact or temporary file must be this old",
+    )
 
     # -- serving -------------------------------------------------------------------
     max_request_bytes: int = 32 * 1024 * 1024

@@ -157,6 +157,54 @@ class InUseError(Exception):
     """A row cannot be deleted because others refer to it."""
 
 
+def lock_artifact(session: Session, artifact_path: str) -> None:
+    """Hold, until this transaction ends, the lock that every transaction adding or
+    removing a row that refers to ``artifact_path`` takes first (dataset upload and
+    delete, job delete, garbage collection), so "count the rows, then write or remove
+    the file" never interleaves with another upload or delete of the same bytes.
+    PostgreSQL: a transaction-scoped advisory lock on the path; SQLite: the database
+    write lock (taken now by a write that changes nothing)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        digest = hashlib.sha256(artifact_path.encode()).digest()[:8]
+        key = int.from_bytes(digest, "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif dialect == "sqlite":
+        session.execute(text("UPDATE datasets SET id = id WHERE 0"))
+
+
+def artifact_columns() -> list:
+    """Every mapped column that holds an artifact path: each ``*_path`` column of every
+    table (datasets.artifact_path, models.onnx_path, and any added later), so a new
+    artifact reference is counted without a change here."""
+    return [
+        column
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.name.endswith("_path")
+    ]
+
+
+def artifact_references(session: Session, artifact_path: str) -> int:
+    """How many rows, in every table, refer to ``artifact_path``."""
+    return sum(
+        int(
+            session.scalar(
+                select(func.count()).select_from(column.table).where(column == artifact_path)
+            )
+        )
+        for column in artifact_columns()
+    )
+
+
+def referenced_artifacts(session: Session) -> set[str]:
+    """Every artifact path some row refers to."""
+    paths: set[str] = set()
+    for column in artifact_columns():
+        paths.update(p for p in session.scalars(select(column).distinct()) if p)
+    return paths
+
+
 class DatasetStore:
     def __init__(self, session: Session):
         self.session = session
@@ -180,18 +228,8 @@ class DatasetStore:
         return list(self.session.scalars(query))
 
     def lock_artifact(self, artifact_path: str) -> None:
-        """Hold, until this transaction ends, the lock that every transaction adding or
-        removing a dataset row of ``artifact_path`` takes first, so "count the rows, then
-        write or remove the file" never interleaves with another upload or delete of the
-        same bytes. PostgreSQL: a transaction-scoped advisory lock on the path; SQLite:
-        the database write lock (taken now by a write that changes nothing)."""
-        dialect = self.session.get_bind().dialect.name
-        if dialect == "postgresql":
-            digest = hashlib.sha256(artifact_path.encode()).digest()[:8]
-            key = int.from_bytes(digest, "big", signed=True)
-            self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        elif dialect == "sqlite":
-            self.session.execute(text("UPDATE datasets SET id = id WHERE 0"))
+        """``lock_artifact(session, artifact_path)`` in this transaction."""
+        lock_artifact(self.session, artifact_path)
 
     def count_with_artifact(self, artifact_path: str) -> int:
         query = (

@@ -241,6 +241,14 @@ class Client:
         """Ask a job to stop (cooperative); :class:`ConflictError` if it already ended."""
         return self._json("POST", f"/v1/jobs/{_id(job_id)}/cancel")
 
+    def delete_job(self, job_id: str, *, models: bool = False) -> None:
+        """Delete an ended job with its history and checkpoints (``DELETE /v1/jobs/{id}``).
+        :class:`ConflictError` while it is queued or running (cancel it first), when it
+        has models and ``models`` is false, or when an alias points at one of them.
+        ``models=True`` deletes the job's models too."""
+        params = {"models": "true"} if models else None
+        self.request("DELETE", f"/v1/jobs/{_id(job_id)}", params=params)
+
     def job_events(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's server-sent events (``GET /v1/jobs/{id}/events``) until the stream
         ends: ``progress`` events on every change, then one ``end`` with the whole job.

@@ -1,4 +1,4 @@
-"""POST/GET /v1/jobs, cancel, and a server-sent event stream of progress.
+"""POST/GET/DELETE /v1/jobs, cancel, and a server-sent event stream of progress.
 
 A job row is committed before its task is sent, so a worker never receives the id of a
 job it cannot read; if the broker refuses the message the job ends ``failed`` and the
@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app import broker
 from app.db import session_scope
-from app.deps import SessionDep, SettingsDep
+from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
+from app.retention import JobConflict, JobNotFound, delete_job
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -128,6 +129,42 @@ def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     if job.status in TERMINAL_STATUSES and not job.cancel_requested:
         raise HTTPException(409, f"job {job_id} already {job.status}")
     return job_out(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete an ended job: its row, history and checkpoints (and with models=true its models)",
+    responses={
+        **NOT_FOUND,
+        409: {
+            "description": "the job is queued or running (cancel it first), it has models "
+            "and models=true was not given, or an alias points at one of its models"
+        },
+    },
+)
+async def remove_job(
+    job_id: str,
+    settings: SettingsDep,
+    artifacts: ArtifactsDep,
+    runtime: RuntimeDep,
+    models: bool = Query(
+        False,
+        description="also delete the job's models (refused while an alias points at one) and "
+        "their ONNX files no other model shares",
+    ),
+) -> Response:
+    try:
+        deleted = await run_in_threadpool(delete_job, settings, artifacts, job_id, models=models)
+    except JobNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except JobConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    if deleted.model_ids:
+        runtime.directory.invalidate()
+        for model_id in deleted.model_ids:
+            runtime.sessions.forget(model_id)
+    return Response(status_code=204)
 
 
 def _snapshot(settings: Settings, job_id: str) -> dict | None:
