@@ -1,7 +1,8 @@
 """Retention: deleting a job, garbage collection of the data folder, backup and restore.
 
 - ``delete_job``: what ``DELETE /v1/jobs/{id}`` does (an ended job, its history, its
-  checkpoints; with ``models=True`` also its models and their ONNX files).
+  checkpoints; with ``models=True`` also its models and their files); ``delete_model``:
+  what ``DELETE /v1/models/{id}`` does.
 - ``collect_garbage``: what ``hetserve gc`` does (artifacts no row refers to, checkpoint
   folders of ended or deleted jobs, stale temporary files).
 - ``backup`` / ``restore``: what ``hetserve backup DIR`` / ``hetserve restore DIR`` do
@@ -92,7 +93,37 @@ def _remove_after_commit(
 class DeletedJob:
     job_id: str
     model_ids: list[str]
-    onnx_paths: list[str]
+    artifact_paths: list[str]
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+class ModelConflict(Exception):
+    """An alias points at the model."""
+
+
+def delete_model(settings: Settings, artifacts: ArtifactStore, model_id: str) -> None:
+    """What ``DELETE /v1/models/{id}`` does: the row, then each of its artifact files
+    (ONNX, label issues) that no other row refers to. Refused while an alias points at
+    it. Raises ``ModelNotFound`` or ``ModelConflict``."""
+
+    def change(session: Session) -> list[str]:
+        model = session.get(Model, model_id, with_for_update=True)
+        if model is None:
+            raise ModelNotFound(f"no model {model_id!r}")
+        aliases = list(session.scalars(select(Alias.name).where(Alias.model_id == model.id)))
+        if aliases:
+            raise ModelConflict(
+                f"aliases {aliases} point at model {model.id}: move or delete them first"
+            )
+        paths = model.artifact_paths
+        session.delete(model)
+        session.flush()
+        return paths
+
+    _remove_after_commit(settings, artifacts, change, lambda paths: paths)
 
 
 def delete_job(
@@ -126,7 +157,7 @@ def delete_job(
             raise JobConflict(
                 f"aliases {names} point at models of job {job_id}: move or delete them first"
             )
-        paths = [m.onnx_path for m in rows]
+        paths = [p for m in rows for p in m.artifact_paths]
         for model in rows:
             session.delete(model)
         session.flush()  # the models (they refer to the job) before the job
@@ -135,7 +166,7 @@ def delete_job(
         session.flush()
         return DeletedJob(job_id, ids, paths)
 
-    deleted, _ = _remove_after_commit(settings, artifacts, change, lambda d: d.onnx_paths)
+    deleted, _ = _remove_after_commit(settings, artifacts, change, lambda d: d.artifact_paths)
     shutil.rmtree(artifacts.checkpoint_dir(job_id), ignore_errors=True)
     log.info("job %s deleted (models %s)", job_id, deleted.model_ids, extra={"job_id": job_id})
     return deleted

@@ -144,6 +144,11 @@ class Model(Base):
     noise_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     label_issues_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
+    @property
+    def artifact_paths(self) -> list[str]:
+        """Every artifact file this row refers to (the ONNX file, the label issues)."""
+        return [p for p in (self.onnx_path, self.label_issues_path) if p]
+
 
 class Alias(Base):
     __tablename__ = "aliases"

@@ -11,14 +11,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deps import ArtifactsDep, RuntimeDep, SessionDep
+from app import retention
+from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.predict import ServingRoute
 from app.serving.schemas import ModelOut
-from app.store import Alias, Job, Model, ModelStore
+from app.store import Job, Model, ModelStore
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=ServingRoute)
 
@@ -126,26 +127,14 @@ def get_onnx(
     },
 )
 def delete_model(
-    model_id: ModelRef, session: SessionDep, artifacts: ArtifactsDep, runtime: RuntimeDep
+    model_id: ModelRef, settings: SettingsDep, artifacts: ArtifactsDep, runtime: RuntimeDep
 ) -> Response:
-    model = session.get(Model, model_id, with_for_update=True)
-    if model is None:
-        raise HTTPException(404, f"no model {model_id!r}")
-    aliases = list(session.scalars(select(Alias.name).where(Alias.model_id == model.id)))
-    if aliases:
-        raise HTTPException(
-            409, f"aliases {aliases} point at model {model.id}: move or delete them first"
-        )
-    onnx_path = model.onnx_path
-    session.delete(model)
-    session.flush()
-    # Content-addressed: another model may share the file (same weights exported twice).
-    shared = session.scalar(
-        select(func.count()).select_from(Model).where(Model.onnx_path == onnx_path)
-    )
-    session.commit()
-    if not shared:
-        artifacts.remove(onnx_path)
+    try:
+        retention.delete_model(settings, artifacts, model_id)
+    except retention.ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except retention.ModelConflict as exc:
+        raise HTTPException(409, str(exc)) from None
     runtime.directory.invalidate()
     runtime.sessions.forget(model_id)
     return Response(status_code=204)

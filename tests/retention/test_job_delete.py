@@ -130,3 +130,17 @@ def test_a_predict_key_is_refused_and_the_delete_audited(service, caplog):
     ]
     assert ("DELETE", 403, {}) in lines
     assert ("DELETE", 204, {"job_id": job_id}) in lines
+
+
+def test_deleting_a_model_removes_its_onnx_and_label_issue_files(service):
+    client, settings, dataset_id = service
+    artifacts = ArtifactStore(settings.data_dir)
+    _, model_id, onnx_path = finished_job(settings, dataset_id)
+    issues_path, _ = artifacts.put_bytes(b"label issues of this model", ".issues.npz")
+    with session_scope(settings) as session:
+        ModelStore(session).get(model_id).label_issues_path = issues_path
+    assert artifacts.resolve(issues_path).exists() and artifacts.resolve(onnx_path).exists()
+    assert client.delete(f"/v1/models/{model_id}", headers=AUTH).status_code == 204
+    assert not artifacts.resolve(issues_path).exists()
+    assert not artifacts.resolve(onnx_path).exists()
+    assert client.delete(f"/v1/models/{model_id}", headers=AUTH).status_code == 404
