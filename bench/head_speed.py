@@ -1,4 +1,4 @@
-"""Speed of the HET head vs a plain linear head at the same shapes (issue 2).
+"""Speed of the HET head vs a plain linear head at the same shapes.
 
 For each shape (B, D, K, R) with S = 1000 samples: forward+backward of the training
 loss (gradients for the head's parameters and for h, as inside a network) and predict
@@ -9,7 +9,7 @@ RSS (VmHWM, reset before the call) in a fresh subprocess on a CPU, or
 torch.cuda.max_memory_allocated on a GPU.
 
 edward2's figures (MCSoftmaxDenseFA, PyPI release, TF 2.18, 2 threads) are quoted from
-issue 2; edward2 is not rerun here.
+an earlier measurement; edward2 is not rerun here.
 
     .venv/bin/python bench/head_speed.py                 # CPU, 2 threads
     .venv/bin/python bench/head_speed.py --device cuda
@@ -34,7 +34,7 @@ from models.heads import HetHead, LinearHead  # noqa: E402
 from models.spec import HeadSpec  # noqa: E402
 
 SAMPLES = 1000
-SHAPES = [  # (B, D, K, R), edward2 medians quoted in issue 2 (ms): fwd+bwd, predict
+SHAPES = [  # (B, D, K, R), edward2 medians quoted from an earlier measurement (ms): fwd+bwd, predict
     ((128, 512, 100, 10), (154.0, 129.0)),
     ((128, 256, 10, 5), (26.0, 22.0)),
     ((64, 2048, 1000, 15), (811.0, 629.0)),

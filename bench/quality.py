@@ -1,4 +1,4 @@
-"""Quality benchmark (DESIGN §7): HET vs the softmax baseline under input-dependent label noise.
+"""Quality benchmark: HET vs the softmax baseline under input-dependent label noise.
 
 Both heads sit on the same MLP and get the same optimiser, epochs, batch size and
 seeds; the model kept is each run's epoch with the best (noisy) validation NLL; the

@@ -8,7 +8,7 @@ measured in interleaved rounds:
 
 - ``minimal``: the baseline, a bare endpoint that runs one onnxruntime call per request
   (``OnnxModel.run`` in a thread) and returns the probabilities;
-- ``hetserve, batching off``: the real API (auth, store lookup, validation, every §2
+- ``hetserve, batching off``: the real API (auth, store lookup, validation, every uncertainty
   field), one onnxruntime call per request;
 - ``hetserve, batching on``: the same with dynamic batching (settings defaults);
 - with ``--workers 2`` (the default) also batching-on hetserve and the minimal endpoint
@@ -48,7 +48,7 @@ from tests.app.serving_support import (  # noqa: E402  (after the path fix above
 
 D = 64  # input features (the size of sklearn's digits)
 HIDDEN = [256, 256]
-FACTORS = {10: 4, 100: 10}  # R per K (DESIGN §1's cost example uses R = 10 at K = 100)
+FACTORS = {10: 4, 100: 10}  # R per K (R = 10 at K = 100: the cost example of docs/models.md)
 S = 1000
 WARMUP_S = 2.0
 MINIMAL = "minimal (1 onnxruntime call per request)"

@@ -8,7 +8,7 @@ one for itself: it takes an exclusive ``flock`` on ``<slots dir>/<gpu uuid>`` (a
 local to the host, shared by its workers), keeps the lock's file descriptor open across
 ``exec`` so the lock lives exactly as long as the worker process (the kernel drops it
 however the process ends), sets ``CUDA_VISIBLE_DEVICES=<gpu uuid>`` and execs the command.
-One training process per GPU, as DESIGN §6 asks.
+One training process per GPU: CUDA in a forked child breaks when the parent touched it.
 
 - No GPU visible (the CPU override, no NVIDIA runtime): exec the command unchanged.
 - More workers than GPUs: the extra ones wait until a GPU frees up.

@@ -1,4 +1,4 @@
-"""Datasets with input-dependent, correlated label noise (DESIGN §7).
+"""Datasets with input-dependent, correlated label noise (docs/models.md, "Benchmarks").
 
 Training and validation labels are corrupted; test labels stay clean, so a model is
 scored on how well it recovers the true classes despite the noise.

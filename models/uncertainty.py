@@ -1,4 +1,4 @@
-"""Per-example uncertainty of a head's predictive (DESIGN §2).
+"""Per-example uncertainty of a head's predictive (the fields of docs/serving.md).
 
 This is the reference the exported ONNX graph is tested against.
 
@@ -72,7 +72,7 @@ def predictive_uncertainty(
     noise=None,
     max_pairs: int = 5,
 ) -> dict:
-    """All DESIGN §2 quantities for a batch of backbone features h."""
+    """Every per-example uncertainty quantity for a batch of backbone features h."""
     m = head.moments(h, num_samples, generator, noise)
     latent = head.latent(h)
     num = int(m["num_samples"])

@@ -1,4 +1,4 @@
-"""The Celery application of the training workers (GPU-safe, DESIGN §6).
+"""The Celery application of the training workers (GPU-safe: no fork after CUDA, one process per GPU).
 
 Run (docs/architecture.md):
     celery -A worker.celery_app:celery_app worker --pool=solo --concurrency=1 -Q train

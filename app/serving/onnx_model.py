@@ -214,7 +214,7 @@ class OnnxModel:
             name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)
         }
 
-    # -- per-example fields (DESIGN §2) ------------------------------------------------
+    # -- per-example fields (docs/serving.md) ------------------------------------------------
 
     def rows(
         self,

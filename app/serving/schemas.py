@@ -1,4 +1,4 @@
-"""Boundary models of the model registry and prediction routes (DESIGN §2, §5)."""
+"""Boundary models of the model registry and prediction routes (the uncertainty fields are defined in docs/serving.md)."""
 
 from __future__ import annotations
 

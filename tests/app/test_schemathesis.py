@@ -1,5 +1,5 @@
 """Schemathesis over the whole OpenAPI spec of a live API (a registered model, a valid
-key), bounded to about nine hundred generated requests: zero server errors (DESIGN §5:
+key), bounded to about nine hundred generated requests: zero server errors (the contract:
 a 5xx is a bug)."""
 
 from __future__ import annotations

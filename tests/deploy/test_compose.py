@@ -1,5 +1,5 @@
 """docker-compose.yml checked by the real Docker Compose binary (`config`), then the
-parsed configuration checked for what the deployment promises (DESIGN §6, issue 6)."""
+parsed configuration checked for what the deployment promises."""
 
 from __future__ import annotations
 

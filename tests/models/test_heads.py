@@ -1,4 +1,4 @@
-"""The HET head against the formulas of DESIGN §1, checked within Monte Carlo error."""
+"""The HET head against the formulas of models/heads.py, checked within Monte Carlo error."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""predictive_uncertainty: every DESIGN §2 field against its definition."""
+"""predictive_uncertainty: every per-example field against its definition."""
 
 from __future__ import annotations
 
