@@ -3,7 +3,8 @@ route (or Starlette's form parser) reads a byte of the body.
 
 For each HTTP request, in order:
 
-1. ``/v1``: the client address is refused with 429 (``Retry-After``) while it is
+1. ``/v1`` and ``/v2/models`` (the Open Inference Protocol's model routes; its health
+   routes stay open): the client address is refused with 429 (``Retry-After``) while it is
    throttled for wrong keys; the bearer key is checked (401 when missing or wrong; a wrong
    one counts against the address); a ``predict`` key asking for anything else gets 403.
    The key is left in ``request.state.api_key`` for ``app.deps.require_api_key``.
@@ -46,9 +47,16 @@ class BodyTooLarge(HTTPException):
 
 
 def is_serving_post(method: str, path: str) -> bool:
-    """``POST /v1/models/{model}/<action>`` (predict): reads, even though a POST."""
+    """``POST /v1/models/{model}/<action>`` (predict) or ``POST /v2/models/{model}/infer``:
+    reads, even though a POST."""
     parts = path.strip("/").split("/")
-    return method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "models"]
+    return (
+        method == "POST" and len(parts) == 4 and parts[0] in ("v1", "v2") and parts[1] == "models"
+    )
+
+
+def needs_key(path: str) -> bool:
+    return path in ("/v1", "/v2/models") or path.startswith(("/v1/", "/v2/models/"))
 
 
 def body_limit(settings: Settings, method: str, path: str) -> tuple[int, int]:
@@ -67,12 +75,14 @@ def bearer_token(headers: Headers) -> str | None:
     return token.strip()
 
 
-def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error(
+    status: int, detail: str, headers: dict[str, str] | None = None, path: str = ""
+) -> JSONResponse:
     # Connection: close: answered before the body was read, so the server closes the
     # connection instead of reading (or spooling) whatever the client still sends.
-    return JSONResponse(
-        {"detail": detail}, status, headers={**(headers or {}), "Connection": "close"}
-    )
+    # The Open Inference Protocol (/v2) names the message "error".
+    key = "error" if path.startswith("/v2/") else "detail"
+    return JSONResponse({key: detail}, status, headers={**(headers or {}), "Connection": "close"})
 
 
 class RequestGate:
@@ -90,13 +100,13 @@ class RequestGate:
         state = scope.setdefault("state", {})
 
         key = None
-        if path == "/v1" or path.startswith("/v1/"):
+        if needs_key(path):
             refusal, key = self.authenticate(app_state, scope, headers)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
             if key.scope is KeyScope.PREDICT and not predict_scope_allows(method, path):
-                await error(403, "this API key may only predict and read models")(
+                await error(403, "this API key may only predict and read models", path=path)(
                     scope, receive, send
                 )
                 if method in WRITE_METHODS:
@@ -109,7 +119,7 @@ class RequestGate:
         limit, named_limit = body_limit(settings, method, path)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await error(413, f"request body exceeds the limit of {named_limit} bytes")(
+            await error(413, f"request body exceeds the limit of {named_limit} bytes", path=path)(
                 scope, receive, send
             )
             return
@@ -146,7 +156,7 @@ class RequestGate:
             if started:
                 raise
             status = 413
-            await error(413, exc.detail)(scope, receive, send)
+            await error(413, exc.detail, path=path)(scope, receive, send)
         finally:
             if audited:
                 audit(scope, key.fingerprint, status, b"".join(captured))
@@ -154,11 +164,15 @@ class RequestGate:
     def authenticate(self, app_state, scope: Scope, headers: Headers):
         """(None, key) when the key is valid, else (a refusal response, None)."""
         address = (scope.get("client") or ("unknown",))[0]
+        path = scope["path"]
         throttle: FailureThrottle = app_state.auth_throttle
         wait = throttle.retry_after(address)
         if wait is not None:
             return error(
-                429, "too many failed authentications; retry later", {"Retry-After": str(wait)}
+                429,
+                "too many failed authentications; retry later",
+                {"Retry-After": str(wait)},
+                path,
             ), None
         token = bearer_token(headers)
         if token is None:
@@ -166,11 +180,12 @@ class RequestGate:
                 401,
                 "missing API key: send 'Authorization: Bearer <key>'",
                 {"WWW-Authenticate": "Bearer"},
+                path,
             ), None
         key = app_state.key_ring.match(token)
         if key is None:
             throttle.failed(address)
-            return error(401, "invalid API key", {"WWW-Authenticate": "Bearer"}), None
+            return error(401, "invalid API key", {"WWW-Authenticate": "Bearer"}, path), None
         return None, key
 
 

@@ -27,7 +27,18 @@ from app.auth import KeyRing
 from app.deps import require_api_key
 from app.errors import concurrent_change, store_unavailable, validation_failed
 from app.logs import configure_logging
-from app.routers import aliases, datasets, health, jobs, metrics, models, noise, predict, ui
+from app.routers import (
+    aliases,
+    datasets,
+    health,
+    jobs,
+    kserve,
+    metrics,
+    models,
+    noise,
+    predict,
+    ui,
+)
 from app.serving.runtime import ServingRuntime
 from app.settings import Settings, get_settings
 
@@ -84,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(metrics.router)
+    app.include_router(kserve.router)  # /v1/models/{id}/triton and the /v2 protocol
     ui.install(app)
     return app
 

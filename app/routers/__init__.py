@@ -5,6 +5,8 @@
 - models.py: the model registry               - aliases.py: ``/v1/aliases``
 - predict.py: ``POST /v1/models/{model_id}/predict``, the hot path
 - noise.py: ``/v1/models/{model_id}/noise`` and ``/label-issues``
+- kserve.py: ``/v1/models/{model_id}/triton`` (a Triton model repository) and the Open
+  Inference Protocol (``/v2``) on the same runtime
 - ui.py: the dashboard ``/ui``, ``/static``, and ``/docs``, ``/redoc`` from vendored files
 
 Their dependencies (settings, database session, runtime, API key) are the aliases in

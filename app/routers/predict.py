@@ -24,7 +24,8 @@ from app.deps import RuntimeDep, SettingsDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.serving.inputs import InputError, parse_images, parse_inputs
 from app.serving.metrics import JSON_OFF_LOOP_BYTES, InstrumentedRoute
-from app.serving.onnx_model import ModelFileError
+from app.serving.onnx_model import ModelFileError, OnnxModel
+from app.serving.runtime import ServingRuntime
 from app.serving.schemas import PredictRequest, PredictResponse
 
 try:
@@ -107,17 +108,7 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
             ["body", "mc_samples"], f"mc_samples must be in [1, {settings.max_mc_samples}]"
         )
 
-    served = runtime.directory.cached(model_id) or await run_in_threadpool(
-        runtime.directory.lookup, model_id
-    )
-    if served is None:
-        raise HTTPException(404, f"no model or alias {model_id!r}")
-    resolved_id = request.state.model_id = served.model_id
-    try:
-        model = await runtime.model((resolved_id, served.onnx_sha256), served.path)
-    except ModelFileError:  # deleted by another API process since our cached lookup
-        runtime.directory.invalidate()
-        raise HTTPException(404, f"model {resolved_id} is no longer available") from None
+    resolved_id, model = await served_model(request, runtime, model_id)
     input_shape = model.input_shape
     try:
         if body.inputs is not None:
@@ -165,6 +156,25 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
             "predictions": rows,
         }
     )
+
+
+async def served_model(
+    request: Request, runtime: ServingRuntime, model_id: str
+) -> tuple[str, OnnxModel]:
+    """(model id, loaded model) of a model id or alias, through the runtime's lookup and
+    session caches; 404 when there is none. Also names the model for /metrics."""
+    served = runtime.directory.cached(model_id) or await run_in_threadpool(
+        runtime.directory.lookup, model_id
+    )
+    if served is None:
+        raise HTTPException(404, f"no model or alias {model_id!r}")
+    resolved_id = request.state.model_id = served.model_id
+    try:
+        model = await runtime.model((resolved_id, served.onnx_sha256), served.path)
+    except ModelFileError:  # deleted by another API process since our cached lookup
+        runtime.directory.invalidate()
+        raise HTTPException(404, f"model {resolved_id} is no longer available") from None
+    return resolved_id, model
 
 
 def first_non_finite_row(outputs: dict, names: list[str]) -> int | None:

@@ -1,4 +1,5 @@
-"""Every /v1 route needs the API key, whichever router declares it: the routes are
+"""Every /v1 route and every /v2/models route (the Open Inference Protocol's; its errors
+say "error", not "detail") needs the API key, whichever router declares it: the routes are
 enumerated from the app itself, so a route added later is checked without a change here."""
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ OPEN_PATHS = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
 }
+KEYED = ("/v1/", "/v2/models/")
 
 
 def http_routes(app) -> list[tuple[str, str]]:
@@ -54,7 +59,7 @@ def concrete(path: str) -> str:
 def test_only_health_metrics_and_docs_are_open(app_and_client):
     app, _ = app_and_client
     paths = {path for _, path in http_routes(app)}
-    assert {p for p in paths if not p.startswith("/v1/")} <= OPEN_PATHS
+    assert {p for p in paths if not p.startswith(KEYED)} <= OPEN_PATHS
     assert len([p for p in paths if p.startswith("/v1/")]) >= 10  # the enumeration saw them
 
 
@@ -68,12 +73,14 @@ def test_only_health_metrics_and_docs_are_open(app_and_client):
 )
 def test_every_v1_route_answers_401_without_a_valid_key(app_and_client, headers, detail):
     app, client = app_and_client
-    v1 = [(m, p) for m, p in http_routes(app) if p.startswith("/v1/")]
-    for method, path in v1:
+    keyed = [(m, p) for m, p in http_routes(app) if p.startswith(KEYED)]
+    assert any(p.startswith("/v2/models/") for _, p in keyed)
+    for method, path in keyed:
         r = client.request(method, concrete(path), headers=headers)
         assert r.status_code == 401, (method, path, r.status_code, r.text)
         assert r.headers["www-authenticate"] == "Bearer", (method, path)
-        assert r.json()["detail"].startswith(detail), (method, path, r.text)
+        message = r.json()["error" if path.startswith("/v2/") else "detail"]
+        assert message.startswith(detail), (method, path, r.text)
 
 
 def test_a_valid_key_gets_past_the_check_on_every_v1_route(app_and_client):
@@ -81,6 +88,6 @@ def test_a_valid_key_gets_past_the_check_on_every_v1_route(app_and_client):
     app, client = app_and_client
     auth = {"Authorization": f"Bearer {API_KEY}"}
     for method, path in http_routes(app):
-        if path.startswith("/v1/"):
+        if path.startswith(KEYED):
             r = client.request(method, concrete(path), headers=auth)
             assert r.status_code != 401, (method, path, r.text)

@@ -32,6 +32,13 @@ PUBLISHED = {
     "aliases-list_aliases",
     "aliases-delete_alias",
     "predict-predict",
+    "kserve-get_triton_repository",
+    "kserve-server_metadata",
+    "kserve-server_live",
+    "kserve-server_ready",
+    "kserve-model_metadata",
+    "kserve-model_ready",
+    "kserve-infer",
 }
 
 

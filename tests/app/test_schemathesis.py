@@ -21,11 +21,12 @@ from tests.app.serving_support import (
 
 MAX_EXAMPLES = 12  # per operation and phase: 20 operations -> ~900 requests, ~1 minute
 
-# GET and POST model routes use an alias of the registered model, so predict is fuzzed
-# past the 404 (the alias also turns a fuzzed DELETE of the model into a 409).
+# GET and POST model routes (/v1 and the /v2 protocol's) use an alias of the registered
+# model, so predict and infer are fuzzed past the 404 (the alias also turns a fuzzed
+# DELETE of the model into a 409).
 CONFIG = """
 [[operations]]
-include-path-regex = "^/v1/models/\\\\{model_id\\\\}(/predict|/onnx)?$"
+include-path-regex = "^/v[12]/models/\\\\{model_id\\\\}(/predict|/onnx|/triton|/ready|/infer)?$"
 include-method-regex = "^(GET|POST)$"
 parameters = { "path.model_id" = "fuzz" }
 """
