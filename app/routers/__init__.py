@@ -15,5 +15,10 @@ app/deps.py; app/main.py mounts every ``/v1`` router under the API key check.
 
 from __future__ import annotations
 
-AUTH_ERRORS = {401: {"description": "missing or invalid API key"}}
-MODEL_NOT_FOUND = {404: {"description": "no model with that id or alias"}}
+from typing import Any
+
+# What FastAPI's ``responses=`` takes: status code (or "default") -> OpenAPI response object.
+Responses = dict[int | str, dict[str, Any]]
+
+AUTH_ERRORS: Responses = {401: {"description": "missing or invalid API key"}}
+MODEL_NOT_FOUND: Responses = {404: {"description": "no model with that id or alias"}}

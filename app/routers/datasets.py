@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.deps import ArtifactsDep, SessionDep, SettingsDep
+from app.routers import AUTH_ERRORS, Responses
 from app.schemas import DatasetOut
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -34,8 +35,8 @@ router = APIRouter(
     route_class=InstrumentedRoute,
 )
 
-ERRORS = {
-    401: {"description": "missing or invalid API key"},
+ERRORS: Responses = {
+    **AUTH_ERRORS,
     413: {"description": "upload larger than HETSERVE_MAX_UPLOAD_BYTES"},
     415: {"description": "not a .npz, .csv or .zip"},
     422: {

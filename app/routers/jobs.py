@@ -18,6 +18,7 @@ from app import broker
 from app.db import session_scope
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.retention import JobConflict, JobNotFound, delete_job
+from app.routers import AUTH_ERRORS, Responses
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -33,10 +34,7 @@ router = APIRouter(
 
 EVENT_POLL_S = 0.5
 KEEPALIVE_S = 15.0
-NOT_FOUND = {
-    404: {"description": "no such job"},
-    401: {"description": "missing or invalid API key"},
-}
+NOT_FOUND: Responses = {404: {"description": "no such job"}, **AUTH_ERRORS}
 
 
 def job_out(job: Job, history: list | None = None) -> JobOut:
@@ -226,7 +224,8 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep):
             quiet += EVENT_POLL_S
             if await request.is_disconnected():
                 return
-            job = await run_in_threadpool(_snapshot, settings, job_id) or job
+            fresh = await run_in_threadpool(_snapshot, settings, job_id)
+            job = fresh or job
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

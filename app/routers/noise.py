@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from app import label_issues_file
 from app.deps import ArtifactsDep, SessionDep
-from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, Responses
 from app.routers.models import ModelRef, find_model
 from app.routers.predict import ServingRoute
 from app.serving.schemas import LabelIssuesOut, NoiseReportOut
@@ -28,7 +28,7 @@ from app.store import Job, Model
 router = APIRouter(prefix="/v1/models", tags=["noise"], route_class=ServingRoute)
 
 MAX_ISSUES = 10_000
-NOT_COMPUTED = {409: {"description": "the model has none (the detail says why)"}}
+NOT_COMPUTED: Responses = {409: {"description": "the model has none (the detail says why)"}}
 
 
 def not_computed(model: Model, what: str) -> HTTPException:
@@ -100,7 +100,9 @@ def get_label_issues(
         raise HTTPException(
             404, f"the label issues of model {model.id} are missing from the artifact store"
         )
-    dataset_id = session.get(Job, model.job_id).dataset_id
+    job = session.get(Job, model.job_id)
+    assert job is not None  # a model's job outlives it (models.job_id references jobs.id)
+    dataset_id = job.dataset_id
     return LabelIssuesOut(
         model_id=model.id, dataset_id=dataset_id, **label_issues_file.read_head(path, limit)
     )

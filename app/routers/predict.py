@@ -31,7 +31,7 @@ from app.serving.schemas import PredictRequest, PredictResponse
 try:
     import orjson
 except ImportError:  # an optional speedup; the standard library encodes the same JSON
-    orjson = None
+    orjson = None  # type: ignore[assignment]  # callers test `orjson is None`
 
 
 class ServingRoute(InstrumentedRoute):
@@ -114,6 +114,7 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
         if body.inputs is not None:
             x = parse_inputs(body.inputs, input_shape, settings.max_batch_rows)
         else:
+            assert body.images is not None  # exactly one of the two, checked above
             x = await run_in_threadpool(
                 parse_images, body.images, input_shape, settings.max_batch_rows
             )
