@@ -24,10 +24,11 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.engine import make_url
@@ -62,9 +63,15 @@ class JobConflict(Exception):
     """The job cannot be deleted now (running, has models, an alias points at one)."""
 
 
+T = TypeVar("T")
+
+
 def _remove_after_commit(
-    settings: Settings, artifacts: ArtifactStore, change, paths_of
-) -> tuple[object, list[Path]]:
+    settings: Settings,
+    artifacts: ArtifactStore,
+    change: Callable[[Session], T],
+    paths_of: Callable[[T], Iterable[str]],
+) -> tuple[T, list[Path]]:
     """Run ``change(session)`` in one transaction; then, under the artifact lock of each
     path ``paths_of(result)`` names (taken in sorted order: no deadlock between two
     deletes), set aside the files no row refers to any more, commit, and delete them.
@@ -81,7 +88,7 @@ def _remove_after_commit(
         for aside, relative in asides:
             artifacts.put_back(aside, relative)
         raise
-    removed = []
+    removed: list[Path] = []
     for aside, relative in asides:
         if aside is not None:
             aside.unlink(missing_ok=True)

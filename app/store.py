@@ -12,6 +12,7 @@ Repositories take a ``Session`` and never commit: the caller's ``session_scope``
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import uuid
 from datetime import UTC, datetime
@@ -193,11 +194,9 @@ def artifact_columns() -> list:
 def artifact_references(session: Session, artifact_path: str) -> int:
     """How many rows, in every table, refer to ``artifact_path``."""
     return sum(
-        int(
-            session.scalar(
-                select(func.count()).select_from(column.table).where(column == artifact_path)
-            )
-        )
+        session.execute(
+            select(func.count()).select_from(column.table).where(column == artifact_path)
+        ).scalar_one()
         for column in artifact_columns()
     )
 
@@ -240,7 +239,7 @@ class DatasetStore:
         query = (
             select(func.count()).select_from(Dataset).where(Dataset.artifact_path == artifact_path)
         )
-        return int(self.session.scalar(query))
+        return self.session.execute(query).scalar_one()
 
     def delete(self, dataset_id: str) -> Dataset | None:
         """Delete a dataset no job refers to; raise InUseError otherwise."""
@@ -278,7 +277,7 @@ class JobStore:
             query = query.where(Job.status == status)
         return list(self.session.scalars(query))
 
-    def list_by_status(self, status: str) -> list[Job]:
+    def list_by_status(self, status: str) -> builtins.list[Job]:
         return list(
             self.session.scalars(select(Job).where(Job.status == status).order_by(Job.created_at))
         )
@@ -301,7 +300,7 @@ class JobStore:
         self.session.add(JobHistory(job_id=job_id, epoch=epoch, payload=payload))
         self.session.flush()
 
-    def history(self, job_id: str) -> list[JobHistory]:
+    def history(self, job_id: str) -> builtins.list[JobHistory]:
         query = select(JobHistory).where(JobHistory.job_id == job_id).order_by(JobHistory.id)
         return list(self.session.scalars(query))
 
@@ -373,7 +372,9 @@ class ModelStore:
             with self.session.begin_nested():
                 self.session.add(model)
         except IntegrityError:  # a concurrent delivery won the UNIQUE(job_id, role) race
-            return self.by_job(job_id, role)
+            winner = self.by_job(job_id, role)
+            assert winner is not None  # the row the UNIQUE constraint ran into
+            return winner
         return model
 
     def by_job(self, job_id: str, role: str) -> Model | None:
@@ -391,11 +392,9 @@ class ModelStore:
         return list(self.session.scalars(query))
 
     def count_for_job(self, job_id: str) -> int:
-        return int(
-            self.session.scalar(
-                select(func.count()).select_from(Model).where(Model.job_id == job_id)
-            )
-        )
+        return self.session.execute(
+            select(func.count()).select_from(Model).where(Model.job_id == job_id)
+        ).scalar_one()
 
     # -- aliases: a stable name pointing at one model ------------------------------
     def set_alias(self, name: str, model_id: str) -> Alias:
@@ -411,7 +410,7 @@ class ModelStore:
     def get_alias(self, name: str) -> Alias | None:
         return self.session.get(Alias, name)
 
-    def list_aliases(self) -> list[Alias]:
+    def list_aliases(self) -> builtins.list[Alias]:
         return list(self.session.scalars(select(Alias).order_by(Alias.name)))
 
     def delete_alias(self, name: str) -> bool:
