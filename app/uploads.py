@@ -49,7 +49,7 @@ class CanonicalDataset:
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, **self.arrays, class_names=np.asarray(self.class_names, dtype=str))
+        np.savez(buffer, **self.arrays, class_names=np.asarray(self.class_names, dtype=str))  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
         return buffer.getvalue()
 
 

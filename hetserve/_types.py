@@ -162,7 +162,8 @@ class PredictResult:
         return self.array("label")
 
     @property
-    def class_names(self) -> list[str]:
+    def class_names(self) -> list[str | None]:
+        """[N] the class name per row (None where a row has none)."""
         return [row.get("class_name") for row in self.rows]
 
     @property

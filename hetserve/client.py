@@ -182,7 +182,7 @@ class Client:
         if class_names is not None:
             arrays["class_names"] = np.asarray([str(c) for c in class_names])
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
         filename = name if name.endswith(".npz") else f"{name}.npz"
         return self.upload_dataset(buffer.getvalue(), filename=filename, name=name)
 

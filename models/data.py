@@ -75,9 +75,7 @@ class ArrayDataset:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     def counts(self) -> dict[str, int]:
-        return {
-            f"num_{s}": 0 if self.split(s)[0] is None else len(self.split(s)[0]) for s in SPLITS
-        }
+        return {f"num_{s}": 0 if (x := self.split(s)[0]) is None else len(x) for s in SPLITS}
 
 
 class TooLarge(DatasetError):
@@ -130,11 +128,13 @@ def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
     numpy allocates the declared shape up front, so a small compressed file declaring
     huge arrays must be refused here. Labels count at 8 bytes (int64), the rest at
     least 4 (float32)."""
+    archive = npz.zip
+    assert archive is not None  # an open NpzFile
     total = 0
-    for info in npz.zip.infolist():
+    for info in archive.infolist():
         name = info.filename.removesuffix(".npy")
         try:
-            with npz.zip.open(info) as f:
+            with archive.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 read_header = (
                     np.lib.format.read_array_header_1_0
@@ -170,6 +170,7 @@ def read_npz(
         if max_expanded_bytes is not None:
             # A .npz is a zip: refuse a compressed bomb before any array is inflated,
             # by the sizes the zip declares and by the shapes the npy headers declare.
+            assert npz.zip is not None  # an open NpzFile
             expanded = max(
                 sum(info.file_size for info in npz.zip.infolist()), npz_declared_bytes(npz)
             )
@@ -337,8 +338,8 @@ def decode_image(stream: IO[bytes], size: int, grayscale: bool, name: str) -> np
     """One image → float32 [C, size, size] in [0, 1]: the preprocessing of training and
     of serving (predict's `images`), so both see the same pixels."""
     try:
-        with Image.open(stream) as image:
-            image = image.convert("L" if grayscale else "RGB").resize(
+        with Image.open(stream) as opened:
+            image = opened.convert("L" if grayscale else "RGB").resize(
                 (size, size), Image.Resampling.BILINEAR
             )
             pixels = np.asarray(image, dtype=np.float32) / 255.0
@@ -356,13 +357,14 @@ def from_arrays(arrays: dict[str, np.ndarray], class_names: list[str] | None) ->
     multilabel = arrays["y_train"].ndim == 2
     out: dict[str, np.ndarray] = {}
     feature_shape = None
-    num_classes = None
+    num_classes: int | None = None
     for split in SPLITS:
         x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
         if (x is None) != (y is None):
             raise DatasetError(f"x_{split} and y_{split} must be given together")
         if x is None:
             continue
+        assert y is not None  # given together, checked above
         for name, arr in ((f"x_{split}", x), (f"y_{split}", y)):
             if arr.dtype.kind not in "biuf":
                 raise DatasetError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -426,6 +428,7 @@ def from_arrays(arrays: dict[str, np.ndarray], class_names: list[str] | None) ->
             raise DatasetError(
                 f"labels out of range: found label {largest} but only {num_classes} class names"
             )
+    assert num_classes is not None  # set from y_train above
     if num_classes < 2:
         raise DatasetError(f"need at least 2 classes, got {num_classes}")
     if num_classes > MAX_CLASSES:
@@ -487,4 +490,4 @@ def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def save_npz(ds: ArrayDataset, path: str | Path) -> None:
     arrays = {k: v for k, v in vars(ds).items() if isinstance(v, np.ndarray)}
-    np.savez(path, **arrays, class_names=np.asarray(ds.class_names, dtype=str))
+    np.savez(path, **arrays, class_names=np.asarray(ds.class_names, dtype=str))  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
