@@ -131,6 +131,7 @@ class KeyRing:
             self._fixed = parse_keys(generated_key(settings), KEY_FILE)
 
     def _file_signature(self) -> tuple | None:
+        assert self.file is not None  # called only when a key file is configured
         try:
             st = os.stat(self.file)
         except OSError:
@@ -138,6 +139,7 @@ class KeyRing:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _read_file(self) -> list[ApiKey]:
+        assert self.file is not None  # called only when a key file is configured
         return parse_keys(Path(self.file).read_text(), str(self.file))
 
     def keys(self) -> list[ApiKey]:

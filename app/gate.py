@@ -158,7 +158,7 @@ class RequestGate:
             status = 413
             await error(413, exc.detail, path=path)(scope, receive, send)
         finally:
-            if audited:
+            if audited and key is not None:  # audited implies a key
                 audit(scope, key.fingerprint, status, b"".join(captured))
 
     def authenticate(self, app_state, scope: Scope, headers: Headers):

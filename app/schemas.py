@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from app.statuses import JobStatus
 from models.spec import RunParts, RunSpec, Task
 
-JOB_SPEC_EXAMPLE = {
+JOB_SPEC_EXAMPLE: JsonDict = {
     "dataset_id": "3f0c9d7e1b2a4c5d8e9f0a1b2c3d4e5f",
     "task": "multiclass",
     "head": {

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from models.onnx_contract import MAX_SEED
 
@@ -107,7 +108,7 @@ class AliasOut(BaseModel):
     updated_at: datetime
 
 
-PREDICT_EXAMPLE = {
+PREDICT_EXAMPLE: JsonDict = {
     "inputs": [[0.0] * 4, [1.0, 2.0, 3.0, 4.0]],
     "mc_samples": 1000,
     "seed": 7,
