@@ -355,7 +355,7 @@ def cmd_datasets_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_dataset(args: argparse.Namespace, dataset: dict) -> None:
+def _print_dataset(args: argparse.Namespace, dataset: hetserve.Dataset) -> None:
     if args.json:
         print_json(dataset)
     elif args.quiet:
@@ -393,7 +393,7 @@ def cmd_datasets_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_line(d: dict) -> str:
+def _dataset_line(d: hetserve.Dataset) -> str:
     return (
         f"{d['id']}  {d['name']}  {d['task']}  x{d['input_shape']}  {d['num_classes']} classes  "
         f"train/val/test {d['num_train']}/{d['num_val']}/{d['num_test']}"
@@ -479,7 +479,7 @@ def _follow_and_report(client: Client, job_id: str, args: argparse.Namespace) ->
     return 0 if job["status"] == JobStatus.SUCCEEDED else 1
 
 
-def follow_job(client: Client, job_id: str, out=None, quiet: bool = False) -> dict:
+def follow_job(client: Client, job_id: str, out=None, quiet: bool = False) -> hetserve.Job:
     """Draw a progress bar while the job runs (server-sent events, polling if the stream
     breaks: ``Client.wait``); returns the final job (with history). ``quiet``: no bar."""
     bar = None if quiet else ProgressBar(out or sys.stderr, client, job_id)
@@ -505,14 +505,14 @@ class ProgressBar:
         self.out, self.client, self.job_id = out, client, job_id
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.last: str | None = None
-        self.tqdm = None
+        self.tqdm: Any = None  # a tqdm bar (untyped library), on a terminal once drawn
         self.started: tuple[float, float] | None = None  # (time, fraction) at first running
         self.epoch_key: tuple | None = None
         self.loss: float | None = None
         self.sweep: list[str] = []
         self.epoch_times: list[float] = []
 
-    def _history(self, job: dict) -> None:
+    def _history(self, job: hetserve.Job) -> None:
         """Loss and sweep units come from the job's history: fetched once per new epoch."""
         progress = job.get("progress") or {}
         key = (progress.get("phase"), progress.get("epoch"), job.get("status"))
@@ -535,7 +535,7 @@ class ProgressBar:
         if len(self.epoch_times) < len(history):
             self.epoch_times += [time.monotonic()] * (len(history) - len(self.epoch_times))
 
-    def describe(self, job: dict) -> tuple[float, str]:
+    def describe(self, job: hetserve.Job) -> tuple[float, str]:
         progress = job.get("progress") or {}
         fraction = min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0)
         if job["status"] == JobStatus.SUCCEEDED:
@@ -564,7 +564,7 @@ class ProgressBar:
             parts.append(f"{per_epoch:.1f} s/epoch")
         return fraction, " ".join(parts)
 
-    def draw(self, job: dict) -> None:
+    def draw(self, job: hetserve.Job) -> None:
         self._history(job)
         fraction, detail = self.describe(job)
         if self.tty:
@@ -578,7 +578,7 @@ class ProgressBar:
         self.out.write(f"{line}\n")
         self.out.flush()
 
-    def _draw_tqdm(self, job: dict, fraction: float, detail: str) -> None:
+    def _draw_tqdm(self, job: hetserve.Job, fraction: float, detail: str) -> None:
         from tqdm import tqdm
 
         if self.tqdm is None:
@@ -603,7 +603,7 @@ def _duration(seconds: float) -> str:
     )
 
 
-def print_job(job: dict) -> None:
+def print_job(job: hetserve.Job) -> None:
     print(f"job {job['id']}: {job['status']}")
     progress = job.get("progress") or {}
     if job["status"] not in TERMINAL_STATUSES and progress.get("epochs"):
@@ -616,8 +616,8 @@ def print_job(job: dict) -> None:
     for role in ("model_id", "baseline_model_id"):
         if job.get(role):
             print(f"  {role}: {job[role]}")
-    if job.get("metrics"):
-        print(metrics_table(job["metrics"]))
+    if metrics := job.get("metrics"):
+        print(metrics_table(metrics))
 
 
 def metrics_table(metrics: dict) -> str:
@@ -716,8 +716,8 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     if m.get("baseline_model_id"):
         print(f"  baseline {m['baseline_model_id']}")
     columns = {"model": m.get("metrics") or {}}
-    if m.get("baseline_metrics"):
-        columns["baseline"] = m["baseline_metrics"]
+    if baseline := m.get("baseline_metrics"):
+        columns["baseline"] = baseline
     if columns["model"]:
         print(metrics_table(columns))
     return 0
@@ -926,7 +926,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_job(job)
     if job["status"] != JobStatus.SUCCEEDED:
         return 1
-    result = client.predict(job["model_id"], x_example, seed=0, top_k=3, correlated_pairs=True)
+    model_id = job["model_id"]
+    assert model_id is not None  # a succeeded job has its model
+    result = client.predict(model_id, x_example, seed=0, top_k=3, correlated_pairs=True)
     print(f"one test image (true class {y_example}) through the served model, "
           f"S={result.mc_samples} samples:")  # fmt: skip
     print(prediction_summary(result.rows[0]))
