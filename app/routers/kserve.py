@@ -455,7 +455,11 @@ def encode_response(
     tensors, chunks = [], []
     for name, binary in wanted:
         value = outputs[name]
-        tensor = {"name": name, "datatype": DATATYPE_OF[value.dtype], "shape": list(value.shape)}
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPE_OF[value.dtype],
+            "shape": list(value.shape),
+        }
         if binary:
             raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
@@ -472,7 +476,7 @@ def encode_response(
     }
     if not chunks:
         return json_response(payload)
-    header = json_response(payload).body
+    header = bytes(json_response(payload).body)
     return Response(
         header + b"".join(chunks),
         media_type="application/octet-stream",
