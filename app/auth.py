@@ -121,7 +121,7 @@ class KeyRing:
         if settings.api_keys is not None and not self._fixed and self.file is None:
             raise ValueError("HETSERVE_API_KEYS is set but holds no key")
         self._from_file: list[ApiKey] = []
-        self._signature: tuple | None = None
+        self._signature: tuple[int, int, int] | None = None
         if self.file is not None:
             self._from_file = self._read_file()  # a broken file at start is fatal
             self._signature = self._file_signature()
@@ -130,7 +130,7 @@ class KeyRing:
                 raise ValueError(f"HETSERVE_API_KEYS_FILE {self.file} holds no key")
             self._fixed = parse_keys(generated_key(settings), KEY_FILE)
 
-    def _file_signature(self) -> tuple | None:
+    def _file_signature(self) -> tuple[int, int, int] | None:
         assert self.file is not None  # called only when a key file is configured
         try:
             st = os.stat(self.file)
@@ -151,7 +151,7 @@ class KeyRing:
                         self._reload(signature)
         return self._fixed + self._from_file
 
-    def _reload(self, signature: tuple | None) -> None:
+    def _reload(self, signature: tuple[int, int, int] | None) -> None:
         try:
             keys = self._read_file()
         except (OSError, ValueError) as exc:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sql
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from app.settings import Settings
 
@@ -34,7 +35,7 @@ class EmbeddedSQLTransport(kombu_sql.Transport):
     """
 
     class Channel(kombu_sql.Channel):
-        def _engine_from_config(self):
+        def _engine_from_config(self) -> Engine:
             url = self.connection.client.hostname
             if url.startswith("sqlite"):
                 return create_engine(url, connect_args={"timeout": 30})
@@ -51,7 +52,7 @@ def result_backend_url(settings: Settings) -> str:
     return f"db+{database}"
 
 
-def broker_config(settings: Settings) -> dict:
+def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration shared by the app (client) and the worker."""
     if settings.job_time_limit_s >= settings.broker_visibility_timeout_s:
         raise ValueError(
@@ -59,7 +60,7 @@ def broker_config(settings: Settings) -> dict:
             "else Redis redelivers running jobs (celery#5935)"
         )
     broker_url, transport = settings.resolved_broker_url, None
-    transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout_s}
     if broker_url.startswith(("sqla+", "sqlalchemy+")):
         broker_url, transport = broker_url.split("+", 1)[1], f"{__name__}:EmbeddedSQLTransport"
         transport_options = {"polling_interval": settings.broker_polling_interval_s}

@@ -32,7 +32,8 @@ from app.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -50,7 +51,8 @@ async def get_artifacts(request: Request) -> ArtifactStore:
 
 
 async def get_runtime(request: Request) -> ServingRuntime:
-    return request.app.state.runtime
+    runtime: ServingRuntime = request.app.state.runtime
+    return runtime
 
 
 async def require_api_key(
@@ -60,7 +62,7 @@ async def require_api_key(
 ) -> ApiKey:
     """The key the gate (app/gate.py) checked for this /v1 request; 401 if it did not
     (a route mounted where the gate does not look)."""
-    key = getattr(request.state, "api_key", None)
+    key: ApiKey | None = getattr(request.state, "api_key", None)
     if key is None:
         raise HTTPException(401, "missing API key", headers={"WWW-Authenticate": "Bearer"})
     return key

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +36,7 @@ def excerpt(value: object) -> object:
     return text
 
 
-def json_safe_error(error: dict) -> dict:
+def json_safe_error(error: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
     out["loc"] = [excerpt(part) for part in error.get("loc", ())]
     if "input" in error:

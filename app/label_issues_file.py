@@ -21,13 +21,15 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 ARRAYS = ("index", "given", "suggested", "score", "flagged")
 
 
-def encode(scores, flagged, given, suggested) -> bytes:
+def encode(scores: ArrayLike, flagged: ArrayLike, given: ArrayLike, suggested: ArrayLike) -> bytes:
     """The .npz bytes for per-row arrays in upload order (row i = x_train[i])."""
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
@@ -67,7 +69,7 @@ def _read(archive: zipfile.ZipFile, name: str, limit: int | None) -> np.ndarray:
         return np.frombuffer(fp.read(count * dtype.itemsize), dtype=dtype, count=count)
 
 
-def read_head(path: str | Path, limit: int) -> dict:
+def read_head(path: str | Path, limit: int) -> dict[str, Any]:
     """``{"num_examples", "num_flagged", "issues": [{"index", "given_label",
     "suggested_label", "score", "flagged"}, ...]}``: the first ``limit`` entries."""
     with zipfile.ZipFile(path) as archive:

@@ -7,6 +7,7 @@ free), so the API and the worker validate a spec with the same rules.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
@@ -143,10 +144,10 @@ class JobOut(BaseModel):
     id: str
     dataset_id: str
     status: JobStatus
-    spec: dict
+    spec: dict[str, Any]
     progress: Progress
-    metrics: dict | None = None
-    history: list[dict] | None = Field(
+    metrics: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = Field(
         None, description="one entry per trained epoch (GET /v1/jobs/{id} only)"
     )
     model_id: str | None = None

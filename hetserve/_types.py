@@ -3,8 +3,13 @@ so ``dict`` code keeps working and type checkers know the keys)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:  # numpy is optional for the client: imported on first use
+    from numpy.typing import NDArray
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -134,30 +139,33 @@ class PredictResult:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
 
-    def array(self, name: str):
+    def array(self, name: str) -> NDArray[Any]:
         """Field ``name`` of every row as one numpy array (NaN where the API sent null)."""
         np = _numpy()
         values = [row.get(name) for row in self.rows]
+        out: NDArray[Any]
         if all(v is None for v in values):
-            return np.full(len(values), np.nan)
+            out = np.full(len(values), np.nan)
+            return out
         if any(v is None for v in values):
             shape = np.shape(next(v for v in values if v is not None))
             values = [np.full(shape, np.nan) if v is None else v for v in values]
-        return np.asarray(values, dtype=np.int64 if name == "label" else np.float64)
+        out = np.asarray(values, dtype=np.int64 if name == "label" else np.float64)
+        return out
 
     @property
-    def probs(self):
+    def probs(self) -> NDArray[Any]:
         """[N, K] predictive probabilities."""
         return self.array("probs")
 
     @property
-    def labels(self):
+    def labels(self) -> NDArray[Any]:
         """[N] argmax class per row."""
         return self.array("label")
 
@@ -167,31 +175,31 @@ class PredictResult:
         return [row.get("class_name") for row in self.rows]
 
     @property
-    def confidence(self):
+    def confidence(self) -> NDArray[Any]:
         return self.array("confidence")
 
     @property
-    def entropy(self):
+    def entropy(self) -> NDArray[Any]:
         return self.array("entropy")
 
     @property
-    def expected_entropy(self):
+    def expected_entropy(self) -> NDArray[Any]:
         return self.array("expected_entropy")
 
     @property
-    def prob_std(self):
+    def prob_std(self) -> NDArray[Any]:
         return self.array("prob_std")
 
     @property
-    def mc_stderr(self):
+    def mc_stderr(self) -> NDArray[Any]:
         return self.array("mc_stderr")
 
     @property
-    def noise_std(self):
+    def noise_std(self) -> NDArray[Any]:
         return self.array("noise_std")
 
 
-def _numpy():
+def _numpy() -> ModuleType:
     try:
         import numpy
     except ImportError:  # pragma: no cover - numpy is optional for the client

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -36,6 +36,9 @@ from hetserve._types import (
     PredictResult,
 )
 from hetserve.errors import ConnectionFailed, HetserveError, error_for
+
+if TYPE_CHECKING:  # numpy is optional for the client: imported on first use
+    from numpy.typing import ArrayLike
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 60.0
@@ -92,10 +95,10 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One HTTP call; an error status raises :class:`ApiError`, a network failure
         :class:`ConnectionFailed`. Returns the httpx response."""
         try:
@@ -105,19 +108,19 @@ class Client:
         _raise_for_status(response, method, path)
         return response
 
-    def _json(self, method: str, path: str, **kwargs) -> Any:
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
     # ------------------------------------------------------------------ health
 
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` while the API process is up."""
-        return self._json("GET", "/healthz")
+        return cast(dict[str, Any], self._json("GET", "/healthz"))
 
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: store and broker status; raises :class:`ServiceUnavailable`
         (503) when either is down."""
-        return self._json("GET", "/readyz")
+        return cast(dict[str, Any], self._json("GET", "/readyz"))
 
     # ------------------------------------------------------------------ datasets
 
@@ -149,23 +152,25 @@ class Client:
                 raise FileNotFoundError(f"no such file: {path}")
             with path.open("rb") as f:
                 files = {"file": (filename or path.name, f)}
-                return self._json("POST", "/v1/datasets", files=files, data=form)
+                return cast(Dataset, self._json("POST", "/v1/datasets", files=files, data=form))
         if filename is None:
             filename = getattr(file, "name", None)
             if not isinstance(filename, str):
                 raise ValueError("give filename= (e.g. 'data.npz') with bytes or a file object")
             filename = Path(filename).name
-        return self._json("POST", "/v1/datasets", files={"file": (filename, file)}, data=form)
+        return cast(
+            Dataset, self._json("POST", "/v1/datasets", files={"file": (filename, file)}, data=form)
+        )
 
     def upload_arrays(
         self,
-        x_train,
-        y_train,
+        x_train: ArrayLike,
+        y_train: ArrayLike,
         *,
-        x_val=None,
-        y_val=None,
-        x_test=None,
-        y_test=None,
+        x_val: ArrayLike | None = None,
+        y_val: ArrayLike | None = None,
+        x_test: ArrayLike | None = None,
+        y_test: ArrayLike | None = None,
         class_names: Sequence[str] | None = None,
         name: str = "arrays.npz",
     ) -> Dataset:
@@ -190,14 +195,17 @@ class Client:
         """Register a dataset that stays where it is (``POST /v1/datasets`` with
         ``{"uri": "file:///…"}``): an ``.npz`` or an image-folder tree under one of the
         service's ``HETSERVE_DATASET_ROOTS`` (otherwise 403)."""
-        return self._json("POST", "/v1/datasets", json={"uri": uri})
+        return cast(Dataset, self._json("POST", "/v1/datasets", json={"uri": uri}))
 
     def list_datasets(self, *, limit: int = 100, offset: int = 0) -> list[Dataset]:
         """Datasets, newest first."""
-        return self._json("GET", "/v1/datasets", params={"limit": limit, "offset": offset})
+        return cast(
+            list[Dataset],
+            self._json("GET", "/v1/datasets", params={"limit": limit, "offset": offset}),
+        )
 
     def get_dataset(self, dataset_id: str) -> Dataset:
-        return self._json("GET", f"/v1/datasets/{_id(dataset_id)}")
+        return cast(Dataset, self._json("GET", f"/v1/datasets/{_id(dataset_id)}"))
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Remove a dataset; :class:`ConflictError` while jobs use it."""
@@ -221,11 +229,11 @@ class Client:
                 body[key].update(value)
             else:
                 body[key] = value
-        return self._json("POST", "/v1/jobs", json=body)
+        return cast(Job, self._json("POST", "/v1/jobs", json=body))
 
     def get_job(self, job_id: str) -> Job:
         """A job with its per-epoch ``history``."""
-        return self._json("GET", f"/v1/jobs/{_id(job_id)}")
+        return cast(Job, self._json("GET", f"/v1/jobs/{_id(job_id)}"))
 
     def list_jobs(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
@@ -235,11 +243,11 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status is not None:
             params["status"] = status
-        return self._json("GET", "/v1/jobs", params=params)
+        return cast(list[Job], self._json("GET", "/v1/jobs", params=params))
 
     def cancel_job(self, job_id: str) -> Job:
         """Ask a job to stop (cooperative); :class:`ConflictError` if it already ended."""
-        return self._json("POST", f"/v1/jobs/{_id(job_id)}/cancel")
+        return cast(Job, self._json("POST", f"/v1/jobs/{_id(job_id)}/cancel"))
 
     def delete_job(self, job_id: str, *, models: bool = False) -> None:
         """Delete an ended job with its history and checkpoints (``DELETE /v1/jobs/{id}``).
@@ -329,11 +337,11 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if role is not None:
             params["role"] = role
-        return self._json("GET", "/v1/models", params=params)
+        return cast(list[Model], self._json("GET", "/v1/models", params=params))
 
     def get_model(self, model_id: str) -> Model:
         """One model, by id or alias."""
-        return self._json("GET", f"/v1/models/{_id(model_id)}")
+        return cast(Model, self._json("GET", f"/v1/models/{_id(model_id)}"))
 
     def delete_model(self, model_id: str) -> None:
         """Remove a model (by id); :class:`ConflictError` while an alias points at it."""
@@ -371,23 +379,28 @@ class Client:
         """The model's label-noise report over its training inputs: most confused class
         pairs (flip rate, latent correlation), the flip matrix (None when K is large),
         the noise std by class."""
-        return self._json("GET", f"/v1/models/{_id(model_id)}/noise")
+        return cast(NoiseReport, self._json("GET", f"/v1/models/{_id(model_id)}/noise"))
 
     def label_issues(self, model_id: str, limit: int | None = None) -> LabelIssues:
         """Training rows the model thinks are mislabeled, most likely first; ``index``
         is the row of the uploaded ``x_train``. ``limit`` caps the ``issues`` listed
         (``num_flagged`` counts them all)."""
         params = {} if limit is None else {"limit": limit}
-        return self._json("GET", f"/v1/models/{_id(model_id)}/label-issues", params=params)
+        return cast(
+            LabelIssues,
+            self._json("GET", f"/v1/models/{_id(model_id)}/label-issues", params=params),
+        )
 
     # ------------------------------------------------------------------ aliases
 
     def set_alias(self, name: str, model_id: str) -> Alias:
         """Point alias ``name`` at a model (create or move)."""
-        return self._json("PUT", f"/v1/aliases/{_id(name)}", json={"model_id": model_id})
+        return cast(
+            Alias, self._json("PUT", f"/v1/aliases/{_id(name)}", json={"model_id": model_id})
+        )
 
     def list_aliases(self) -> list[Alias]:
-        return self._json("GET", "/v1/aliases")
+        return cast(list[Alias], self._json("GET", "/v1/aliases"))
 
     def delete_alias(self, name: str) -> None:
         """Remove an alias (the model stays)."""

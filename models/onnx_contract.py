@@ -7,6 +7,8 @@ keeps a copy: the API may import it because it pulls in no torch and no onnx.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # Outputs of every exported graph, in this order. Baseline models have the same outputs,
@@ -41,7 +43,7 @@ RESERVED_METADATA = (*REQUIRED_METADATA, "parity", "outputs")
 MAX_SEED = 2**63 - 1
 
 
-def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict]:
+def rank_pairs(classes: np.ndarray, rho: np.ndarray, max_pairs: int = 5) -> list[dict[str, Any]]:
     """The off-diagonal pairs of one input's ``rho`` (T x T, among ``classes``) with the
     largest |rho|, largest first. Exact zeros are no pairs: R = 0 and the baseline have
     an exactly diagonal covariance."""

@@ -61,21 +61,21 @@ class HeadSpec(_Strict):
 
     @field_validator("temperature")
     @classmethod
-    def _positive_temperature(cls, value):
+    def _positive_temperature(cls, value: float | str) -> float | str:
         if isinstance(value, float) and not value > 0:
             raise ValueError("a fixed temperature must be > 0")
         return value
 
     @field_validator("temperature_bounds")
     @classmethod
-    def _ordered_bounds(cls, value):
+    def _ordered_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0 < value[0] < value[1]:
             raise ValueError("temperature_bounds must be (lo, hi) with 0 < lo < hi")
         return value
 
     @field_validator("temperature_grid")
     @classmethod
-    def _positive_distinct_grid(cls, value):
+    def _positive_distinct_grid(cls, value: list[float]) -> list[float]:
         if any(not t > 0 for t in value):
             raise ValueError("every grid temperature must be > 0")
         # Each grid value trains a unit named after it ("tau=1.5"): two values with the

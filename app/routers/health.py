@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -40,7 +41,7 @@ def check_data_dir(settings: Settings) -> None:
     summary="The process is up",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
-def healthz() -> dict:
+def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class InputError(ValueError):
         super().__init__(f"{_path(loc)}: {msg}")
         self.loc, self.msg = loc, msg
 
-    def detail(self) -> list[dict]:
+    def detail(self) -> list[dict[str, Any]]:
         """FastAPI's own 422 shape, so clients handle every validation error alike."""
         return [
             {
@@ -52,7 +53,7 @@ def check_rows(count: int, field: str, max_rows: int) -> None:
         raise InputError((field,), f"{count} rows; at most {max_rows} per request")
 
 
-def parse_inputs(inputs: list, input_shape: list[int], max_rows: int) -> np.ndarray:
+def parse_inputs(inputs: list[Any], input_shape: list[int], max_rows: int) -> np.ndarray:
     """Nested lists ``[N, *input_shape]`` of numbers → float32 array."""
     check_rows(len(inputs), "inputs", max_rows)
     for i, row in enumerate(inputs):
@@ -71,7 +72,7 @@ def parse_inputs(inputs: list, input_shape: list[int], max_rows: int) -> np.ndar
     return x32
 
 
-def _check_nested(value, shape: list[int], loc: Loc) -> None:
+def _check_nested(value: Any, shape: list[int], loc: Loc) -> None:
     """``value`` must be nested lists of exactly ``shape`` with numbers at the leaves."""
     if type(value) is not list:
         raise InputError(loc, f"expected a list of {shape[0]} (shape {shape}), got {_kind(value)}")
@@ -87,7 +88,7 @@ def _check_nested(value, shape: list[int], loc: Loc) -> None:
         _check_nested(inner, shape[1:], (*loc, j))
 
 
-def _kind(value) -> str:
+def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 

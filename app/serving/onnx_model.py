@@ -53,9 +53,11 @@ import os
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import ArrayLike
 
 from models.onnx_contract import MAX_SEED, META_PREFIX, REQUIRED_METADATA, rank_pairs
 
@@ -72,7 +74,7 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
-def read_metadata(session: ort.InferenceSession) -> dict:
+def read_metadata(session: ort.InferenceSession) -> dict[str, Any]:
     """The ``hetserve.*`` metadata_props, JSON-decoded, prefix stripped."""
     props = session.get_modelmeta().custom_metadata_map
     meta = {}
@@ -166,7 +168,7 @@ class OnnxModel:
 
     # -- running the graph ---------------------------------------------------------
 
-    def check_input(self, x) -> np.ndarray:
+    def check_input(self, x: ArrayLike) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if list(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1:
             raise ValueError(
@@ -224,7 +226,7 @@ class OnnxModel:
         correlated_pairs: bool = False,
         max_pairs: int = 5,
         predictive: str = "marginal",
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
         expected_entropy, prob_std, mc_stderr = prob_std / sqrt(S), noise_std,
         noise_free_probs (files that have it), and correlated_pairs (when asked) and
@@ -270,7 +272,7 @@ class OnnxModel:
             rows.append(row)
         return rows
 
-    def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
+    def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
         order = np.argsort(-probs, kind="stable")[: max(0, k)]
         return [
             {"class": int(c), "class_name": self.class_names[c], "prob": float(probs[c])}
@@ -283,7 +285,8 @@ def entropy_of(probs: np.ndarray, task: str) -> np.ndarray:
     per row; multilabel, each label's binary entropy."""
     p = probs.astype(np.float64)
     if task == "multiclass":
-        return (-(p * np.log(np.clip(p, 1e-12, None))).sum(-1)).astype(probs.dtype)
+        entropy: np.ndarray = (-(p * np.log(np.clip(p, 1e-12, None))).sum(-1)).astype(probs.dtype)
+        return entropy
     q = 1 - p
     h = -(p * np.log(np.clip(p, 1e-12, None)) + q * np.log(np.clip(q, 1e-12, None)))
     return h.astype(probs.dtype)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 # onnxruntime's type strings -> the protocol's datatypes (Triton's are "TYPE_" + these).
 ORT_DATATYPES = {
@@ -58,12 +59,12 @@ class TensorSpec:
     shape: tuple[int, ...]  # -1 where the graph's dimension is dynamic (the batch)
     optional: bool = False
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
         """The protocol's tensor metadata object."""
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-def _spec(arg, optional: bool = False) -> TensorSpec:
+def _spec(arg: Any, optional: bool = False) -> TensorSpec:
     datatype = ORT_DATATYPES.get(arg.type)
     if datatype is None:
         raise ValueError(f"tensor {arg.name!r} has a type Triton does not take: {arg.type}")
@@ -71,7 +72,7 @@ def _spec(arg, optional: bool = False) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape, optional)
 
 
-def signature(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def signature(session: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """(inputs, outputs) of an onnxruntime session: the graph's inputs, then its
     overridable initializers (``num_samples``, ``seed``) as optional inputs."""
     inputs = [_spec(a) for a in session.get_inputs()]
