@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # (.[train]); test, lint and bench add the test and lint tools (.[dev]).
 RUN_STAMP := $(VENV)/.installed-train
 DEV_STAMP := $(VENV)/.installed-dev
+# mypy's scope: the API, the client and the torch-free models modules the API imports.
+MYPY_PATHS := app hetserve models/spec.py models/onnx_contract.py models/data.py models/label_issues.py
 
 .PHONY: test run lint bench clean
 
@@ -15,15 +17,19 @@ $(VENV)/.installed-%: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
-test: $(DEV_STAMP)
-	$(BIN)/ruff check .
+# The static checks (make lint) run first, so CI (.ci/run calls make test) enforces them.
+test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 run: $(RUN_STAMP)
 	$(BIN)/hetserve up
 
+# Lint, format, the import contracts (.importlinter) and the types (pyproject's [tool.mypy]).
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy $(MYPY_PATHS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/head_speed.py
@@ -31,4 +37,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/export_speed.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .import_linter_cache
