@@ -48,6 +48,8 @@ Both are equivariant under a permutation of the rows, up to exact ties in the ma
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 SCORES = ("self_confidence", "normalized_margin")
@@ -145,7 +147,7 @@ def find_label_issues(
     return scores, flagged
 
 
-def noise_free_probs(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def noise_free_probs(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """softmax(mu(x) / tau) (sigmoid for multilabel) of a ``Classifier`` over x, in batches.
 
     Exact, no sampling; for a softmax baseline it is its ordinary predictive. Rows in

@@ -192,14 +192,21 @@ def training_bytes(spec: RunParts, input_shape: Sequence[int], num_classes: int)
 
 
 class DatasetFacts(Protocol):
-    """What the checks need to know of a dataset (the store's dataset row has it all)."""
+    """What the checks need to know of a dataset (the store's dataset row has it all).
+    Read-only, so a row whose ``input_shape`` is a ``list[int]`` fits."""
 
-    id: str
-    task: str
-    input_shape: Sequence[int]
-    num_classes: int
-    num_train: int
-    num_val: int
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def input_shape(self) -> Sequence[int]: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def num_train(self) -> int: ...
+    @property
+    def num_val(self) -> int: ...
 
 
 def check_fits(spec: RunSpec, dataset: DatasetFacts) -> None:

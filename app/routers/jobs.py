@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +25,7 @@ from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
-from app.store import DatasetStore, Job, JobStore
+from app.store import Dataset, DatasetStore, Job, JobHistory, JobStore
 from models.spec import SpecMismatch, check_fits
 
 router = APIRouter(
@@ -37,14 +39,14 @@ KEEPALIVE_S = 15.0
 NOT_FOUND: Responses = {404: {"description": "no such job"}, **AUTH_ERRORS}
 
 
-def job_out(job: Job, history: list | None = None) -> JobOut:
+def job_out(job: Job, history: list[JobHistory] | None = None) -> JobOut:
     out = JobOut.model_validate(job)
     if history is not None:
         out.history = [{"epoch": h.epoch, **h.payload} for h in history]
     return out
 
 
-def check_spec_fits(spec: JobSpec, dataset) -> dict:
+def check_spec_fits(spec: JobSpec, dataset: Dataset) -> dict[str, Any]:
     """The checks against the dataset, the same function the worker runs before it
     trains; returns the spec to store, task filled in."""
     run = spec.run_spec(dataset.task)
@@ -165,7 +167,7 @@ async def remove_job(
     return Response(status_code=204)
 
 
-def _snapshot(settings: Settings, job_id: str) -> dict | None:
+def _snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
     with session_scope(settings) as session:
         job = JobStore(session).get(job_id)
         return None if job is None else job_out(job).model_dump(mode="json")
@@ -201,12 +203,12 @@ def _snapshot(settings: Settings, job_id: str) -> dict | None:
         },
     },
 )
-async def job_events(job_id: str, request: Request, settings: SettingsDep):
+async def job_events(job_id: str, request: Request, settings: SettingsDep) -> StreamingResponse:
     first = await run_in_threadpool(_snapshot, settings, job_id)
     if first is None:
         raise HTTPException(404, f"job {job_id} not found")
 
-    async def stream():
+    async def stream() -> AsyncIterator[str]:
         job, last, quiet = first, None, 0.0
         while True:
             key = (job["status"], json.dumps(job["progress"], sort_keys=True))

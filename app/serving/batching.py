@@ -42,12 +42,14 @@ from app.serving.metrics import BATCH_REQUESTS, BATCH_ROWS, INFERENCE_LATENCY, Q
 from app.serving.onnx_model import OnnxModel
 
 Outputs = dict[str, np.ndarray]
+# (id of the event loop, model id, id of the model object, num_samples, seed)
+LaneKey = tuple[int, str, int, int, int | None]
 
 
 @dataclass
 class _Waiting:
     inputs: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[Outputs]
     arrived: float  # loop.time()
 
 
@@ -57,9 +59,9 @@ class _Lane:
 
     pending: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
-    full: asyncio.Future | None = None  # set while the drain task waits for rows
+    full: asyncio.Future[None] | None = None  # set while the drain task waits for rows
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
-    task: asyncio.Task | None = None  # held here: the loop keeps only a weak reference
+    task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
 
 
 def run_timed(
@@ -97,14 +99,14 @@ class DynamicBatcher:
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max(0.0, max_queue_delay_ms) / 1000
-        self._lanes: dict[tuple, _Lane] = {}
+        self._lanes: dict[LaneKey, _Lane] = {}
 
     async def run(
         self, model: OnnxModel, model_id: str, x: np.ndarray, num_samples: int, seed: int | None
     ) -> Outputs:
         loop = asyncio.get_running_loop()
         # The loop is part of the key: lanes hold futures bound to the loop they serve.
-        key = (id(loop), model_id, id(model), num_samples, seed)
+        key: LaneKey = (id(loop), model_id, id(model), num_samples, seed)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -117,7 +119,15 @@ class DynamicBatcher:
         QUEUE_DEPTH.labels(model_id).inc()
         return await waiting.future
 
-    async def _drain(self, key, lane: _Lane, model, model_id: str, num_samples: int, seed) -> None:
+    async def _drain(
+        self,
+        key: LaneKey,
+        lane: _Lane,
+        model: OnnxModel,
+        model_id: str,
+        num_samples: int,
+        seed: int | None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             while lane.pending:
@@ -153,7 +163,7 @@ class DynamicBatcher:
                 if not w.future.done():
                     w.future.cancel()
 
-    async def _fill(self, lane: _Lane, loop) -> None:
+    async def _fill(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
         """Wait until the lane holds a full batch or its oldest request's delay is up.
 
         One timer per batch, woken early only when the batch fills: arrivals in between
@@ -180,6 +190,6 @@ class DynamicBatcher:
         return batch
 
 
-def _resolve(future: asyncio.Future) -> None:
+def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
