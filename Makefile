@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # One stamp per extra: `make run` installs only what the API and the worker need
-# (.[train]); test, lint and bench add the test and lint tools (.[dev]).
+# (.[train]); test and lint add the test and lint tools (.[dev]); bench adds .[bench].
 RUN_STAMP := $(VENV)/.installed-train
 DEV_STAMP := $(VENV)/.installed-dev
 # mypy's scope: the API, the client and the torch-free models modules the API imports.
@@ -31,10 +31,12 @@ lint: $(DEV_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy $(MYPY_PATHS)
 
-bench: $(DEV_STAMP)
+# .[bench] adds cleanlab (AGPL-3.0: a benchmark reference only, never a service dependency).
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/head_speed.py
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/export_speed.py
+	$(BIN)/python bench/noise_free_speed.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .import_linter_cache
