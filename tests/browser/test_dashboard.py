@@ -138,7 +138,13 @@ def test_job_page_draws_curves_metrics_and_the_noise_sections(signed_in, origin,
     assert len(cells) == 12 and "–" not in cells, cells
     # The model's own reliability diagram, noise report and label issues, drawn from the
     # worker's results.
-    wait(signed_in, lambda d: css(d, "#reliability svg.reliability rect"), what="reliability")
+    wait(
+        signed_in,
+        lambda d: len(css(d, "#reliability svg.reliability")) == 3,
+        what="reliability diagrams of both HET predictives and the baseline",
+    )
+    titles = signed_in.find_element(By.ID, "reliability").text
+    assert "HET · noise-free" in titles and "softmax baseline" in titles, titles
     wait(
         signed_in,
         lambda d: len(css(d, "#noise svg.heatmap rect")) == len(CLASS_NAMES) ** 2,

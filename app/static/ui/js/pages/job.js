@@ -55,10 +55,18 @@ function reliabilitySection(job, model) {
   const figures = [];
   for (const [who, metrics] of sources) {
     if (!metrics) continue;
-    for (const [key, value] of Object.entries(metrics)) {
-      if (!key.endsWith("reliability")) continue;
+    // metrics.reliability = {marginal: bins, noise_free: bins} (one diagram per
+    // predictive), or a single bins record.
+    const rel = metrics.reliability;
+    if (!rel) continue;
+    const named = rel.bin_edges || Array.isArray(rel) ? { marginal: rel } : rel;
+    const titles = { marginal: "MC predictive", noise_free: "noise-free" };
+    for (const [predictive, value] of Object.entries(named)) {
       const bins = reliabilityBins(value);
-      if (bins?.length) figures.push(reliabilityDiagram(bins, `${who} ${key.replace(/_?reliability$/, "").replace(/_/g, " ") || "MC predictive"}`.trim()));
+      if (!bins?.length) continue;
+      const title = who === "baseline" ? "softmax baseline" : `HET · ${titles[predictive] || predictive}`;
+      if (who === "baseline" && predictive !== "marginal") continue; // identical for a softmax
+      figures.push(reliabilityDiagram(bins, title));
     }
   }
   return h("section.card#reliability", {}, h("h2", {}, "Reliability"),
