@@ -28,9 +28,10 @@ import torch
 
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.data import ArrayDataset, standardisation, with_validation_split
+from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
 from models.metrics import evaluate, reliability_diagram
 from models.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
+from models.streaming import streamed_batches
 
 EVAL_SEED = 12345
 EVAL_BATCH = EVAL_BATCH_ROWS  # the noise-memory check sizes evaluation draws by it
@@ -139,11 +140,18 @@ def train_run(
     device = resolve_device(spec.train.device)
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # parameter init and dropout
-    mean, std = standardisation(data.x_train)
+    streaming = isinstance(data.x_train, ImageFiles)
+    if streaming:  # an image folder on disk: stats from a sample, batches streamed
+        mean, std = data.x_train.standardisation(seed=cfg.seed)
+    else:
+        mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
 
-    x_train = torch.as_tensor(data.x_train, device=device)
-    y_train = torch.as_tensor(data.y_train, device=device)
+    if streaming:
+        x_train, y_train = data.x_train, data.y_train
+    else:
+        x_train = torch.as_tensor(data.x_train, device=device)
+        y_train = torch.as_tensor(data.y_train, device=device)
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -184,13 +192,22 @@ def train_run(
     tau_label = spec.head.temperature if spec.head.kind == "het" else None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen)
+        if streaming:
+            batches = streamed_batches(x_train, y_train, perm, cfg.batch_size, device)
+        else:
+            perm = perm.to(device)
+            batches = (
+                (x_train[b], y_train[b])
+                for b in (
+                    perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    for step in range(steps_per_epoch)
+                )
+            )
         running, seen = 0.0, 0
-        for step in range(steps_per_epoch):
+        for step, (xb, yb) in enumerate(batches):
             if callbacks.should_cancel and callbacks.should_cancel():
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
-            batch = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb, yb = x_train[batch], y_train[batch]
             if images and spec.backbone.augment:
                 xb = augment_images(xb, hflip=spec.backbone.hflip, generator=gen)
             with autocast:
@@ -200,8 +217,8 @@ def train_run(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += float(loss.detach()) * len(batch)
-            seen += len(batch)
+            running += float(loss.detach()) * len(yb)
+            seen += len(yb)
             if callbacks.on_step and (step + 1) % callbacks.step_every == 0:
                 callbacks.on_step(
                     _progress(
