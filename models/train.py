@@ -147,6 +147,9 @@ def train_run(
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
 
+    # A streamed folder is evaluated a training batch at a time: memory stays a few
+    # batches whatever the size of the validation and test splits.
+    eval_rows = cfg.batch_size if streaming else None
     if streaming:
         x_train, y_train = data.x_train, data.y_train
     else:
@@ -233,7 +236,7 @@ def train_run(
                     )
                 )
 
-        val = evaluate_split(model, data.x_val, data.y_val, spec.task)
+        val = evaluate_split(model, data.x_val, data.y_val, spec.task, batch_rows=eval_rows)
         val.pop("reliability")
         entry = _progress(
             epoch,
@@ -275,18 +278,22 @@ def train_run(
         )
     model.load_state_dict(best["state"])
     model.eval()
-    val = evaluate_split(model, data.x_val, data.y_val, spec.task)
+    val = evaluate_split(model, data.x_val, data.y_val, spec.task, batch_rows=eval_rows)
     x_eval, y_eval = (
         (data.x_test, data.y_test) if data.x_test is not None else (data.x_val, data.y_val)
     )
-    test = evaluate_split(model, x_eval, y_eval, spec.task)
+    test = evaluate_split(model, x_eval, y_eval, spec.task, batch_rows=eval_rows)
     reliability = test.pop("reliability")
     val.pop("reliability")
     metrics = {f"test_{k}": v for k, v in test.items()} | {f"val_{k}": v for k, v in val.items()}
     # The noise-free predictive softmax(mu / tau) of the same model, beside the MC one
     # (equal for the softmax baseline, whose predictive has no noise).
-    nf_test = evaluate_split(model, x_eval, y_eval, spec.task, noise_free=True)
-    nf_val = evaluate_split(model, data.x_val, data.y_val, spec.task, noise_free=True)
+    nf_test = evaluate_split(
+        model, x_eval, y_eval, spec.task, noise_free=True, batch_rows=eval_rows
+    )
+    nf_val = evaluate_split(
+        model, data.x_val, data.y_val, spec.task, noise_free=True, batch_rows=eval_rows
+    )
     nf_reliability = nf_test.pop("reliability")
     nf_val.pop("reliability")
     metrics |= {f"noise_free_test_{k}": v for k, v in nf_test.items()}
@@ -318,16 +325,19 @@ def predict_proba(
     num_samples: int | None = None,
     seed: int = EVAL_SEED,
     noise_free: bool = False,
+    batch_rows: int | None = None,
 ) -> np.ndarray:
-    """Predictive probabilities for a whole array, in batches, with seeded noise.
+    """Predictive probabilities for a whole array, in batches (``batch_rows``, default
+    EVAL_BATCH), with seeded noise. ``x`` may be ImageFiles: each batch is decoded then.
 
     noise_free: the noise-free predictive softmax(mu / tau) instead (no sampling)."""
     model.eval()
+    rows = batch_rows or EVAL_BATCH
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for start in range(0, len(x), EVAL_BATCH):
-        xb = torch.as_tensor(x[start : start + EVAL_BATCH], device=device)
+    for start in range(0, len(x), rows):
+        xb = torch.as_tensor(x[start : start + rows], device=device)
         if noise_free:
             probs = model.noise_free_probs(xb)
         else:
@@ -337,9 +347,16 @@ def predict_proba(
 
 
 def evaluate_split(
-    model: Classifier, x, y, task: str, num_samples: int | None = None, noise_free: bool = False
+    model: Classifier,
+    x,
+    y,
+    task: str,
+    num_samples: int | None = None,
+    noise_free: bool = False,
+    batch_rows: int | None = None,
 ) -> dict:
-    return evaluate(predict_proba(model, x, num_samples, noise_free=noise_free), y, task)
+    probs = predict_proba(model, x, num_samples, noise_free=noise_free, batch_rows=batch_rows)
+    return evaluate(probs, y, task)
 
 
 def _progress(epoch, epochs, step, steps, idx, total, train_loss, tau) -> dict:

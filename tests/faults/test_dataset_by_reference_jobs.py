@@ -91,3 +91,28 @@ def test_a_changed_or_missing_file_fails_the_job_naming_it(setup, change):
     status, error, _ = job_row(settings, job_id)
     word = "changed since the dataset was registered" if change == "rewrite" else "is missing"
     assert status == "failed" and "train/green/00003.png" in error and word in error, error
+
+
+def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    x = (rng.normal(size=(60, 4)) + 2.0 * y[:, None]).astype(np.float32)
+    path = roots / "points.npz"
+    np.savez(path, x_train=x, y_train=y)
+    settings = make_settings(tmp_path / "data", dataset_roots=str(roots))
+    with client_for(settings) as client:
+        r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+    spec = SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
+    with session_scope(settings) as session:
+        job_id = JobStore(session).create(dataset_id, spec).id
+    assert jobs.run_job(job_id, settings) == "succeeded", job_row(settings, job_id)
+    np.savez(path, x_train=x[:50], y_train=y[:50])
+    with session_scope(settings) as session:
+        job_id = JobStore(session).create(dataset_id, spec).id
+    assert jobs.run_job(job_id, settings) == "failed"
+    _, error, _ = job_row(settings, job_id)
+    assert "points.npz" in error and "changed since the dataset was registered" in error
