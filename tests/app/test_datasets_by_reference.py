@@ -74,6 +74,11 @@ def test_image_folder_registers_with_its_manifest(service, roots):
     # Grayscale: one channel.
     r = register(client, f"file://{folder}", image_size=8, grayscale=True)
     assert r.status_code == 201 and r.json()["input_shape"] == [1, 8, 8]
+    # Deleting a dataset deletes its manifest, never the data.
+    for d in client.get("/v1/datasets", headers=AUTH).json():
+        assert client.delete(f"/v1/datasets/{d['id']}", headers=AUTH).status_code == 204
+    assert_nothing_written(client, settings)
+    assert len(list(folder.rglob("*.png"))) == 18
 
 
 def test_npz_registers_in_place(service, roots):
