@@ -674,15 +674,14 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     (``data`` is the dataset as stored, never split), so a row index is a row of the
     upload.
 
+    A registered image folder is read from disk again, a batch of images at a time
+    (two passes: label issues, then the noise report).
+
     Multilabel: (None, None), neither is defined. A softmax baseline: no noise report
     (None), but label issues from its own softmax (cheap, and a useful comparison). A
     HET head whose covariance is exactly zero: ``{"unavailable": reason}``.
     """
     if data.task != "multiclass":
-        return None, None
-    if isinstance(data.x_train, ImageFiles):
-        # A streamed image folder: neither is computed yet (each needs a pass over
-        # every training image); the model row has none.
         return None, None
     start = time.perf_counter()
     x, y = data.x_train, np.asarray(data.y_train, dtype=np.int64)
@@ -691,7 +690,9 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     scores, flagged, suggested = [], [], []
     for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
         chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
-        probs = noise_free_probs(model, x[chunk])
+        # A streamed image folder: a lazy subset, decoded a batch at a time.
+        rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
+        probs = noise_free_probs(model, rows)
         chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
         scores.append(chunk_scores)
         flagged.append(chunk_flagged)

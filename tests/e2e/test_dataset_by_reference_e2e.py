@@ -67,3 +67,9 @@ def test_image_folder_by_reference_trains_streaming_and_predicts_images(stack):
         ]
         r = client.post(f"/v1/models/{done['model_id']}/predict", json={"inputs": x, "seed": 1})
         assert [p["probs"] for p in r.json()["predictions"]] == [p["probs"] for p in predictions]
+
+        # What the model knows about its training labels, the folder read again.
+        noise = client.get(f"/v1/models/{done['model_id']}/noise")
+        assert noise.status_code == 200 and noise.json()["num_examples"] == 72, noise.text
+        issues = client.get(f"/v1/models/{done['model_id']}/label-issues")
+        assert issues.status_code == 200, issues.text

@@ -74,6 +74,9 @@ def test_an_image_folder_streams_and_trains(setup):
     with session_scope(settings) as session:
         model = ModelStore(session).get(model_id)
         assert model.input_shape == [3, 8, 8] and model.class_names == ["blue", "green", "red"]
+        # What the model knows about its training labels, over the folder read again.
+        assert model.noise_report["num_examples"] == 36, model.noise_report
+        assert model.label_issues_path is not None
 
 
 @pytest.mark.parametrize("change", ["rewrite", "remove"])
