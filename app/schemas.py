@@ -52,6 +52,24 @@ class JobSpec(RunParts):
         )
 
 
+class DatasetReference(BaseModel):
+    """POST /v1/datasets as JSON: a dataset that stays where it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(
+        ...,
+        max_length=4096,
+        description="file:///abs/path of an image-folder tree (train/<class>/*.png|jpg,"
+        " optional val/ test/) or of a .npz, under HETSERVE_DATASET_ROOTS",
+    )
+    name: str | None = Field(None, max_length=255, description="display name; default the uri")
+    image_size: int = Field(
+        32, ge=4, le=512, description="image folders: images are resized to this square size"
+    )
+    grayscale: bool = Field(False, description="image folders: decode as one channel")
+
+
 class DatasetOut(BaseModel):
     model_config = ConfigDict(
         from_attributes=True,

@@ -52,6 +52,17 @@ class Settings(BaseSettings):
         2, ge=1, description="uploads one API process decodes at once; others wait"
     )
     decode_wait_s: float = 30.0  # an upload waits this long for a decode slot, then 503
+    dataset_roots: str | None = Field(
+        None,
+        description="comma-separated absolute folders whose datasets may be registered by"
+        " reference (POST /v1/datasets {uri}); unset: registration by reference is off",
+    )
+    dataset_sample_decode: int = Field(
+        32, ge=1, description="images a registration by reference decodes to check them"
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="worker: DataLoader processes streaming an image-folder dataset"
+    )
     job_time_limit_s: int = 6 * 3600
     max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
@@ -92,6 +103,10 @@ class Settings(BaseSettings):
     model_lookup_ttl_s: float = 1.0  # how long an API process reuses a model/alias lookup
 
     log_level: str = "INFO"
+
+    @property
+    def dataset_root_list(self) -> list[str]:
+        return [r.strip() for r in (self.dataset_roots or "").split(",") if r.strip()]
 
     @property
     def resolved_database_url(self) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
 import zipfile
 import zlib
@@ -491,3 +492,260 @@ def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def save_npz(ds: ArrayDataset, path: str | Path) -> None:
     arrays = {k: v for k, v in vars(ds).items() if isinstance(v, np.ndarray)}
     np.savez(path, **arrays, class_names=np.asarray(ds.class_names, dtype=str))  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
+
+
+# -- datasets by reference: image folders and .npz files that stay where they are ------
+
+MANIFEST_VERSION = 1
+DEFAULT_SAMPLE_DECODE = 32
+MAX_FOLDER_FILES = 10_000_000
+
+
+class NotAllowed(DatasetError):
+    """The path is outside the allowed roots (or a symlink leads outside them): HTTP 403."""
+
+
+def within_roots(path: str | Path, roots: list[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in roots)
+
+
+def resolve_reference(path: str | Path, roots: list[str | Path]) -> Path:
+    """The real path of a dataset reference; NotAllowed unless it lies under one of
+    ``roots`` (after following every symlink, the roots' own included)."""
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    if not within_roots(path, real_roots):
+        raise NotAllowed(f"{path} is outside the allowed dataset roots")
+    return Path(os.path.realpath(path))
+
+
+def scan_reference(
+    path: str | Path,
+    roots: list[str | Path],
+    *,
+    image_size: int = 32,
+    grayscale: bool = False,
+    sample: int = DEFAULT_SAMPLE_DECODE,
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
+) -> dict:
+    """Validate a dataset in place and return its manifest: an image-folder tree
+    (``train/<class>/*.png|jpg``, optional ``val/`` and ``test/``) or an ``.npz`` file.
+    NotAllowed (403) for a path outside ``roots`` or a symlink leading out of them;
+    DatasetError (422) for a bad layout or an undecodable sample image."""
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    if not os.path.lexists(path):
+        raise DatasetError(f"{path} does not exist")
+    root = resolve_reference(path, real_roots)
+    if root.is_file():
+        if root.suffix.lower() != ".npz":
+            raise DatasetError(f"{path} is a file but not a .npz: give a .npz or a folder")
+        return _scan_npz(root, max_expanded_bytes)
+    if not root.is_dir():
+        raise DatasetError(f"{path} is neither a folder nor a .npz file")
+    return _scan_folder(root, real_roots, image_size, grayscale, sample)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _scan_npz(path: Path, max_expanded_bytes: int) -> dict:
+    ds = from_arrays(*read_npz(path.read_bytes(), max_expanded_bytes=max_expanded_bytes))
+    size, mtime = _stat(path)
+    return {
+        "version": MANIFEST_VERSION,
+        "format": "npz-ref",
+        "root": str(path.parent),
+        "file": {"path": path.name, "size": size, "mtime_ns": mtime},
+        "class_names": ds.class_names,
+        "task": ds.task,
+        "input_shape": ds.input_shape,
+        "counts": ds.counts(),
+    }
+
+
+def _listdir(folder: Path, roots: list[Path], where: str) -> list[os.DirEntry]:
+    entries = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink() and not within_roots(entry.path, roots):
+                raise NotAllowed(
+                    f"{where}{entry.name} is a symlink leading outside the allowed roots"
+                )
+            entries.append(entry)
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _scan_folder(root: Path, roots: list[Path], size: int, grayscale: bool, sample: int) -> dict:
+    if not 4 <= size <= MAX_IMAGE_SIZE:
+        raise DatasetError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {size}")
+    top = {e.name: e for e in _listdir(root, roots, "")}
+    if "train" not in top or not top["train"].is_dir():
+        raise DatasetError(f"{root} has no train/ folder (train/<class>/*.png|jpg)")
+    unknown = sorted(set(top) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"{root} holds {unknown}: only train/, val/ and test/ are read")
+    splits: dict[str, dict] = {}
+    total = 0
+    class_names: list[str] = []
+    for split in SPLITS:
+        if split not in top:
+            continue
+        if not top[split].is_dir():
+            raise DatasetError(f"{split} is not a folder")
+        classes = [e for e in _listdir(root / split, roots, f"{split}/")]
+        for e in classes:
+            if not e.is_dir():
+                raise DatasetError(
+                    f"{split}/{e.name} is not a class folder (<split>/<class>/<image>)"
+                )
+        if split == "train":
+            class_names = [e.name for e in classes]
+            if len(class_names) < 2:
+                raise DatasetError(f"need at least 2 classes, train/ has {len(class_names)}")
+        index = {name: i for i, name in enumerate(class_names)}
+        cols: dict[str, list] = {"paths": [], "labels": [], "sizes": [], "mtimes_ns": []}
+        for e in classes:
+            if e.name not in index:
+                raise DatasetError(f"{split}/ has a class not in train/: {e.name!r}")
+            images = _listdir(Path(e.path), roots, f"{split}/{e.name}/")
+            if not images and split == "train":
+                raise DatasetError(f"train/{e.name}/ holds no images")
+            for image in images:
+                rel = f"{split}/{e.name}/{image.name}"
+                if not image.is_file():
+                    raise DatasetError(f"{rel} is not <split>/<class>/<image> (a folder?)")
+                if not image.name.lower().endswith(IMAGE_SUFFIXES):
+                    raise DatasetError(f"{rel} is not a .png or .jpg image")
+                st = image.stat()
+                cols["paths"].append(rel)
+                cols["labels"].append(index[e.name])
+                cols["sizes"].append(int(st.st_size))
+                cols["mtimes_ns"].append(int(st.st_mtime_ns))
+        total += len(cols["paths"])
+        if total > MAX_FOLDER_FILES:
+            raise DatasetError(f"more than {MAX_FOLDER_FILES} images: not accepted")
+        if cols["paths"]:
+            splits[split] = cols
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "format": "imagefolder",
+        "root": str(root),
+        "image_size": size,
+        "grayscale": grayscale,
+        "class_names": class_names,
+        "task": "multiclass",
+        "input_shape": [1 if grayscale else 3, size, size],
+        "counts": {f"num_{s}": len(splits.get(s, {"paths": []})["paths"]) for s in SPLITS},
+        "splits": splits,
+    }
+    # A sample spread over every split must decode, as training will decode it.
+    everything = [p for s in splits.values() for p in s["paths"]]
+    for i in np.unique(
+        np.linspace(0, len(everything) - 1, min(sample, len(everything))).astype(int)
+    ):
+        with open(root / everything[i], "rb") as f:
+            decode_image(f, size, grayscale, everything[i])
+    return manifest
+
+
+def manifest_files(manifest: dict):
+    """(relative path, size, mtime_ns) of every file a manifest records."""
+    if manifest["format"] == "npz-ref":
+        f = manifest["file"]
+        yield f["path"], f["size"], f["mtime_ns"]
+        return
+    for cols in manifest["splits"].values():
+        yield from zip(cols["paths"], cols["sizes"], cols["mtimes_ns"], strict=True)
+
+
+def check_manifest(manifest: dict) -> None:
+    """DatasetError naming the first file that is missing or changed (size or mtime)
+    since the dataset was registered. One stat per file, nothing read."""
+    root = Path(manifest["root"])
+    for rel, size, mtime in manifest_files(manifest):
+        try:
+            now = _stat(root / rel)
+        except FileNotFoundError:
+            raise DatasetError(
+                f"dataset file {rel} is missing under {root} since the dataset was registered"
+            ) from None
+        if now != (size, mtime):
+            raise DatasetError(
+                f"dataset file {rel} under {root} changed since the dataset was registered "
+                f"(size {size} -> {now[0]}, mtime_ns {mtime} -> {now[1]}): register it again"
+            )
+
+
+class ImageFiles:
+    """Images on disk, decoded on demand, standing in for an [N, C, H, W] array:
+    ``x[i:j]`` decodes those rows (float32 in [0, 1], resized as at predict), ``x[index
+    array]`` is a lazy subset, ``x.load(i)`` one image."""
+
+    ndim = 4
+
+    def __init__(self, root: str | Path, paths: list[str], size: int, grayscale: bool):
+        self.root, self.paths = Path(root), list(paths)
+        self.size, self.grayscale = size, grayscale
+        self.num_workers = 0  # the worker sets its DataLoader processes
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 1 if self.grayscale else 3, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> np.ndarray:
+        with open(self.root / self.paths[i], "rb") as f:
+            return decode_image(f, self.size, self.grayscale, self.paths[i])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            rows = range(len(self))[key]
+            if not rows:
+                return np.zeros((0, *self.shape[1:]), np.float32)
+            return np.stack([self.load(i) for i in rows])
+        if isinstance(key, (int, np.integer)):
+            return self.load(int(key))
+        subset = ImageFiles(
+            self.root, [self.paths[i] for i in np.asarray(key)], self.size, self.grayscale
+        )
+        subset.num_workers = self.num_workers
+        return subset
+
+    def standardisation(self, limit: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std (C, 1, 1) over up to ``limit`` images, one at a time."""
+        rows = np.arange(len(self))
+        if len(rows) > limit:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+        c = self.shape[1]
+        total, sq, count = np.zeros(c), np.zeros(c), 0
+        for i in rows:
+            pixels = self.load(int(i)).reshape(c, -1).astype(np.float64)
+            total += pixels.sum(1)
+            sq += (pixels**2).sum(1)
+            count += pixels.shape[1]
+        mean = total / count
+        std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+        std = np.where(std < 1e-6, 1.0, std)
+        return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
+
+
+def open_manifest(manifest: dict) -> ArrayDataset:
+    """The dataset a manifest describes, after check_manifest: an ``.npz`` is read
+    whole; an image folder becomes ImageFiles (decoded as training streams it)."""
+    check_manifest(manifest)
+    root = Path(manifest["root"])
+    if manifest["format"] == "npz-ref":
+        return load_dataset(root / manifest["file"]["path"], "npz")
+    arrays: dict = {}
+    for split, cols in manifest["splits"].items():
+        arrays[f"x_{split}"] = ImageFiles(
+            root, cols["paths"], manifest["image_size"], manifest["grayscale"]
+        )
+        arrays[f"y_{split}"] = np.asarray(cols["labels"], dtype=np.int64)
+    return ArrayDataset(**arrays, class_names=list(manifest["class_names"]))

@@ -28,9 +28,10 @@ import torch
 
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.data import ArrayDataset, standardisation, with_validation_split
+from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
 from models.metrics import evaluate, reliability_diagram
 from models.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
+from models.streaming import streamed_batches
 
 EVAL_SEED = 12345
 EVAL_BATCH = EVAL_BATCH_ROWS  # the noise-memory check sizes evaluation draws by it
@@ -139,11 +140,21 @@ def train_run(
     device = resolve_device(spec.train.device)
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # parameter init and dropout
-    mean, std = standardisation(data.x_train)
+    streaming = isinstance(data.x_train, ImageFiles)
+    if streaming:  # an image folder on disk: stats from a sample, batches streamed
+        mean, std = data.x_train.standardisation(seed=cfg.seed)
+    else:
+        mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
 
-    x_train = torch.as_tensor(data.x_train, device=device)
-    y_train = torch.as_tensor(data.y_train, device=device)
+    # A streamed folder is evaluated a training batch at a time: memory stays a few
+    # batches whatever the size of the validation and test splits.
+    eval_rows = cfg.batch_size if streaming else None
+    if streaming:
+        x_train, y_train = data.x_train, data.y_train
+    else:
+        x_train = torch.as_tensor(data.x_train, device=device)
+        y_train = torch.as_tensor(data.y_train, device=device)
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -184,13 +195,22 @@ def train_run(
     tau_label = spec.head.temperature if spec.head.kind == "het" else None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen)
+        if streaming:
+            batches = streamed_batches(x_train, y_train, perm, cfg.batch_size, device)
+        else:
+            perm = perm.to(device)
+            batches = (
+                (x_train[b], y_train[b])
+                for b in (
+                    perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    for step in range(steps_per_epoch)
+                )
+            )
         running, seen = 0.0, 0
-        for step in range(steps_per_epoch):
+        for step, (xb, yb) in enumerate(batches):
             if callbacks.should_cancel and callbacks.should_cancel():
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
-            batch = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb, yb = x_train[batch], y_train[batch]
             if images and spec.backbone.augment:
                 xb = augment_images(xb, hflip=spec.backbone.hflip, generator=gen)
             with autocast:
@@ -200,8 +220,8 @@ def train_run(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += float(loss.detach()) * len(batch)
-            seen += len(batch)
+            running += float(loss.detach()) * len(yb)
+            seen += len(yb)
             if callbacks.on_step and (step + 1) % callbacks.step_every == 0:
                 callbacks.on_step(
                     _progress(
@@ -216,7 +236,7 @@ def train_run(
                     )
                 )
 
-        val = evaluate_split(model, data.x_val, data.y_val, spec.task)
+        val = evaluate_split(model, data.x_val, data.y_val, spec.task, batch_rows=eval_rows)
         val.pop("reliability")
         entry = _progress(
             epoch,
@@ -258,18 +278,22 @@ def train_run(
         )
     model.load_state_dict(best["state"])
     model.eval()
-    val = evaluate_split(model, data.x_val, data.y_val, spec.task)
+    val = evaluate_split(model, data.x_val, data.y_val, spec.task, batch_rows=eval_rows)
     x_eval, y_eval = (
         (data.x_test, data.y_test) if data.x_test is not None else (data.x_val, data.y_val)
     )
-    test = evaluate_split(model, x_eval, y_eval, spec.task)
+    test = evaluate_split(model, x_eval, y_eval, spec.task, batch_rows=eval_rows)
     reliability = test.pop("reliability")
     val.pop("reliability")
     metrics = {f"test_{k}": v for k, v in test.items()} | {f"val_{k}": v for k, v in val.items()}
     # The noise-free predictive softmax(mu / tau) of the same model, beside the MC one
     # (equal for the softmax baseline, whose predictive has no noise).
-    nf_test = evaluate_split(model, x_eval, y_eval, spec.task, noise_free=True)
-    nf_val = evaluate_split(model, data.x_val, data.y_val, spec.task, noise_free=True)
+    nf_test = evaluate_split(
+        model, x_eval, y_eval, spec.task, noise_free=True, batch_rows=eval_rows
+    )
+    nf_val = evaluate_split(
+        model, data.x_val, data.y_val, spec.task, noise_free=True, batch_rows=eval_rows
+    )
     nf_reliability = nf_test.pop("reliability")
     nf_val.pop("reliability")
     metrics |= {f"noise_free_test_{k}": v for k, v in nf_test.items()}
@@ -301,16 +325,19 @@ def predict_proba(
     num_samples: int | None = None,
     seed: int = EVAL_SEED,
     noise_free: bool = False,
+    batch_rows: int | None = None,
 ) -> np.ndarray:
-    """Predictive probabilities for a whole array, in batches, with seeded noise.
+    """Predictive probabilities for a whole array, in batches (``batch_rows``, default
+    EVAL_BATCH), with seeded noise. ``x`` may be ImageFiles: each batch is decoded then.
 
     noise_free: the noise-free predictive softmax(mu / tau) instead (no sampling)."""
     model.eval()
+    rows = batch_rows or EVAL_BATCH
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for start in range(0, len(x), EVAL_BATCH):
-        xb = torch.as_tensor(x[start : start + EVAL_BATCH], device=device)
+    for start in range(0, len(x), rows):
+        xb = torch.as_tensor(x[start : start + rows], device=device)
         if noise_free:
             probs = model.noise_free_probs(xb)
         else:
@@ -320,9 +347,16 @@ def predict_proba(
 
 
 def evaluate_split(
-    model: Classifier, x, y, task: str, num_samples: int | None = None, noise_free: bool = False
+    model: Classifier,
+    x,
+    y,
+    task: str,
+    num_samples: int | None = None,
+    noise_free: bool = False,
+    batch_rows: int | None = None,
 ) -> dict:
-    return evaluate(predict_proba(model, x, num_samples, noise_free=noise_free), y, task)
+    probs = predict_proba(model, x, num_samples, noise_free=noise_free, batch_rows=batch_rows)
+    return evaluate(probs, y, task)
 
 
 def _progress(epoch, epochs, step, steps, idx, total, train_loss, tau) -> dict:

@@ -53,7 +53,7 @@ from app.db import session_scope
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import DatasetStore, Job, JobStore, Model, ModelStore
-from models.data import ArrayDataset, load_dataset
+from models.data import ArrayDataset, ImageFiles, load_dataset, open_manifest
 from models.export import export_onnx
 from models.heads import LinearHead
 from models.label_issues import find_label_issues, noise_free_probs
@@ -80,6 +80,7 @@ NOISE_REPORT_DRAWS = 200_000
 NOISE_REPORT_SAMPLES = (10, 100)
 LABEL_ISSUE_CHUNK_ROWS = 4096  # rows of noise-free probabilities held at once
 PARITY_ROWS = 64
+REFERENCE_FORMATS = ("imagefolder", "npz-ref")  # datasets registered where they are
 
 
 # Set on the worker's warm shutdown (tasks.py). A running job then stops at its next
@@ -226,6 +227,7 @@ class JobContext:
     dataset_path: Path
     deadline: float  # time.time() after which this attempt fails
     units: list[Unit]
+    dataset_format: str = "npz"
 
 
 @dataclass
@@ -283,7 +285,7 @@ def run_attempt(job_id: str, attempt: int, settings: Settings) -> str | FanOut:
         return FanOut(job_id, ctx.units)
 
     try:
-        data = load_dataset(ctx.dataset_path)
+        data = load_job_data(ctx, settings)
         results = {}
         for unit in ctx.units:
             results[unit.role] = train_unit(ctx, unit, data, settings)
@@ -339,7 +341,7 @@ def run_unit(job_id: str, unit: Unit, settings: Settings) -> dict:
         done = unit_dir / "result.json"
         if done.exists():  # a redelivered unit that had finished
             return json.loads(done.read_text())
-        data = load_dataset(ctx.dataset_path)
+        data = load_job_data(ctx, settings)
         result = train_unit(ctx, unit, data, settings)
         torch.save(result.model.cpu(), unit_dir / "model.pt")
         summary = unit_summary(unit, UnitOutcome.TRAINED, result.metrics)
@@ -374,7 +376,7 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
         return end_cancelled(job_id, settings)
     try:
         ctx = load_context(job_id, settings)
-        data = load_dataset(ctx.dataset_path)
+        data = load_job_data(ctx, settings)
         units = [(Unit.from_message(s["unit"]), s) for s in summaries]
         candidates = [(unit, s) for unit, s in units if unit.role == "candidate"]
         best, table = select_temperature([(unit.temperature, s) for unit, s in candidates])
@@ -405,14 +407,34 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
             raise FileNotFoundError(f"dataset {job.dataset_id} no longer exists")
         spec = dict(job.spec)
         dataset_path = ArtifactStore(settings.data_dir).resolve(dataset.artifact_path)
+        dataset_format = dataset.format
         # The same checks the API ran before it accepted the job.
         run_spec = validate_run(spec, dataset)
     units = job_units(run_spec, bool(spec.get("compare_baseline")))
     # The limit holds per attempt (like Celery's task time limit): a redelivered job that
     # resumes from a checkpoint gets the full time again.
     return JobContext(
-        job_id, spec, run_spec, dataset_path, time.time() + settings.job_time_limit_s, units
+        job_id,
+        spec,
+        run_spec,
+        dataset_path,
+        time.time() + settings.job_time_limit_s,
+        units,
+        dataset_format,
     )
+
+
+def load_job_data(ctx: JobContext, settings: Settings) -> ArrayDataset:
+    """The job's dataset. One registered by reference is first checked against its
+    manifest (one stat per file): a missing or changed file fails the job, named. An
+    image folder is not read here: training streams it (models.streaming)."""
+    if ctx.dataset_format not in REFERENCE_FORMATS:
+        return load_dataset(ctx.dataset_path)
+    data = open_manifest(json.loads(ctx.dataset_path.read_text()))
+    for x in (data.x_train, data.x_val, data.x_test):
+        if isinstance(x, ImageFiles):
+            x.num_workers = settings.loader_workers
+    return data
 
 
 def unit_checkpoint_dir(settings: Settings, job_id: str, unit: Unit) -> Path:
@@ -652,6 +674,9 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     (``data`` is the dataset as stored, never split), so a row index is a row of the
     upload.
 
+    A registered image folder is read from disk again, a batch of images at a time
+    (two passes: label issues, then the noise report).
+
     Multilabel: (None, None), neither is defined. A softmax baseline: no noise report
     (None), but label issues from its own softmax (cheap, and a useful comparison). A
     HET head whose covariance is exactly zero: ``{"unavailable": reason}``.
@@ -665,7 +690,9 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     scores, flagged, suggested = [], [], []
     for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
         chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
-        probs = noise_free_probs(model, x[chunk])
+        # A streamed image folder: a lazy subset, decoded a batch at a time.
+        rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
+        probs = noise_free_probs(model, rows)
         chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
         scores.append(chunk_scores)
         flagged.append(chunk_flagged)

@@ -1,4 +1,4 @@
-"""POST/GET/DELETE /v1/datasets: upload, inspect, remove datasets.
+"""POST/GET/DELETE /v1/datasets: upload, register by reference, inspect, remove datasets.
 
 An upload is parsed and validated completely in memory before anything is written;
 then the canonical .npz goes into the content-addressed artifact store and one row into
@@ -7,8 +7,11 @@ the store. A failure at any point leaves neither behind.
 
 from __future__ import annotations
 
+import hashlib
+
 from fastapi import (
     APIRouter,
+    Depends,
     File,
     Form,
     HTTPException,
@@ -18,12 +21,13 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.deps import ArtifactsDep, SessionDep, SettingsDep
 from app.routers import AUTH_ERRORS, Responses
-from app.schemas import DatasetOut
+from app.schemas import DatasetOut, DatasetReference
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 from app.store import DatasetStore, InUseError
@@ -52,6 +56,73 @@ ERRORS: Responses = {
 }
 
 
+REFERENCE_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": DatasetReference.model_json_schema(),
+                "example": {"uri": "file:///data/products", "image_size": 64},
+            }
+        }
+    }
+}
+
+
+async def json_reference(request: Request) -> dict | None:
+    """A JSON body (registration by reference), else None (a multipart upload)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(422, "the JSON body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, "the JSON body must be an object with a `uri`")
+    return body
+
+
+def register_reference(body: dict, settings: Settings, artifacts: ArtifactStore) -> DatasetOut:
+    """Register a dataset that stays where it is: validate it in place, store its
+    manifest (content-addressed JSON) as the dataset's artifact."""
+    from pydantic import ValidationError
+
+    from app.dataset_refs import ReferenceRefused, scan_uri
+
+    try:
+        ref = DatasetReference.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(422, jsonable_encoder(exc.errors(include_url=False))) from None
+    try:
+        manifest, manifest_bytes = scan_uri(ref, settings)
+    except ReferenceRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    relative = artifacts.relative_path(sha256, ".manifest.json")
+    counts = manifest["counts"]
+    try:
+        with session_scope(settings) as session:
+            store = DatasetStore(session)
+            store.lock_artifact(relative)
+            row = store.add(
+                name=ref.name or ref.uri,
+                format=manifest["format"],
+                task=manifest["task"],
+                **counts,
+                input_shape=manifest["input_shape"],
+                num_classes=len(manifest["class_names"]),
+                class_names=manifest["class_names"],
+                sha256=sha256,
+                size_bytes=len(manifest_bytes),
+                artifact_path=relative,
+            )
+            artifacts.put_bytes(manifest_bytes, ".manifest.json")
+            out = DatasetOut.model_validate(row)
+    except BaseException:
+        _remove_if_unreferenced(settings, artifacts, relative)
+        raise
+    return out
+
+
 def read_limited(upload: UploadFile, limit: int) -> bytes:
     """Read the upload, refusing (413) as soon as it exceeds `limit` bytes."""
     chunks, total = [], 0
@@ -64,14 +135,23 @@ def read_limited(upload: UploadFile, limit: int) -> bytes:
 
 
 @router.post(
-    "", status_code=201, response_model=DatasetOut, responses=ERRORS, summary="Upload a dataset"
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses={
+        **ERRORS,
+        403: {"description": "registration by reference is off, or the URI is outside the roots"},
+    },
+    summary="Upload a dataset, or register one by reference",
+    openapi_extra=REFERENCE_BODY,
 )
 def upload_dataset(
     request: Request,
     settings: SettingsDep,
     artifacts: ArtifactsDep,
-    file: UploadFile = File(
-        ...,
+    reference: dict | None = Depends(json_reference),
+    file: UploadFile | None = File(
+        None,
         description=".npz (x_train, y_train, optional x_val/y_val/x_test/y_test/class_names), .csv (label column + numeric features) or .zip (train/<class>/*.png|jpg, optional val/ test/)",
     ),
     name: str | None = Form(
@@ -82,10 +162,14 @@ def upload_dataset(
     ),
     grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
 ) -> DatasetOut:
-    import hashlib
-
     from app.uploads import DecodeBusy, TooLarge, decode_slot
 
+    if reference is not None:
+        return register_reference(reference, settings, artifacts)
+    if file is None:
+        raise HTTPException(
+            422, 'give a multipart `file` upload or a JSON body {"uri": "file:///..."}'
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes")

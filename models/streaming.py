@@ -1,0 +1,51 @@
+"""Streaming an image folder through a ``torch.utils.data.DataLoader``.
+
+The dataset a registered image folder becomes (``models.data.ImageFiles``) holds paths,
+not pixels: each item is opened, decoded and resized in a loader process with exactly
+the preprocessing predict applies to ``images`` (``models.data.decode_image``: RGB or
+grayscale, bilinear resize to the stored size, [0, 1]); the classifier normalises with
+the per-channel mean and std it stores, and the training loop augments each batch as it
+does for in-memory images. Memory stays a few batches whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models.data import ImageFiles
+
+
+class ImageFilesDataset(Dataset):
+    def __init__(self, files: ImageFiles, labels: np.ndarray):
+        self.files, self.labels = files, labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.files.load(i)), torch.as_tensor(self.labels[i])
+
+
+def streamed_batches(
+    files: ImageFiles,
+    labels: np.ndarray,
+    order: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in ``order`` (a permutation the caller draws from its seeded generator,
+    so a resumed run sees the same order), decoded by ``files.num_workers`` processes."""
+    loader = DataLoader(
+        ImageFilesDataset(files, labels),
+        batch_size=batch_size,
+        sampler=order.tolist(),
+        num_workers=files.num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if files.num_workers else None,
+    )
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

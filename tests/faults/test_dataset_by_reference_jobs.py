@@ -1,0 +1,121 @@
+"""A job on a dataset registered by reference, run in-process by worker.jobs: an image
+folder streams through the DataLoader and trains; a file changed or removed after
+registration fails the job with an error naming it."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.db import session_scope
+from app.store import JobStore, ModelStore
+from tests.app.service_client import AUTH, client_for, make_settings
+from worker import jobs
+
+SPEC = {
+    "head": {"kind": "het", "num_factors": 2, "train_mc_samples": 16, "eval_mc_samples": 16},
+    "backbone": {"kind": "cnn", "augment": True, "hflip": True},
+    "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "lr": 3e-3},
+    "task": "multiclass",
+}
+
+
+def synthetic_folder(root, per_class: int, size: int = 12, seed: int = 0):
+    """Three classes told apart by colour, with noise: learnable in a couple of epochs."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (220, 40, 40), "green": (40, 220, 40), "blue": (40, 40, 220)}
+    for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
+        for name, colour in colours.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(
+                    np.asarray(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255
+                ).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path):
+    roots = tmp_path / "roots"
+    folder = synthetic_folder(roots / "colours", per_class=12)
+    settings = make_settings(tmp_path / "data", dataset_roots=str(roots), loader_workers=2)
+    with client_for(settings) as client:
+        r = client.post(
+            "/v1/datasets", json={"uri": f"file://{folder}", "image_size": 8}, headers=AUTH
+        )
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+    return settings, folder, dataset_id
+
+
+def submit(settings, dataset_id) -> str:
+    with session_scope(settings) as session:
+        return JobStore(session).create(dataset_id, SPEC | {"dataset_id": dataset_id}).id
+
+
+def job_row(settings, job_id):
+    with session_scope(settings) as session:
+        job = JobStore(session).get(job_id)
+        return job.status, job.error, job.model_id
+
+
+def test_an_image_folder_streams_and_trains(setup):
+    settings, _folder, dataset_id = setup
+    job_id = submit(settings, dataset_id)
+    assert jobs.run_job(job_id, settings) == "succeeded"
+    status, error, model_id = job_row(settings, job_id)
+    assert status == "succeeded", error
+    with session_scope(settings) as session:
+        model = ModelStore(session).get(model_id)
+        assert model.input_shape == [3, 8, 8] and model.class_names == ["blue", "green", "red"]
+        # What the model knows about its training labels, over the folder read again.
+        assert model.noise_report["num_examples"] == 36, model.noise_report
+        assert model.label_issues_path is not None
+
+
+@pytest.mark.parametrize("change", ["rewrite", "remove"])
+def test_a_changed_or_missing_file_fails_the_job_naming_it(setup, change):
+    settings, folder, dataset_id = setup
+    target = folder / "train" / "green" / "00003.png"
+    if change == "rewrite":
+        buffer = io.BytesIO()
+        Image.new("RGB", (9, 9), (1, 2, 3)).save(buffer, format="PNG")
+        target.write_bytes(buffer.getvalue())
+    else:
+        os.remove(target)
+    job_id = submit(settings, dataset_id)
+    assert jobs.run_job(job_id, settings) == "failed"
+    status, error, _ = job_row(settings, job_id)
+    word = "changed since the dataset was registered" if change == "rewrite" else "is missing"
+    assert status == "failed" and "train/green/00003.png" in error and word in error, error
+
+
+def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    x = (rng.normal(size=(60, 4)) + 2.0 * y[:, None]).astype(np.float32)
+    path = roots / "points.npz"
+    np.savez(path, x_train=x, y_train=y)
+    settings = make_settings(tmp_path / "data", dataset_roots=str(roots))
+    with client_for(settings) as client:
+        r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+    spec = SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
+    with session_scope(settings) as session:
+        job_id = JobStore(session).create(dataset_id, spec).id
+    assert jobs.run_job(job_id, settings) == "succeeded", job_row(settings, job_id)
+    np.savez(path, x_train=x[:50], y_train=y[:50])
+    with session_scope(settings) as session:
+        job_id = JobStore(session).create(dataset_id, spec).id
+    assert jobs.run_job(job_id, settings) == "failed"
+    _, error, _ = job_row(settings, job_id)
+    assert "points.npz" in error and "changed since the dataset was registered" in error
