@@ -26,9 +26,10 @@ import os
 import posixpath
 import zipfile
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -510,7 +511,7 @@ def within_roots(path: str | Path, roots: list[Path]) -> bool:
     return any(real == root or root in real.parents for root in roots)
 
 
-def resolve_reference(path: str | Path, roots: list[str | Path]) -> Path:
+def resolve_reference(path: str | Path, roots: Sequence[str | Path]) -> Path:
     """The real path of a dataset reference; NotAllowed unless it lies under one of
     ``roots`` (after following every symlink, the roots' own included)."""
     real_roots = [Path(os.path.realpath(r)) for r in roots]
@@ -521,13 +522,13 @@ def resolve_reference(path: str | Path, roots: list[str | Path]) -> Path:
 
 def scan_reference(
     path: str | Path,
-    roots: list[str | Path],
+    roots: Sequence[str | Path],
     *,
     image_size: int = 32,
     grayscale: bool = False,
     sample: int = DEFAULT_SAMPLE_DECODE,
     max_expanded_bytes: int = MAX_EXPANDED_BYTES,
-) -> dict:
+) -> dict[str, Any]:
     """Validate a dataset in place and return its manifest: an image-folder tree
     (``train/<class>/*.png|jpg``, optional ``val/`` and ``test/``) or an ``.npz`` file.
     NotAllowed (403) for a path outside ``roots`` or a symlink leading out of them;
@@ -550,7 +551,7 @@ def _stat(path: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _scan_npz(path: Path, max_expanded_bytes: int) -> dict:
+def _scan_npz(path: Path, max_expanded_bytes: int) -> dict[str, Any]:
     ds = from_arrays(*read_npz(path.read_bytes(), max_expanded_bytes=max_expanded_bytes))
     size, mtime = _stat(path)
     return {
@@ -565,7 +566,7 @@ def _scan_npz(path: Path, max_expanded_bytes: int) -> dict:
     }
 
 
-def _listdir(folder: Path, roots: list[Path], where: str) -> list[os.DirEntry]:
+def _listdir(folder: Path, roots: list[Path], where: str) -> list[os.DirEntry[str]]:
     entries = []
     with os.scandir(folder) as it:
         for entry in it:
@@ -579,7 +580,9 @@ def _listdir(folder: Path, roots: list[Path], where: str) -> list[os.DirEntry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _scan_folder(root: Path, roots: list[Path], size: int, grayscale: bool, sample: int) -> dict:
+def _scan_folder(
+    root: Path, roots: list[Path], size: int, grayscale: bool, sample: int
+) -> dict[str, Any]:
     if not 4 <= size <= MAX_IMAGE_SIZE:
         raise DatasetError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {size}")
     top = {e.name: e for e in _listdir(root, roots, "")}
@@ -588,7 +591,7 @@ def _scan_folder(root: Path, roots: list[Path], size: int, grayscale: bool, samp
     unknown = sorted(set(top) - set(SPLITS))
     if unknown:
         raise DatasetError(f"{root} holds {unknown}: only train/, val/ and test/ are read")
-    splits: dict[str, dict] = {}
+    splits: dict[str, dict[str, Any]] = {}
     total = 0
     class_names: list[str] = []
     for split in SPLITS:
@@ -607,7 +610,7 @@ def _scan_folder(root: Path, roots: list[Path], size: int, grayscale: bool, samp
             if len(class_names) < 2:
                 raise DatasetError(f"need at least 2 classes, train/ has {len(class_names)}")
         index = {name: i for i, name in enumerate(class_names)}
-        cols: dict[str, list] = {"paths": [], "labels": [], "sizes": [], "mtimes_ns": []}
+        cols: dict[str, list[Any]] = {"paths": [], "labels": [], "sizes": [], "mtimes_ns": []}
         for e in classes:
             if e.name not in index:
                 raise DatasetError(f"{split}/ has a class not in train/: {e.name!r}")
@@ -652,7 +655,7 @@ def _scan_folder(root: Path, roots: list[Path], size: int, grayscale: bool, samp
     return manifest
 
 
-def manifest_files(manifest: dict):
+def manifest_files(manifest: dict[str, Any]) -> Iterator[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every file a manifest records."""
     if manifest["format"] == "npz-ref":
         f = manifest["file"]
@@ -662,7 +665,7 @@ def manifest_files(manifest: dict):
         yield from zip(cols["paths"], cols["sizes"], cols["mtimes_ns"], strict=True)
 
 
-def check_manifest(manifest: dict) -> None:
+def check_manifest(manifest: dict[str, Any]) -> None:
     """DatasetError naming the first file that is missing or changed (size or mtime)
     since the dataset was registered. One stat per file, nothing read."""
     root = Path(manifest["root"])
@@ -703,7 +706,7 @@ class ImageFiles:
         with open(self.root / self.paths[i], "rb") as f:
             return decode_image(f, self.size, self.grayscale, self.paths[i])
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
             rows = range(len(self))[key]
             if not rows:
@@ -735,14 +738,14 @@ class ImageFiles:
         return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
-def open_manifest(manifest: dict) -> ArrayDataset:
+def open_manifest(manifest: dict[str, Any]) -> ArrayDataset:
     """The dataset a manifest describes, after check_manifest: an ``.npz`` is read
     whole; an image folder becomes ImageFiles (decoded as training streams it)."""
     check_manifest(manifest)
     root = Path(manifest["root"])
     if manifest["format"] == "npz-ref":
         return load_dataset(root / manifest["file"]["path"], "npz")
-    arrays: dict = {}
+    arrays: dict[str, Any] = {}
     for split, cols in manifest["splits"].items():
         arrays[f"x_{split}"] = ImageFiles(
             root, cols["paths"], manifest["image_size"], manifest["grayscale"]

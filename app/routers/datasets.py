@@ -8,6 +8,7 @@ the store. A failure at any point leaves neither behind.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from fastapi import (
     APIRouter,
@@ -68,7 +69,7 @@ REFERENCE_BODY = {
 }
 
 
-async def json_reference(request: Request) -> dict | None:
+async def json_reference(request: Request) -> dict[str, Any] | None:
     """A JSON body (registration by reference), else None (a multipart upload)."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return None
@@ -81,7 +82,9 @@ async def json_reference(request: Request) -> dict | None:
     return body
 
 
-def register_reference(body: dict, settings: Settings, artifacts: ArtifactStore) -> DatasetOut:
+def register_reference(
+    body: dict[str, Any], settings: Settings, artifacts: ArtifactStore
+) -> DatasetOut:
     """Register a dataset that stays where it is: validate it in place, store its
     manifest (content-addressed JSON) as the dataset's artifact."""
     from pydantic import ValidationError
@@ -149,7 +152,7 @@ def upload_dataset(
     request: Request,
     settings: SettingsDep,
     artifacts: ArtifactsDep,
-    reference: dict | None = Depends(json_reference),
+    reference: dict[str, Any] | None = Depends(json_reference),
     file: UploadFile | None = File(
         None,
         description=".npz (x_train, y_train, optional x_val/y_val/x_test/y_test/class_names), .csv (label column + numeric features) or .zip (train/<class>/*.png|jpg, optional val/ test/)",
