@@ -249,6 +249,7 @@ def list_datasets(
     "/{dataset_id}",
     response_model=DatasetOut,
     responses={**ERRORS, 404: {"description": "no such dataset"}},
+    summary="One dataset: its counts, shape, classes and content hash",
 )
 def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
     dataset = DatasetStore(session).get(dataset_id)
@@ -260,6 +261,7 @@ def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
 @router.delete(
     "/{dataset_id}",
     status_code=204,
+    summary="Remove a dataset (refused while jobs use it; data registered by reference stays)",
     responses={
         **ERRORS,
         404: {"description": "no such dataset"},
