@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-train
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: test run lint bench clean
+.PHONY: test test-deploy run lint bench clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,13 @@ $(VENV)/.installed-%: pyproject.toml
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The compose deployment on a real Docker engine (tests/deploy_engine, docs/deploy.md):
+# installs Debian's docker.io and debootstrap when missing, needs root.
+test-deploy: $(DEV_STAMP)
+	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap)
+	$(BIN)/python -m pytest -m deploy_engine --timeout=5400 tests/deploy_engine $(PYTEST_ARGS)
 
 run: $(RUN_STAMP)
 	$(BIN)/hetserve up

@@ -25,17 +25,26 @@ if [ ! -x "$rootfs/usr/bin/python3" ]; then
   debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3 \
     bookworm "$rootfs.tmp" "$mirror" >"$rootfs.log" 2>&1 || { tail -40 "$rootfs.log"; exit 1; }
   rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/*
+  date -u +%Y%m%dT%H%M%SZ >"$rootfs.tmp/etc/hetserve-test-rootfs"
   mv "$rootfs.tmp" "$rootfs"
 fi
 t1=$(date +%s)
-install -D -m 0644 "$host_ca" "$rootfs/etc/ssl/certs/hetserve-test-host-ca.crt"
-tar -C "$rootfs" --numeric-owner -c . | docker import \
-  --change 'ENV LANG=C.UTF-8' \
-  --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/hetserve-test-host-ca.crt' \
-  --change 'ENV PIP_CERT=/etc/ssl/certs/hetserve-test-host-ca.crt' \
-  --change "ENV PIP_TRUSTED_HOST=$trusted_host" \
-  --change 'CMD ["python3"]' \
-  - hetserve-test-base:bookworm >/dev/null
+# Imported again only when an input changed: a new base image id would rebuild every
+# layer of the hetserve images.
+stamp=$( (cat "$rootfs/etc/hetserve-test-rootfs" "$host_ca"; echo "$trusted_host") | sha256sum | cut -c1-16)
+have=$(docker image inspect --format '{{index .Config.Labels "hetserve.test.stamp"}}' \
+  hetserve-test-base:bookworm 2>/dev/null || true)
+if [ "$have" != "$stamp" ]; then
+  install -D -m 0644 "$host_ca" "$rootfs/etc/ssl/certs/hetserve-test-host-ca.crt"
+  tar -C "$rootfs" --numeric-owner -c . | docker import \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/hetserve-test-host-ca.crt' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/hetserve-test-host-ca.crt' \
+    --change "ENV PIP_TRUSTED_HOST=$trusted_host" \
+    --change "LABEL hetserve.test.stamp=$stamp" \
+    --change 'CMD ["python3"]' \
+    - hetserve-test-base:bookworm >/dev/null
+fi
 t2=$(date +%s)
 for name in redis postgres; do
   docker build -q --build-arg BASE=hetserve-test-base:bookworm -f "$here/$name.Dockerfile" \
