@@ -42,6 +42,7 @@ CACHE = Path(os.environ.get("HETSERVE_TEST_CACHE", "/var/cache/hetserve-test"))
 API_IMAGE = "hetserve-api:enginetest"
 WORKER_IMAGE = "hetserve-worker:enginetest-cpu"
 TIMES: dict[str, float] = {}  # phase -> seconds, printed at the end of the session
+SIZES: dict[str, float] = {}  # image -> MB
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,6 +62,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("deploy_engine: wall times")
         for phase, seconds in TIMES.items():
             terminalreporter.write_line(f"{phase:<44} {seconds:8.1f} s")
+        for image, mb in SIZES.items():
+            terminalreporter.write_line(f"image {image:<38} {mb:8.0f} MB")
 
 
 class timed:
