@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -184,10 +185,20 @@ def local_torch_index() -> Path | None:
     return index if any(folder.glob(f"torch-{version}+cpu-*.whl")) else None
 
 
+def index_answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/torch/", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def start_dockerd(env: dict[str, str], workdir: Path) -> subprocess.Popen:
     """dockerd with overlay2 where the kernel mounts it (image layers are not copied:
     several times faster), else vfs; HETSERVE_TEST_STORAGE_DRIVER picks one. Published
     ports default to 127.0.0.1."""
+    if shutil.which("dockerd", path=env["PATH"]) is None:
+        pytest.fail("no engine answers and no dockerd: apt-get install docker.io")
     wanted = os.environ.get("HETSERVE_TEST_STORAGE_DRIVER")
     for driver in [wanted] if wanted else ["overlay2", "vfs"]:
         log = workdir / f"dockerd-{driver}.log"
@@ -216,9 +227,8 @@ def engine(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if k in ("PATH", "HOME", "LANG", "DOCKER_HOST", "DOCKER_CONFIG", "TMPDIR")}  # fmt: skip
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    for tool in ("docker", "dockerd"):
-        if shutil.which(tool, path=env["PATH"]) is None:
-            pytest.fail(f"no {tool} on PATH: apt-get install docker.io (make test-deploy does)")
+    if shutil.which("docker", path=env["PATH"]) is None:
+        pytest.fail("no docker on PATH: apt-get install docker.io (make test-deploy does)")
     started = None
     server = None
     try:
@@ -238,6 +248,10 @@ def engine(tmp_path_factory):
                  str(index), str(port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+            # Without it pip would take torch's CUDA build from PyPI: gigabytes.
+            wait_until(lambda: server.poll() is not None or index_answers(gateway, port), 30,
+                       f"the torch index on {gateway}:{port}")  # fmt: skip
+            assert server.poll() is None, f"the torch index could not listen on {gateway}:{port}"
         with timed("base images (debootstrap, redis, postgres)"):
             done = eng.run(str(HERE / "images" / "build-base.sh"), gateway, timeout=1800,
                            log="build-base.log")  # fmt: skip
