@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # mypy's scope: the API, the client and the torch-free models modules the API imports.
 MYPY_PATHS := app hetserve models/spec.py models/onnx_contract.py models/data.py models/label_issues.py
 
-.PHONY: test run lint bench clean
+.PHONY: test test-deploy run lint bench clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(VENV)/.installed-%: pyproject.toml
 # The static checks (make lint) run first, so CI (.ci/run calls make test) enforces them.
 test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The compose deployment on a real Docker engine (tests/deploy_engine, docs/deploy.md):
+# installs Debian's docker.io and debootstrap when missing, needs root.
+test-deploy: $(DEV_STAMP)
+	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap)
+	$(BIN)/python -m pytest -m deploy_engine --timeout=5400 tests/deploy_engine $(PYTEST_ARGS)
 
 run: $(RUN_STAMP)
 	$(BIN)/hetserve up
