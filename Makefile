@@ -21,12 +21,14 @@ $(VENV)/.installed-%: pyproject.toml
 test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The compose deployment on a real Docker engine (tests/deploy_engine, docs/deploy.md):
+# The deployment checks (docs/deploy.md): the compose stack on a real Docker engine
+# (tests/deploy_engine) and the API image's dependency set in a fresh venv;
 # installs Debian's docker.io and debootstrap when missing, needs root.
 test-deploy: $(DEV_STAMP)
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap)
-	$(BIN)/python -m pytest -m deploy_engine --timeout=5400 tests/deploy_engine $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m deploy_engine --timeout=5400 tests/deploy_engine \
+	  tests/deploy/test_api_image_venv.py $(PYTEST_ARGS)
 
 run: $(RUN_STAMP)
 	$(BIN)/hetserve up

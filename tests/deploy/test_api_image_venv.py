@@ -5,8 +5,9 @@ present: the fresh venv's own uvicorn runs app.main:app on a model exported here
 models.export, in the main venv), and its seeded answer equals onnxruntime's in the main
 venv bit for bit.
 
-Slow (about a minute on 2 cores, almost all of it pip), hence the `slow` marker; .ci/run
-runs it like everything else.
+Slow (one to two minutes on 2 cores, almost all of it pip): it runs with the other
+deployment checks in `make test-deploy` (marker `deploy_engine`), which .ci/run calls after
+`make test`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def pip(venv: Path, *args: str, cwd: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.deploy_engine
 def test_api_dependency_set_serves_a_prediction_without_torch(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
