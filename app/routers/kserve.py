@@ -39,7 +39,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep, require_api_key
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.models import find_model
-from app.routers.predict import ServingRoute, first_non_finite_row, json_response, served_model
+from app.routers.predict import (
+    ServingRoute,
+    first_non_finite_row,
+    json_response,
+    self_read_openapi,
+    served_model,
+)
 from app.serving.metrics import JSON_OFF_LOOP_BYTES
 from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import ModelIntegrityError
@@ -138,21 +144,7 @@ class InferenceRequest(BaseModel):
     }
 
 
-INFER_OPENAPI = {
-    "parameters": [
-        {
-            "name": "model_id",
-            "in": "path",
-            "required": True,
-            "description": "a model id or an alias name",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": InferenceRequest.model_json_schema()}},
-    },
-}
+INFER_OPENAPI = self_read_openapi(InferenceRequest)
 PROTOCOL_ERRORS = {
     **AUTH_ERRORS,
     400: {"description": 'a bad request: `{"error": "..."}`'},

@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.deps import RuntimeDep, SettingsDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
@@ -43,23 +43,30 @@ class ServingRoute(InstrumentedRoute):
 
 router = APIRouter(tags=["predict"], route_class=ServingRoute)
 
-# The path parameter and the body are read by the handler itself (see ``predict``), so
-# the OpenAPI document declares them here. The API key is the /v1 router's dependency.
-PREDICT_OPENAPI = {
-    "parameters": [
-        {
-            "name": "model_id",
-            "in": "path",
+
+def self_read_openapi(body: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI declaration of a serving route that reads its ``model_id`` path
+    parameter and its JSON body itself (predict, the Open Inference Protocol's infer):
+    FastAPI cannot see them, so they are declared here."""
+    return {
+        "parameters": [
+            {
+                "name": "model_id",
+                "in": "path",
+                "required": True,
+                "description": "a model id or an alias name",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            }
+        ],
+        "requestBody": {
             "required": True,
-            "description": "a model id or an alias name",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-    },
-}
+            "content": {"application/json": {"schema": body.model_json_schema()}},
+        },
+    }
+
+
+# The API key is the /v1 router's dependency.
+PREDICT_OPENAPI = self_read_openapi(PredictRequest)
 
 
 async def read_predict_request(request: Request) -> PredictRequest:
