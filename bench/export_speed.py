@@ -37,10 +37,19 @@ D = 128
 R = 10
 
 
-def make_model(kind: str, num_classes: int, samples: int):
+def make_model(
+    kind: str, num_classes: int, samples: int, num_factors: int = R, efficient: bool = False
+):
+    """An MLP classifier with random weights (speed does not depend on training)."""
     torch.manual_seed(0)
     spec = RunSpec(
-        head=HeadSpec(kind=kind, num_factors=R, temperature=1.5, eval_mc_samples=samples),
+        head=HeadSpec(
+            kind=kind,
+            num_factors=num_factors,
+            temperature=1.5,
+            eval_mc_samples=samples,
+            parameter_efficient=efficient,
+        ),
         backbone=BackboneSpec(hidden=[256, 256]),
     )
     return build_classifier(
@@ -58,7 +67,7 @@ def session(proto, threads: int) -> ort.InferenceSession:
     )
 
 
-def time_round_robin(calls: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+def time_round_robin(calls: dict, repeats: int, warmup: int = 5) -> dict[str, float]:
     """Median seconds per call of each callable, timed in interleaved rounds."""
     for fn in calls.values():
         for _ in range(warmup):

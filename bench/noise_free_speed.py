@@ -20,62 +20,13 @@ load change hits them alike (median ms per call):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from export_speed import D, R, make_model, session, time_round_robin  # bench/: run as a script
 
-from models.classifier import build_classifier
 from models.export import build_onnx
-from models.spec import BackboneSpec, HeadSpec, RunSpec
-
-D = 128
-R = 10
-
-
-def make_model(
-    kind: str, num_classes: int, samples: int, num_factors: int = R, efficient: bool = False
-):
-    torch.manual_seed(0)
-    spec = RunSpec(
-        head=HeadSpec(
-            kind=kind,
-            num_factors=num_factors,
-            temperature=1.5,
-            eval_mc_samples=samples,
-            parameter_efficient=efficient,
-        ),
-        backbone=BackboneSpec(hidden=[256, 256]),
-    )
-    return build_classifier(
-        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
-    ).eval()
-
-
-def session(proto, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(
-        proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
-
-
-def time_round_robin(calls: dict, repeats: int, warmup: int = 5) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in interleaved rounds."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
