@@ -1,18 +1,12 @@
-"""Fault tests: a real Celery worker process against stores the test can break.
-
-``CuttableProxy`` is a loopback TCP proxy in front of PostgreSQL: ``cut()`` drops every
-connection and refuses new ones (the database is "down"), ``restore()`` listens again on
-the same port.
-"""
+"""Fault tests: a real Celery worker process against stores the test can break (the
+PostgreSQL outage goes through ``tests.tcp_proxy.TcpProxy``)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -23,7 +17,7 @@ from app.db import migrate, session_scope
 from app.settings import Settings
 from app.store import DatasetStore, JobStore
 from app.uploads import validate_arrays
-from tests.waiting import free_port, wait_until
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,65 +35,6 @@ SLOW = {
     "train": {"batch_size": 8, "device": "cpu"},
     "task": "multiclass",
 }
-
-
-class CuttableProxy:
-    def __init__(self, target_port: int):
-        self.port, self.target_port = free_port(), target_port
-        self.listener: socket.socket | None = None
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-
-    def restore(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.listener.settimeout(0.1)
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        listener, self.listener = self.listener, None
-        listener.close()
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self.listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def add_dataset(settings: Settings, n: int = 2000, seed: int = 0) -> str:

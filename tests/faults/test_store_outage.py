@@ -14,7 +14,6 @@ from app.db import session_scope
 from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import JobStore, ModelStore
 from tests.faults.support import (
-    CuttableProxy,
     add_dataset,
     add_job,
     base_env,
@@ -23,6 +22,7 @@ from tests.faults.support import (
     stop,
 )
 from tests.scratch_stores import scratch_redis_postgres
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 
 OUTAGE_S = 5
@@ -34,7 +34,7 @@ def test_store_outage_mid_job_loses_no_job(tmp_path):
         direct_url = stores["HETSERVE_DATABASE_URL"]
         direct = base_env(tmp_path / "data", stores)
         settings = prepare(direct)
-        proxy = CuttableProxy(make_url(direct_url).port or 5432)
+        proxy = TcpProxy(("127.0.0.1", make_url(direct_url).port or 5432))
         proxy.restore()
         proxied_url = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)
         worker_env = direct | {
