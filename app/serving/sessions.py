@@ -22,7 +22,6 @@ here: app/serving/onnx_model.py feeds each call a seed from os.urandom.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from app.artifacts import sha256_file
 from app.serving.metrics import SESSIONS_LOADED
 from app.serving.onnx_model import OnnxModel
 
@@ -64,13 +64,10 @@ class FileHashes:
             known = self._known.get(path)
         if known is not None and known[0] == signature:
             return known[1]
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        digest = sha256_file(path)
         with self._lock:
-            self._known[path] = (signature, digest.hexdigest())
-        return digest.hexdigest()
+            self._known[path] = (signature, digest)
+        return digest
 
 
 WARMUP_ROWS = 2

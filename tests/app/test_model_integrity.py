@@ -63,8 +63,8 @@ def test_a_corrupted_model_file_is_409_on_predict_and_download(service, caplog):
 def test_a_file_is_hashed_once_per_version(service, monkeypatch):
     client, settings, model_id = service
     calls = []
-    real = sessions.hashlib.sha256
-    monkeypatch.setattr(sessions.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    real = sessions.sha256_file
+    monkeypatch.setattr(sessions, "sha256_file", lambda *a: calls.append(1) or real(*a))
     for _ in range(3):
         assert predict(client, model_id).status_code == 200
         assert client.get(f"/v1/models/{model_id}/onnx", headers=AUTH).status_code == 200
