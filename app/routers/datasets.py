@@ -99,31 +99,20 @@ def register_reference(
         manifest, manifest_bytes = scan_uri(ref, settings)
     except ReferenceRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    sha256 = hashlib.sha256(manifest_bytes).hexdigest()
-    relative = artifacts.relative_path(sha256, ".manifest.json")
     counts = manifest["counts"]
-    try:
-        with session_scope(settings) as session:
-            store = DatasetStore(session)
-            store.lock_artifact(relative)
-            row = store.add(
-                name=ref.name or ref.uri,
-                format=manifest["format"],
-                task=manifest["task"],
-                **counts,
-                input_shape=manifest["input_shape"],
-                num_classes=len(manifest["class_names"]),
-                class_names=manifest["class_names"],
-                sha256=sha256,
-                size_bytes=len(manifest_bytes),
-                artifact_path=relative,
-            )
-            artifacts.put_bytes(manifest_bytes, ".manifest.json")
-            out = DatasetOut.model_validate(row)
-    except BaseException:
-        _remove_if_unreferenced(settings, artifacts, relative)
-        raise
-    return out
+    return store_dataset(
+        settings,
+        artifacts,
+        manifest_bytes,
+        ".manifest.json",
+        name=ref.name or ref.uri,
+        format=manifest["format"],
+        task=manifest["task"],
+        **counts,
+        input_shape=manifest["input_shape"],
+        num_classes=len(manifest["class_names"]),
+        class_names=manifest["class_names"],
+    )
 
 
 def read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -197,28 +186,40 @@ def upload_dataset(
         raise HTTPException(422, str(exc)) from None
     except DecodeBusy as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
-    sha256 = hashlib.sha256(canonical).hexdigest()
-    relative = artifacts.relative_path(sha256, ".npz")
-    # Under the artifact's lock (the one delete takes): the row is added and the file
-    # written (again, if a delete of the same bytes just removed it) before any delete
-    # of the same bytes can count the rows.
+    return store_dataset(
+        settings,
+        artifacts,
+        canonical,
+        ".npz",
+        name=name or filename,
+        format=fmt,
+        task=dataset.task,
+        **dataset.counts,
+        input_shape=dataset.input_shape,
+        num_classes=len(dataset.class_names),
+        class_names=dataset.class_names,
+    )
+
+
+def store_dataset(
+    settings: Settings, artifacts: ArtifactStore, content: bytes, suffix: str, **fields: Any
+) -> DatasetOut:
+    """Add the dataset's row and write its content-addressed file (the canonical .npz of
+    an upload, or the manifest of a dataset registered by reference).
+
+    Under the artifact's lock (the one delete takes): the row is added and the file
+    written (again, if a delete of the same bytes just removed it) before any delete of
+    the same bytes can count the rows."""
+    sha256 = hashlib.sha256(content).hexdigest()
+    relative = artifacts.relative_path(sha256, suffix)
     try:
         with session_scope(settings) as session:
             store = DatasetStore(session)
             store.lock_artifact(relative)
             row = store.add(
-                name=name or filename,
-                format=fmt,
-                task=dataset.task,
-                **dataset.counts,
-                input_shape=dataset.input_shape,
-                num_classes=len(dataset.class_names),
-                class_names=dataset.class_names,
-                sha256=sha256,
-                size_bytes=len(canonical),
-                artifact_path=relative,
+                **fields, sha256=sha256, size_bytes=len(content), artifact_path=relative
             )
-            artifacts.put_bytes(canonical, ".npz")
+            artifacts.put_bytes(content, suffix)
             out = DatasetOut.model_validate(row)
     except BaseException:
         _remove_if_unreferenced(settings, artifacts, relative)
