@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -21,7 +21,13 @@ EXPECTED_FAILURES = re.compile(r"/v1/models/\w+/noise\b.*\b409\b")
 
 def wait(driver, condition, timeout: float = WAIT_S, what: str = ""):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+        # A page that redraws (live curves) replaces its elements: poll again, not fail.
+        return WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.2,
+            ignored_exceptions=(StaleElementReferenceException,),
+        ).until(condition)
     except TimeoutException:
         shot = SCREENSHOTS / "timeout.png"
         driver.save_screenshot(str(shot))
@@ -332,8 +338,12 @@ def test_submit_follow_and_cancel_jobs_from_the_jobs_page(signed_in, origin, tra
     )
     # Its page draws the curves while it trains, from the epochs finished so far.
     goto(signed_in, origin, f"#/jobs/{long}")
-    canvas = wait_css(signed_in, "#curves canvas", timeout=120)
-    wait(signed_in, lambda d: canvas_drawn(d, canvas), what="live training curves")
+    wait_css(signed_in, "#curves canvas", timeout=120)
+    wait(
+        signed_in,
+        lambda d: canvas_drawn(d, d.find_element(By.CSS_SELECTOR, "#curves canvas")),
+        what="live training curves",
+    )
     assert "running" in signed_in.find_element(By.CSS_SELECTOR, ".job-progress").text
     check_page(signed_in, origin, "job-live")
     goto(signed_in, origin, "#/jobs")
