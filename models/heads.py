@@ -193,7 +193,8 @@ def reference_moments(
             p.dtype
         )
         counts = member.sum(0)  # (M,)
-        group_means = torch.einsum("bsk,sm->bmk", p, member) / counts.clamp_min(1).view(-1, 1)
+        # (M, S) @ (B, S, K): B small GEMMs, no transpose of the (B, S, K) tensor
+        group_means = torch.matmul(member.T, p) / counts.clamp_min(1).view(-1, 1)
         stderr = grouped_stderr(group_means, counts, probs)
     return {
         "probs": probs,
