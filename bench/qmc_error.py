@@ -24,6 +24,9 @@ Methods (noise eps (S, K + R) shared by the batch, as the service draws it):
   M = 8 groups of S/8, each under its own digital shift, Phi^-1 by Acklam's approximation;
   "rqmc 4 shifts" the same with M = 4 (a better estimate, a noisier error bar).
 
+With --gradient it measures the training loss's gradient instead (K <= 100; S 64 and
+the train default 200): the relative error of d/d(mu, d, V) of the mean log-likelihood.
+
 For "rqmc 8 shifts" it also reports the honesty of the error bar: the observed RMS error
 of p_hat over the repetitions (all inputs and classes) divided by the RMS of the
 reported mc_stderr (grouped_stderr), which should be about 1; and "mc" vs its
@@ -42,8 +45,9 @@ from models import het_fast, qmc
 from models.heads import LogitGaussian, grouped_stderr
 
 
-def trained_digits_head(rows: int, seed: int = 0) -> LogitGaussian:
-    """mu, V, d of a HET head (K = 10, R = 4) trained on noisy digits, for `rows` test inputs."""
+def trained_digits_head(rows: int, seed: int = 0, labels: bool = False):
+    """mu, V, d of a HET head (K = 10, R = 4) trained on noisy digits, for `rows` test
+    inputs (and their labels, with labels=True)."""
     from sklearn.datasets import load_digits
 
     from models.heads import HetHead
@@ -79,7 +83,8 @@ def trained_digits_head(rows: int, seed: int = 0) -> LogitGaussian:
         opt.step()
     with torch.no_grad():
         z = head.latent(x[test]).scaled(1.0 / head.temperature)
-        return LogitGaussian(z.mu, z.scale, z.factor_matrix())
+        latent = LogitGaussian(z.mu, z.scale, z.factor_matrix())
+    return (latent, y[test]) if labels else latent
 
 
 def random_head(rows: int, k: int, r: int, seed: int = 0) -> LogitGaussian:
@@ -137,6 +142,42 @@ def draw(method: str, s: int, width: int, gen: torch.Generator) -> torch.Tensor:
     raise ValueError(method)
 
 
+def gradient(z: LogitGaussian, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """d/d(mu, d, V) of the mean log-likelihood (the training loss's estimator), flattened."""
+    leaves = [t.detach().clone().requires_grad_() for t in (z.mu, z.scale, z.factors)]
+    k = z.mu.shape[1]
+    loglik = het_fast.log_likelihood(LogitGaussian(*leaves), y, *split(eps, k), True, *fast_args(z))
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loglik.mean(), leaves)])
+
+
+def gradient_table(args) -> None:
+    """Relative error ||g_hat - g|| / ||g|| of the loss gradient, g from --reference-samples
+    scrambled Sobol draws (the estimator is biased: log of a mean; the bias counts too)."""
+    methods = ("mc", "sobol owen", "rqmc 8 shifts")
+    print("\ntraining gradient: mean over repetitions of ||g_hat - g|| / ||g||\n")
+    print("| K | R | S | " + " | ".join(methods) + " |")
+    print("|" + "---:|" * (len(methods) + 3))
+    for k in [c for c in args.classes if c <= 100]:
+        if k == 10:
+            r, (z, y) = 4, trained_digits_head(args.rows, labels=True)
+        else:
+            r, z = 10, random_head(args.rows, k, 10)
+            y = torch.multinomial(reference(z, k + r, 1 << 14, seed=1), 1, generator=torch.Generator().manual_seed(3)).squeeze(1)
+        width = k + r
+        engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=54321)
+        u = engine.draw(args.reference_samples, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        ref = gradient(z, y, torch.special.ndtri(u).float())
+        for s in args.gradient_samples:
+            gen = torch.Generator().manual_seed(2000 + s)
+            errors = {m: [] for m in methods}
+            for _ in range(args.reps):
+                for method in methods:
+                    g = gradient(z, y, draw(method, s, width, gen))
+                    errors[method].append(float((g - ref).norm() / ref.norm()))
+            cells = " | ".join(f"{np.mean(errors[m]):.4f}" for m in methods)
+            print(f"| {k} | {r} | {s} | {cells} |", flush=True)
+
+
 METHODS = ("mc", "antithetic", "sobol owen", "sobol shift", "rqmc 4 shifts", "rqmc 8 shifts")
 
 
@@ -148,8 +189,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100, help="test inputs (half at K = 1000)")
     parser.add_argument("--reference-samples", type=int, default=1 << 16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gradient", action="store_true", help="the training gradient only")
+    parser.add_argument("--gradient-samples", type=int, nargs="+", default=[64, 200])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gradient:
+        gradient_table(args)
+        return
     print(
         f"error = mean over inputs of max_k |p_hat - p|, mean of {args.reps} repetitions; "
         f"reference: scrambled Sobol, {args.reference_samples} draws\n"
