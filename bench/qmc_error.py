@@ -132,7 +132,9 @@ def draw(method: str, s: int, width: int, gen: torch.Generator) -> torch.Tensor:
     table = qmc.sobol_table(width)
     if method == "sobol shift":
         shift = torch.randint(0, 1 << qmc.DIGITS, (width,), generator=gen).numpy().astype(np.uint32)
-        u = ((table[:s] ^ shift).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-qmc.DIGITS)
+        u = ((table[:s] ^ shift).astype(np.float32) + np.float32(0.5)) * np.float32(
+            2.0**-qmc.DIGITS
+        )
         return torch.from_numpy(qmc.normal_quantile(u))
     if method.startswith("rqmc"):
         groups = int(method.split()[1])
@@ -162,7 +164,9 @@ def gradient_table(args) -> None:
             r, (z, y) = 4, trained_digits_head(args.rows, labels=True)
         else:
             r, z = 10, random_head(args.rows, k, 10)
-            y = torch.multinomial(reference(z, k + r, 1 << 14, seed=1), 1, generator=torch.Generator().manual_seed(3)).squeeze(1)
+            y = torch.multinomial(
+                reference(z, k + r, 1 << 14, seed=1), 1, generator=torch.Generator().manual_seed(3)
+            ).squeeze(1)
         width = k + r
         engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=54321)
         u = engine.draw(args.reference_samples, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
@@ -200,7 +204,11 @@ def main() -> None:
         f"error = mean over inputs of max_k |p_hat - p|, mean of {args.reps} repetitions; "
         f"reference: scrambled Sobol, {args.reference_samples} draws\n"
     )
-    print("| K | R | S | " + " | ".join(METHODS) + " | rqmc RMS err / RMS stderr | mc RMS err / RMS stderr |")
+    print(
+        "| K | R | S | "
+        + " | ".join(METHODS)
+        + " | rqmc RMS err / RMS stderr | mc RMS err / RMS stderr |"
+    )
     print("|" + "---:|" * (len(METHODS) + 5))
     for k in args.classes:
         if k == 10:
@@ -227,13 +235,18 @@ def main() -> None:
                     if method == "rqmc 8 shifts":
                         g = qmc.QMC_GROUPS
                         means = torch.stack([predictive(z, eps[i::g]) for i in range(g)], 1)
-                        counts = torch.tensor([len(range(i, s, g)) for i in range(g)], dtype=torch.float32)
+                        counts = torch.tensor(
+                            [len(range(i, s, g)) for i in range(g)], dtype=torch.float32
+                        )
                         se = grouped_stderr(means, counts, p)
                         sq_err["rqmc"] += float((p - ref).square().mean())
                         sq_se["rqmc"] += float(se.square().mean())
             cells = " | ".join(f"{np.mean(errors[m]):.4f}" for m in METHODS)
             ratio = {key: math.sqrt(sq_err[key] / sq_se[key]) for key in sq_err}
-            print(f"| {k} | {r} | {s} | {cells} | {ratio['rqmc']:.2f} | {ratio['mc']:.2f} |", flush=True)
+            print(
+                f"| {k} | {r} | {s} | {cells} | {ratio['rqmc']:.2f} | {ratio['mc']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -140,8 +140,7 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         noise_free_ref = head.noise_free_probs(h).numpy()
     same_diff = float(
         max(
-            np.abs(same[name] - same_moments[name].numpy()).max()
-            for name in ("probs", "mc_stderr")
+            np.abs(same[name] - same_moments[name].numpy()).max() for name in ("probs", "mc_stderr")
         )
     )
     noise_free_diff = float(np.abs(same["noise_free_probs"] - noise_free_ref).max())

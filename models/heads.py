@@ -478,9 +478,7 @@ class HetHead(nn.Module):
             rows = slice(g, None, groups)
             part_r = None if eps_r is None else eps_r[..., rows, :].contiguous()
             parts.append(
-                het_fast.moments(
-                    z, part_r, eps_k[..., rows, :].contiguous(), *self._fast_args(h)
-                )
+                het_fast.moments(z, part_r, eps_k[..., rows, :].contiguous(), *self._fast_args(h))
             )
             counts.append(len(range(g, num, groups)))
         n = z.mu.new_tensor(counts)  # (G,)

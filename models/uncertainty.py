@@ -25,8 +25,6 @@ rho_ij widens u_i - u_j, so i and j swap more often; a positive one moves them t
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from models.heads import MULTICLASS, Head

@@ -244,8 +244,9 @@ class OnnxModel:
         if sampled:
             probs, entropy = outputs["probs"], outputs["entropy"]
             # files exported before the graph had an mc_stderr output drew plain MC
-            mc_stderr = outputs.get("mc_stderr")
-            if mc_stderr is None:
+            if "mc_stderr" in outputs:
+                mc_stderr = outputs["mc_stderr"]
+            else:
                 mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
         elif noise_free is None:
             raise ValueError("this model file has no noise_free_probs output")

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import io
 import json
-import math
 import subprocess
 import sys
 import zipfile

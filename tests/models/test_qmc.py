@@ -17,7 +17,9 @@ from models.spec import HeadSpec
 def test_normal_quantile_is_within_2e6_of_the_exact_one_on_the_whole_grid():
     """u = (d + 1/2) / 2^23 as the sampler makes it (every 5th d, every d in both tails):
     PPND7 in float32 vs ndtri in float64 (torch's Cephes port)."""
-    digits = np.r_[0:4096, 4096 : (1 << qmc.DIGITS) - 4096 : 5, (1 << qmc.DIGITS) - 4096 : 1 << qmc.DIGITS]
+    digits = np.r_[
+        0:4096, 4096 : (1 << qmc.DIGITS) - 4096 : 5, (1 << qmc.DIGITS) - 4096 : 1 << qmc.DIGITS
+    ]
     u = (digits.astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-qmc.DIGITS)
     got = qmc.normal_quantile(u).astype(np.float64)
     exact = torch.special.ndtri(torch.from_numpy(u.astype(np.float64))).numpy()
@@ -50,7 +52,9 @@ def test_layout_groups_walk_the_points_each_under_its_own_shift():
         rows = np.arange(g, num, qmc.QMC_GROUPS)
         # in order through the table, one shift per pass
         np.testing.assert_array_equal(point[rows], np.arange(len(rows)) % points)
-        np.testing.assert_array_equal(shift[rows], g + qmc.QMC_GROUPS * (np.arange(len(rows)) // points))
+        np.testing.assert_array_equal(
+            shift[rows], g + qmc.QMC_GROUPS * (np.arange(len(rows)) // points)
+        )
     # shifts are never shared between groups (the groups are independent)
     owners = {int(j): int(s % qmc.QMC_GROUPS) for s, j in zip(range(num), shift, strict=True)}
     assert all(owners[j] == j % qmc.QMC_GROUPS for j in owners)
