@@ -187,14 +187,13 @@ def reference_moments(
     if groups is None:
         stderr = prob_std / num.sqrt()
     else:
-        # one-hot (S, M) of s mod M: the group sums as one product (S stays symbolic)
+        # group g = rows s mod M: strided slices (S stays symbolic in export; a GEMM with
+        # the (S, M) indicator measured ~3x slower in onnxruntime)
         index = torch.arange(z.shape[1], device=z.device)
-        member = ((index % groups).unsqueeze(1) == torch.arange(groups, device=z.device)).to(
-            p.dtype
-        )
-        counts = member.sum(0)  # (M,)
-        # (M, S) @ (B, S, K): B small GEMMs, no transpose of the (B, S, K) tensor
-        group_means = torch.matmul(member.T, p) / counts.clamp_min(1).view(-1, 1)
+        member = (index % groups).unsqueeze(1) == torch.arange(groups, device=z.device)
+        counts = member.to(p.dtype).sum(0)  # (M,)
+        sums = torch.stack([p[:, g::groups].sum(1) for g in range(groups)], 1)  # (B, M, K)
+        group_means = sums / counts.clamp_min(1).view(-1, 1)
         stderr = grouped_stderr(group_means, counts, probs)
     return {
         "probs": probs,
