@@ -1,10 +1,15 @@
 """The sampler of the core: graph inputs ``seed`` and ``num_samples`` -> ``noise``.
 
 A hand-built ONNX subgraph turns ``seed`` and ``num_samples`` into the (S, K + R) noise
-matrix the core (``models.export_core``) takes, with a counter-based generator (it runs
-inside the core's If on num_samples > 0, so S = 0 draws nothing):
-SplitMix64 on ``key + golden * i``, then Box-Muller. The noise is a pure function of
-(seed, S, K, R):
+matrix the core (``models.export_core``) takes (it runs inside the core's If on
+num_samples > 0, so S = 0 draws nothing), in one of two modes, the head's eval_noise:
+
+- "qmc" (the default): randomized Sobol points (``models.qmc``): a baked-in table of N
+  Sobol points XOR per-call digital shifts, whose digits are SplitMix64 words of
+  ``key + golden * i``, then an inverse normal CDF (AS241 PPND7) from elementary ops;
+- "mc": independent normals, SplitMix64 on ``key + golden * i``, then Box-Muller.
+
+Either way the noise is a pure function of (seed, S, K, R):
 
 - a caller's seed gives bit-identical outputs across calls, sessions and processes,
   and, because the noise is shared by the batch and drawn independently of it, each
@@ -17,8 +22,8 @@ SplitMix64 on ``key + golden * i``, then Box-Muller. The noise is a pure functio
   repeat each other (onnxruntime#27771). app/serving/onnx_model.py therefore never relies on it:
   it passes a fresh seed from os.urandom on every call, which is fork safe.
 
-``counter_normals`` is the same generator in numpy (torch free), the twin the parity
-check and the tests feed to PyTorch.
+``qmc_normals`` and ``counter_normals`` are the same generators in numpy (``sampler_normals``
+picks one by mode), the twins the parity check and the tests feed to PyTorch.
 """
 
 from __future__ import annotations
