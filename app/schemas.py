@@ -23,7 +23,7 @@ JOB_SPEC_EXAMPLE: JsonDict = {
         "num_factors": 4,
         "temperature": "auto",
         "train_mc_samples": 200,
-        "eval_mc_samples": 1000,
+        "eval_mc_samples": 512,
         "parameter_efficient": False,
     },
     "backbone": {"kind": "mlp"},

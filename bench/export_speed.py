@@ -38,9 +38,15 @@ R = 10
 
 
 def make_model(
-    kind: str, num_classes: int, samples: int, num_factors: int = R, efficient: bool = False
+    kind: str,
+    num_classes: int,
+    samples: int,
+    num_factors: int = R,
+    efficient: bool = False,
+    noise: str = "qmc",
 ):
-    """An MLP classifier with random weights (speed does not depend on training)."""
+    """An MLP classifier with random weights (speed does not depend on training); noise:
+    the eval draws ("qmc", the default, or "mc")."""
     torch.manual_seed(0)
     spec = RunSpec(
         head=HeadSpec(
@@ -48,6 +54,7 @@ def make_model(
             num_factors=num_factors,
             temperature=1.5,
             eval_mc_samples=samples,
+            eval_noise=noise,
             parameter_efficient=efficient,
         ),
         backbone=BackboneSpec(hidden=[256, 256]),

@@ -1,7 +1,7 @@
 """Cost of the noise-free predictive: a HET model called with num_samples = 0 vs the
 softmax baseline on the same backbone, both through onnxruntime.
 
-    .venv/bin/python bench/noise_free_speed.py [--threads 1] [--samples 1000] [--repeats 51]
+    .venv/bin/python bench/noise_free_speed.py [--threads 1] [--samples 512] [--repeats 51]
 
 MLP backbone (D=128, hidden [256, 256]), K = 100, B = 64, R = 10, random weights (speed
 does not depend on training). Variants, timed round-robin in interleaved rounds so a
@@ -14,7 +14,11 @@ load change hits them alike (median ms per call):
 - "het R=0 S=0": a diagonal-only HET model (no K x R factor layer), every output;
 - "het PE S=0": the parameter-efficient HET model, V(x) = diag(v(x)) J, every output;
 - "softmax": the baseline's file, every output;
-- "het S=<default>": the HET file at its default S, every output.
+- "het QMC S=<default>": the HET file at its default S (HeadSpec's eval_mc_samples, QMC
+  noise: models/qmc.py), every output: the predictive's cost now;
+- "het MC S=<--before-samples>": the HET file with plain MC noise at the former default
+  S = 1000 (which QMC at the default S matches in accuracy: bench/qmc_error.py), every
+  output: the cost before.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ import torch
 from export_speed import D, R, make_model, session, time_round_robin  # bench/: run as a script
 
 from models.export import build_onnx
+from models.spec import HeadSpec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    parser.add_argument("--samples", type=int, default=1000, help="the HET model's default S")
+    parser.add_argument(
+        "--samples", type=int, default=HeadSpec().eval_mc_samples, help="the HET model's S (QMC)"
+    )
+    parser.add_argument("--before-samples", type=int, default=1000, help="S of the plain-MC file")
     parser.add_argument("--repeats", type=int, default=51)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
@@ -44,6 +52,8 @@ def main() -> None:
     base = session(build_onnx(make_model("softmax", k, s), [D]), args.threads)
     het_r0 = session(build_onnx(make_model("het", k, s, num_factors=0), [D]), args.threads)
     het_pe = session(build_onnx(make_model("het", k, s, efficient=True), [D]), args.threads)
+    before_s = args.before_samples
+    het_mc = session(build_onnx(make_model("het", k, before_s, noise="mc"), [D]), args.threads)
     x = np.random.default_rng(0).normal(size=(args.batch, D)).astype(np.float32)
 
     def feeds(num: int) -> dict:
@@ -53,7 +63,7 @@ def main() -> None:
             "seed": np.asarray(1, np.int64),
         }
 
-    zero, default = feeds(0), feeds(s)
+    zero, default, before = feeds(0), feeds(s), feeds(before_s)
     t = time_round_robin(
         {
             "het S=0": lambda: het.run(None, zero),
@@ -61,7 +71,8 @@ def main() -> None:
             "het R=0 S=0": lambda: het_r0.run(None, zero),
             "het PE S=0": lambda: het_pe.run(None, zero),
             "softmax": lambda: base.run(None, default),
-            f"het S={s}": lambda: het.run(None, default),
+            f"het QMC S={s}": lambda: het.run(None, default),
+            f"het MC S={before_s}": lambda: het_mc.run(None, before),
         },
         args.repeats,
     )

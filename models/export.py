@@ -15,6 +15,7 @@ The file's contract (docs/export.md has the full version; the names are in
              top_classes       int64 [B, T]   the T = min(10, K) most probable classes
              top_correlation   [B, T, T]      rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj) among them
              noise_free_probs  [B, K]   softmax(mu / tau) (sigmoid: multilabel), exact
+             mc_stderr         [B, K]   standard error of probs (QMC: from 8 independent shifts)
 
 With num_samples <= 0 a HET graph skips the sampler and the MC moments (an ONNX If): the
 SAMPLED_OUTPUTS of ``models.onnx_contract`` come back as zeros, the rest exact (the top
@@ -27,8 +28,11 @@ Three parts, one module each:
    computed by the head's reference estimator inside a torch.cond on num_samples > 0
    and exported with dynamo;
 2. ``models.export_sampler``: the hand-built ONNX sampler, put inside that If's branch,
-   ``seed`` and ``num_samples`` -> ``noise`` (SplitMix64, then Box-Muller), and its
-   numpy twin ``counter_normals``;
+   ``seed`` and ``num_samples`` -> ``noise``: randomized Sobol points (the head's
+   eval_noise "qmc", the default: a baked-in Sobol table XOR per-call digital shifts
+   from SplitMix64, then an inverse normal CDF; models/qmc.py) or independent normals
+   ("mc": SplitMix64, then Box-Muller), with numpy twins ``qmc_normals`` and
+   ``counter_normals``;
 3. ``models.export_parity``: onnxruntime vs PyTorch on held-out inputs, statistically and
    on the same noise.
 
@@ -51,7 +55,9 @@ from models.export_core import OPSET, core_onnx, is_sampled, noise_width
 from models.export_parity import ParityError, check_parity, parity_rows
 from models.export_sampler import (
     counter_normals,
+    qmc_normals,
     sampler_nodes,
+    sampler_normals,
     with_ignored_sampling_inputs,
     with_sampler,
 )
@@ -67,7 +73,9 @@ __all__ = [
     "export_onnx",
     "head_config",
     "noise_width",
+    "qmc_normals",
     "sampler_nodes",
+    "sampler_normals",
 ]
 
 
@@ -80,7 +88,7 @@ def build_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
     core = core_onnx(model, input_shape)
     eval_samples = int(model.head.eval_mc_samples)
     if is_sampled(model):
-        return with_sampler(core, noise_width(model), eval_samples)
+        return with_sampler(core, noise_width(model), eval_samples, model.head.eval_noise)
     return with_ignored_sampling_inputs(core, eval_samples)
 
 
@@ -94,6 +102,7 @@ def head_config(model: Classifier) -> dict:
         "temperature": float(head.temperature),
         "learned_temperature": bool(head.learned_temperature),
         "eval_mc_samples": int(head.eval_mc_samples),
+        "eval_noise": getattr(head, "eval_noise", "mc"),
         "share_samples_across_batch": True,
     }
 

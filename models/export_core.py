@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from models import qmc
 from models.classifier import Classifier
 from models.heads import MULTICLASS, LogitGaussian, noise_free_from_logits, reference_moments
 from models.onnx_contract import OUTPUT_NAMES
@@ -69,9 +70,16 @@ class SampledCore(nn.Module):
         head = self.model.head
         z = _latent_from(mu, scale, factor, head).scaled(1.0 / head.temperature)
         eps_r, eps_k = split_noise(noise, head.num_classes, head.num_factors)
-        m = reference_moments(z, eps_r, eps_k, head.task)
+        groups = qmc.QMC_GROUPS if head.eval_noise == "qmc" else None
+        m = reference_moments(z, eps_r, eps_k, head.task, groups)
         probs = m["probs"]
-        return probs, entropy_of(probs, head.task), m["expected_entropy"], m["prob_std"]
+        return (
+            probs,
+            entropy_of(probs, head.task),
+            m["expected_entropy"],
+            m["prob_std"],
+            m["mc_stderr"],
+        )
 
     def _placeholders(self, noise, mu, scale, *factor):
         per_example = mu[:, 0] if self.model.head.task == MULTICLASS else mu
@@ -79,6 +87,7 @@ class SampledCore(nn.Module):
             torch.zeros_like(mu),
             torch.zeros_like(per_example),
             torch.zeros_like(per_example),
+            torch.zeros_like(mu),
             torch.zeros_like(mu),
         )
 
@@ -114,7 +123,13 @@ class DeterministicCore(nn.Module):
         h = self.model.features(input)
         m = head.moments(h)
         probs = m["probs"]
-        moments = (probs, entropy_of(probs, head.task), m["expected_entropy"], m["prob_std"])
+        moments = (
+            probs,
+            entropy_of(probs, head.task),
+            m["expected_entropy"],
+            m["prob_std"],
+            m["mc_stderr"],
+        )
         return outputs(head.latent(h), moments, probs, head.noise_free_probs(h))
 
 
@@ -122,10 +137,11 @@ def outputs(
     latent: LogitGaussian, moments: tuple, ranking: torch.Tensor, noise_free: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """The OUTPUT_NAMES tensors, in order, from the latent of u, the SAMPLED_OUTPUTS
-    (probs, entropy, expected_entropy, prob_std), the probabilities that rank the top
-    classes and the noise-free predictive."""
+    (probs, entropy, expected_entropy, prob_std, mc_stderr), the probabilities that rank
+    the top classes and the noise-free predictive."""
     classes, rho = top_correlations(latent, ranking)
-    return (*moments, latent.variance().sqrt(), classes, rho, noise_free)
+    *first, stderr = moments
+    return (*first, latent.variance().sqrt(), classes, rho, noise_free, stderr)
 
 
 def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:

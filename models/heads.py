@@ -43,11 +43,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import het_fast
+from models import het_fast, qmc
 from models.spec import HeadSpec
 
 MULTICLASS = "multiclass"
@@ -160,12 +161,16 @@ def reference_log_likelihood(
     return (y * log_p + (1 - y) * log_not_p).sum(-1)
 
 
-def reference_moments(latent: LogitGaussian, eps_r, eps_k, task: str) -> dict[str, torch.Tensor]:
+def reference_moments(
+    latent: LogitGaussian, eps_r, eps_k, task: str, groups: int | None = None
+) -> dict[str, torch.Tensor]:
     """MC moments of the sampled probabilities p_s = softmax(z_s) (sigmoid per label)::
 
     probs            = mean_s p_s                                        (B, K)
     prob_std         = sqrt( (mean_s p_s^2 - probs^2) * S / (S - 1) )    (B, K)
     expected_entropy = mean_s H[p_s]                       (B,); (B, K) per label
+    mc_stderr        = prob_std / sqrt(S)  (independent draws, groups None)
+                     = grouped_stderr over the groups s mod M  (groups = M: RQMC noise)
     """
     z = latent.sample(eps_r, eps_k)  # (B, S, K)
     if task == MULTICLASS:
@@ -178,7 +183,40 @@ def reference_moments(latent: LogitGaussian, eps_r, eps_k, task: str) -> dict[st
     probs = p.mean(1)
     num = torch.ones_like(z[:, :, :1]).sum(1)  # S as a tensor, (B, 1): stays symbolic in export
     var = ((p * p).mean(1) - probs * probs).clamp_min(0) * (num / (num - 1).clamp_min(1))
-    return {"probs": probs, "prob_std": var.sqrt(), "expected_entropy": expected_entropy}
+    prob_std = var.sqrt()
+    if groups is None:
+        stderr = prob_std / num.sqrt()
+    else:
+        # group g = rows s mod M: strided slices (S stays symbolic in export; a GEMM with
+        # the (S, M) indicator measured ~3x slower in onnxruntime)
+        index = torch.arange(z.shape[1], device=z.device)
+        member = (index % groups).unsqueeze(1) == torch.arange(groups, device=z.device)
+        counts = member.to(p.dtype).sum(0)  # (M,)
+        sums = torch.stack([p[:, g::groups].sum(1) for g in range(groups)], 1)  # (B, M, K)
+        group_means = sums / counts.clamp_min(1).view(-1, 1)
+        stderr = grouped_stderr(group_means, counts, probs)
+    return {
+        "probs": probs,
+        "prob_std": prob_std,
+        "expected_entropy": expected_entropy,
+        "mc_stderr": stderr,
+    }
+
+
+def grouped_stderr(
+    group_means: torch.Tensor, counts: torch.Tensor, probs: torch.Tensor
+) -> torch.Tensor:
+    """The standard error of p_hat from M independent groups of draws (models/qmc.py)::
+
+    se = sqrt( G / (G - 1) * sum_g (n_g / S)^2 (m_g - p_hat)^2 ),   G = #{g : n_g > 0}
+
+    group_means (B, M, K) with m_g = 0 for an empty group, counts n_g (M,), probs p_hat
+    (B, K). Equal groups: the std of the M group means over sqrt(M)."""
+    total = counts.sum()
+    filled = (counts > 0).to(probs.dtype).sum()
+    weights = (counts / total).view(-1, 1)  # (M, 1)
+    spread = (weights * (group_means - probs.unsqueeze(1))).square().sum(1)
+    return (spread * (filled / (filled - 1).clamp_min(1))).sqrt()
 
 
 def noise_free_from_logits(z: torch.Tensor, task: str) -> torch.Tensor:
@@ -279,6 +317,9 @@ class HetHead(nn.Module):
         self.parameter_efficient = spec.parameter_efficient and num_factors > 0
         self.train_mc_samples = spec.train_mc_samples
         self.eval_mc_samples = spec.eval_mc_samples
+        # RQMC needs Sobol direction numbers for every column of the noise
+        wide = num_classes + num_factors > qmc.SOBOL_MAX_DIM
+        self.eval_noise = "mc" if wide else spec.eval_noise
         self.share_samples_across_batch = spec.share_samples_across_batch
         self.min_scale = min_scale
         self.fast = fast
@@ -334,10 +375,29 @@ class HetHead(nn.Module):
     forward = latent
 
     def draw_noise(
-        self, batch: int, num_samples: int, device, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        num_samples: int,
+        device,
+        generator: torch.Generator | None = None,
+        mode: str = "mc",
     ) -> Noise:
-        """(eps_R, eps_K): (S, R) and (S, K) shared by the batch, else (B, S, R), (B, S, K)."""
+        """(eps_R, eps_K): (S, R) and (S, K) shared by the batch, else (B, S, R), (B, S, K).
+
+        mode "mc": independent normals (torch.randn); "qmc": randomized Sobol normals
+        (models/qmc.py), the M random shifts drawn from ``generator``."""
         lead = () if self.share_samples_across_batch else (batch,)
+        if mode == "qmc":
+            width = self.num_classes + self.num_factors
+            table = qmc.sobol_table(width)
+            shape = (*lead, qmc.num_shifts(num_samples, len(table)), width)
+            shifts = torch.randint(0, 1 << qmc.DIGITS, shape, generator=generator)
+            eps = qmc.normals_from_shifts(table, shifts.numpy().astype(np.uint32), num_samples)
+            noise = torch.from_numpy(eps).to(device)  # [eps_K | eps_R], as the export's
+            eps_r = noise[..., self.num_classes :].contiguous() if self.num_factors else None
+            return eps_r, noise[..., : self.num_classes].contiguous()
+        if mode != "mc":
+            raise ValueError(f'noise mode must be "mc" or "qmc", got {mode!r}')
         eps_k = torch.randn(
             (*lead, num_samples, self.num_classes), device=device, generator=generator
         )
@@ -349,11 +409,13 @@ class HetHead(nn.Module):
         return eps_r, eps_k
 
     def _tempered(self, h, num_samples, generator, noise, training) -> tuple[LogitGaussian, Noise]:
-        """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given)."""
+        """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given:
+        plain MC in training, the head's eval_noise otherwise)."""
         latent = self.latent(h).scaled(1.0 / self.temperature)
         if noise is None:
             default = self.train_mc_samples if training else self.eval_mc_samples
-            noise = self.draw_noise(h.shape[0], num_samples or default, h.device, generator)
+            mode = "mc" if training else self.eval_noise
+            noise = self.draw_noise(h.shape[0], num_samples or default, h.device, generator, mode)
         return latent, noise
 
     def _chunk(self, h: torch.Tensor) -> int:
@@ -386,15 +448,51 @@ class HetHead(nn.Module):
 
     @torch.no_grad()
     def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:
-        """probs, prob_std, expected_entropy (see reference_moments) and num_samples;
-        S defaults to eval_mc_samples."""
+        """probs, prob_std, expected_entropy, mc_stderr (see reference_moments) and
+        num_samples; S defaults to eval_mc_samples. With eval_noise "qmc" the noise is
+        read as M = qmc.QMC_GROUPS independent groups (rows s mod M) and mc_stderr comes
+        from the spread of the group means (``grouped_stderr``)."""
         z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, training=False)
-        if self.fast:
-            multiclass = self.task == MULTICLASS
-            m = het_fast.moments(z, eps_r, eps_k, multiclass, self._chunk(h), self.class_major)
+        num = eps_k.shape[-2]
+        groups = qmc.QMC_GROUPS if self.eval_noise == "qmc" else None
+        if not self.fast:
+            m = reference_moments(z, eps_r, eps_k, self.task, groups)
+        elif groups is None:
+            m = het_fast.moments(z, eps_r, eps_k, *self._fast_args(h))
+            m["mc_stderr"] = m["prob_std"] / math.sqrt(num)
         else:
-            m = reference_moments(z, eps_r, eps_k, self.task)
-        return {**m, "num_samples": torch.tensor(eps_k.shape[-2])}
+            m = self._grouped_moments(z, eps_r, eps_k, groups, h)
+        return {**m, "num_samples": torch.tensor(num)}
+
+    def _fast_args(self, h) -> tuple[bool, int, bool]:
+        return self.task == MULTICLASS, self._chunk(h), self.class_major
+
+    def _grouped_moments(self, z, eps_r, eps_k, groups: int, h) -> dict[str, torch.Tensor]:
+        """reference_moments(..., groups) by the fast path, one call per group g (rows
+        s mod M = g), combined: probs and expected_entropy as n_g-weighted means, prob_std
+        by the law of total variance (within + between sums of squares, no cancellation)."""
+        num = eps_k.shape[-2]
+        parts, counts = [], []
+        for g in range(min(groups, num)):
+            rows = slice(g, None, groups)
+            part_r = None if eps_r is None else eps_r[..., rows, :].contiguous()
+            parts.append(
+                het_fast.moments(z, part_r, eps_k[..., rows, :].contiguous(), *self._fast_args(h))
+            )
+            counts.append(len(range(g, num, groups)))
+        n = z.mu.new_tensor(counts)  # (G,)
+        means = torch.stack([p["probs"] for p in parts], 1)  # (B, G, K)
+        probs = (means * (n / num).view(-1, 1)).sum(1)
+        within = sum((c - 1) * p["prob_std"].square() for c, p in zip(counts, parts, strict=True))
+        between = (n.view(-1, 1) * (means - probs.unsqueeze(1)).square()).sum(1)
+        prob_std = ((within + between) / max(num - 1, 1)).sqrt()
+        entropy = sum(c * p["expected_entropy"] for c, p in zip(counts, parts, strict=True)) / num
+        return {
+            "probs": probs,
+            "prob_std": prob_std,
+            "expected_entropy": entropy,
+            "mc_stderr": grouped_stderr(means, n, probs),
+        }
 
     @torch.no_grad()
     def noise_free_probs(self, h) -> torch.Tensor:
@@ -470,6 +568,7 @@ class LinearHead(nn.Module):
             "probs": probs,
             "prob_std": torch.zeros_like(probs),
             "expected_entropy": ent,
+            "mc_stderr": torch.zeros_like(probs),
             "num_samples": torch.tensor(1),
         }
 

@@ -15,6 +15,9 @@ import numpy as np
 # with zeros where a quantity does not exist (no noise: noise_std = 0, no correlations).
 # noise_free_probs is softmax(mu / tau) (sigmoid per label): the predictive with the
 # learned label noise set to zero, exact, no sampling (the baseline's own probabilities).
+# mc_stderr is the standard error of probs: from the spread of M independently shifted
+# groups of draws under QMC noise (models/qmc.py), prob_std / sqrt(S) under plain MC.
+# Files exported before it existed lack it; a runtime then takes prob_std / sqrt(S).
 OUTPUT_NAMES = (
     "probs",
     "entropy",
@@ -24,6 +27,7 @@ OUTPUT_NAMES = (
     "top_classes",
     "top_correlation",
     "noise_free_probs",
+    "mc_stderr",
 )
 
 # The outputs that come from the MC draws. A HET graph called with num_samples <= 0 skips
@@ -32,7 +36,7 @@ OUTPUT_NAMES = (
 # null out. The other outputs stay exact at S = 0: noise_free_probs, noise_std, and
 # top_classes / top_correlation, ranked by noise_free_probs there (by probs when S > 0).
 # The baseline ignores num_samples: its outputs are exact at any S, 0 included.
-SAMPLED_OUTPUTS = ("probs", "entropy", "expected_entropy", "prob_std")
+SAMPLED_OUTPUTS = ("probs", "entropy", "expected_entropy", "prob_std", "mc_stderr")
 
 # Metadata lives in the file's metadata_props as JSON values under this prefix.
 META_PREFIX = "hetserve."

@@ -55,7 +55,15 @@ class HeadSpec(_Strict):
     )
     temperature_bounds: tuple[float, float] = (0.3, 3.0)
     train_mc_samples: int = Field(200, ge=1, le=100_000, description="S while training")
-    eval_mc_samples: int = Field(1000, ge=1, le=100_000, description="S for evaluation and serving")
+    eval_mc_samples: int = Field(
+        512, ge=1, le=100_000, description="S for evaluation and serving (docs/models.md)"
+    )
+    eval_noise: Literal["qmc", "mc"] = Field(
+        "qmc",
+        description='evaluation and serving draws: "qmc" randomized Sobol points under 8 '
+        "random shifts (at S = 512 more accurate than plain MC at 1000, K = 10 to 1000: "
+        'docs/models.md), "mc" independent normals; training always draws plain MC',
+    )
     parameter_efficient: bool = False
     share_samples_across_batch: bool = True
 

@@ -8,7 +8,8 @@ This is the reference the exported ONNX graph is tested against.
 | entropy            | H[p_hat], total predictive uncertainty                         |
 | expected_entropy   | mean_s H[softmax(u_s / tau)]                                   |
 | prob_std           | per-class std of the sampled probabilities                     |
-| mc_stderr          | prob_std / sqrt(S): how precise p_hat is                       |
+| mc_stderr          | the standard error of p_hat: from 8 independently shifted      |
+|                    | groups under QMC noise (models/qmc.py), else prob_std/sqrt(S)  |
 | noise_std          | sqrt(diag Sigma(x)): label noise in logit space, exact         |
 | correlated_pairs   | among the most probable classes (up to 10), the pairs with the |
 |                    | largest |rho_ij|, rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj)   |
@@ -23,8 +24,6 @@ rho_ij widens u_i - u_j, so i and j swap more often; a positive one moves them t
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -83,7 +82,7 @@ def predictive_uncertainty(
         "entropy": entropy_of(probs, head.task),
         "expected_entropy": m["expected_entropy"],
         "prob_std": m["prob_std"],
-        "mc_stderr": m["prob_std"] / math.sqrt(num),
+        "mc_stderr": m["mc_stderr"],
         "noise_std": latent.variance().sqrt(),
         "top_classes": classes,
         "top_correlation": rho,

@@ -228,7 +228,8 @@ class OnnxModel:
         predictive: str = "marginal",
     ) -> list[dict[str, Any]]:
         """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
-        expected_entropy, prob_std, mc_stderr = prob_std / sqrt(S), noise_std,
+        expected_entropy, prob_std, mc_stderr (the graph's; prob_std / sqrt(S) for older
+        files), noise_std,
         noise_free_probs (files that have it), and correlated_pairs (when asked) and
         top_k (when given).
 
@@ -242,7 +243,11 @@ class OnnxModel:
         sampled = predictive == "marginal"
         if sampled:
             probs, entropy = outputs["probs"], outputs["entropy"]
-            mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
+            # files exported before the graph had an mc_stderr output drew plain MC
+            if "mc_stderr" in outputs:
+                mc_stderr = outputs["mc_stderr"]
+            else:
+                mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
         elif noise_free is None:
             raise ValueError("this model file has no noise_free_probs output")
         else:

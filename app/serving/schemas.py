@@ -188,7 +188,8 @@ class Prediction(BaseModel):
         description="per-class std of the sampled probabilities; null for noise_free"
     )
     mc_stderr: list[float] | None = Field(
-        description="prob_std / sqrt(S): how precise p̂ is; null for noise_free"
+        description="the standard error of p̂ (QMC: from 8 independently shifted groups of "
+        "draws; plain MC: prob_std / sqrt(S)); null for noise_free"
     )
     noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
     noise_free_probs: list[float] | None = Field(

@@ -28,10 +28,10 @@ from models.export import (
     OPSET,
     OUTPUT_NAMES,
     ExportError,
-    counter_normals,
     export_onnx,
     noise_width,
     sampler_nodes,
+    sampler_normals,
 )
 from models.onnx_contract import SAMPLED_OUTPUTS
 from models.spec import BackboneSpec, HeadSpec, RunSpec
@@ -133,14 +133,16 @@ def test_file_passes_checker_and_carries_metadata(exported, name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_outputs_equal_torch_reference_on_the_same_noise(exported, name):
-    """The graph = counter_normals(seed) fed to the torch reference, to float32 rounding."""
+    """The graph = its sampler's numpy twin (seed) fed to the torch reference, to float32
+    rounding: every output, mc_stderr from the 8 QMC groups included."""
     model, path, _ = exported[name]
     x, seed, num = inputs(9), 77, 300
     got = run_plain(plain_session(path), x, num_samples=num, seed=seed)
     head = model.head
     noise = None
     if CASES[name]["kind"] == "het":
-        eps = torch.from_numpy(counter_normals(seed, num, noise_width(model)))
+        assert head.eval_noise == "qmc"  # the default
+        eps = torch.from_numpy(sampler_normals("qmc", seed, num, noise_width(model)))
         noise = (eps[:, K:], eps[:, :K])
     ref = predictive_uncertainty(head, model.features(torch.from_numpy(x)), num, noise=noise)
     for out in OUTPUT_NAMES:
@@ -260,9 +262,9 @@ def test_zero_samples_runs_no_sampler():
 # -- the sampler ---------------------------------------------------------------------
 
 
-def sampler_session(width):
+def sampler_session(width, mode="qmc"):
     graph = oh.make_graph(
-        sampler_nodes(width),
+        sampler_nodes(width, mode),
         "sampler",
         [oh.make_tensor_value_info(n, TensorProto.INT64, []) for n in ("num_samples", "seed")],
         [oh.make_tensor_value_info("noise", TensorProto.FLOAT, [None, width])],
@@ -272,15 +274,18 @@ def sampler_session(width):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("width", [7, 10])
-def test_sampler_matches_numpy_and_is_standard_normal(width):
-    session = sampler_session(width)
+@pytest.mark.parametrize(("width", "mode"), [(7, "mc"), (10, "mc"), (7, "qmc"), (10, "qmc")])
+def test_sampler_matches_numpy_and_is_standard_normal(width, mode):
+    """Both samplers: the graph = the numpy twin; marginally N(0, 1) (QMC draws meet MC's
+    bounds a fortiori), columns and consecutive draws uncorrelated; S = 20 000 runs past
+    the QMC table (8 x 1024 rows), so new shifts of the same points pass too."""
+    session = sampler_session(width, mode)
     num = 20_000
     noise = session.run(
         None,
         {"num_samples": np.asarray(num, dtype=np.int64), "seed": np.asarray(42, dtype=np.int64)},
     )[0]
-    np.testing.assert_allclose(noise, counter_normals(42, num, width), atol=1e-5)
+    np.testing.assert_allclose(noise, sampler_normals(mode, 42, num, width), atol=1e-5)
     n = noise.size
     flat = noise.astype(np.float64).ravel()
     assert abs(flat.mean()) <= 4 / np.sqrt(n)
@@ -290,8 +295,10 @@ def test_sampler_matches_numpy_and_is_standard_normal(width):
     assert abs(tail - 0.012419) <= 4 * np.sqrt(0.012419 * (1 - 0.012419) / n)
     corr = np.corrcoef(noise, rowvar=False)  # columns, incl. the cos/sin halves of one pair
     assert np.abs(corr[np.triu_indices(width, 1)]).max() <= 4 / np.sqrt(num) * 1.5
-    lag = np.mean(noise[1:] * noise[:-1])  # consecutive draws
-    assert abs(lag) <= 4 / np.sqrt(noise[1:].size)
+    if mode == "mc":  # QMC rows are dependent by design (one shift per group, nets
+        # within a group); its groups' independence is tested in tests/models/test_qmc.py
+        lag = np.mean(noise[1:] * noise[:-1])  # consecutive draws
+        assert abs(lag) <= 4 / np.sqrt(noise[1:].size)
     # a larger S extends a smaller S's draws (to the last bit of Log/Cos/Sin, whose
     # scalar tail loop rounds differently); another seed gives other draws
     head = session.run(
@@ -306,8 +313,9 @@ def test_sampler_matches_numpy_and_is_standard_normal(width):
     assert not np.allclose(other, head)
 
 
-def test_unseeded_sampler_draws_fresh_numbers_each_call():
-    session = sampler_session(5)
+@pytest.mark.parametrize("mode", ["mc", "qmc"])
+def test_unseeded_sampler_draws_fresh_numbers_each_call(mode):
+    session = sampler_session(5, mode)
     a, b = (
         session.run(
             None,
