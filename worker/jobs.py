@@ -53,6 +53,7 @@ from app.db import session_scope
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import DatasetStore, Job, JobStore, Model, ModelStore
+from models.backbones import resolve_weights
 from models.data import ArrayDataset, ImageFiles, load_dataset, open_manifest
 from models.export import export_onnx
 from models.heads import LinearHead
@@ -410,6 +411,10 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
         dataset_format = dataset.format
         # The same checks the API ran before it accepted the job.
         run_spec = validate_run(spec, dataset)
+        input_shape = list(dataset.input_shape)
+    # What only the worker can check: the pretrained weights file it will read.
+    backbone = resolve_weights(run_spec.backbone, input_shape, settings.weights_dir)
+    run_spec = run_spec.model_copy(update={"backbone": backbone})
     units = job_units(run_spec, bool(spec.get("compare_baseline")))
     # The limit holds per attempt (like Celery's task time limit): a redelivered job that
     # resumes from a checkpoint gets the full time again.
