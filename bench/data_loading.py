@@ -87,9 +87,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, seconds in medians.items():
         print(f"| {name} | {seconds:.3f} | {n / seconds:,.0f} | {anchor / seconds:.3f}x |")
-    print(
-        f"| in-memory: decoding the folder whole once | {decode_s:.3f} | {n / decode_s:,.0f} | |"
-    )
+    print(f"| in-memory: decoding the folder whole once | {decode_s:.3f} | {n / decode_s:,.0f} | |")
     print(
         f"\nCommand: nice .venv/bin/python bench/data_loading.py --images {args.images} "
         f"--rounds {args.rounds}"

@@ -40,6 +40,7 @@ IMAGE_BACKBONE = {
     "resnet50": (23_498_624, 2048, 49),
     "resnet18_cifar": (11_167_104, 512, 9),
 }
+FROZEN_ACTIVATIONS_DIVISOR = 10
 PRETRAINED_KINDS = ("resnet18", "resnet50", "resnet18_cifar")  # torchvision's names
 # CPU ranks of one job (gloo): more than two only split the same few cores.
 MAX_CPU_DEVICES = 2
@@ -257,10 +258,10 @@ def training_bytes(spec: RunParts, input_shape: Sequence[int], num_classes: int)
         per_row = ACTIVATIONS_PER_PIXEL[spec.backbone.kind] * pixels
     activations = spec.train.batch_size * per_row * 4 * 2
     if spec.backbone.freeze and spec.backbone.kind != "mlp":
-        # Only the head trains: the backbone's weights once, no activations kept for a
-        # backward pass through it (one layer's output at a time, bounded by the batch's).
+        # Only the head trains: the backbone's weights once, and no activations kept for
+        # a backward pass through it (a few layer outputs alive at a time: a tenth).
         head = head_parameter_count(spec, IMAGE_BACKBONE[spec.backbone.kind][1], num_classes)
-        return (params - head) * 4 + head * 4 * 4 + activations // 2
+        return (params - head) * 4 + head * 4 * 4 + activations // FROZEN_ACTIVATIONS_DIVISOR
     return params * 4 * 4 + activations
 
 

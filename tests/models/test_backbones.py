@@ -4,6 +4,8 @@ trains against."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,15 @@ from models.backbones import (
 )
 from models.classifier import build_classifier
 from models.data import ArrayDataset, validate
-from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
+from models.spec import (
+    BackboneSpec,
+    HeadSpec,
+    RunSpec,
+    SpecMismatch,
+    TrainSpec,
+    check_fits,
+    training_bytes,
+)
 from models.train import train
 
 
@@ -218,3 +228,18 @@ def test_a_frozen_backbone_keeps_its_weights_and_statistics_while_the_head_train
         assert not model.backbone.training and model.head.training
     else:  # the same step moves every layer and the batch-norm statistics
         assert "conv1.weight" in changed and "layer4.1.bn2.running_mean" in changed
+
+
+def test_a_frozen_backbone_is_sized_without_its_training_state():
+    # ResNet-50 at 224 px, batch 128: fine-tuning keeps every activation for the backward
+    # pass and Adam state for 23.5M parameters (refused, above 8 GiB); frozen it keeps neither.
+    facts = SimpleNamespace(
+        id="d", task="multiclass", input_shape=[3, 224, 224], num_classes=1000,
+        num_train=10_000, num_val=1_000,
+    )  # fmt: skip
+    body = {"backbone": {"kind": "resnet50"}, "train": {"batch_size": 128}}
+    with pytest.raises(SpecMismatch, match="GiB to train"):
+        check_fits(RunSpec.model_validate(body), facts)
+    body["backbone"]["freeze"] = True
+    check_fits(RunSpec.model_validate(body), facts)
+    assert training_bytes(RunSpec.model_validate(body), [3, 224, 224], 1000) < 8 << 30
