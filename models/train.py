@@ -176,6 +176,7 @@ def train_run_ddp(
                 events,
                 stop,
                 result_path,
+                callbacks.step_every,
             ),
             nprocs=world,
             join=False,
@@ -213,7 +214,17 @@ def _relay(events, callbacks: Callbacks) -> None:
 
 
 def _rank_main(
-    rank, world, rendezvous, spec, data, checkpoint_path, candidate, events, stop, result_path
+    rank,
+    world,
+    rendezvous,
+    spec,
+    data,
+    checkpoint_path,
+    candidate,
+    events,
+    stop,
+    result_path,
+    step_every,
 ) -> None:
     device = resolve_device(spec.train.device)
     if device.type == "cuda":
@@ -233,6 +244,7 @@ def _rank_main(
             on_step=lambda p: events.put(("step", p)),
             on_epoch_end=lambda p: events.put(("epoch", p)),
             should_cancel=stop.is_set,
+            step_every=step_every,
         )
     else:
         callbacks = Callbacks(should_cancel=stop.is_set)

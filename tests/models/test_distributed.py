@@ -12,7 +12,7 @@ import torch
 from models.classifier import build_classifier
 from models.data import ArrayDataset, validate
 from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
-from models.train import DeviceError, TrainingLoss, check_devices, mixed_precision, train
+from models.train import Callbacks, DeviceError, TrainingLoss, check_devices, mixed_precision, train
 
 
 def blobs(n, d=5, k=3, seed=0) -> ArrayDataset:
@@ -60,7 +60,14 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process(tmp_path):
     # loss curve and validation NLL, and rank 0's checkpoint in the job's folder.
     data = blobs(104)
     one = train(spec(1, 3), data)
-    two = train(spec(2, 3), data, checkpoint_dir=tmp_path)
+    steps, epochs = [], []
+    progress = Callbacks(on_step=steps.append, on_epoch_end=epochs.append, step_every=1)
+    two = train(spec(2, 3), data, progress, checkpoint_dir=tmp_path)
+    # Rank 0's progress reached this process's callbacks: every step, every epoch.
+    assert [(p["epoch"], p["step"]) for p in steps] == [
+        (e, k) for e in (1, 2, 3) for k in range(1, 5)
+    ]
+    assert [e["train_loss"] for e in epochs] == [h["train_loss"] for h in two.history]
     np.testing.assert_allclose(
         [h["train_loss"] for h in two.history], [h["train_loss"] for h in one.history], rtol=1e-4
     )
