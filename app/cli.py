@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 
@@ -38,6 +38,7 @@ import hetserve
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
 from hetserve import Client
+from models.spec import BackboneSpec
 
 # docs/architecture.md entry points; `python -m` so the children use this interpreter's venv.
 API_COMMAND = ["-m", "uvicorn", "app.main:app"]
@@ -1045,7 +1046,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--temperature", type=_temperature, help="a number, auto or learned")
     train.add_argument("--train-mc-samples", type=int, help="MC samples per training step")
     train.add_argument("--eval-mc-samples", type=int, help="MC samples at evaluation and serving")
-    train.add_argument("--backbone", choices=["mlp", "cnn", "resnet18"], help="feature extractor")
+    train.add_argument(
+        "--backbone",
+        choices=get_args(BackboneSpec.model_fields["kind"].annotation),
+        help="feature extractor",
+    )
     train.add_argument("--epochs", type=int, help="epochs per trained model")
     train.add_argument("--batch-size", type=int, help="examples per step")
     train.add_argument("--lr", type=float, help="learning rate")

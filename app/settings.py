@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     loader_workers: int = Field(
         2, ge=0, description="worker: DataLoader processes streaming an image-folder dataset"
     )
+    weights_dir: str | None = Field(
+        None,
+        description="worker: folder of pretrained backbone state dicts; a relative"
+        " backbone.weights is read from it, and when set every backbone.weights file must"
+        " lie inside it",
+    )
     job_time_limit_s: int = 6 * 3600
     max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
     broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)

@@ -12,13 +12,32 @@ from models.spec import RunSpec
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, head: Head, mean: np.ndarray, std: np.ndarray):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Head,
+        mean: np.ndarray,
+        std: np.ndarray,
+        freeze_backbone: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # Frozen: no gradient into the backbone, and always in eval mode, so its
+        # batch-norm statistics stay those it was loaded with (only the head trains).
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
         # Standardisation statistics travel with the weights (and into the ONNX graph).
         self.register_buffer("input_mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("input_std", torch.as_tensor(std, dtype=torch.float32))
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.input_mean) / self.input_std)
@@ -49,4 +68,4 @@ def build_classifier(
     ("auto" is resolved by the training loop's grid)."""
     backbone = build_backbone(spec.backbone, input_shape)
     head = build_head(spec.head, backbone.out_features, num_classes, spec.task)
-    return Classifier(backbone, head, mean, std)
+    return Classifier(backbone, head, mean, std, freeze_backbone=spec.backbone.freeze)

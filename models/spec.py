@@ -31,8 +31,20 @@ EVAL_BATCH_ROWS = 512
 MAX_TRAINING_BYTES = 8 << 30
 # Floats of activations per input pixel, per image, for the image backbones (summed over
 # their conv/batch-norm/ReLU outputs at each stage's resolution; models/backbones.py).
-ACTIVATIONS_PER_PIXEL = {"cnn": 200, "resnet18": 2000}
-IMAGE_BACKBONE = {"cnn": (93_000, 128), "resnet18": (11_200_000, 512)}  # params, features
+ACTIVATIONS_PER_PIXEL = {"cnn": 200, "resnet18": 200, "resnet50": 700, "resnet18_cifar": 2000}
+# Parameters apart from the stem's convolution, output features, and the stem kernel's
+# area (the stem's convolution has area x input channels x 64 weights).
+IMAGE_BACKBONE = {
+    "cnn": (93_000, 128, 9),
+    "resnet18": (11_167_104, 512, 49),
+    "resnet50": (23_498_624, 2048, 49),
+    "resnet18_cifar": (11_167_104, 512, 9),
+}
+FROZEN_ACTIVATIONS_DIVISOR = 10
+PRETRAINED_KINDS = ("resnet18", "resnet50", "resnet18_cifar")  # torchvision's names
+# CPU ranks of one job (gloo): more than two only split the same few cores.
+MAX_CPU_DEVICES = 2
+MAX_DEVICES = 16
 
 
 def temperature_label(tau: float) -> str:
@@ -105,13 +117,53 @@ class HeadSpec(_Strict):
 
 
 class BackboneSpec(_Strict):
-    kind: Literal["mlp", "cnn", "resnet18"] = "mlp"
+    kind: Literal["mlp", "cnn", "resnet18", "resnet50", "resnet18_cifar"] = Field(
+        "mlp",
+        description="mlp (vectors); cnn, resnet18, resnet50 (torchvision's, ImageNet stem) or "
+        "resnet18_cifar (3x3 stem, no max-pool) for images",
+    )
     hidden: list[Annotated[int, Field(ge=1, le=16_384)]] = Field(
         default_factory=lambda: [256, 256], max_length=16, description="MLP hidden widths"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = Field(True, description="images only: random crop with padding")
     hflip: bool = Field(False, description="images only: random horizontal flip (wrong for digits)")
+    weights: str | None = Field(
+        None,
+        max_length=4096,
+        description="resnet kinds: a state dict the worker reads (torchvision's names; fc.* "
+        "ignored): an absolute path, a file:// URI, or a path relative to the worker's "
+        "HETSERVE_WEIGHTS_DIR",
+    )
+    freeze: bool = Field(
+        False,
+        description="train the head only: the backbone's parameters and batch-norm "
+        "statistics stay as loaded",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _local_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("weights must be null or name a file")
+        if "://" in value and not value.startswith("file:///"):
+            raise ValueError(
+                "weights must be a local file the worker reads: a path or a file:/// URI"
+            )
+        if "\x00" in value:
+            raise ValueError("weights must not contain NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_for_a_resnet(self) -> BackboneSpec:
+        if self.weights is not None and self.kind not in PRETRAINED_KINDS:
+            raise ValueError(
+                f"weights load into a resnet backbone ({', '.join(PRETRAINED_KINDS)}), "
+                f"not {self.kind!r}"
+            )
+        return self
 
 
 class TrainSpec(_Strict):
@@ -122,6 +174,19 @@ class TrainSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_fraction: float = Field(0.1, gt=0, lt=1, description="used when the dataset has no x_val")
+    devices: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        description="data-parallel ranks of this job (DDP): GPUs of one worker on CUDA, at "
+        f"most {MAX_CPU_DEVICES} processes on CPU (gloo)",
+    )
+
+    @model_validator(mode="after")
+    def _cpu_devices(self) -> TrainSpec:
+        if self.device == "cpu" and self.devices > MAX_CPU_DEVICES:
+            raise ValueError(f"at most {MAX_CPU_DEVICES} devices on CPU (gloo processes)")
+        return self
 
 
 Task = Literal["multiclass", "multilabel"]
@@ -179,12 +244,16 @@ def parameter_count(spec: RunParts, input_shape: Sequence[int], num_classes: int
             width = hidden
         features = width
     else:
-        params, features = IMAGE_BACKBONE[spec.backbone.kind]
-        params += 9 * int(input_shape[0]) * 64  # the stem follows the input channels
+        params, features, stem_area = IMAGE_BACKBONE[spec.backbone.kind]
+        params += stem_area * int(input_shape[0]) * 64  # the stem follows the input channels
+    return params + head_parameter_count(spec, features, num_classes)
+
+
+def head_parameter_count(spec: RunParts, features: int, num_classes: int) -> int:
     per_class = features + 1
     if spec.head.kind == "het":  # loc, diagonal scale, R factors per class
         per_class *= 2 + spec.head.num_factors
-    return params + per_class * num_classes
+    return per_class * num_classes
 
 
 def training_bytes(spec: RunParts, input_shape: Sequence[int], num_classes: int) -> int:
@@ -196,6 +265,11 @@ def training_bytes(spec: RunParts, input_shape: Sequence[int], num_classes: int)
         pixels = int(input_shape[-1]) * int(input_shape[-2]) if len(input_shape) == 3 else 1
         per_row = ACTIVATIONS_PER_PIXEL[spec.backbone.kind] * pixels
     activations = spec.train.batch_size * per_row * 4 * 2
+    if spec.backbone.freeze and spec.backbone.kind != "mlp":
+        # Only the head trains: the backbone's weights once, and no activations kept for
+        # a backward pass through it (a few layer outputs alive at a time: a tenth).
+        head = head_parameter_count(spec, IMAGE_BACKBONE[spec.backbone.kind][1], num_classes)
+        return (params - head) * 4 + head * 4 * 4 + activations // FROZEN_ACTIVATIONS_DIVISOR
     return params * 4 * 4 + activations
 
 
@@ -235,6 +309,11 @@ def check_fits(spec: RunSpec, dataset: DatasetFacts) -> None:
     if spec.backbone.kind != "mlp" and not images:
         raise SpecMismatch(
             f"backbone {spec.backbone.kind!r} takes images; {where} holds vectors: use 'mlp'"
+        )
+    if spec.backbone.weights is not None and int(dataset.input_shape[0]) != 3:
+        raise SpecMismatch(
+            f"pretrained weights take RGB images [3, H, W]; {where} holds "
+            f"{list(dataset.input_shape)}: register it without grayscale"
         )
     noise = noise_bytes(spec, dataset.num_classes)
     if noise > MAX_NOISE_BYTES:

@@ -33,16 +33,15 @@ class ImageFilesDataset(Dataset):
 def streamed_batches(
     files: ImageFiles,
     labels: np.ndarray,
-    order: torch.Tensor,
-    batch_size: int,
+    batches: list[torch.Tensor],
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches in ``order`` (a permutation the caller draws from its seeded generator,
-    so a resumed run sees the same order), decoded by ``files.num_workers`` processes."""
+    """The rows of each of ``batches`` (index tensors the caller cut from a permutation
+    of its seeded generator, so a resumed run sees the same order; under DDP, this
+    rank's share of each global batch), decoded by ``files.num_workers`` processes."""
     loader = DataLoader(
         ImageFilesDataset(files, labels),
-        batch_size=batch_size,
-        sampler=order.tolist(),
+        batch_sampler=[b.tolist() for b in batches],
         num_workers=files.num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if files.num_workers else None,

@@ -11,6 +11,13 @@
   The model kept is the epoch with the best validation NLL.
 - Cancellation is cooperative: ``should_cancel`` is polled between steps.
 - ``temperature: "auto"`` trains one run per grid value and keeps the best validation NLL.
+- CUDA: the backbone under bf16 autocast, image backbones channels-last; the head's
+  sampling in float32 (mixed_precision, TrainingLoss).
+- ``train.devices: N`` > 1: DDP over N local ranks spawned from this process
+  (train_run_ddp): nccl, one GPU per rank, on CUDA; gloo on CPU (at most 2). Every rank
+  takes its share of each global batch of ``batch_size`` rows and draws its own noise;
+  rank 0 validates, checkpoints (with every rank's generator states, so a resumed run
+  continues each rank's streams) and reports.
 """
 
 from __future__ import annotations
@@ -18,19 +25,27 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
+import queue
+import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
 from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
 from models.metrics import evaluate, reliability_diagram
-from models.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
+from models.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.streaming import streamed_batches
 
 EVAL_SEED = 12345
@@ -86,9 +101,13 @@ def train(
     """Train per spec; "auto" temperature sweeps spec.head.temperature_grid."""
     callbacks = callbacks or Callbacks()
     data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
+    run = train_run
+    if spec.train.devices > 1:
+        check_devices(spec.train.devices, resolve_device(spec.train.device))
+        run = train_run_ddp
     if not spec.auto_temperature:
         path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-        return train_run(spec, data, callbacks, path)
+        return run(spec, data, callbacks, path)
 
     grid = spec.head.temperature_grid
     results = []
@@ -98,7 +117,7 @@ def train(
             if checkpoint_dir
             else None
         )
-        r = train_run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
+        r = run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
         results.append(r)
     best, table = select_temperature(
         [(tau, r.metrics) for tau, r in zip(grid, results, strict=True)]
@@ -106,6 +125,141 @@ def train(
     chosen = results[best]
     chosen.candidates = table
     return chosen
+
+
+class DeviceError(ValueError):
+    """train.devices asks for more devices than this worker has."""
+
+
+def check_devices(devices: int, device: torch.device) -> None:
+    if device.type == "cuda":
+        available = torch.cuda.device_count()
+        if devices > available:
+            raise DeviceError(
+                f"train.devices={devices} but this worker sees {available} GPU(s): run the job "
+                "on a worker with that many GPUs, or lower train.devices"
+            )
+    elif devices > MAX_CPU_DEVICES:
+        raise DeviceError(
+            f"train.devices={devices} on CPU: at most {MAX_CPU_DEVICES} processes (gloo)"
+        )
+
+
+def train_run_ddp(
+    spec: RunSpec,
+    data: ArrayDataset,
+    callbacks: Callbacks,
+    checkpoint_path: Path | None = None,
+    candidate: tuple[int, int] = (0, 1),
+) -> TrainResult:
+    """train_run over ``train.devices`` local ranks with DDP (nccl on CUDA, one GPU per
+    rank; gloo on CPU), spawned from this process, which stays the one the callbacks
+    run in: rank 0's progress comes back through a queue, and a cancel (or any
+    exception the callbacks raise) reaches every rank through a shared event. Rank 0's
+    result comes back through a file; an exception on any rank stops the others and is
+    raised here."""
+    world = spec.train.devices
+    ctx = mp.get_context("spawn")
+    events, stop = ctx.Queue(), ctx.Event()
+    with tempfile.TemporaryDirectory(prefix="hetserve-ddp-") as tmp:
+        result_path = Path(tmp) / "result.pt"
+        rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
+        procs = mp.start_processes(
+            _rank_main,
+            args=(
+                world,
+                rendezvous,
+                spec,
+                data,
+                checkpoint_path,
+                candidate,
+                events,
+                stop,
+                result_path,
+                callbacks.step_every,
+            ),
+            nprocs=world,
+            join=False,
+            start_method="spawn",
+        )
+        try:
+            while not procs.join(timeout=0.1):
+                _relay(events, callbacks)
+                if callbacks.should_cancel and callbacks.should_cancel():
+                    stop.set()
+            _relay(events, callbacks)
+        except BaseException:
+            stop.set()
+            for p in procs.processes:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs.processes:
+                p.join(10)
+            raise
+        return torch.load(result_path, weights_only=False)
+
+
+def _relay(events, callbacks: Callbacks) -> None:
+    """Rank 0's progress to this process's callbacks; a rank's exception raised here."""
+    while True:
+        try:
+            kind, payload = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "raised":
+            raise payload
+        handler = callbacks.on_step if kind == "step" else callbacks.on_epoch_end
+        if handler:
+            handler(payload)
+
+
+def _rank_main(
+    rank,
+    world,
+    rendezvous,
+    spec,
+    data,
+    checkpoint_path,
+    candidate,
+    events,
+    stop,
+    result_path,
+    step_every,
+) -> None:
+    device = resolve_device(spec.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(rank)
+    else:  # the ranks share the machine's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        init_method=rendezvous,
+        rank=rank,
+        world_size=world,
+        # Rank 0 validates alone at each epoch's end while the others wait for it.
+        timeout=timedelta(hours=2),
+    )
+    if rank == 0:
+        callbacks = Callbacks(
+            on_step=lambda p: events.put(("step", p)),
+            on_epoch_end=lambda p: events.put(("epoch", p)),
+            should_cancel=stop.is_set,
+            step_every=step_every,
+        )
+    else:
+        callbacks = Callbacks(should_cancel=stop.is_set)
+    try:
+        result = train_run(spec, data, callbacks, checkpoint_path, candidate, Ranks(rank, world))
+        if result is not None:
+            _save_atomic(result, result_path)
+    except BaseException as exc:
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            exc = RuntimeError(f"rank {rank}: {type(exc).__name__}: {exc}")
+        events.put(("raised", exc))
+    finally:
+        dist.destroy_process_group()
 
 
 def select_temperature(candidates: list[tuple[float, dict]]) -> tuple[int, list[dict]]:
@@ -128,24 +282,70 @@ def select_temperature(candidates: list[tuple[float, dict]]) -> tuple[int, list[
     return best, table
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run (train.devices): rank r of N."""
+
+    rank: int = 0
+    world: int = 1
+
+
+def mixed_precision(device: torch.device, images: bool):
+    """(autocast context for the backbone, memory format of images and model).
+
+    CUDA: bf16 autocast, and channels-last for an image backbone (the layout its
+    convolutions run fastest in under bf16); the head still gets float32 features (see
+    TrainingLoss). Anywhere else: float32 in the default layout."""
+    if device.type == "cuda":
+        layout = torch.channels_last if images else torch.contiguous_format
+        return torch.autocast("cuda", dtype=torch.bfloat16), layout
+    return nullcontext(), torch.contiguous_format
+
+
+class TrainingLoss(nn.Module):
+    """loss(x, y) = head.loss(float32(backbone(x))): one training step's forward, as a
+    module so DDP can wrap it (its gradient hooks need the forward to go through it).
+    The backbone runs under ``autocast``; the HET head's sampling always in float32."""
+
+    def __init__(self, model: Classifier, autocast):
+        super().__init__()
+        self.model, self.autocast = model, autocast
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, generator=None) -> torch.Tensor:
+        with self.autocast:
+            h = self.model.features(x)
+        return self.model.head.loss(h.float(), y, generator=generator)
+
+
 def train_run(
     spec: RunSpec,
     data: ArrayDataset,
     callbacks: Callbacks,
     checkpoint_path: Path | None = None,
     candidate: tuple[int, int] = (0, 1),
-) -> TrainResult:
-    """One training run at one (fixed or learned) temperature."""
+    ranks: Ranks = Ranks(),
+) -> TrainResult | None:
+    """One training run at one (fixed or learned) temperature.
+
+    Under DDP (``ranks.world`` > 1, a process group set up by train_run_ddp) each rank
+    trains on its share of every global batch of ``train.batch_size`` rows (DDP averages
+    the gradients), draws its own noise, and rank 0 alone validates, checkpoints and
+    reports; it returns the result, the other ranks None."""
     data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
     device = resolve_device(spec.train.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.rank)
+    lead = ranks.rank == 0
     cfg = spec.train
-    torch.manual_seed(cfg.seed)  # parameter init and dropout
+    torch.manual_seed(cfg.seed)  # parameter init (the same on every rank) and dropout
     streaming = isinstance(data.x_train, ImageFiles)
     if streaming:  # an image folder on disk: stats from a sample, batches streamed
         mean, std = data.x_train.standardisation(seed=cfg.seed)
     else:
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
+    if ranks.rank:  # dropout masks of their own
+        torch.manual_seed(cfg.seed + 7919 * ranks.rank)
 
     # A streamed folder is evaluated a training batch at a time: memory stays a few
     # batches whatever the size of the validation and test splits.
@@ -159,8 +359,9 @@ def train_run(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # a frozen backbone's are not
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -171,12 +372,20 @@ def train_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
+    # gen: the data order, the same on every rank; augmentation draws from it too in a
+    # single process, from a generator of each rank's own under DDP (ranks' shares of a
+    # batch may differ in size, and the order must not drift apart).
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    aug_gen = gen if ranks.world == 1 else torch.Generator().manual_seed(cfg.seed + 2 + ranks.rank)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.rank)
     images = x_train.ndim == 4
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
+    autocast, layout = mixed_precision(device, images)
+    model.to(memory_format=layout)
+    step_loss: nn.Module = TrainingLoss(model, autocast)
+    if ranks.world > 1:
+        step_loss = DistributedDataParallel(
+            step_loss, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     start_epoch, history = 0, []
     best = {"nll": math.inf, "epoch": -1, "state": None}
@@ -186,43 +395,46 @@ def train_run(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         gen.set_state(ckpt["gen"])
-        noise_gen.set_state(ckpt["noise_gen"].to(noise_gen.get_state().device))
-        torch.set_rng_state(ckpt["torch_rng"])
+        # (A checkpoint from before DDP holds one rank's noise and RNG under these names.)
+        states = ckpt.get("rank_states") or [(ckpt["noise_gen"], None, ckpt["torch_rng"])]
+        noise_state, aug_state, rng_state = states[ranks.rank]
+        noise_gen.set_state(noise_state.to(noise_gen.get_state().device))
+        if aug_gen is not gen:
+            aug_gen.set_state(aug_state)
+        torch.set_rng_state(rng_state)
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
     resumed_from = start_epoch
 
     idx, cand_total = candidate
     tau_label = spec.head.temperature if spec.head.kind == "het" else None
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        step_loss.train()
         perm = torch.randperm(n, generator=gen)
+        # This rank's share of each global batch; under DDP a last batch with fewer rows
+        # than ranks is left out (every rank must take every step).
+        shares = [
+            batch.tensor_split(ranks.world)[ranks.rank]
+            for batch in perm.split(cfg.batch_size)
+            if len(batch) >= ranks.world
+        ]
         if streaming:
-            batches = streamed_batches(x_train, y_train, perm, cfg.batch_size, device)
+            batches = streamed_batches(x_train, y_train, shares, device)
         else:
-            perm = perm.to(device)
-            batches = (
-                (x_train[b], y_train[b])
-                for b in (
-                    perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    for step in range(steps_per_epoch)
-                )
-            )
+            batches = ((x_train[b], y_train[b]) for b in (share.to(device) for share in shares))
         running, seen = 0.0, 0
         for step, (xb, yb) in enumerate(batches):
-            if callbacks.should_cancel and callbacks.should_cancel():
+            if _should_stop(callbacks, ranks, device):
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
             if images and spec.backbone.augment:
-                xb = augment_images(xb, hflip=spec.backbone.hflip, generator=gen)
-            with autocast:
-                h = model.features(xb)
-            loss = model.head.loss(h.float(), yb, generator=noise_gen)
+                xb = augment_images(xb, hflip=spec.backbone.hflip, generator=aug_gen)
+            loss = step_loss(xb.contiguous(memory_format=layout), yb, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             running += float(loss.detach()) * len(yb)
             seen += len(yb)
-            if callbacks.on_step and (step + 1) % callbacks.step_every == 0:
+            if lead and callbacks.on_step and (step + 1) % callbacks.step_every == 0:
                 callbacks.on_step(
                     _progress(
                         epoch,
@@ -236,6 +448,16 @@ def train_run(
                     )
                 )
 
+        if ranks.world > 1:  # the epoch's loss over every rank's rows; every rank's RNGs
+            totals = torch.tensor([running, seen], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            running, seen = float(totals[0]), int(totals[1])
+            rank_states: list = [None] * ranks.world
+            dist.all_gather_object(rank_states, _rng_states(noise_gen, aug_gen))
+        else:
+            rank_states = [_rng_states(noise_gen, aug_gen)]
+        if not lead:
+            continue
         val = evaluate_split(model, data.x_val, data.y_val, spec.task, batch_rows=eval_rows)
         val.pop("reliability")
         entry = _progress(
@@ -245,7 +467,7 @@ def train_run(
             steps_per_epoch,
             idx,
             cand_total,
-            running / seen,
+            running / max(seen, 1),
             tau_label,
         )
         entry["val"] = val
@@ -260,8 +482,7 @@ def train_run(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "gen": gen.get_state(),
-                    "noise_gen": noise_gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
+                    "rank_states": rank_states,
                     "epoch": epoch,
                     "history": history,
                     "best": best,
@@ -271,6 +492,8 @@ def train_run(
         if callbacks.on_epoch_end:
             callbacks.on_epoch_end(entry)
 
+    if not lead:
+        return None
     if best["state"] is None:
         # Every epoch's validation NLL was NaN (or inf): nothing is worth keeping.
         raise TrainingDiverged(
@@ -371,6 +594,21 @@ def _progress(epoch, epochs, step, steps, idx, total, train_loss, tau) -> dict:
         "candidate": idx,
         "temperature": tau,
     }
+
+
+def _rng_states(noise_gen: torch.Generator, aug_gen: torch.Generator) -> tuple:
+    return noise_gen.get_state().cpu(), aug_gen.get_state(), torch.get_rng_state()
+
+
+def _should_stop(callbacks: Callbacks, ranks: Ranks, device: torch.device) -> bool:
+    """should_cancel(), agreed by every rank under DDP (all stop at the same step, or
+    the others would wait for the missing one's gradients forever)."""
+    stop = bool(callbacks.should_cancel and callbacks.should_cancel())
+    if ranks.world > 1:
+        flag = torch.tensor([float(stop)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
 
 
 def _save_atomic(obj, path: Path) -> None:

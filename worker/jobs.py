@@ -53,6 +53,7 @@ from app.db import session_scope
 from app.settings import Settings
 from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import DatasetStore, Job, JobStore, Model, ModelStore
+from models.backbones import resolve_weights
 from models.data import ArrayDataset, ImageFiles, load_dataset, open_manifest
 from models.export import export_onnx
 from models.heads import LinearHead
@@ -375,7 +376,7 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
     if cancel or any(s["status"] == UnitOutcome.CANCELLED for s in summaries):
         return end_cancelled(job_id, settings)
     try:
-        ctx = load_context(job_id, settings)
+        ctx = load_context(job_id, settings, for_training=False)
         data = load_job_data(ctx, settings)
         units = [(Unit.from_message(s["unit"]), s) for s in summaries]
         candidates = [(unit, s) for unit, s in units if unit.role == "candidate"]
@@ -399,7 +400,9 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
 # -- pieces -------------------------------------------------------------------------
 
 
-def load_context(job_id: str, settings: Settings) -> JobContext:
+def load_context(job_id: str, settings: Settings, for_training: bool = True) -> JobContext:
+    """The job's spec, dataset and units. ``for_training``: also check the pretrained
+    weights file the training will read (finish_units, which only exports, does not)."""
     with session_scope(settings) as session:
         job = JobStore(session).get(job_id)
         dataset = DatasetStore(session).get(job.dataset_id)
@@ -410,6 +413,10 @@ def load_context(job_id: str, settings: Settings) -> JobContext:
         dataset_format = dataset.format
         # The same checks the API ran before it accepted the job.
         run_spec = validate_run(spec, dataset)
+        input_shape = list(dataset.input_shape)
+    if for_training:  # what only the worker can check: the weights file it will read
+        backbone = resolve_weights(run_spec.backbone, input_shape, settings.weights_dir)
+        run_spec = run_spec.model_copy(update={"backbone": backbone})
     units = job_units(run_spec, bool(spec.get("compare_baseline")))
     # The limit holds per attempt (like Celery's task time limit): a redelivered job that
     # resumes from a checkpoint gets the full time again.

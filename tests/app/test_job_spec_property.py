@@ -83,11 +83,15 @@ HEAD = optional(
     share_samples_across_batch=st.booleans(),
 )
 BACKBONE = optional(
-    kind=st.sampled_from(["mlp", "cnn", "resnet18", "vit"]),
+    kind=st.sampled_from(["mlp", "cnn", "resnet18", "resnet50", "resnet18_cifar", "vit"]),
     hidden=st.lists(st.integers(-1, 20_000), max_size=18),
     dropout=floats(-0.5, 1.5, 0.0),
     augment=st.booleans(),
     hflip=st.booleans(),
+    weights=st.sampled_from(
+        [None, "/weights/r50.pth", "file:///w/r.pth", "r50.pth", "s3://b/r.pth", "", 3]
+    ),
+    freeze=st.one_of(st.booleans(), st.just("no")),
 )
 TRAIN = optional(
     epochs=st.integers(-1, 11_000),
@@ -97,6 +101,7 @@ TRAIN = optional(
     seed=st.integers(-1, 2**32),
     device=st.sampled_from(["auto", "cpu", "cuda", "tpu"]),
     val_fraction=floats(-0.1, 1.1, 0.5, 0.75, 0.9),
+    devices=st.integers(-1, 20),
 )
 BODY = optional(
     task=st.sampled_from([None, "multiclass", "multilabel", "binary"]),
@@ -126,6 +131,12 @@ BODY = optional(
     which="vectors",
 )
 @example(body={}, which="vectors")
+# Pretrained weights: a resnet only, a local file only, RGB images only.
+@example(body={"backbone": {"kind": "resnet50", "weights": "s3://b/r.pth"}}, which="images")
+@example(body={"backbone": {"kind": "cnn", "weights": "/w/r.pth"}}, which="images")
+@example(body={"backbone": {"kind": "resnet18", "weights": "/w/r.pth"}}, which="images")
+@example(body={"backbone": {"kind": "resnet50", "freeze": True}}, which="images")
+@example(body={"train": {"device": "cpu", "devices": 3}}, which="vectors")
 def test_the_api_refuses_a_spec_iff_the_worker_would(service, body, which):
     client, datasets = service
     dataset = datasets[which]
@@ -180,3 +191,12 @@ def test_a_422_echoes_only_a_short_excerpt_of_a_large_value(service):
     assert any(
         e["loc"][-1] == "temperature" or "temperature" in e["loc"] for e in r.json()["detail"]
     )
+
+
+def test_the_published_schema_has_the_backbone_and_device_fields(service):
+    client, _ = service
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    backbone = schemas["BackboneSpec"]["properties"]
+    assert {"weights", "freeze"} <= backbone.keys()
+    assert set(backbone["kind"]["enum"]) >= {"resnet18", "resnet50"}
+    assert schemas["TrainSpec"]["properties"]["devices"]["default"] == 1

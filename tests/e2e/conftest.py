@@ -150,12 +150,14 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
     session_id = uuid.uuid4().hex[:10]
     root = tmp_path_factory.mktemp(f"e2e-{request.param}")
     (root / "refs").mkdir()  # datasets registered by reference live under here
+    (root / "weights").mkdir()  # pretrained backbone weights (HETSERVE_WEIGHTS_DIR)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
     env = base_env | {
         "HETSERVE_DATA_DIR": str(root / "data"),
         "HETSERVE_API_KEYS": API_KEY,
         "HETSERVE_CANCEL_POLL_INTERVAL_S": "0.2",
         "HETSERVE_DATASET_ROOTS": str(root / "refs"),
+        "HETSERVE_WEIGHTS_DIR": str(root / "weights"),
         "HETSERVE_BROKER_POLLING_INTERVAL_S": "0.1",
         "PYTHONUNBUFFERED": "1",
         # One thread per process: on a shared 2-core box torch's spinning OpenMP threads

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 
 from app import label_issues_file
 from app.artifacts import ArtifactStore
@@ -202,3 +203,24 @@ def test_label_knowledge_in_row_chunks_equals_one_pass(monkeypatch):
     np.testing.assert_allclose(whole["score"], chunked["score"], rtol=1e-6)
     assert jobs.noise_report_samples(50) == 100 and jobs.noise_report_samples(10**6) == 10
     assert jobs.noise_report_samples(10_000) == 20
+
+
+def test_unusable_backbone_weights_fail_the_job_naming_the_file_or_key(settings, tmp_path):
+    # Checked by the worker before it trains (the API cannot see the worker's files).
+    rng = np.random.default_rng(0)
+    images = {"x_train": rng.uniform(size=(8, 3, 8, 8)), "y_train": np.arange(8) % 2}
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, weights / "cifar.pth")
+    settings = settings.model_copy(update={"weights_dir": str(weights)})
+    for name, expected in (
+        ("r50.pth", "no such file"),
+        ("cifar.pth", "'conv1.weight' has shape [64, 3, 3, 3]"),
+        ("/etc/hostname", "outside HETSERVE_WEIGHTS_DIR"),
+    ):
+        spec = SPEC | {"backbone": {"kind": "resnet18", "weights": name, "freeze": True}}
+        job_id = new_job(settings, spec, images)
+        assert run_job(job_id, settings) == "failed"
+        job, models = ended(settings, job_id)
+        assert "WeightsError" in job.error and expected in job.error, job.error
+        assert models == 0
