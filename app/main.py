@@ -89,8 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, store_unavailable)  # IntegrityError: its own, above
     app.add_exception_handler(SATimeoutError, store_unavailable)
     gate.install(app, settings)
-    v1 = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (datasets, jobs, models, aliases, predict, noise):
+    key = [Depends(require_api_key)]
+    app.include_router(predict.router, dependencies=key)
+    v1 = APIRouter(dependencies=key)
+    for module in (datasets, jobs, models, aliases, noise):
         v1.include_router(module.router)
     app.include_router(health.router)
     app.include_router(v1)

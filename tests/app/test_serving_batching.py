@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from app.serving.batching import DynamicBatcher
 from app.serving.onnx_model import OnnxModel
+from app.serving.runtime import infer
 from app.serving.sessions import SessionCache
 from tests.app.serving_support import D, exported
 
@@ -48,7 +50,15 @@ def batch_count(model_id):
 
 
 async def run_concurrently(batcher, model, model_id, requests):
-    return await asyncio.gather(*(batcher.run(model, model_id, x, S, seed) for x, seed in requests))
+    """Each (rows, seed) as the serving runtime batches it: keyed by the seed."""
+    return await asyncio.gather(
+        *(
+            batcher.run(
+                (model_id, seed), model_id, partial(infer, model, model_id, S, seed, None), x
+            )
+            for x, seed in requests
+        )
+    )
 
 
 def test_batcher_merges_and_splits_back_exactly(model):
