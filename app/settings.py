@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_api_workers() -> int:
+    """API processes by default: two where there are two cores (one event loop each,
+    each batching its own share of the requests), one on a single core."""
+    return min(2, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -27,6 +34,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    api_workers: int = Field(
+        0,
+        ge=0,
+        description="API processes `hetserve up` starts (uvicorn --workers), each with its"
+        " own event loop, sessions and batcher; 0: min(2, CPU cores)",
+    )
 
     # -- auth -----------------------------------------------------------------
     api_keys: str | None = Field(
@@ -107,6 +120,10 @@ class Settings(BaseSettings):
     @property
     def dataset_root_list(self) -> list[str]:
         return [r.strip() for r in (self.dataset_roots or "").split(",") if r.strip()]
+
+    @property
+    def resolved_api_workers(self) -> int:
+        return self.api_workers or default_api_workers()
 
     @property
     def resolved_database_url(self) -> str:
