@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.routing import APIRoute
+
 # What FastAPI's ``responses=`` takes: status code (or "default") -> OpenAPI response object.
 Responses = dict[int | str, dict[str, Any]]
 
 AUTH_ERRORS: Responses = {401: {"description": "missing or invalid API key"}}
 MODEL_NOT_FOUND: Responses = {404: {"description": "no model with that id or alias"}}
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable operationIds for generated clients: "<tag>-<function name>", e.g. jobs-get_job."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name

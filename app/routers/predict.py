@@ -17,14 +17,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from app.deps import require_api_key
-from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, operation_id
 from app.serving.batching import Outputs
 from app.serving.inputs import InputError, parse_images, parse_inputs
 from app.serving.metrics import JSON_OFF_LOOP_BYTES, InstrumentedRoute, instrument
@@ -62,7 +62,14 @@ class LeanRoute(ServingRoute):
         return instrument(handler, self.path, self.methods)
 
 
-router = APIRouter(tags=["predict"], route_class=LeanRoute)
+# Mounted by app/main.py as the app's first route, the API key required (the gate
+# checked it; LeanRoute checks it is there).
+router = APIRouter(
+    tags=["predict"],
+    route_class=LeanRoute,
+    dependencies=[Depends(require_api_key)],
+    generate_unique_id_function=operation_id,
+)
 
 
 def self_read_openapi(body: type[BaseModel]) -> dict[str, Any]:
