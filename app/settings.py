@@ -11,9 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_api_workers() -> int:
-    """API processes by default: two where there are two cores (one event loop each,
-    each batching its own share of the requests), one on a single core."""
-    return min(2, os.cpu_count() or 1)
+    """API processes by default: one per two cores. Each process keeps about two cores
+    busy under load, its event loop and its onnxruntime call (bench/serve_load.py: on two
+    cores a second process only halves each batch, and costs more CPU per request)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 class Settings(BaseSettings):
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="API processes `hetserve up` starts (uvicorn --workers), each with its"
-        " own event loop, sessions and batcher; 0: min(2, CPU cores)",
+        " own event loop, sessions and batcher; 0: one per two CPU cores",
     )
 
     # -- auth -----------------------------------------------------------------

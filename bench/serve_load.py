@@ -11,8 +11,9 @@ measured in interleaved rounds:
 - ``hetserve, batching off``: the real API (auth, store lookup, validation, every uncertainty
   field), one onnxruntime call per request;
 - ``hetserve, batching on``: the same with dynamic batching (settings defaults);
-- with ``--workers N`` (default: ``HETSERVE_API_WORKERS``' default, what ``hetserve up``
-  starts) also batching-on hetserve and the minimal endpoint as N uvicorn processes each.
+- with ``--workers N`` (default 2) also batching-on hetserve and the minimal endpoint as
+  N uvicorn processes each (``hetserve up`` starts ``HETSERVE_API_WORKERS``, by default
+  one per two cores: the header line says how many that is here).
 
 ``--clients`` connections each send a request, wait for the answer, send the next
 (closed loop), until ``--requests`` answers or ``--max-seconds`` have passed, after a
@@ -240,8 +241,9 @@ def run(args) -> str:
         f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K, onnxruntime intra-op threads "
         f"{args.intra_op_threads}; per line up to {args.requests} requests or "
         f"{args.max_seconds:.0f} s, measured in {args.rounds} interleaved rounds after "
-        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()}. Ratios: to the minimal "
-        "endpoint with the same number of processes.",
+        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()} (`hetserve up` starts "
+        f"{default_api_workers()} API process(es) here). Ratios: to the minimal endpoint "
+        "with the same number of processes.",
         "",
         "| K | server | processes | requests/s | p50 ms | p99 ms | throughput vs minimal "
         "| p99 vs minimal | mean rows per onnxruntime call | server CPU ms per request |",
@@ -373,10 +375,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_api_workers(),
-        help="also both servers with this many processes (default: what `hetserve up` starts)",
+        "--workers", type=int, default=2, help="also both servers with this many processes"
     )
     parser.add_argument(
         "--intra-op-threads",
