@@ -69,6 +69,7 @@ class _Lane:
     rows: int = 0
     full: asyncio.Future[None] | None = None  # set while the drain task waits for rows
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
+    ran_until: float = float("-inf")  # loop.time() when the last batch came back
     task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
 
 
@@ -144,6 +145,8 @@ class DynamicBatcher:
                         if not w.future.done():
                             w.future.set_exception(exc)
                     continue
+                finally:
+                    lane.ran_until = loop.time()
                 for w, part in zip(
                     live, split_rows(outputs, [len(w.inputs) for w in live]), strict=True
                 ):
@@ -163,9 +166,15 @@ class DynamicBatcher:
         """Wait until the lane holds a full batch or its oldest request's delay is up.
 
         One timer per batch, woken early only when the batch fills: arrivals in between
-        cost nothing here (no wake-up per request)."""
+        cost nothing here (no wake-up per request). Requests that arrived while the last
+        batch ran waited for it already: they go at once (under load batches run back to
+        back and the delay is paid only when traffic is light)."""
         remaining = lane.pending[0].arrived + self.max_queue_delay_s - loop.time()
-        if lane.rows >= self.max_batch_size or remaining <= 0:
+        if (
+            lane.rows >= self.max_batch_size
+            or remaining <= 0
+            or lane.pending[0].arrived <= lane.ran_until
+        ):
             return
         lane.full = loop.create_future()
         timer = loop.call_later(remaining, _resolve, lane.full)
