@@ -10,12 +10,14 @@ batched; ``label`` names them in /metrics. The serving runtime (app/serving/runt
 keys by (model, num_samples, seed, per-batch step). Requests wait in a *lane*, one per
 key; a lane's drain task collects requests until
 
-    rows >= max_batch_size   or   the oldest waiting request has waited max_queue_delay,
+    rows >= max_batch_size   or   the oldest waiting request has waited max_queue_delay
+                             or   it arrived while the previous batch ran,
 
 concatenates their rows, runs ``fn`` once in a worker thread (onnxruntime releases
 the GIL, so the event loop keeps serving) and hands every request its own slice of each
-output. While a batch runs, new requests queue in the lane and form the next batch, so
-under load batches grow by themselves and the delay is paid only when traffic is light.
+output. While a batch runs, new requests queue in the lane and form the next batch, which
+runs as soon as the first is back, so under load batches grow by themselves and the delay
+is paid only when traffic is light.
 
 Why only equal (num_samples, seed) are merged: the graph draws one noise matrix
 eps (S x (K + R)) per call, a pure function of (seed, S), shared by every row, and each
