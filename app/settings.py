@@ -11,10 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_api_workers() -> int:
-    """API processes by default: one per two cores. Each process keeps about two cores
-    busy under load, its event loop and its onnxruntime call (bench/serve_load.py: on two
-    cores a second process only halves each batch, and costs more CPU per request)."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """API processes by default: one per two cores (under load each keeps about two busy,
+    its event loop and its onnxruntime call), but two on two cores, where a single event
+    loop is the limit at small K (bench/serve_load.py), and one on one core."""
+    cores = os.cpu_count() or 1
+    return max(min(2, cores), cores // 2)
 
 
 class Settings(BaseSettings):
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="API processes `hetserve up` starts (uvicorn --workers), each with its"
-        " own event loop, sessions and batcher; 0: one per two CPU cores",
+        " own event loop, sessions and batcher; 0: one per two CPU cores, at least min(2, cores)",
     )
 
     # -- auth -----------------------------------------------------------------
