@@ -13,15 +13,18 @@ CPU alone; the other threads run onnxruntime and the per-batch row building):
 - ``framework only``: the same, with the predict endpoint answering a fixed body at once
   (middleware, the gate, routing, metrics; no predict work).
 
+Figures are CPU time, so a busy machine inflates them less than it does requests/s.
+
 So: HTTP server = through uvicorn - app in-process; predict and batching = app in-process
 - framework only. ``--pyinstrument`` (if installed) also samples the server's event loop
-and prints the share of each package.
+(warm-up included, after the measured runs) and prints the share of each package.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -50,8 +53,10 @@ def build_app(data: Path):
     return create_app(make_settings(data, ort_intra_op_threads=1, log_level="WARNING"))
 
 
-def canned_predict(app) -> None:
-    """Make the predict route answer a fixed body at once (framework cost only)."""
+@contextlib.contextmanager
+def canned_predict(app):
+    """The predict route answering a fixed body at once (framework cost only), while in
+    the block (the route object is shared by every app built in this process)."""
     from starlette.responses import Response
     from starlette.routing import request_response
 
@@ -59,8 +64,13 @@ def canned_predict(app) -> None:
         return Response(b'{"predictions": []}', media_type="application/json")
 
     route = next(r for r in app.router.routes if getattr(r, "name", "") == "predict")
+    saved = route.endpoint, route.app
     route.endpoint = fixed
     route.app = request_response(route.get_route_handler())
+    try:
+        yield
+    finally:
+        route.endpoint, route.app = saved
 
 
 async def in_process(app, path: str, body: bytes, requests: int) -> tuple[float, float]:
@@ -156,13 +166,9 @@ def through_uvicorn(app, path: str, seconds: float, sampler) -> tuple[float, flo
             assert proc.stdout is not None and proc.stdin is not None
             proc.stdout.readline()
             before = thread_cpu()
-            if sampler is not None:
-                sampler.start()
             proc.stdin.write("\n")
             proc.stdin.flush()
             result["client"] = json.loads(proc.stdout.readline())
-            if sampler is not None:
-                sampler.stop()
             after = thread_cpu()
             proc.wait()
             me = threading.get_native_id()
@@ -174,7 +180,11 @@ def through_uvicorn(app, path: str, seconds: float, sampler) -> tuple[float, flo
             server.should_exit = True
 
     threading.Thread(target=drive, daemon=True).start()
+    if sampler is not None:  # samples the thread that starts it: the event loop's
+        sampler.start()
     server.run()
+    if sampler is not None:
+        sampler.stop()
     n = result["client"]["count"]
     return result["loop"] / n, result["others"] / n, result["client"]
 
@@ -234,16 +244,17 @@ def main() -> None:
         data = work / f"k{k}"
         model_id = register(make_settings(data), export_het_mlp(work / f"k{k}.onnx", k))
         path = f"/v1/models/{model_id}/predict"
+        loop_http, others, client = through_uvicorn(build_app(data), path, args.seconds, None)
+        loop_app, _ = asyncio.run(in_process(build_app(data), path, body, args.requests))
+        canned = build_app(data)
+        with canned_predict(canned):
+            loop_framework, _ = asyncio.run(in_process(canned, path, body, args.requests))
         sampler = None
-        if args.pyinstrument:
+        if args.pyinstrument:  # a run of its own, last: sampling slows what it samples
             from pyinstrument import Profiler
 
             sampler = Profiler(interval=0.001, async_mode="disabled")
-        loop_http, others, client = through_uvicorn(build_app(data), path, args.seconds, sampler)
-        loop_app, _ = asyncio.run(in_process(build_app(data), path, body, args.requests))
-        canned = build_app(data)
-        canned_predict(canned)
-        loop_framework, _ = asyncio.run(in_process(canned, path, body, args.requests))
+            through_uvicorn(build_app(data), path, args.seconds, sampler)
         us = 1e6
         lines.append(
             f"| {k} | {loop_http * us:.0f} | {loop_app * us:.0f} | {loop_framework * us:.0f} "
