@@ -7,7 +7,8 @@ the serving runtime (``app.state.runtime``); on shutdown it stops the runtime's 
 Every request passes ``app.gate.RequestGate`` first: API key, scope and throttling for
 ``/v1``, the body limit of the route, an audit line for every write, all before the body
 is read. Every ``/v1`` router is mounted under one router that requires the key the gate
-checked (``app.deps.require_api_key``). Health, readiness and ``/metrics`` are mounted
+checked (``app.deps.require_api_key``); predict, the hot path, requires it on its own
+router and is the app's first route (app/routers/predict.py). Health, readiness and ``/metrics`` are mounted
 beside it, open, and so are the dashboard (``/ui``, ``/static``) and the API docs
 (app/routers/ui.py).
 """

@@ -10,7 +10,8 @@
 - ui.py: the dashboard ``/ui``, ``/static``, and ``/docs``, ``/redoc`` from vendored files
 
 Their dependencies (settings, database session, runtime, API key) are the aliases in
-app/deps.py; app/main.py mounts every ``/v1`` router under the API key check.
+app/deps.py; app/main.py mounts every ``/v1`` router under the API key check (predict
+requires it on its own router, mounted first).
 """
 
 from __future__ import annotations
