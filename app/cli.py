@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,8 +126,27 @@ def port_in_use(host: str, port: int) -> str | None:
     return None
 
 
+def api_process(
+    settings: Settings, data_dir: Path, env: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the API child of ``up``: ``settings.resolved_api_workers``
+    uvicorn processes; with more than one, /metrics sums them through their files in one
+    folder (app/serving/metrics.py), ``<data_dir>/metrics``, emptied here for each start."""
+    workers = settings.resolved_api_workers
+    argv = [sys.executable, *API_COMMAND, "--host", settings.host, "--port", str(settings.port),
+            "--workers", str(workers)]  # fmt: skip
+    api_env = env | {"HETSERVE_AUTO_MIGRATE": "false"}  # up migrated, once
+    if workers > 1 and not api_env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        api_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return argv, api_env
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    """Migrate, start the API and one worker, print URL and key, stop both on a signal.
+    """Migrate, start the API (``HETSERVE_API_WORKERS`` processes) and one worker, print
+    URL and key, stop both on a signal.
 
     The children run in their own process group, so a terminal's Ctrl-C reaches only this
     process, which then stops each child exactly once: SIGTERM (uvicorn: graceful; Celery:
@@ -159,9 +179,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     child_env = os.environ | {"HETSERVE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     # SSE clients hold connections open; do not let them block a graceful stop forever.
     child_env.setdefault("UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN", str(max(1, args.stop_timeout // 2)))
-    api_args = ["--host", settings.host, "--port", str(settings.port)]
+    api_argv, api_env = api_process(settings, data_dir, child_env)
     children = {
-        "api": _spawn([sys.executable, *API_COMMAND, *api_args], child_env),
+        "api": _spawn(api_argv, api_env),
         "worker": _spawn([sys.executable, *WORKER_COMMAND], child_env),
     }
     url = f"http://{_client_host(settings.host)}:{settings.port}"

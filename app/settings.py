@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_api_workers() -> int:
+    """API processes by default: one per two cores (under load each keeps about two busy,
+    its event loop and its onnxruntime call), but two on two cores, where a single event
+    loop is the limit at small K (bench/serve_load.py), and one on one core."""
+    cores = os.cpu_count() or 1
+    return max(min(2, cores), cores // 2)
 
 
 class Settings(BaseSettings):
@@ -27,6 +36,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    api_workers: int = Field(
+        0,
+        ge=0,
+        description="API processes `hetserve up` starts (uvicorn --workers), each with its"
+        " own event loop, sessions and batcher; 0: one per two CPU cores, at least min(2, cores)",
+    )
 
     # -- auth -----------------------------------------------------------------
     api_keys: str | None = Field(
@@ -113,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def dataset_root_list(self) -> list[str]:
         return [r.strip() for r in (self.dataset_roots or "").split(",") if r.strip()]
+
+    @property
+    def resolved_api_workers(self) -> int:
+        return self.api_workers or default_api_workers()
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,14 +11,18 @@ measured in interleaved rounds:
 - ``hetserve, batching off``: the real API (auth, store lookup, validation, every uncertainty
   field), one onnxruntime call per request;
 - ``hetserve, batching on``: the same with dynamic batching (settings defaults);
-- with ``--workers 2`` (the default) also batching-on hetserve and the minimal endpoint
-  as two uvicorn processes each.
+- with ``--workers N`` (default 2) also batching-on hetserve and the minimal endpoint as
+  N uvicorn processes each (``hetserve up`` starts ``HETSERVE_API_WORKERS``, by default
+  one per two cores: the header line says how many that is here).
 
 ``--clients`` connections each send a request, wait for the answer, send the next
 (closed loop), until ``--requests`` answers or ``--max-seconds`` have passed, after a
-short warm-up. Prints a markdown table: requests/s, p50 and p99 latency, and the ratios
-to the minimal endpoint measured in the same run. The load generator is a few lines of
-raw HTTP/1.1 over asyncio streams, so the client costs little of the shared CPU.
+short warm-up. Prints a markdown table: requests/s, p50 and p99 latency, their ratios
+to the minimal endpoint with the same number of processes measured in the same run, the
+mean rows per onnxruntime call, and the server's CPU time per request (all its processes
+and threads, from /proc: what bounds requests/s on a machine whose cores are all busy).
+The load generator is a few lines of raw HTTP/1.1 over asyncio streams, so the client
+costs little of the shared CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.settings import default_api_workers  # noqa: E402  (after the path fix above)
 from tests.app.serving_support import (  # noqa: E402  (after the path fix above)
     API_KEY,
     live_server,
@@ -49,7 +54,7 @@ from tests.app.serving_support import (  # noqa: E402  (after the path fix above
 D = 64  # input features (the size of sklearn's digits)
 HIDDEN = [256, 256]
 FACTORS = {10: 4, 100: 10}  # R per K (R = 10 at K = 100: the cost example of docs/models.md)
-S = 1000
+S = 1000  # stated, not the model's default: both sides of every line run this S
 WARMUP_S = 2.0
 MINIMAL = "minimal (1 onnxruntime call per request)"
 
@@ -148,7 +153,9 @@ def mean_batch_rows(url: str, model_id: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     values = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    # Per-model series need the key (app/serving/metrics.py).
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if (
                 sample.name.startswith("hetserve_batch_rows_")
@@ -158,6 +165,30 @@ def mean_batch_rows(url: str, model_id: str) -> float:
     return values.get("hetserve_batch_rows_sum", 0) / max(
         values.get("hetserve_batch_rows_count", 0), 1
     )
+
+
+def server_cpu_seconds(port: int) -> float:
+    """CPU time (user + system) so far of the uvicorn listening on ``port`` and of every
+    process under it (its workers), from /proc."""
+    stats, root = {}, None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:  # exited meanwhile
+            continue
+        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, ticks
+        if b"--port" in argv and argv[argv.index(b"--port") + 1 :][:1] == [str(port).encode()]:
+            root = int(entry)
+    tree, ticks = {root}, 0
+    for _ in range(4):  # workers are children of the parent (or of its spawn helper)
+        tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+    ticks = sum(stats[pid][1] for pid in tree if pid in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- models -----------------------------------------------------------------------------
@@ -210,11 +241,13 @@ def run(args) -> str:
         f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K, onnxruntime intra-op threads "
         f"{args.intra_op_threads}; per line up to {args.requests} requests or "
         f"{args.max_seconds:.0f} s, measured in {args.rounds} interleaved rounds after "
-        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()}.",
+        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()} (`hetserve up` starts "
+        f"{default_api_workers()} API process(es) here). Ratios: to the minimal endpoint "
+        "with the same number of processes.",
         "",
-        "| K | server | requests/s | p50 ms | p99 ms | throughput vs minimal "
-        "| p99 vs minimal | mean rows per onnxruntime call |",
-        "|---|---|---|---|---|---|---|---|",
+        "| K | server | processes | requests/s | p50 ms | p99 ms | throughput vs minimal "
+        "| p99 vs minimal | mean rows per onnxruntime call | server CPU ms per request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     runtime_lines = []
     for k in args.classes:
@@ -224,12 +257,12 @@ def run(args) -> str:
             "BENCH_INTRA_OP_THREADS": str(args.intra_op_threads),
         }
         with contextlib.ExitStack() as servers:
-            # name -> (url, predict path, model id or None); all up at once, measured in
-            # interleaved rounds so a change in background load hits each alike.
+            # name -> (url, predict path, model id or None, processes); all up at once,
+            # measured in interleaved rounds so a change in background load hits each alike.
             minimal_url = servers.enter_context(
                 live_server(minimal_env, app=["bench.serve_load:minimal_app", "--factory"])
             )
-            targets = {MINIMAL: (minimal_url, "/predict", None)}
+            targets = {MINIMAL: (minimal_url, "/predict", None, 1)}
             variants = [(False, 1), (True, 1)] + (
                 [(True, args.workers)] if args.workers > 1 else []
             )
@@ -246,7 +279,7 @@ def run(args) -> str:
                 name = f"hetserve, batching {'on' if batching else 'off'}"
                 if workers > 1:
                     name += f", {workers} processes"
-                targets[name] = (url, f"/v1/models/{model_id}/predict", model_id)
+                targets[name] = (url, f"/v1/models/{model_id}/predict", model_id, workers)
             if args.workers > 1:
                 url = servers.enter_context(
                     live_server(
@@ -255,11 +288,31 @@ def run(args) -> str:
                         app=["bench.serve_load:minimal_app", "--factory"],
                     )
                 )
-                targets[f"minimal, {args.workers} processes"] = (url, "/predict", None)
+                targets[f"minimal, {args.workers} processes"] = (
+                    url,
+                    "/predict",
+                    None,
+                    args.workers,
+                )
             latencies = {name: [] for name in targets}
             elapsed = dict.fromkeys(targets, 0.0)
+            cpu = dict.fromkeys(targets, 0.0)
             for round_ in range(args.rounds):
-                for name, (url, predict_path, _) in targets.items():
+                for name, (url, predict_path, _, _) in targets.items():
+                    port = int(url.rsplit(":", 1)[1])
+                    if round_ == 0:  # the warm-up is not counted
+                        asyncio.run(
+                            closed_loop(
+                                port,
+                                predict_path,
+                                {"inputs": row},
+                                args.clients,
+                                10**9,
+                                WARMUP_S,
+                                0,
+                            )
+                        )
+                    cpu_before = server_cpu_seconds(port)
                     got, seconds = asyncio.run(
                         closed_loop(
                             int(url.rsplit(":", 1)[1]),
@@ -268,29 +321,38 @@ def run(args) -> str:
                             args.clients,
                             args.requests // args.rounds,
                             args.max_seconds / args.rounds,
-                            WARMUP_S if round_ == 0 else 0.0,
+                            0.0,
                         )
                     )
+                    cpu[name] += server_cpu_seconds(port) - cpu_before
                     latencies[name] += got
                     elapsed[name] += seconds
             results = {
                 name: (
                     summarize(latencies[name], elapsed[name]),
                     None if model_id is None else mean_batch_rows(url, model_id),
+                    processes,
+                    cpu[name] * 1000 / max(len(latencies[name]), 1),
                 )
-                for name, (url, _, model_id) in targets.items()
+                for name, (url, _, model_id, processes) in targets.items()
             }
         single = onnxruntime_rows_per_second(path, 1, args.intra_op_threads)
         batched = onnxruntime_rows_per_second(path, args.clients, args.intra_op_threads)
         runtime_lines.append(f"| {k} | {single:.0f} | {batched:.0f} | {batched / single:.1f}x |")
-        base = results[MINIMAL][0]
-        for name, (stats, rows) in results.items():
+        minimal = {  # the minimal endpoint per number of processes
+            processes: stats
+            for name, (stats, _, processes, _) in results.items()
+            if name.startswith("minimal")
+        }
+        for name, (stats, rows, processes, cpu_ms) in results.items():
+            base = minimal[processes]
             lines.append(
-                f"| {k} | {name} | {stats['rps']:.0f} | {stats['p50']:.1f} | {stats['p99']:.1f} | "
-                f"{stats['rps'] / base['rps']:.2f}x | {stats['p99'] / base['p99']:.2f}x | "
-                f"{'' if rows is None else f'{rows:.1f}'} |"
+                f"| {k} | {name} | {processes} | {stats['rps']:.0f} | {stats['p50']:.1f} | "
+                f"{stats['p99']:.1f} | {stats['rps'] / base['rps']:.2f}x | "
+                f"{stats['p99'] / base['p99']:.2f}x | {'' if rows is None else f'{rows:.1f}'} | "
+                f"{cpu_ms:.2f} |"
             )
-            print(f"K={k} {name}: {stats}", file=sys.stderr, flush=True)
+            print(f"K={k} {name}: {stats}, {cpu_ms:.2f} ms CPU", file=sys.stderr, flush=True)
     lines += [
         "",
         f"The runtime alone (OnnxModel.run in this process, no HTTP), rows/s at batch 1 "

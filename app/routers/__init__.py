@@ -10,15 +10,23 @@
 - ui.py: the dashboard ``/ui``, ``/static``, and ``/docs``, ``/redoc`` from vendored files
 
 Their dependencies (settings, database session, runtime, API key) are the aliases in
-app/deps.py; app/main.py mounts every ``/v1`` router under the API key check.
+app/deps.py; app/main.py mounts every ``/v1`` router under the API key check (predict
+requires it on its own router, mounted first).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi.routing import APIRoute
+
 # What FastAPI's ``responses=`` takes: status code (or "default") -> OpenAPI response object.
 Responses = dict[int | str, dict[str, Any]]
 
 AUTH_ERRORS: Responses = {401: {"description": "missing or invalid API key"}}
 MODEL_NOT_FOUND: Responses = {404: {"description": "no model with that id or alias"}}
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable operationIds for generated clients: "<tag>-<function name>", e.g. jobs-get_job."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name

@@ -13,22 +13,25 @@ counted and timed for /metrics. Request bodies are capped by app/gate.py, predic
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.deps import RuntimeDep, SettingsDep
-from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.deps import require_api_key
+from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, operation_id
+from app.serving.batching import Outputs
 from app.serving.inputs import InputError, parse_images, parse_inputs
-from app.serving.metrics import JSON_OFF_LOOP_BYTES, InstrumentedRoute
+from app.serving.metrics import JSON_OFF_LOOP_BYTES, InstrumentedRoute, instrument
 from app.serving.onnx_model import ModelFileError, OnnxModel
 from app.serving.runtime import ServingRuntime
 from app.serving.schemas import PredictRequest, PredictResponse
+from app.settings import Settings
 
 try:
     import orjson
@@ -41,7 +44,32 @@ class ServingRoute(InstrumentedRoute):
     for predict)."""
 
 
-router = APIRouter(tags=["predict"], route_class=ServingRoute)
+class LeanRoute(ServingRoute):
+    """A serving route whose endpoint takes the ``Request`` alone and reads its path
+    parameter and body itself (declared in ``self_read_openapi``): FastAPI's parameter
+    and dependency machinery is skipped. The router's dependencies (the /v1 API key)
+    stay declared for the OpenAPI document; the key is checked here as
+    ``app.deps.require_api_key`` checks it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            await require_api_key(request, None)
+            response: Response = await endpoint(request)
+            return response
+
+        return instrument(handler, self.path, self.methods)
+
+
+# Mounted by app/main.py as the app's first route, the API key required (the gate
+# checked it; LeanRoute checks it is there).
+router = APIRouter(
+    tags=["predict"],
+    route_class=LeanRoute,
+    dependencies=[Depends(require_api_key)],
+    generate_unique_id_function=operation_id,
+)
 
 
 def self_read_openapi(body: type[BaseModel]) -> dict[str, Any]:
@@ -104,10 +132,13 @@ def unprocessable(loc: list[str | int], msg: str) -> HTTPException:
     },
     openapi_extra=PREDICT_OPENAPI,
 )
-async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
-    # The hot path reads its path parameter and body itself (declared in PREDICT_OPENAPI):
-    # FastAPI's generic parameter and body machinery cost about half a millisecond per
-    # request, more than the onnxruntime call of a batched row.
+async def predict(request: Request) -> Response:
+    # The hot path reads its path parameter and body itself (declared in PREDICT_OPENAPI)
+    # and its settings and runtime from app.state: FastAPI's generic parameter, dependency
+    # and body machinery cost about 0.15 ms per request (bench/serve_profile.py), more
+    # than the onnxruntime call of a batched row.
+    settings: Settings = request.app.state.settings
+    runtime: ServingRuntime = request.app.state.runtime
     model_id = request.path_params["model_id"]
     body = await read_predict_request(request)
     if (body.inputs is None) == (body.images is None):
@@ -142,22 +173,22 @@ async def predict(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
     else:
         # The model's own default is capped like a caller's choice (a job may ask for 100k).
         num_samples = body.mc_samples or min(model.eval_mc_samples, settings.max_mc_samples)
-    outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed)
-    field = "inputs" if body.inputs is not None else "images"
-    overflow = first_non_finite_row(outputs, model.output_names)
-    if overflow is not None:
+    outputs = await runtime.predict(model, resolved_id, x, num_samples, body.seed, then=answer_rows)
+    if outputs[NON_FINITE].any():
+        field, overflow = (
+            "inputs" if body.inputs is not None else "images",
+            int(outputs[NON_FINITE].argmax()),
+        )
         raise unprocessable(
             ["body", field, overflow],
             f"{field}[{overflow}]: the model's outputs overflow for this row (values far outside"
             " the training data)",
         )
-    rows = model.rows(
-        outputs,
-        num_samples,
-        top_k=body.top_k,
-        correlated_pairs=body.correlated_pairs,
-        predictive=body.predictive,
-    )
+    rows = outputs[ROWS]
+    if body.top_k is not None or body.correlated_pairs:
+        model.add_asked(
+            rows, outputs, body.top_k, body.correlated_pairs, predictive=body.predictive
+        )
     return json_response(
         {
             "model_id": resolved_id,
@@ -187,16 +218,37 @@ async def served_model(
     return resolved_id, model
 
 
-def first_non_finite_row(outputs: dict[str, np.ndarray], names: list[str]) -> int | None:
-    """The first row with a NaN or infinite output (finite but huge inputs overflow the
-    logits), or None; such a row cannot be answered in JSON."""
+ROWS, NON_FINITE = "_rows", "_non_finite"  # answer_rows' outputs (no graph output's names)
+
+
+def answer_rows(model: OnnxModel, outputs: Outputs, num_samples: int) -> Outputs:
+    """The per-batch step of predict (run once per onnxruntime call, in its thread): each
+    row's JSON-ready fields (``ROWS``, ``OnnxModel.rows``) and whether any of its outputs
+    is NaN or infinite (``NON_FINITE``). ``num_samples = 0`` is the noise-free predictive."""
+    predictive = "noise_free" if num_samples == 0 else "marginal"
+    return {
+        **outputs,
+        ROWS: model.rows(outputs, num_samples, predictive=predictive),
+        NON_FINITE: non_finite_rows(outputs, model.output_names),
+    }
+
+
+def non_finite_rows(outputs: Outputs, names: list[str]) -> np.ndarray:
+    """Per row, whether any of its outputs is NaN or infinite (finite but huge inputs
+    overflow the logits); such a row cannot be answered in JSON."""
     floats = [outputs[name] for name in names if outputs[name].dtype.kind == "f"]
-    if all(np.isfinite(value).all() for value in floats):  # the usual case: one pass each
-        return None
     bad = np.zeros(len(floats[0]), dtype=bool)
+    if all(np.isfinite(value).all() for value in floats):  # the usual case: one pass each
+        return bad
     for value in floats:
         bad |= ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
-    return int(np.argmax(bad))
+    return bad
+
+
+def first_non_finite_row(outputs: Outputs, names: list[str]) -> int | None:
+    """The first row with a NaN or infinite output, or None."""
+    bad = non_finite_rows(outputs, names)
+    return int(np.argmax(bad)) if bad.any() else None
 
 
 def json_response(payload: dict[str, Any]) -> Response:

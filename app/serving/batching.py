@@ -1,15 +1,23 @@
-"""Dynamic batching: concurrent requests for one model run as one onnxruntime call.
+"""Dynamic batching: concurrent requests for the same work run as one call.
+
+    outputs = await batcher.run(key, label, fn, x)    # = fn(x), batched
 
 In the spirit of Triton's ``max_queue_delay_microseconds`` and BentoML's adaptive
-batching. Requests wait in a *lane*, one per (model, num_samples, seed); a lane's
-drain task collects requests until
+batching, and like BentoML's batching layer it knows nothing of the model: ``fn`` maps
+rows ``x [N, ...]`` to a dict of outputs whose leading axis is N (arrays or lists), and
+requests with equal ``key`` (work that may share one call of any of their ``fn``) are
+batched; ``label`` names them in /metrics. The serving runtime (app/serving/runtime.py)
+keys by (model, num_samples, seed, per-batch step). Requests wait in a *lane*, one per
+key; a lane's drain task collects requests until
 
-    rows >= max_batch_size   or   the oldest waiting request has waited max_queue_delay,
+    rows >= max_batch_size   or   the oldest waiting request has waited max_queue_delay
+                             or   it arrived while the previous batch ran,
 
-concatenates their rows, runs the model once in a worker thread (onnxruntime releases
+concatenates their rows, runs ``fn`` once in a worker thread (onnxruntime releases
 the GIL, so the event loop keeps serving) and hands every request its own slice of each
-output. While a batch runs, new requests queue in the lane and form the next batch, so
-under load batches grow by themselves and the delay is paid only when traffic is light.
+output. While a batch runs, new requests queue in the lane and form the next batch, which
+runs as soon as the first is back, so under load batches grow by themselves and the delay
+is paid only when traffic is light.
 
 Why only equal (num_samples, seed) are merged: the graph draws one noise matrix
 eps (S x (K + R)) per call, a pure function of (seed, S), shared by every row, and each
@@ -31,19 +39,21 @@ rows different draws).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from app.serving.metrics import BATCH_REQUESTS, BATCH_ROWS, INFERENCE_LATENCY, QUEUE_DEPTH
-from app.serving.onnx_model import OnnxModel
+from app.serving.metrics import BATCH_REQUESTS, QUEUE_DEPTH, child
 
-Outputs = dict[str, np.ndarray]
-# (id of the event loop, model id, id of the model object, num_samples, seed)
-LaneKey = tuple[int, str, int, int, int | None]
+# Per-row outputs: leading axis = the rows (numpy arrays or lists); anything else is
+# handed whole to every request.
+Outputs = dict[str, Any]
+BatchFn = Callable[[np.ndarray], Outputs]
+LaneKey = tuple[int, Hashable]  # (id of the event loop, the caller's key)
 
 
 @dataclass
@@ -55,43 +65,41 @@ class _Waiting:
 
 @dataclass
 class _Lane:
-    """Requests for one (model, num_samples, seed), oldest first."""
+    """Requests of one key, oldest first."""
 
     pending: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
     full: asyncio.Future[None] | None = None  # set while the drain task waits for rows
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
+    ran_until: float = float("-inf")  # loop.time() when the last batch came back
     task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
-
-
-def run_timed(
-    model: OnnxModel, model_id: str, x: np.ndarray, num_samples: int, seed: int | None
-) -> Outputs:
-    """One onnxruntime call (in a worker thread), timed for /metrics."""
-    start = time.perf_counter()
-    outputs = model.run(x, num_samples=num_samples, seed=seed)
-    INFERENCE_LATENCY.labels(model_id).observe(time.perf_counter() - start)
-    BATCH_ROWS.labels(model_id).observe(len(x))
-    return outputs
 
 
 def split_rows(outputs: Outputs, sizes: list[int]) -> list[Outputs]:
     """Cut every per-row output (leading axis = batch) back into the requests' slices."""
     total = sum(sizes)
-    bounds = np.cumsum([0, *sizes])
-    return [
-        {
-            name: value[start:stop]
-            if getattr(value, "ndim", 0) and value.shape[0] == total
-            else value
-            for name, value in outputs.items()
-        }
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    per_row = [
+        name
+        for name, value in outputs.items()
+        if (
+            value.ndim > 0 and len(value) == total
+            if isinstance(value, np.ndarray)
+            else isinstance(value, list) and len(value) == total
+        )
     ]
+    parts, start = [], 0
+    for size in sizes:
+        stop = start + size
+        part = dict(outputs)
+        for name in per_row:
+            part[name] = outputs[name][start:stop]
+        parts.append(part)
+        start = stop
+    return parts
 
 
 class DynamicBatcher:
-    """``await batcher.run(...)`` = ``model.run(...)`` for one request's rows, batched."""
+    """``await batcher.run(key, label, fn, x)`` = ``fn(x)`` for one request's rows, batched."""
 
     def __init__(self, executor: Executor, max_batch_size: int, max_queue_delay_ms: float):
         if max_batch_size < 1:
@@ -101,53 +109,46 @@ class DynamicBatcher:
         self.max_queue_delay_s = max(0.0, max_queue_delay_ms) / 1000
         self._lanes: dict[LaneKey, _Lane] = {}
 
-    async def run(
-        self, model: OnnxModel, model_id: str, x: np.ndarray, num_samples: int, seed: int | None
-    ) -> Outputs:
+    async def run(self, key: Hashable, label: str, fn: BatchFn, x: np.ndarray) -> Outputs:
+        """``fn(x)``, run in one call with the other waiting requests of equal ``key``
+        (the first one's ``fn`` serves the batch); ``label`` names the lane in /metrics."""
         loop = asyncio.get_running_loop()
         # The loop is part of the key: lanes hold futures bound to the loop they serve.
-        key: LaneKey = (id(loop), model_id, id(model), num_samples, seed)
-        lane = self._lanes.get(key)
+        lane_key: LaneKey = (id(loop), key)
+        lane = self._lanes.get(lane_key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
-            lane.task = loop.create_task(self._drain(key, lane, model, model_id, num_samples, seed))
+            lane = self._lanes[lane_key] = _Lane()
+            lane.task = loop.create_task(self._drain(lane_key, lane, label, fn))
         waiting = _Waiting(x, loop.create_future(), loop.time())
         lane.pending.append(waiting)
         lane.rows += len(x)
         if lane.full is not None and lane.rows >= self.max_batch_size and not lane.full.done():
             lane.full.set_result(None)
-        QUEUE_DEPTH.labels(model_id).inc()
+        child(QUEUE_DEPTH, label).inc()
         return await waiting.future
 
-    async def _drain(
-        self,
-        key: LaneKey,
-        lane: _Lane,
-        model: OnnxModel,
-        model_id: str,
-        num_samples: int,
-        seed: int | None,
-    ) -> None:
+    async def _drain(self, key: LaneKey, lane: _Lane, label: str, fn: BatchFn) -> None:
         loop = asyncio.get_running_loop()
+        queue_depth = child(QUEUE_DEPTH, label)
         try:
             while lane.pending:
                 await self._fill(lane, loop)
                 batch = self._take(lane)
-                QUEUE_DEPTH.labels(model_id).dec(len(batch))
-                BATCH_REQUESTS.labels(model_id).observe(len(batch))
+                queue_depth.dec(len(batch))
+                child(BATCH_REQUESTS, label).observe(len(batch))
                 live = lane.running = [w for w in batch if not w.future.done()]  # skip cancelled
                 if not live:
                     continue
                 x = live[0].inputs if len(live) == 1 else np.concatenate([w.inputs for w in live])
                 try:
-                    outputs = await loop.run_in_executor(
-                        self.executor, run_timed, model, model_id, x, num_samples, seed
-                    )
+                    outputs = await loop.run_in_executor(self.executor, fn, x)
                 except Exception as exc:
                     for w in live:
                         if not w.future.done():
                             w.future.set_exception(exc)
                     continue
+                finally:
+                    lane.ran_until = loop.time()
                 for w, part in zip(
                     live, split_rows(outputs, [len(w.inputs) for w in live]), strict=True
                 ):
@@ -158,7 +159,7 @@ class DynamicBatcher:
             # joined this lane in between, so none is stranded.
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
-            QUEUE_DEPTH.labels(model_id).dec(len(lane.pending))
+            queue_depth.dec(len(lane.pending))
             for w in [*lane.running, *lane.pending]:  # left only when the loop shuts down
                 if not w.future.done():
                     w.future.cancel()
@@ -167,9 +168,15 @@ class DynamicBatcher:
         """Wait until the lane holds a full batch or its oldest request's delay is up.
 
         One timer per batch, woken early only when the batch fills: arrivals in between
-        cost nothing here (no wake-up per request)."""
+        cost nothing here (no wake-up per request). Requests that arrived while the last
+        batch ran waited for it already: they go at once (under load batches run back to
+        back and the delay is paid only when traffic is light)."""
         remaining = lane.pending[0].arrived + self.max_queue_delay_s - loop.time()
-        if lane.rows >= self.max_batch_size or remaining <= 0:
+        if (
+            lane.rows >= self.max_batch_size
+            or remaining <= 0
+            or lane.pending[0].arrived <= lane.ran_until
+        ):
             return
         lane.full = loop.create_future()
         timer = loop.call_later(remaining, _resolve, lane.full)

@@ -22,6 +22,7 @@ import numpy as np
 from app import uploads
 
 NUMBER_TYPES = frozenset({int, float})  # bool is not a number here (type(True) is bool)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 Loc = tuple[str | int, ...]
 
@@ -62,6 +63,8 @@ def parse_inputs(inputs: list[Any], input_shape: list[int], max_rows: int) -> np
         x = np.array(inputs, dtype=np.float64)
     except OverflowError:  # an integer literal beyond float64
         raise InputError(("inputs",), "a value is too large for float32") from None
+    if x.max() <= FLOAT32_MAX and x.min() >= -FLOAT32_MAX:  # the usual case (NaN fails it)
+        return x.astype(np.float32)
     with np.errstate(over="ignore"):
         x32 = x.astype(np.float32)
     bad = ~np.isfinite(x32)

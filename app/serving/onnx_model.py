@@ -252,30 +252,49 @@ class OnnxModel:
             raise ValueError("this model file has no noise_free_probs output")
         else:
             probs, entropy = noise_free, entropy_of(noise_free, self.task)
+        # numpy -> Python once per field for the whole batch, then zipped into rows.
         labels = probs.argmax(-1)
-        rows = []
-        for i, label in enumerate(labels.tolist()):
-            row = {
-                "probs": probs[i].tolist(),
-                "label": label,
-                "class_name": self.class_names[label],
-                "confidence": float(probs[i, label]),
-                "entropy": entropy[i].tolist(),
-                "expected_entropy": outputs["expected_entropy"][i].tolist() if sampled else None,
-                "prob_std": outputs["prob_std"][i].tolist() if sampled else None,
-                "mc_stderr": mc_stderr[i].tolist() if sampled else None,
-                "noise_std": outputs["noise_std"][i].tolist(),
-            }
-            if noise_free is not None:
-                row["noise_free_probs"] = noise_free[i].tolist()
+        unsampled = [None] * len(probs)
+        columns = {
+            "probs": probs.tolist(),
+            "label": labels.tolist(),
+            "class_name": [self.class_names[label] for label in labels.tolist()],
+            "confidence": np.take_along_axis(probs, labels[:, None], -1)[:, 0].tolist(),
+            "entropy": entropy.tolist(),
+            "expected_entropy": outputs["expected_entropy"].tolist() if sampled else unsampled,
+            "prob_std": outputs["prob_std"].tolist() if sampled else unsampled,
+            "mc_stderr": mc_stderr.tolist() if sampled else unsampled,
+            "noise_std": outputs["noise_std"].tolist(),
+        }
+        if noise_free is not None:
+            columns["noise_free_probs"] = noise_free.tolist()
+        names = list(columns)
+        rows = [
+            dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)
+        ]
+        if top_k is not None or correlated_pairs:
+            self.add_asked(rows, outputs, top_k, correlated_pairs, max_pairs, predictive)
+        return rows
+
+    def add_asked(
+        self,
+        rows: list[dict[str, Any]],
+        outputs: dict[str, np.ndarray],
+        top_k: int | None,
+        correlated_pairs: bool,
+        max_pairs: int = 5,
+        predictive: str = "marginal",
+    ) -> None:
+        """Add the fields a request asks for to its ``rows`` (of ``rows()``, in place):
+        correlated_pairs (when true) and top_k (when given)."""
+        probs = outputs["probs"] if predictive == "marginal" else outputs[NOISE_FREE_OUTPUT]
+        for i, row in enumerate(rows):
             if correlated_pairs:
                 row["correlated_pairs"] = rank_pairs(
                     outputs["top_classes"][i], outputs["top_correlation"][i], max_pairs
                 )
             if top_k is not None:
                 row["top_k"] = self.top_k(probs[i], top_k)
-            rows.append(row)
-        return rows
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
         order = np.argsort(-probs, kind="stable")[: max(0, k)]

@@ -5,7 +5,9 @@ The app's lifespan (app/main.py) builds one and keeps it in ``app.state.runtime`
 routes get it through ``app.deps.RuntimeDep``. ``runtime.predict(...)`` is what the
 predict route awaits: it never blocks the event loop (loading a session and every
 onnxruntime call run in threads). With ``settings.batching`` off each request is its own
-onnxruntime call.
+onnxruntime call. A per-batch step ``then(model, outputs, num_samples)`` runs in the same
+thread right after the call, once for the whole batch (predict turns the arrays into
+JSON-ready rows there); requests batch only with requests of the same step.
 
 Fork safety. Threads do not survive ``fork``: a child that inherited a runtime would
 queue onnxruntime calls on an executor whose threads exist only in the parent, and could
@@ -17,18 +19,41 @@ had loaded are left to OnnxModel's own fork handling (app/serving/onnx_model.py)
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from app.serving.batching import DynamicBatcher, Outputs, run_timed
+from app.serving.batching import DynamicBatcher, Outputs
 from app.serving.directory import ModelDirectory
+from app.serving.metrics import BATCH_ROWS, INFERENCE_LATENCY, child
 from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import ModelKey, SessionCache
 from app.settings import Settings
+
+# A per-batch step after the onnxruntime call: (model, outputs, num_samples) -> outputs.
+Then = Callable[[OnnxModel, Outputs, int], Outputs]
+
+
+def infer(
+    model: OnnxModel,
+    model_id: str,
+    num_samples: int,
+    seed: int | None,
+    then: Then | None,
+    x: np.ndarray,
+) -> Outputs:
+    """One onnxruntime call (in a worker thread), timed for /metrics, then ``then``."""
+    start = time.perf_counter()
+    outputs: Outputs = model.run(x, num_samples=num_samples, seed=seed)
+    child(INFERENCE_LATENCY, model_id).observe(time.perf_counter() - start)
+    child(BATCH_ROWS, model_id).observe(len(x))
+    return outputs if then is None else then(model, outputs, num_samples)
 
 
 class ServingRuntime:
@@ -68,14 +93,22 @@ class ServingRuntime:
         return model
 
     async def predict(
-        self, model: OnnxModel, model_id: str, x: np.ndarray, num_samples: int, seed: int | None
+        self,
+        model: OnnxModel,
+        model_id: str,
+        x: np.ndarray,
+        num_samples: int,
+        seed: int | None,
+        then: Then | None = None,
     ) -> Outputs:
+        """The graph's outputs for the rows x (``then`` applied), batched with other
+        requests for the same model, S, seed and ``then`` when batching is on."""
+        fn = functools.partial(infer, model, model_id, num_samples, seed, then)
         if self.batcher is not None:
-            return await self.batcher.run(model, model_id, x, num_samples, seed)
+            key = (model_id, id(model), num_samples, seed, then)
+            return await self.batcher.run(key, model_id, fn, x)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor, run_timed, model, model_id, x, num_samples, seed
-        )
+        return await loop.run_in_executor(self.executor, fn, x)
 
 
 _live_runtimes: weakref.WeakSet[ServingRuntime] = weakref.WeakSet()

@@ -183,6 +183,23 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
     assert "hetserve stopped" in out.read_text()
 
 
+def test_up_runs_the_api_workers_setting_with_one_fresh_metrics_folder(tmp_path):
+    from app.settings import Settings
+
+    env = {"PATH": "/bin"}
+    argv, api_env = cli.api_process(Settings(data_dir=tmp_path, api_workers=3), tmp_path, env)
+    assert argv[argv.index("--workers") + 1] == "3" and "app.main:app" in argv
+    folder = tmp_path / "metrics"
+    assert api_env["PROMETHEUS_MULTIPROC_DIR"] == str(folder) and folder.is_dir()
+    (folder / "counter_123.db").write_bytes(b"a previous run's values")
+    cli.api_process(Settings(data_dir=tmp_path, api_workers=2), tmp_path, env)
+    assert not any(folder.iterdir())  # emptied for each start
+    argv, api_env = cli.api_process(Settings(data_dir=tmp_path, api_workers=1), tmp_path, env)
+    assert argv[argv.index("--workers") + 1] == "1" and "PROMETHEUS_MULTIPROC_DIR" not in api_env
+    assert api_env["HETSERVE_AUTO_MIGRATE"] == "false" and env == {"PATH": "/bin"}
+    assert Settings(data_dir=tmp_path, api_workers=0).resolved_api_workers >= 1
+
+
 def test_up_refuses_a_taken_port_and_prints_nothing_misleading(tmp_path):
     """Another service (here one that answers /healthz like hetserve) holds the port: `up`
     says so and exits 1 before starting anything; no banner, no key."""

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from app.serving.batching import DynamicBatcher
 from app.serving.onnx_model import OnnxModel
+from app.serving.runtime import infer
 from app.serving.sessions import SessionCache
 from tests.app.serving_support import D, exported
 
@@ -48,7 +50,15 @@ def batch_count(model_id):
 
 
 async def run_concurrently(batcher, model, model_id, requests):
-    return await asyncio.gather(*(batcher.run(model, model_id, x, S, seed) for x, seed in requests))
+    """Each (rows, seed) as the serving runtime batches it: keyed by the seed."""
+    return await asyncio.gather(
+        *(
+            batcher.run(
+                (model_id, seed), model_id, partial(infer, model, model_id, S, seed, None), x
+            )
+            for x, seed in requests
+        )
+    )
 
 
 def test_batcher_merges_and_splits_back_exactly(model):
@@ -88,6 +98,32 @@ def test_batch_never_exceeds_max_rows_and_big_requests_run_alone(model):
         "hetserve_batch_rows_bucket", {"model": model_id, "le": "4.0"}
     )
     assert bucket4 == 3  # every call but the oversized one held <= 4 rows
+
+
+def test_the_delay_is_paid_when_idle_not_by_requests_that_waited_for_a_run():
+    """A lone request waits max_queue_delay for company; one that arrives while a batch
+    runs has waited already and goes as soon as that batch is back."""
+    batcher = DynamicBatcher(ThreadPoolExecutor(1), max_batch_size=64, max_queue_delay_ms=1000)
+
+    def slow(x):  # any fn: the batcher knows nothing of models
+        time.sleep(0.2)
+        return {"y": x * 2}
+
+    async def scenario():
+        start = time.perf_counter()
+
+        async def one(x, after):
+            await asyncio.sleep(after)
+            out = await batcher.run("k", "delay-test", slow, x)
+            return out["y"], time.perf_counter() - start
+
+        return await asyncio.gather(one(np.ones((1, 2)), 0), one(np.full((2, 2), 3.0), 1.1))
+
+    (first, first_done), (second, second_done) = asyncio.run(scenario())
+    assert first.tolist() == [[2, 2]] and second.tolist() == [[6, 6], [6, 6]]
+    assert first_done >= 1.2  # waited the delay (1 s), then ran (0.2 s)
+    # arrived at 1.1 during the first run: runs at ~1.2, not after its own delay (2.1)
+    assert second_done < 1.9, second_done
 
 
 def test_unseeded_calls_draw_fresh_noise(model):
