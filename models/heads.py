@@ -348,12 +348,23 @@ class HetHead(nn.Module):
             )
         return eps_r, eps_k
 
-    def _tempered(self, h, num_samples, generator, noise, training) -> tuple[LogitGaussian, Noise]:
-        """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given)."""
+    def _tempered(
+        self, h, num_samples, generator, noise, training
+    ) -> tuple[LogitGaussian, Noise | het_fast.SeededNoise]:
+        """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given).
+
+        Per-example noise for the fused CPU kernel is a seed it draws from itself
+        (het_fast.SeededNoise), not a B x S x (K + R) tensor."""
         latent = self.latent(h).scaled(1.0 / self.temperature)
         if noise is None:
-            default = self.train_mc_samples if training else self.eval_mc_samples
-            noise = self.draw_noise(h.shape[0], num_samples or default, h.device, generator)
+            num = num_samples or (self.train_mc_samples if training else self.eval_mc_samples)
+            if (
+                self.fast
+                and not self.share_samples_across_batch
+                and het_fast.kernel_draws_noise(self.task == MULTICLASS, h)
+            ):
+                return latent, het_fast.SeededNoise.draw(num, generator)
+            noise = self.draw_noise(h.shape[0], num, h.device, generator)
         return latent, noise
 
     def _chunk(self, h: torch.Tensor) -> int:
@@ -367,7 +378,10 @@ class HetHead(nn.Module):
         """log p_hat(y|x) per example, (B,): see reference_log_likelihood.
 
         S defaults to train_mc_samples in training mode, eval_mc_samples otherwise."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, self.training)
+        z, noise = self._tempered(h, num_samples, generator, noise, self.training)
+        if isinstance(noise, het_fast.SeededNoise):
+            return het_fast.seeded_log_likelihood(z, y, noise)
+        eps_r, eps_k = noise
         if self.fast:
             multiclass = self.task == MULTICLASS
             return het_fast.log_likelihood(
@@ -378,7 +392,10 @@ class HetHead(nn.Module):
     @torch.no_grad()
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         """p_hat = 1/S sum_s softmax(z_s) (sigmoid for multilabel), (B, K); S: eval_mc_samples."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, training=False)
+        z, noise = self._tempered(h, num_samples, generator, noise, training=False)
+        if isinstance(noise, het_fast.SeededNoise):
+            return het_fast.seeded_moments(z, noise, second=False)["probs"]
+        eps_r, eps_k = noise
         if self.fast:
             multiclass = self.task == MULTICLASS
             return het_fast.predict(z, eps_r, eps_k, multiclass, self._chunk(h), self.class_major)
@@ -388,7 +405,11 @@ class HetHead(nn.Module):
     def moments(self, h, num_samples=None, generator=None, noise=None) -> dict[str, torch.Tensor]:
         """probs, prob_std, expected_entropy (see reference_moments) and num_samples;
         S defaults to eval_mc_samples."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, training=False)
+        z, noise = self._tempered(h, num_samples, generator, noise, training=False)
+        if isinstance(noise, het_fast.SeededNoise):
+            m = het_fast.seeded_moments(z, noise)
+            return {**m, "num_samples": torch.tensor(noise.num_samples)}
+        eps_r, eps_k = noise
         if self.fast:
             multiclass = self.task == MULTICLASS
             m = het_fast.moments(z, eps_r, eps_k, multiclass, self._chunk(h), self.class_major)

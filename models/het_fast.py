@@ -9,6 +9,18 @@ or many, both layouts.
 
 What makes them fast, and bounded in memory:
 
+- **A fused CPU kernel** (``models/het_kernel.c``, built at first use by
+  ``models.het_kernel``) for the multiclass head in float32 on a CPU, shared or
+  per-example noise, with or without R (the parameter-efficient V = diag(v) J is
+  passed to it as the explicit (B, K, R) V, and autograd maps its gradient back): one
+  thread owns one example at a time and forms each block of 8 draws, its max,
+  exp, logsumexp, label gather, posterior weight and the gradient sums while they sit in
+  L1, the same math and the same running reference as ``_MulticlassLogLikelihood``
+  below. One parallel region per call, examples handed out dynamically, so a thread on
+  a core shared with another process takes fewer of them instead of holding the others
+  at a join. Everything else (multilabel, float64, CUDA, ``HETSERVE_HET_KERNEL=torch``,
+  or no compiler on the machine) takes the torch path below, under one ``if``.
+
 - **Chunks.** The S draws are processed in chunks of about a million logits (in cache on
   a CPU; 16 million on a GPU, where fewer, larger kernels win), so the B x S x K tensor
   never exists whole. Peak memory is one chunk.
@@ -28,10 +40,13 @@ What makes them fast, and bounded in memory:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from models import het_kernel
 
 CLASS_MAJOR_MAX_CLASSES = 32  # multiclass draws are laid out class-major up to this many classes
 CPU_CHUNK_ELEMENTS = 1 << 20
@@ -124,6 +139,62 @@ class _Draws:
         )
 
 
+# -- noise drawn inside the kernel ----------------------------------------------------
+
+
+class SeededNoise(NamedTuple):
+    """Per-example noise the fused kernel draws itself, from ``seed``: S draws of
+    (eps_R, eps_K) per example, never materialised as a B x S x (K + R) tensor
+    (``materialise`` gives the same numbers as tensors, for the reference)."""
+
+    seed: int
+    num_samples: int
+
+    @classmethod
+    def draw(cls, num_samples: int, generator: torch.Generator | None = None) -> SeededNoise:
+        """A fresh seed from torch's generator (``generator``, else the global one), so
+        torch.manual_seed and seeded generators reproduce the draws as before."""
+        seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
+        return cls(seed, num_samples)
+
+    def materialise(self, batch: int, num_classes: int, num_factors: int):
+        """(eps_R (B, S, R) or None, eps_K (B, S, K)): the noise the kernel draws."""
+        return het_kernel.normals(self.seed, batch, self.num_samples, num_classes, num_factors)
+
+
+def kernel_draws_noise(multiclass: bool, h: torch.Tensor) -> bool:
+    """Whether the fused kernel takes this head's estimates (and can draw their noise)."""
+    return multiclass and het_kernel.applies(h)
+
+
+def seeded_log_likelihood(latent, y, noise: SeededNoise) -> torch.Tensor:
+    """= log_likelihood(latent, y, *noise.materialise(...), multiclass=True, ...)."""
+    factors = latent.factor_matrix() if latent.num_factors else None
+    total = _KernelLogLikelihood.apply(
+        latent.mu, latent.scale, factors, None, None, y, _needs_grad(latent, factors), noise
+    )
+    return total - math.log(noise.num_samples)
+
+
+def seeded_moments(latent, noise: SeededNoise, second: bool = True) -> dict[str, torch.Tensor]:
+    """= moments(latent, *noise.materialise(...), multiclass=True, ...); probs only unless
+    ``second``."""
+    factors = latent.factor_matrix() if latent.num_factors else None
+    shift = torch.softmax(latent.mu, -1) if second else None
+    sums = het_kernel.moment_sums(
+        latent.mu, latent.scale, factors, None, None, shift, second, noise.seed, noise.num_samples
+    )
+    if not second:
+        return {"probs": sums[0] / noise.num_samples}
+    return _finish_moments(shift, *sums, noise.num_samples)
+
+
+def _needs_grad(latent, factors) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (latent.mu, latent.scale, factors)
+    )
+
+
 # -- the log-likelihood ---------------------------------------------------------------
 
 
@@ -134,6 +205,13 @@ def log_likelihood(
 
     ``latent`` is the LogitGaussian of z = u / tau; ``chunk`` draws at a time."""
     num = eps_k.shape[-2]
+    if multiclass and het_kernel.applies(latent.mu, eps_k):
+        factors = latent.factor_matrix() if latent.num_factors else None
+        total = _KernelLogLikelihood.apply(
+            latent.mu, latent.scale, factors, eps_r if factors is not None else None, eps_k, y,
+            _needs_grad(latent, factors), None,
+        )  # fmt: skip
+        return total - math.log(num)
     if multiclass:
         parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
         with_grad = torch.is_grad_enabled() and any(
@@ -175,6 +253,30 @@ def _softmax_and_logsumexp(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, tor
     """
     probs = torch.softmax(z, dim)
     return probs, z.amax(dim) - probs.amax(dim).log()
+
+
+class _KernelLogLikelihood(torch.autograd.Function):
+    """L = logsumexp_s log_softmax(z_s)_y per example from the fused kernel, which returns
+    dL/dmu, dL/dd and dL/dV with it (see _MulticlassLogLikelihood for the math)."""
+
+    @staticmethod
+    def forward(ctx, mu, scale, factors, eps_r, eps_k, y, with_grad, seeded):
+        seed, num = (None, None) if seeded is None else seeded
+        total, *grads = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, with_grad, seed, num)
+        ctx.with_grad = with_grad
+        if with_grad:
+            ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if not ctx.with_grad:
+            raise RuntimeError("the HET log-likelihood was computed without gradients")
+        g_mu, g_scale, g_factors = ctx.saved_tensors
+        g = grad.view(-1, 1)
+        g_factors = None if g_factors is None else g_factors * g.unsqueeze(-1)
+        return g_mu * g, g_scale * g, g_factors, None, None, None, None, None
 
 
 class _MulticlassLogLikelihood(torch.autograd.Function):
@@ -296,23 +398,62 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
 
 def predict(latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool) -> torch.Tensor:
     """= reference_moments(...)["probs"]: 1/S sum_s softmax(z_s) (sigmoid: multilabel), (B, K)."""
+    num = eps_k.shape[-2]
+    if multiclass and het_kernel.applies(latent.mu, eps_k):
+        factors, eps_r = _kernel_factors(latent, eps_r)
+        total, _, _ = het_kernel.moment_sums(
+            latent.mu, latent.scale, factors, eps_r, eps_k, None, second=False
+        )
+        return total / num
     draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
     total = torch.zeros_like(latent.mu)
     for _, _, _, z in draws:
         p = torch.softmax(z, draws.class_dim) if multiclass else z.sigmoid_()
         total += p.sum(draws.sample_dim)
-    return total / draws.num_samples
+    return total / num
+
+
+def _kernel_factors(latent, eps_r):
+    """(V as the kernel takes it, eps_r), both None when R = 0."""
+    if not latent.num_factors:
+        return None, None
+    return latent.factor_matrix(), eps_r
 
 
 def moments(
     latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool
 ) -> dict[str, torch.Tensor]:
     """= reference_moments(latent, eps_r, eps_k, task): probs, prob_std, expected_entropy."""
-    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
-    num = draws.num_samples
+    num = eps_k.shape[-2]
     # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
     # cancels catastrophically when the spread is far below p, shifted sums do not.
     shift = torch.softmax(latent.mu, -1) if multiclass else torch.sigmoid(latent.mu)
+    if multiclass and het_kernel.applies(latent.mu, eps_k):
+        factors, eps_r = _kernel_factors(latent, eps_r)
+        total, total_sq, total_ent = het_kernel.moment_sums(
+            latent.mu, latent.scale, factors, eps_r, eps_k, shift, second=True
+        )
+    else:
+        total, total_sq, total_ent = _moment_sums(
+            latent, eps_r, eps_k, multiclass, chunk, class_major, shift
+        )
+    return _finish_moments(shift, total, total_sq, total_ent, num)
+
+
+def _finish_moments(shift, total, total_sq, total_ent, num: int) -> dict[str, torch.Tensor]:
+    """probs, prob_std, expected_entropy from the sums of p_s - shift, its square and H[p_s]."""
+    mean_shifted = total / num
+    var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
+    return {
+        "probs": shift + mean_shifted,
+        "prob_std": var.sqrt(),
+        "expected_entropy": total_ent / num,
+    }
+
+
+def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
+    """sum_s (p_s - shift), sum_s (p_s - shift)^2 and sum_s H[p_s], chunk by chunk."""
+    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
     total = torch.zeros_like(latent.mu)
     total_sq = torch.zeros_like(latent.mu)
     ent_shape = latent.mu.shape[:1] if multiclass else latent.mu.shape
@@ -331,10 +472,4 @@ def moments(
         p.sub_(shift.unsqueeze(sd))
         total += p.sum(sd)
         total_sq += p.square_().sum(sd)
-    mean_shifted = total / num
-    var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
-    return {
-        "probs": shift + mean_shifted,
-        "prob_std": var.sqrt(),
-        "expected_entropy": total_ent / num,
-    }
+    return total, total_sq, total_ent
