@@ -37,6 +37,7 @@
 #define NS 8 /* draws per block */
 #define RESCALE_MARGIN 30.0f
 #define PAD_LOGIT -1e30f
+#define CLASS_MAJOR_MAX 24 /* up to this many classes, draws go across the vector lanes */
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 
@@ -46,7 +47,7 @@ static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-/* exp(x) for x <= 0, 8 at a time (x < -87 gives about 1e-38): Cody-Waite reduction
+/* exp(x), 8 at a time, x clamped to [-87, 88] (exp(-87) is about 1e-38): Cody-Waite reduction
    x = n ln2 + r, a degree-6 minimax polynomial (Cephes expf), 2^n through the exponent bits. */
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
 
@@ -55,8 +56,9 @@ static inline vf vmax(vf a, vf b) {
     return (vf)(((vi)a & gt) | ((vi)b & ~gt));
 }
 
-static inline vf exp_neg(vf x) {
+static inline vf exp_vec(vf x) {
     x = vmax(x, splat(-87.0f));
+    x = -vmax(-x, splat(-88.0f));
     vf t = x * 1.44269504088896341f;
     vf n = (t + 12582912.0f) - 12582912.0f; /* round to nearest */
     vf r = x - n * 0.693359375f;
@@ -82,6 +84,20 @@ static inline float hmax(vf v) {
     float m = v[0];
     for (int i = 1; i < VW; i++) m = v[i] > m ? v[i] : m;
     return m;
+}
+
+/* log(x) for normal x > 0, 8 at a time: as log_pos below. */
+static inline vf log_vec(vf x) {
+    vi ix = (vi)x + (0x3f800000 - 0x3f3504f3);
+    vi e = (ix >> 23) - 0x7f;
+    vf m = (vf)((ix & 0x007fffff) + 0x3f3504f3);
+    vf s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    vf q = splat(2.0f / 9.0f);
+    q = q * s2 + 2.0f / 7.0f;
+    q = q * s2 + 2.0f / 5.0f;
+    q = q * s2 + 2.0f / 3.0f;
+    q = q * s2 + 2.0f;
+    return __builtin_convertvector(e, vf) * 0.69314718056f + s * q;
 }
 
 /* -- counter-based normals: SplitMix64 + Box-Muller, as models/export_sampler.py -- */
@@ -163,6 +179,8 @@ typedef struct {
     const int64_t *y;                   /* loglik: labels */
     const float *shift;                 /* moments: p0 (B,K) or NULL */
     float *out0, *out1, *out2, *out3;   /* see het_loglik / het_moments */
+    const float *noise_cm;              /* shared noise, class-major: per block of 8 draws
+                                           (K + R) x 8, or NULL */
     int mode;                           /* 0 loglik, 1 loglik + grads, 2 moments */
     int64_t next;                       /* next example to take */
     int failed;
@@ -171,14 +189,21 @@ typedef struct {
 typedef struct { /* a thread's buffers, K padded to Kp */
     int64_t Kp;
     float *mu, *d, *vt, *dvt, *acc0, *acc1, *acc2, *u, *ek, *er;
+    void *base;           /* the one allocation */
+    float *row;           /* one draw's noise, K + R */
+    vf *cm_par, *cm_acc;  /* class-major: mu, d, V splat (K (R + 2)), their sums */
 } bufs_t;
 
 static int bufs_alloc(bufs_t *t, const job_t *J) {
     int64_t Kp = round_up(J->K, VW), R = J->R;
-    int64_t n = Kp * (5 + 2 * R + 2 * NS) + NS * (R + 1);
+    int64_t cm = J->K <= CLASS_MAJOR_MAX ? J->K * (R + 3) * VW : 0; /* moments: 3 K */
+    int64_t n = Kp * (5 + 2 * R + 2 * NS) + NS * (R + 1) + round_up(J->K + R, VW) + 2 * cm;
     float *p = aligned_alloc(64, (size_t)round_up(n * 4, 64));
     if (!p) return -1;
     memset(p, 0, (size_t)n * 4);
+    t->base = p;
+    t->cm_par = (vf *)p; p += cm;
+    t->cm_acc = (vf *)p; p += cm;
     t->Kp = Kp;
     t->mu = p; p += Kp;
     t->d = p; p += Kp;
@@ -189,7 +214,8 @@ static int bufs_alloc(bufs_t *t, const job_t *J) {
     t->dvt = p; p += Kp * R;
     t->u = p; p += Kp * NS;
     t->ek = p; p += Kp * NS;
-    t->er = p;
+    t->er = p; p += NS * (R + 1);
+    t->row = p;
     return 0;
 }
 
@@ -248,7 +274,7 @@ static float exp_row(float *u, int64_t Kp, float *row_max, float *ent) {
     float mx = hmax(m);
     vf sum = splat(0.0f), sum_et = splat(0.0f);
     for (int64_t k = 0; k < Kp; k += VW) {
-        vf tk = vload(u + k) - mx, e = exp_neg(tk);
+        vf tk = vload(u + k) - mx, e = exp_vec(tk);
         vstore(u + k, e);
         sum += e;
         if (ent) sum_et += e * tk;
@@ -378,6 +404,160 @@ static void moments_example(const job_t *J, bufs_t *t, int64_t b) {
     if (J->out2) J->out2[b] = (float)ent_total;
 }
 
+/* -- few classes: class-major, the 8 draws of a block across the vector lanes ---------- */
+
+/* Draws [s0, s0 + ns) of example b transposed into t->ek (K x 8) and t->er (R x 8); lanes
+   past ns zero. */
+static void load_noise_cm(const job_t *J, bufs_t *t, int64_t b, int64_t s0, int ns) {
+    int64_t K = J->K, R = J->R;
+    if (J->noise_cm) { /* shared: transposed once per call */
+        const float *block = J->noise_cm + s0 * (K + R);
+        t->ek = (float *)block;
+        t->er = (float *)block + K * VW;
+        return;
+    }
+    for (int j = 0; j < VW; j++) {
+        const float *ek, *er;
+        if (j >= ns) {
+            memset(t->row, 0, (K + R) * 4);
+            ek = t->row;
+            er = t->row + K;
+        } else if (J->eps_k) {
+            ek = J->eps_k + b * J->eps_k_stride + (s0 + j) * K;
+            er = R ? J->eps_r + b * J->eps_r_stride + (s0 + j) * R : NULL;
+        } else {
+            normals(J->key, (uint64_t)((b * J->S + s0 + j) * (K + R)), K + R, t->row);
+            ek = t->row;
+            er = t->row + K;
+        }
+        for (int64_t k = 0; k < K; k++) t->ek[k * VW + j] = ek[k];
+        for (int64_t r = 0; r < R; r++) t->er[r * VW + j] = er[r];
+    }
+}
+
+/* z[k] = mu_k + d_k eps_K[k] + sum_r V_kr eps_R[r], 8 draws per vector, into t->u (K x 8);
+   returns the max over k. */
+static vf form_draws_cm(const job_t *J, bufs_t *t) {
+    int64_t K = J->K, R = J->R;
+    const vf *par = t->cm_par, *ek = (const vf *)t->ek, *er = (const vf *)t->er;
+    vf *u = (vf *)t->u, mx = splat(PAD_LOGIT);
+    for (int64_t k = 0; k < K; k++) {
+        const vf *pk = par + k * (R + 2);
+        vf z = pk[0] + pk[1] * ek[k];
+        for (int64_t r = 0; r < R; r++) z += pk[2 + r] * er[r];
+        u[k] = z;
+        mx = vmax(mx, z);
+    }
+    return mx;
+}
+
+static void load_example_cm(const job_t *J, bufs_t *t, int64_t b) {
+    int64_t K = J->K, R = J->R;
+    for (int64_t k = 0; k < K; k++) {
+        vf *pk = t->cm_par + k * (R + 2);
+        pk[0] = splat(J->mu[b * K + k]);
+        pk[1] = splat(J->scale[b * K + k]);
+        for (int64_t r = 0; r < R; r++) pk[2 + r] = splat(J->factors[(b * K + k) * R + r]);
+    }
+}
+
+static inline vf lanes_below(int ns) {
+    vf m;
+    for (int j = 0; j < VW; j++) m[j] = j < ns ? 1.0f : 0.0f;
+    return m;
+}
+
+static void loglik_example_cm(const job_t *J, bufs_t *t, int64_t b) {
+    int64_t K = J->K, R = J->R, S = J->S, W = R + 2;
+    int grad = J->mode == 1;
+    int64_t y = J->y[b];
+    load_example_cm(J, t, b);
+    vf *acc = t->cm_acc, *u = (vf *)t->u;
+    if (grad) memset(acc, 0, K * W * sizeof(vf));
+    float ref = 0.0f;
+    vf total = splat(0.0f);
+    int have_ref = 0;
+    for (int64_t s0 = 0; s0 < S; s0 += VW) {
+        int ns = S - s0 < VW ? (int)(S - s0) : VW;
+        load_noise_cm(J, t, b, s0, ns);
+        const vf *ek = (const vf *)t->ek, *er = (const vf *)t->er;
+        vf mx = form_draws_cm(J, t), sum = splat(0.0f);
+        vf uy = u[y];
+        for (int64_t k = 0; k < K; k++) {
+            u[k] = exp_vec(u[k] - mx);
+            sum += u[k];
+        }
+        vf logp = uy - mx - log_vec(sum), live = lanes_below(ns);
+        float block_max = -INFINITY;
+        for (int j = 0; j < ns; j++) block_max = logp[j] > block_max ? logp[j] : block_max;
+        if (!have_ref) {
+            ref = block_max;
+            have_ref = 1;
+        } else if (block_max > ref + RESCALE_MARGIN) {
+            float c = expf(ref - block_max);
+            total *= c;
+            if (grad)
+                for (int64_t i = 0; i < K * W; i++) acc[i] *= c;
+            ref = block_max;
+        }
+        vf w = exp_vec(logp - ref) * live;
+        total += w;
+        if (!grad) continue;
+        vf coef = -w / sum;
+        for (int64_t k = 0; k < K; k++) {
+            vf dz = u[k] * coef + (k == y ? w : splat(0.0f));
+            vf *ak = acc + k * W;
+            ak[0] += dz;
+            ak[1] += dz * ek[k];
+            for (int64_t r = 0; r < R; r++) ak[2 + r] += dz * er[r];
+        }
+    }
+    float tot = hsum(total);
+    J->out0[b] = ref + logf(tot);
+    if (!grad) return;
+    float inv = 1.0f / tot;
+    for (int64_t k = 0; k < K; k++) {
+        const vf *ak = acc + k * W;
+        J->out1[b * K + k] = hsum(ak[0]) * inv;
+        J->out2[b * K + k] = hsum(ak[1]) * inv;
+        for (int64_t r = 0; r < R; r++) J->out3[(b * K + k) * R + r] = hsum(ak[2 + r]) * inv;
+    }
+}
+
+static void moments_example_cm(const job_t *J, bufs_t *t, int64_t b) {
+    int64_t K = J->K, S = J->S;
+    load_example_cm(J, t, b);
+    vf *sum_p = t->cm_acc, *sum_sq = t->cm_acc + K, *u = (vf *)t->u;
+    vf *shift = t->cm_acc + 2 * K, ent = splat(0.0f);
+    for (int64_t k = 0; k < K; k++) {
+        sum_p[k] = sum_sq[k] = splat(0.0f);
+        shift[k] = splat(J->shift ? J->shift[b * K + k] : 0.0f);
+    }
+    for (int64_t s0 = 0; s0 < S; s0 += VW) {
+        int ns = S - s0 < VW ? (int)(S - s0) : VW;
+        load_noise_cm(J, t, b, s0, ns);
+        vf mx = form_draws_cm(J, t), sum = splat(0.0f), sum_et = splat(0.0f);
+        for (int64_t k = 0; k < K; k++) {
+            vf tk = u[k] - mx, e = exp_vec(tk);
+            u[k] = e;
+            sum += e;
+            sum_et += e * tk;
+        }
+        vf live = lanes_below(ns), inv = live / sum;
+        if (J->out2) ent += (log_vec(sum) - sum_et / sum) * live;
+        for (int64_t k = 0; k < K; k++) {
+            vf p = (u[k] * inv - shift[k]) * live;
+            sum_p[k] += p;
+            sum_sq[k] += p * p;
+        }
+    }
+    for (int64_t k = 0; k < K; k++) {
+        J->out0[b * K + k] = hsum(sum_p[k]);
+        if (J->out1) J->out1[b * K + k] = hsum(sum_sq[k]);
+    }
+    if (J->out2) J->out2[b] = hsum(ent);
+}
+
 static void *work(void *arg) {
     job_t *J = arg;
     bufs_t t;
@@ -388,14 +568,38 @@ static void *work(void *arg) {
     for (;;) {
         int64_t b = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
         if (b >= J->B) break;
-        if (J->mode == 2) moments_example(J, &t, b);
-        else loglik_example(J, &t, b);
+        int cm = J->K <= CLASS_MAJOR_MAX;
+        if (J->mode == 2) (cm ? moments_example_cm : moments_example)(J, &t, b);
+        else (cm ? loglik_example_cm : loglik_example)(J, &t, b);
     }
-    free(t.mu);
+    free(t.base);
     return NULL;
 }
 
+/* Shared noise for the class-major path, transposed once: block i of 8 draws holds
+   eps_K as K x 8 then eps_R as R x 8, lanes past S zero. */
+static float *transpose_shared_noise(const job_t *J) {
+    int64_t K = J->K, R = J->R, S = J->S, Sp = round_up(S, VW);
+    float *out = aligned_alloc(64, (size_t)round_up(Sp * (K + R) * 4, 64));
+    if (!out) return NULL;
+    memset(out, 0, (size_t)(Sp * (K + R) * 4));
+    for (int64_t s = 0; s < S; s++) {
+        float *block = out + (s / VW) * VW * (K + R);
+        int64_t j = s % VW;
+        for (int64_t k = 0; k < K; k++) block[k * VW + j] = J->eps_k[s * K + k];
+        for (int64_t r = 0; r < R; r++) block[(K + r) * VW + j] = J->eps_r[s * R + r];
+    }
+    return out;
+}
+
 static int run(job_t *J, int num_threads) {
+    float *noise_cm = NULL;
+    if (J->K <= CLASS_MAJOR_MAX && J->eps_k && J->eps_k_stride == 0 &&
+        (J->R == 0 || J->eps_r_stride == 0)) {
+        noise_cm = transpose_shared_noise(J);
+        if (!noise_cm) return -1;
+        J->noise_cm = noise_cm;
+    }
     if (num_threads > J->B) num_threads = (int)J->B;
     if (num_threads < 1) num_threads = 1;
     pthread_t threads[64];
@@ -406,6 +610,7 @@ static int run(job_t *J, int num_threads) {
     }
     work(J); /* the calling thread works too; examples left by a failed start are taken here */
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    free(noise_cm);
     return J->failed && J->next <= J->B ? -1 : 0;
 }
 
@@ -413,8 +618,11 @@ int het_loglik(int64_t B, int64_t K, int64_t R, int64_t S, const float *mu, cons
                const float *factors, const float *eps_r, int64_t eps_r_stride,
                const float *eps_k, int64_t eps_k_stride, uint64_t key, const int64_t *y,
                float *loglik, float *g_mu, float *g_scale, float *g_factors, int num_threads) {
-    job_t J = {B, K, R, S, mu, scale, R ? factors : NULL, eps_r, eps_k, eps_r_stride,
-               eps_k_stride, key, y, NULL, loglik, g_mu, g_scale, g_factors, g_mu ? 1 : 0, 0, 0};
+    job_t J = {.B = B, .K = K, .R = R, .S = S, .mu = mu, .scale = scale,
+               .factors = R ? factors : NULL, .eps_r = eps_r, .eps_k = eps_k,
+               .eps_r_stride = eps_r_stride, .eps_k_stride = eps_k_stride, .key = key, .y = y,
+               .out0 = loglik, .out1 = g_mu, .out2 = g_scale, .out3 = g_factors,
+               .mode = g_mu ? 1 : 0};
     return run(&J, num_threads);
 }
 
@@ -422,7 +630,9 @@ int het_moments(int64_t B, int64_t K, int64_t R, int64_t S, const float *mu, con
                 const float *factors, const float *eps_r, int64_t eps_r_stride,
                 const float *eps_k, int64_t eps_k_stride, uint64_t key, const float *shift,
                 float *sum_p, float *sum_sq, float *sum_entropy, int num_threads) {
-    job_t J = {B, K, R, S, mu, scale, R ? factors : NULL, eps_r, eps_k, eps_r_stride,
-               eps_k_stride, key, NULL, shift, sum_p, sum_sq, sum_entropy, NULL, 2, 0, 0};
+    job_t J = {.B = B, .K = K, .R = R, .S = S, .mu = mu, .scale = scale,
+               .factors = R ? factors : NULL, .eps_r = eps_r, .eps_k = eps_k,
+               .eps_r_stride = eps_r_stride, .eps_k_stride = eps_k_stride, .key = key,
+               .shift = shift, .out0 = sum_p, .out1 = sum_sq, .out2 = sum_entropy, .mode = 2};
     return run(&J, num_threads);
 }

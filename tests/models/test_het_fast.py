@@ -82,6 +82,7 @@ KERNEL_CASES = [  # (K, R, parameter-efficient, noise): S = 50 draws = 6 blocks 
     (100, 4, False, "shared"),
     (100, 5, True, "per-example"),
     (100, 3, False, "seeded"),
+    (10, 2, True, "seeded"),
 ]
 
 
