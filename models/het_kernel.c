@@ -127,44 +127,45 @@ static inline float log_pos(float x) {
     return (float)e * 0.69314718056f + s * q;
 }
 
-/* sin(x) for |x| <= pi/2: odd Taylor polynomial to x^13 (error below 1e-9). */
-static inline float sin_half_turn(float x) {
-    float x2 = x * x;
-    float p = 1.0f / 6227020800.0f;
-    p = p * x2 - 1.0f / 39916800.0f;
-    p = p * x2 + 1.0f / 362880.0f;
-    p = p * x2 - 1.0f / 5040.0f;
-    p = p * x2 + 1.0f / 120.0f;
-    p = p * x2 - 1.0f / 6.0f;
-    return x + x * x2 * p;
-}
-
-/* Normals n[c] = normal(first + c), c < count, of the stream keyed by key: with
-   bits = SplitMix64(key + golden * i), u1 = (bits >> 40) + 1 and u2 = bits >> 16 & 0xffffff
-   over 2^24 (u1 in (0, 1], u2 in [0, 1)), normal(i) = sqrt(-2 log u1) sin(pi (u2 - 1/2)).
-   That is Box-Muller's r cos(theta) (sin of an angle uniform on a half turn has the law of cos
-   of one uniform on the circle), one normal per counter so lanes are independent and the
-   loop vectorises (the price: the pair's second normal is not used). */
-static void normals(uint64_t key, uint64_t first, int64_t count, float *out) {
-    for (int64_t c = 0; c < count; c++) {
-        uint64_t bits = mix64(key + GOLDEN * (first + (uint64_t)c));
+/* The K + R normals of draw c (c = b * S + s, example b's draw s): with n = K + R and
+   H = ceil(n / 2) pairs, pair j's bits = SplitMix64(key + golden * (c * H + j)) give
+   u1 = ((bits >> 40) + 1) / 2^24 in (0, 1] and u2 = (bits >> 16 & 0xffffff) / 2^24 in
+   [0, 1), and Box-Muller, r = sqrt(-2 log u1), theta = 2 pi u2:
+       out[j] = r cos(theta),  out[H + j] = r sin(theta)   (the last sine unused if n is odd)
+   eps_K is out[0, K), eps_R out[K, n). Lanes are independent and the stores contiguous, so
+   the loop vectorises; out needs room for n + 1 floats. */
+static void draw_normals(uint64_t key, uint64_t c, int64_t n, float *out) {
+    int64_t H = (n + 1) / 2;
+    float *sines = out + H;
+    uint64_t first = key + GOLDEN * (c * (uint64_t)H);
+    for (int64_t j = 0; j < H; j++) {
+        uint64_t bits = mix64(first + GOLDEN * (uint64_t)j);
         int32_t hi = (int32_t)(bits >> 40), mid = (int32_t)((bits >> 16) & 0xffffff);
         float u1 = ((float)hi + 1.0f) * (1.0f / 16777216.0f);
-        float u2 = (float)mid * (1.0f / 16777216.0f);
-        out[c] = sqrtf(-2.0f * log_pos(u1)) * sin_half_turn(3.14159265f * (u2 - 0.5f));
+        float a = (float)mid * (4.0f / 16777216.0f); /* theta in quarter turns, [0, 4) */
+        float r = sqrtf(-2.0f * log_pos(u1));
+        /* theta = q pi/2 + x, |x| <= pi/4: Taylor polynomials, then rotate by q quarters */
+        float q = (a + 12582912.0f) - 12582912.0f;
+        float x = (a - q) * 1.57079632679f, x2 = x * x;
+        float sn = x + x * x2 * (-1.0f / 6 + x2 * (1.0f / 120 + x2 * (-1.0f / 5040 + x2 * (1.0f / 362880))));
+        float cs = 1.0f + x2 * (-0.5f + x2 * (1.0f / 24 + x2 * (-1.0f / 720 + x2 * (1.0f / 40320))));
+        int32_t qi = (int32_t)q;
+        float cc = (qi & 1) ? sn : cs, ss = (qi & 1) ? cs : sn;
+        out[j] = r * ((qi == 1 || qi == 2) ? -cc : cc);
+        sines[j] = r * ((qi == 2 || qi == 3) ? -ss : ss);
     }
 }
 
-/* The noise of examples [b0, b1), normal(i) above: example b's draw s takes the counters
-   from (b * S + s) * (K + R), eps_K first, then eps_R. Outputs (b1 - b0, S, K) and
-   (b1 - b0, S, R). */
+/* The noise of examples [b0, b1) as tensors (b1 - b0, S, K) and (b1 - b0, S, R): what the
+   kernel draws when given no eps tensors. row: scratch of K + R + 1 floats. */
 void het_normals(uint64_t key, int64_t b0, int64_t b1, int64_t S, int64_t K, int64_t R,
-                 float *eps_r, float *eps_k) {
+                 float *eps_r, float *eps_k, float *row) {
     for (int64_t b = b0; b < b1; b++)
         for (int64_t s = 0; s < S; s++) {
-            uint64_t base = (uint64_t)((b * S + s) * (K + R));
-            normals(key, base, K, eps_k + ((b - b0) * S + s) * K);
-            if (R) normals(key, base + (uint64_t)K, R, eps_r + ((b - b0) * S + s) * R);
+            int64_t i = (b - b0) * S + s;
+            draw_normals(key, (uint64_t)(b * S + s), K + R, row);
+            memcpy(eps_k + i * K, row, K * 4);
+            if (R) memcpy(eps_r + i * R, row + K, R * 4);
         }
 }
 
@@ -190,14 +191,14 @@ typedef struct { /* a thread's buffers, K padded to Kp */
     int64_t Kp;
     float *mu, *d, *vt, *dvt, *acc0, *acc1, *acc2, *u, *ek, *er;
     void *base;           /* the one allocation */
-    float *row;           /* one draw's noise, K + R */
+    float *row;           /* one draw's noise, K + R (+ 1) */
     vf *cm_par, *cm_acc;  /* class-major: mu, d, V splat (K (R + 2)), their sums */
 } bufs_t;
 
 static int bufs_alloc(bufs_t *t, const job_t *J) {
     int64_t Kp = round_up(J->K, VW), R = J->R;
     int64_t cm = J->K <= CLASS_MAJOR_MAX ? J->K * (R + 3) * VW : 0; /* moments: 3 K */
-    int64_t n = Kp * (5 + 2 * R + 2 * NS) + NS * (R + 1) + round_up(J->K + R, VW) + 2 * cm;
+    int64_t n = Kp * (5 + 2 * R + 2 * NS) + NS * (R + 1) + round_up(J->K + R + 1, VW) + 2 * cm;
     float *p = aligned_alloc(64, (size_t)round_up(n * 4, 64));
     if (!p) return -1;
     memset(p, 0, (size_t)n * 4);
@@ -239,9 +240,9 @@ static void load_noise(const job_t *J, bufs_t *t, int64_t b, int64_t s0, int ns)
             memcpy(t->ek + j * Kp, J->eps_k + b * J->eps_k_stride + (s0 + j) * K, K * 4);
             if (R) memcpy(t->er + j * R, J->eps_r + b * J->eps_r_stride + (s0 + j) * R, R * 4);
         } else {
-            uint64_t base = (uint64_t)((b * J->S + s0 + j) * (K + R));
-            normals(J->key, base, K, t->ek + j * Kp);
-            if (R) normals(J->key, base + (uint64_t)K, R, t->er + j * R);
+            draw_normals(J->key, (uint64_t)(b * J->S + s0 + j), K + R, t->row);
+            memcpy(t->ek + j * Kp, t->row, K * 4);
+            if (R) memcpy(t->er + j * R, t->row + K, R * 4);
         }
     }
     for (int j = ns; j < NS; j++) {
@@ -426,7 +427,7 @@ static void load_noise_cm(const job_t *J, bufs_t *t, int64_t b, int64_t s0, int 
             ek = J->eps_k + b * J->eps_k_stride + (s0 + j) * K;
             er = R ? J->eps_r + b * J->eps_r_stride + (s0 + j) * R : NULL;
         } else {
-            normals(J->key, (uint64_t)((b * J->S + s0 + j) * (K + R)), K + R, t->row);
+            draw_normals(J->key, (uint64_t)(b * J->S + s0 + j), K + R, t->row);
             ek = t->row;
             er = t->row + K;
         }

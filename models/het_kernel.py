@@ -43,7 +43,7 @@ _i64, _u64, _int, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c
 _SIGNATURES = {
     "het_loglik": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 5 + [_int],
     "het_moments": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 4 + [_int],
-    "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 2,
+    "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 3,
 }
 
 
@@ -213,15 +213,15 @@ def normals(seed: int, batch: int, num_samples: int, num_classes: int, num_facto
     """(eps_R (B, S, R) or None, eps_K (B, S, K)): the per-example noise the kernel draws
     from ``seed`` when given no eps tensors, materialised (to check it against the reference).
 
-    Counter-based: normal i of the stream is SplitMix64(key + golden * (i // 2)) through
-    Box-Muller (as ``models.export_sampler``), example b's draw s starting at counter
-    (b * S + s) * (K + R), eps_K first, then eps_R."""
+    Counter-based, SplitMix64 + Box-Muller (see ``draw_normals`` in het_kernel.c): example
+    b's draw s is a pure function of (seed, b * S + s, K + R)."""
     lib = load()
     eps_k = torch.empty(batch, num_samples, num_classes)
     eps_r = torch.empty(batch, num_samples, num_factors) if num_factors else None
+    row = torch.empty(num_classes + num_factors + 1)
     lib.het_normals(
         _key(seed), 0, batch, num_samples, num_classes, num_factors, _ptr_of(eps_r),
-        eps_k.data_ptr(),
+        eps_k.data_ptr(), row.data_ptr(),
     )  # fmt: skip
     return eps_r, eps_k
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -222,6 +223,23 @@ def test_kernel_normals_are_standard_normal_and_independent(monkeypatch):
     k = eps_k.reshape(-1, 9).double()
     for a, b in ((k[:, 0], k[:, 1]), (eps_k[0].flatten(), eps_k[1].flatten())):
         assert abs(torch.corrcoef(torch.stack([a, b.double()]))[0, 1]) < 5 / a.numel() ** 0.5
+    # the stream as documented in het_kernel.c's draw_normals, in float64
+    golden, mask = 0x9E3779B97F4A7C15, 2**64 - 1
+
+    def mix64(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    pairs = (9 + 3 + 1) // 2
+    for b, s, i in ((0, 0, 0), (3, 7, 5), (39, 499, 6), (12, 250, 11)):
+        j = i % pairs
+        bits = mix64((12345 + golden * ((b * 500 + s) * pairs + j)) & mask)
+        radius = math.sqrt(-2 * math.log(((bits >> 40) + 1) / 2**24))
+        angle = 2 * math.pi * ((bits >> 16) & 0xFFFFFF) / 2**24
+        want = radius * (math.cos(angle) if i < pairs else math.sin(angle))
+        got = eps_k[b, s, i] if i < 9 else eps_r[b, s, i - 9]
+        assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want)), (b, s, i)
     other = het_fast.SeededNoise(12346, 500).materialise(40, 9, 3)[1]
     corr = torch.corrcoef(torch.stack([eps_k.flatten(), other.flatten()]))[0, 1]
     assert abs(corr) < 5 / eps_k.numel() ** 0.5
