@@ -205,7 +205,7 @@ def log_likelihood(
 
     ``latent`` is the LogitGaussian of z = u / tau; ``chunk`` draws at a time."""
     num = eps_k.shape[-2]
-    if multiclass and het_kernel.applies(latent.mu, eps_k):
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
         factors = latent.factor_matrix() if latent.num_factors else None
         total = _KernelLogLikelihood.apply(
             latent.mu, latent.scale, factors, eps_r if factors is not None else None, eps_k, y,
@@ -399,7 +399,7 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
 def predict(latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool) -> torch.Tensor:
     """= reference_moments(...)["probs"]: 1/S sum_s softmax(z_s) (sigmoid: multilabel), (B, K)."""
     num = eps_k.shape[-2]
-    if multiclass and het_kernel.applies(latent.mu, eps_k):
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
         factors, eps_r = _kernel_factors(latent, eps_r)
         total, _, _ = het_kernel.moment_sums(
             latent.mu, latent.scale, factors, eps_r, eps_k, None, second=False
@@ -428,7 +428,7 @@ def moments(
     # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
     # cancels catastrophically when the spread is far below p, shifted sums do not.
     shift = torch.softmax(latent.mu, -1) if multiclass else torch.sigmoid(latent.mu)
-    if multiclass and het_kernel.applies(latent.mu, eps_k):
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
         factors, eps_r = _kernel_factors(latent, eps_r)
         total, total_sq, total_ent = het_kernel.moment_sums(
             latent.mu, latent.scale, factors, eps_r, eps_k, shift, second=True

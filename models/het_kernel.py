@@ -160,6 +160,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
     (er, er_stride), (ek, ek_stride) = _noise(eps_r, eps_k, b, num, k, r)
+    _check(mu, scale, factors)
     if y.min() < 0 or y.max() >= k:
         raise IndexError(f"labels outside [0, {k})")
     mu, scale = mu.contiguous(), scale.contiguous()
@@ -193,6 +194,7 @@ def moment_sums(mu, scale, factors, eps_r, eps_k, shift, second: bool, seed=None
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
     (er, er_stride), (ek, ek_stride) = _noise(eps_r, eps_k, b, num, k, r)
+    _check(mu, scale, factors, shift)
     mu, scale = mu.contiguous(), scale.contiguous()
     factors = None if factors is None else factors.contiguous()
     shift = None if shift is None else shift.contiguous()
@@ -230,6 +232,15 @@ def _key(seed: int | None) -> int:
     return 0 if seed is None else seed & (2**64 - 1)
 
 
+def _check(*tensors) -> None:
+    """What the C side trusts: float32 tensors in CPU memory."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise TypeError(
+                f"the HET kernel takes float32 CPU tensors, got {t.dtype} on {t.device}"
+            )
+
+
 def _noise(eps_r, eps_k, batch, num, k, r):
     if eps_k is not None and r and eps_r is None:
         raise ValueError("eps_k without eps_r for a head with factors")
@@ -239,7 +250,8 @@ def _noise(eps_r, eps_k, batch, num, k, r):
             return None, 0
         if eps.shape[-1] != width or eps.shape[-2] != num:
             raise ValueError(f"noise of shape {tuple(eps.shape)}: expected (..., {num}, {width})")
-        eps = eps.to(torch.float32).contiguous()
+        _check(eps)
+        eps = eps.contiguous()
         if eps.dim() == 2:
             return eps, 0
         if eps.shape[0] != batch:
