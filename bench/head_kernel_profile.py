@@ -5,7 +5,8 @@ the loss (gradients for the head's parameters and h) and predict, ``HETSERVE_HET
 switched between "auto" (the kernel) and "torch" call by call, interleaved rounds, medians
 in ms. ``--parts`` also times the pieces of a kernel call: the head's linear layers
 (forward and backward through them with the kernel's gradients) and drawing the noise.
-``--busy`` runs one competing busy process (a pure-Python loop) during the timing.
+``--busy`` runs one competing busy process (a pure-Python loop) during the timing;
+``--clock cpu`` reports process CPU time instead of wall time (steadier on a loaded machine).
 A quick developer check; the comparison with edward2 is bench/head_speed.py.
 
     nice -n 10 .venv/bin/python bench/head_kernel_profile.py --repeats 5
@@ -88,8 +89,15 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true")
     parser.add_argument("--busy", action="store_true", help="one competing busy process")
     parser.add_argument("--paths", default="kernel,torch")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time (all threads), steadier than wall time on a loaded machine",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     shapes = [tuple(map(int, s.split(","))) for s in args.shape] if args.shape else SHAPES
     modes = {"shared": [True], "per-example": [False], "both": [True, False]}[args.noise]
     env = {"kernel": "kernel", "torch": "torch"}
@@ -112,9 +120,9 @@ def main() -> None:
                     for path in order:
                         os.environ["HETSERVE_HET_KERNEL"] = env[path]
                         for name in names:
-                            start = time.perf_counter()
+                            start = clock()
                             fns[name]()
-                            ms = (time.perf_counter() - start) * 1e3
+                            ms = (clock() - start) * 1e3
                             if rnd:  # round 0 warms up (and builds the kernel)
                                 times[(path, name)].append(ms)
                 mode = "shared" if shared else "per-example"

@@ -23,8 +23,9 @@ random numbers drop B-fold.
 
 ``reference_log_likelihood`` and ``reference_moments`` below are these formulas written
 out over the whole (B, S, K) tensor of draws. ``models.het_fast`` computes the same
-numbers in chunks of S with a hand-written backward, so memory stays bounded and the
-CPU stays in cache; ``HetHead`` uses it unless built with ``fast=False``. The export
+numbers with bounded memory, through a fused C kernel on a CPU (per-example noise then
+drawn inside it from a seed) or in chunks of S with a hand-written backward;
+``HetHead`` uses it unless built with ``fast=False``. The export
 uses the reference (one pass over S keeps S dynamic in the graph).
 
 Both heads follow ``Head`` (``latent``, ``loss``, ``log_likelihood``, ``predict``,

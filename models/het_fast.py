@@ -3,23 +3,31 @@
 ``log_likelihood``, ``predict`` and ``moments`` here compute exactly what
 ``models.heads.reference_log_likelihood`` and ``reference_moments`` compute from the same
 tempered Gaussian and the same noise (to floating-point rounding; gradients included).
-``tests/models/test_het_fast.py::test_fast_path_equals_reference`` checks it: multiclass
-and multilabel, parameter-efficient or not, R = 0, shared or per-example noise, one chunk
-or many, both layouts.
+``tests/models/test_het_fast.py`` checks it for both paths below: the torch path in
+float64 (multiclass and multilabel, parameter-efficient or not, R = 0, shared or
+per-example noise, one chunk or many, both layouts), the kernel in float32 against the
+float64 reference (K = 10 and 100, shared, per-example and seeded noise, a confidently
+wrong example whose log p is far below -100).
 
-What makes them fast, and bounded in memory:
+Two paths, under one ``if`` in each function:
 
-- **A fused CPU kernel** (``models/het_kernel.c``, built at first use by
-  ``models.het_kernel``) for the multiclass head in float32 on a CPU, shared or
-  per-example noise, with or without R (the parameter-efficient V = diag(v) J is
-  passed to it as the explicit (B, K, R) V, and autograd maps its gradient back): one
-  thread owns one example at a time and forms each block of 8 draws, its max,
-  exp, logsumexp, label gather, posterior weight and the gradient sums while they sit in
-  L1, the same math and the same running reference as ``_MulticlassLogLikelihood``
-  below. One parallel region per call, examples handed out dynamically, so a thread on
-  a core shared with another process takes fewer of them instead of holding the others
-  at a join. Everything else (multilabel, float64, CUDA, ``HETSERVE_HET_KERNEL=torch``,
-  or no compiler on the machine) takes the torch path below, under one ``if``.
+**The fused CPU kernel** (``models/het_kernel.c``, compiled at first use by
+``models.het_kernel``): the multiclass head in float32 on a CPU, any R, the
+parameter-efficient V = diag(v) J passed as the explicit (B, K, R) V (autograd maps its
+gradient back to v and J). One thread owns one example at a time and, per block of 8
+draws, forms z = mu + V eps_R + d * eps_K, its max, exp, logsumexp, the label's log p,
+the posterior weight and the gradient sums (d mu, d d, d V) while they sit in L1: the
+same math and the same running reference as ``_MulticlassLogLikelihood`` below, returning
+the per-example gradients with the value. With few classes (K <= 24) the 8 draws go
+across the vector lanes instead (class-major), so no lane is padding. One parallel
+region per call, with examples handed out by an atomic counter: a thread whose core is
+shared with another process takes fewer examples instead of holding the others at a
+join. Per-example noise is drawn inside the kernel (counter-based SplitMix64 +
+Box-Muller) from a seed (``SeededNoise``), so the B x S x (K + R) noise tensor is never
+formed; ``SeededNoise.materialise`` gives the same numbers as tensors for the reference.
+
+**The torch path** for everything else (multilabel, float64, CUDA, or
+``HETSERVE_HET_KERNEL=torch``, or no C compiler on the machine):
 
 - **Chunks.** The S draws are processed in chunks of about a million logits (in cache on
   a CPU; 16 million on a GPU, where fewer, larger kernels win), so the B x S x K tensor
@@ -33,8 +41,9 @@ What makes them fast, and bounded in memory:
   reduction over K is a vectorised reduction across rows rather than many tiny ones.
 - **One GEMM.** mu + V eps_R is ``[1, eps_R] @ [mu; V^T]``, the stacked matrix built once
   and reused by every chunk; the parameter-efficient diag(v) J eps_R is v * (J eps_R).
-- **Stable moments.** The std of the sampled probabilities is summed around the
-  noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
+
+Both: **stable moments.** The std of the sampled probabilities is summed around the
+noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
 """
 
 from __future__ import annotations
