@@ -20,9 +20,10 @@ the posterior weight and the gradient sums (d mu, d d, d V) while they sit in L1
 same math and the same running reference as ``_MulticlassLogLikelihood`` below, returning
 the per-example gradients with the value. With few classes (K <= 24) the 8 draws go
 across the vector lanes instead (class-major), so no lane is padding. One parallel
-region per call, with examples handed out by an atomic counter: a thread whose core is
-shared with another process takes fewer examples instead of holding the others at a
-join. Per-example noise is drawn inside the kernel (counter-based SplitMix64 +
+region per call, on torch's own OpenMP threads (the kernel binds to the libgomp torch
+loaded, so no second pool competes with torch's), with examples handed out by an atomic
+counter: a thread whose core is shared with another process takes fewer examples
+instead of holding the others at a join. Per-example noise is drawn inside the kernel (counter-based SplitMix64 +
 Box-Muller) from a seed (``SeededNoise``), so the B x S x (K + R) noise tensor is never
 formed; ``SeededNoise.materialise`` gives the same numbers as tensors for the reference.
 

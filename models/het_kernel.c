@@ -23,9 +23,9 @@
    drawn in the kernel by a counter-based generator (het_normals below), so per-example noise
    never exists as a B x S x (K + R) tensor.
 
-   Portable C (GCC vector extensions, no intrinsics, no OpenMP: plain pthreads spawned per
-   call, so there is no thread pool to spin or to break across fork). Compiled at first use
-   by models/het_kernel.py for the machine it runs on. */
+   Portable C (GCC vector extensions, no intrinsics), one OpenMP parallel region per call on
+   torch's own threads (see run). Compiled at first use by models/het_kernel.py for the
+   machine it runs on. */
 
 #include <math.h>
 #include <pthread.h>
@@ -601,16 +601,29 @@ static int run(job_t *J, int num_threads) {
         if (!noise_cm) return -1;
         J->noise_cm = noise_cm;
     }
+    /* num_threads > 0: an OpenMP parallel region. Loaded after torch, this library binds to
+       the libgomp torch already loaded (same soname), so the region runs on torch's own
+       intra-op threads: no second pool competing with torch's spinning workers on a busy
+       machine. num_threads < 0: |num_threads| plain pthreads, for a forked child, where
+       libgomp's pool (inherited from the parent) must not be used. */
+    int use_openmp = num_threads > 0;
+    num_threads = num_threads < 0 ? -num_threads : num_threads;
     if (num_threads > J->B) num_threads = (int)J->B;
     if (num_threads < 1) num_threads = 1;
-    pthread_t threads[64];
-    if (num_threads > 64) num_threads = 64;
-    int started = 0;
-    for (int i = 1; i < num_threads; i++) {
-        if (pthread_create(&threads[started], NULL, work, J) == 0) started++;
+    if (num_threads == 1) {
+        work(J);
+    } else if (use_openmp) {
+#pragma omp parallel num_threads(num_threads)
+        work(J);
+    } else {
+        pthread_t threads[64];
+        if (num_threads > 64) num_threads = 64;
+        int started = 0;
+        for (int i = 1; i < num_threads; i++)
+            if (pthread_create(&threads[started], NULL, work, J) == 0) started++;
+        work(J); /* the calling thread works too; examples of a failed start are taken here */
+        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
     }
-    work(J); /* the calling thread works too; examples left by a failed start are taken here */
-    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
     free(noise_cm);
     return J->failed && J->next <= J->B ? -1 : 0;
 }

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("het_kernel.c")
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp", "-pthread"]
 ENV_SWITCH = "HETSERVE_HET_KERNEL"  # "auto" (default), "torch" (never), "kernel" (must build)
 
 _lock = threading.Lock()
@@ -45,6 +45,24 @@ _SIGNATURES = {
     "het_moments": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 4 + [_int],
     "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 3,
 }
+
+
+_forked = False  # in a child forked after this module was imported
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _threads() -> int:
+    """torch's intra-op thread count; negative (plain pthreads instead of OpenMP) in a
+    forked child, where the OpenMP pool inherited from the parent must not be used."""
+    n = torch.get_num_threads()
+    return -n if _forked else n
 
 
 def mode() -> str:
@@ -179,7 +197,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
     rc = lib.het_loglik(
         b, k, r, num, mu.data_ptr(), scale.data_ptr(), _ptr_of(factors), _ptr_of(er),
         er_stride, _ptr_of(ek), ek_stride, _key(seed), y.data_ptr(), total.data_ptr(),
-        *(_ptr_of(g) for g in grads), torch.get_num_threads(),
+        *(_ptr_of(g) for g in grads), _threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("het_loglik: out of memory for its per-thread buffers")
@@ -204,7 +222,7 @@ def moment_sums(mu, scale, factors, eps_r, eps_k, shift, second: bool, seed=None
     rc = lib.het_moments(
         b, k, r, num, mu.data_ptr(), scale.data_ptr(), _ptr_of(factors), _ptr_of(er),
         er_stride, _ptr_of(ek), ek_stride, _key(seed), _ptr_of(shift), total.data_ptr(),
-        _ptr_of(total_sq), _ptr_of(total_ent), torch.get_num_threads(),
+        _ptr_of(total_sq), _ptr_of(total_ent), _threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("het_moments: out of memory for its per-thread buffers")
