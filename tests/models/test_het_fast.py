@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -243,3 +246,44 @@ def test_kernel_normals_are_standard_normal_and_independent(monkeypatch):
     other = het_fast.SeededNoise(12346, 500).materialise(40, 9, 3)[1]
     corr = torch.corrcoef(torch.stack([eps_k.flatten(), other.flatten()]))[0, 1]
     assert abs(corr) < 5 / eps_k.numel() ** 0.5
+
+
+def test_kernel_in_a_forked_child(monkeypatch):
+    """After the parent used the kernel (OpenMP on torch's pool), a forked child still gets
+    the same numbers on two threads (plain pthreads there: libgomp's pool inherited from
+    the parent must not be used) and does not hang. The child calls the kernel alone:
+    torch's own parallel ops are not fork safe either (a child sets 1 thread for those)."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    torch.manual_seed(0)
+    b, k, r, s = 6, 100, 3, 40
+    mu, scale, factors = torch.randn(b, k), torch.rand(b, k) + 0.5, torch.randn(b, k, r)
+    eps_r, eps_k, y = torch.randn(s, r), torch.randn(s, k), torch.randint(0, k, (b,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: compute, report, exit without running pytest's teardown
+            try:
+                assert het_kernel._threads() == -2  # plain threads, two of them
+                child = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
+                os.write(write_end, torch.cat([t.flatten() for t in child]).numpy().tobytes())
+            finally:
+                os._exit(0)
+    finally:
+        torch.set_num_threads(threads)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the kernel hung in a forked child")
+        time.sleep(0.05)
+    got = b""
+    while chunk := os.read(read_end, 1 << 16):
+        got += chunk
+    os.close(read_end)
+    child = torch.frombuffer(bytearray(got), dtype=torch.float32)
+    torch.testing.assert_close(child, torch.cat([t.flatten() for t in parent]), rtol=0, atol=0)
