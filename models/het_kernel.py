@@ -179,7 +179,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
     (er, er_stride), (ek, ek_stride) = _noise(eps_r, eps_k, b, num, k, r)
     _check(mu, scale, factors)
-    if y.min() < 0 or y.max() >= k:
+    if b and (y.min() < 0 or y.max() >= k):
         raise IndexError(f"labels outside [0, {k})")
     mu, scale = mu.contiguous(), scale.contiguous()
     factors = None if factors is None else factors.contiguous()
