@@ -31,7 +31,7 @@ RUN pip install --no-deps . \
 
 FROM ${PYTHON_IMAGE}
 # A C compiler: the HET head's fused CPU kernel (models/het_kernel.c) is compiled at first
-# use for the CPU the worker runs on (-march=native, cached under $HETSERVE_DATA_DIR/cache),
+# use for the CPU the worker runs on (-march=native, cached under ~/.cache = /data/.cache),
 # so it cannot be built here for an unknown machine; without gcc the head falls back to its
 # slower torch path.
 # hadolint ignore=DL3008

@@ -8,9 +8,8 @@ with ctypes; later processes on the same machine load the cached library. It ret
 when no compiler is found or the build fails (then with a warning, once).
 ``HETSERVE_HET_KERNEL=kernel`` makes a failed build an error instead.
 
-Cache directory: ``$HETSERVE_KERNEL_CACHE``, else ``$HETSERVE_DATA_DIR/cache/kernels``, else
-``~/.cache/hetserve/kernels``. A build goes to a temporary name and is renamed into place, so
-concurrent first uses (several workers) do not see half-written libraries.
+Cache directory: see ``cache_dirs``. A build goes to a temporary name and is renamed into
+place, so concurrent first uses (several workers) do not see half-written libraries.
 
 The functions below take torch tensors and call the kernel on their ``data_ptr``; they
 check what the C side trusts (float32, contiguous, CPU, shapes). No torch import at module
@@ -72,12 +71,17 @@ def mode() -> str:
     return value
 
 
-def cache_dir() -> Path:
+def cache_dirs() -> list[Path]:
+    """Where the built library may live, in order: ``$HETSERVE_KERNEL_CACHE`` alone if set,
+    else ``~/.cache/hetserve/kernels`` (the worker image's home is its /data volume),
+    ``$HETSERVE_DATA_DIR/cache/kernels`` and a temporary directory, the first writable one
+    being used."""
     if os.environ.get("HETSERVE_KERNEL_CACHE"):
-        return Path(os.environ["HETSERVE_KERNEL_CACHE"])
+        return [Path(os.environ["HETSERVE_KERNEL_CACHE"])]
+    dirs = [Path.home() / ".cache" / "hetserve" / "kernels"]
     if os.environ.get("HETSERVE_DATA_DIR"):
-        return Path(os.environ["HETSERVE_DATA_DIR"]) / "cache" / "kernels"
-    return Path.home() / ".cache" / "hetserve" / "kernels"
+        dirs.append(Path(os.environ["HETSERVE_DATA_DIR"]) / "cache" / "kernels")
+    return [*dirs, Path(tempfile.gettempdir()) / f"hetserve-kernels-{os.getuid()}"]
 
 
 def _compiler() -> str | None:
@@ -105,11 +109,20 @@ def _build(cc: str) -> Path:
     key = hashlib.sha256(
         b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_identity().encode()])
     ).hexdigest()[:24]
-    directory = cache_dir()
-    library = directory / f"het_kernel-{key}.so"
-    if library.exists():
-        return library
-    directory.mkdir(parents=True, exist_ok=True)
+    name = f"het_kernel-{key}.so"
+    for directory in cache_dirs():
+        if (directory / name).exists():
+            return directory / name
+    for directory in cache_dirs():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if os.access(directory, os.W_OK):
+                break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"no writable cache directory among {cache_dirs()}")
+    library = directory / name
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
