@@ -12,8 +12,10 @@ Cache directory: see ``cache_dirs``. A build goes to a temporary name and is ren
 place, so concurrent first uses (several workers) do not see half-written libraries.
 
 The functions below take torch tensors and call the kernel on their ``data_ptr``; they
-check what the C side trusts (float32, contiguous, CPU, shapes). No torch import at module
-level beyond what ``models.het_fast`` already has.
+check what the C side trusts (float32, contiguous, CPU, shapes). Each call is one OpenMP
+parallel region of ``torch.get_num_threads()`` threads; the library's libgomp is the one
+torch already loaded (same soname), so these are torch's own intra-op threads (plain
+pthreads in a forked child, see ``_threads``). ctypes releases the GIL during a call.
 """
 
 from __future__ import annotations
