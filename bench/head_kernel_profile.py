@@ -2,7 +2,7 @@
 
 For each shape (B, D, K, R), S = 1000, shared and per-example noise: forward+backward of
 the loss (gradients for the head's parameters and h) and predict, ``HETSERVE_HET_KERNEL``
-switched between "auto" (the kernel) and "torch" call by call, interleaved rounds, medians
+switched between "kernel" and "torch" call by call, interleaved rounds: medians (minima)
 in ms. ``--parts`` also times the pieces of a kernel call: the head's linear layers
 (forward and backward through them with the kernel's gradients) and drawing the noise.
 ``--busy`` runs one competing busy process (a pure-Python loop) during the timing;
@@ -130,7 +130,7 @@ def main() -> None:
                 for (path, name), ts in times.items():
                     if path != paths[0] and name not in ("fwd+bwd", "predict"):
                         continue
-                    line.append(f"{path} {name} {statistics.median(ts):7.1f}")
+                    line.append(f"{path} {name} {statistics.median(ts):7.1f} ({min(ts):.1f})")
                 print(" | ".join(line), flush=True)
     finally:
         if busy is not None:
