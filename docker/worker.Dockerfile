@@ -30,6 +30,14 @@ RUN pip install --no-deps . \
  && python -c "import torch, worker.celery_app; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 FROM ${PYTHON_IMAGE}
+# A C compiler: the HET head's fused CPU kernel (models/het_kernel.c) is compiled at first
+# use for the CPU the worker runs on (-march=native, cached under ~/.cache = /data/.cache),
+# so it cannot be built here for an unknown machine; without gcc the head falls back to its
+# slower torch path.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 hetserve \
  && useradd --system --uid 10001 --gid hetserve --home-dir /data --no-create-home --shell /usr/sbin/nologin hetserve \
  && mkdir -p /data /var/lib/hetserve/gpu-slots \
@@ -41,6 +49,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HETSERVE_DATA_DIR=/data \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# the kernel compiles with this image's gcc (into a throwaway cache: the CPU here is not
+# the one the worker will run on)
+RUN HETSERVE_KERNEL_CACHE=/tmp/het-kernel HETSERVE_HET_KERNEL=kernel \
+    python -c "from models import het_kernel; het_kernel.load()" \
+ && rm -rf /tmp/het-kernel
 USER 10001:10001
 WORKDIR /data
 ENTRYPOINT ["python", "/opt/hetserve/worker-entrypoint.py"]

@@ -23,8 +23,9 @@ random numbers drop B-fold.
 
 ``reference_log_likelihood`` and ``reference_moments`` below are these formulas written
 out over the whole (B, S, K) tensor of draws. ``models.het_fast`` computes the same
-numbers in chunks of S with a hand-written backward, so memory stays bounded and the
-CPU stays in cache; ``HetHead`` uses it unless built with ``fast=False``. The export
+numbers with bounded memory, through a fused C kernel on a CPU (per-example noise then
+drawn inside it from a seed) or in chunks of S with a hand-written backward;
+``HetHead`` uses it unless built with ``fast=False``. The export
 uses the reference (one pass over S keeps S dynamic in the graph).
 
 Both heads follow ``Head`` (``latent``, ``loss``, ``log_likelihood``, ``predict``,
@@ -284,7 +285,7 @@ class HetHead(nn.Module):
         chunk_elements: fast path: cap on B x C x K elements processed at once. None:
             about a million (4 MB) on a CPU, where that keeps a chunk in cache and larger
             chunks are slower, and 16 million (64 MB) on a GPU, where fewer, larger
-            kernels win.
+            kernels win. (The fused CPU kernel works in blocks of 8 draws and ignores it.)
         initial_temperature: where a learned temperature starts.
         min_scale: the floor of d(x).
     """
@@ -408,14 +409,26 @@ class HetHead(nn.Module):
             )
         return eps_r, eps_k
 
-    def _tempered(self, h, num_samples, generator, noise, training) -> tuple[LogitGaussian, Noise]:
+    def _tempered(
+        self, h, num_samples, generator, noise, training
+    ) -> tuple[LogitGaussian, Noise | het_fast.SeededNoise]:
         """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given:
-        plain MC in training, the head's eval_noise otherwise)."""
+        plain MC in training, the head's eval_noise otherwise).
+
+        Plain-MC per-example noise for the fused CPU kernel is a seed it draws from
+        itself (het_fast.SeededNoise), not a B x S x (K + R) tensor."""
         latent = self.latent(h).scaled(1.0 / self.temperature)
         if noise is None:
-            default = self.train_mc_samples if training else self.eval_mc_samples
+            num = num_samples or (self.train_mc_samples if training else self.eval_mc_samples)
             mode = "mc" if training else self.eval_noise
-            noise = self.draw_noise(h.shape[0], num_samples or default, h.device, generator, mode)
+            if (
+                mode == "mc"
+                and self.fast
+                and not self.share_samples_across_batch
+                and het_fast.kernel_draws_noise(self.task == MULTICLASS, h)
+            ):
+                return latent, het_fast.SeededNoise.draw(num, generator)
+            noise = self.draw_noise(h.shape[0], num, h.device, generator, mode)
         return latent, noise
 
     def _chunk(self, h: torch.Tensor) -> int:
@@ -429,7 +442,10 @@ class HetHead(nn.Module):
         """log p_hat(y|x) per example, (B,): see reference_log_likelihood.
 
         S defaults to train_mc_samples in training mode, eval_mc_samples otherwise."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, self.training)
+        z, noise = self._tempered(h, num_samples, generator, noise, self.training)
+        if isinstance(noise, het_fast.SeededNoise):
+            return het_fast.seeded_log_likelihood(z, y, noise)
+        eps_r, eps_k = noise
         if self.fast:
             multiclass = self.task == MULTICLASS
             return het_fast.log_likelihood(
@@ -440,7 +456,10 @@ class HetHead(nn.Module):
     @torch.no_grad()
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         """p_hat = 1/S sum_s softmax(z_s) (sigmoid for multilabel), (B, K); S: eval_mc_samples."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, training=False)
+        z, noise = self._tempered(h, num_samples, generator, noise, training=False)
+        if isinstance(noise, het_fast.SeededNoise):
+            return het_fast.seeded_moments(z, noise, second=False)["probs"]
+        eps_r, eps_k = noise
         if self.fast:
             multiclass = self.task == MULTICLASS
             return het_fast.predict(z, eps_r, eps_k, multiclass, self._chunk(h), self.class_major)
@@ -452,7 +471,12 @@ class HetHead(nn.Module):
         num_samples; S defaults to eval_mc_samples. With eval_noise "qmc" the noise is
         read as M = qmc.QMC_GROUPS independent groups (rows s mod M) and mc_stderr comes
         from the spread of the group means (``grouped_stderr``)."""
-        z, (eps_r, eps_k) = self._tempered(h, num_samples, generator, noise, training=False)
+        z, noise = self._tempered(h, num_samples, generator, noise, training=False)
+        if isinstance(noise, het_fast.SeededNoise):  # plain MC drawn inside the kernel
+            m = het_fast.seeded_moments(z, noise)
+            m["mc_stderr"] = m["prob_std"] / math.sqrt(noise.num_samples)
+            return {**m, "num_samples": torch.tensor(noise.num_samples)}
+        eps_r, eps_k = noise
         num = eps_k.shape[-2]
         groups = qmc.QMC_GROUPS if self.eval_noise == "qmc" else None
         if not self.fast:

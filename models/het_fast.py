@@ -3,11 +3,32 @@
 ``log_likelihood``, ``predict`` and ``moments`` here compute exactly what
 ``models.heads.reference_log_likelihood`` and ``reference_moments`` compute from the same
 tempered Gaussian and the same noise (to floating-point rounding; gradients included).
-``tests/models/test_het_fast.py::test_fast_path_equals_reference`` checks it: multiclass
-and multilabel, parameter-efficient or not, R = 0, shared or per-example noise, one chunk
-or many, both layouts.
+``tests/models/test_het_fast.py`` checks it for both paths below: the torch path in
+float64 (multiclass and multilabel, parameter-efficient or not, R = 0, shared or
+per-example noise, one chunk or many, both layouts), the kernel in float32 against the
+float64 reference (K = 10 and 100, shared, per-example and seeded noise, a confidently
+wrong example whose log p is far below -100).
 
-What makes them fast, and bounded in memory:
+Two paths, under one ``if`` in each function:
+
+**The fused CPU kernel** (``models/het_kernel.c``, compiled at first use by
+``models.het_kernel``): the multiclass head in float32 on a CPU, any R, the
+parameter-efficient V = diag(v) J passed as the explicit (B, K, R) V (autograd maps its
+gradient back to v and J). One thread owns one example at a time and, per block of 8
+draws, forms z = mu + V eps_R + d * eps_K, its max, exp, logsumexp, the label's log p,
+the posterior weight and the gradient sums (d mu, d d, d V) while they sit in L1: the
+same math and the same running reference as ``_MulticlassLogLikelihood`` below, returning
+the per-example gradients with the value. With few classes (K <= 24) the 8 draws go
+across the vector lanes instead (class-major), so no lane is padding. One parallel
+region per call, on torch's own OpenMP threads (the kernel binds to the libgomp torch
+loaded, so no second pool competes with torch's), with examples handed out by an atomic
+counter: a thread whose core is shared with another process takes fewer examples
+instead of holding the others at a join. Per-example noise is drawn inside the kernel (counter-based SplitMix64 +
+Box-Muller) from a seed (``SeededNoise``), so the B x S x (K + R) noise tensor is never
+formed; ``SeededNoise.materialise`` gives the same numbers as tensors for the reference.
+
+**The torch path** for everything else (multilabel, float64, CUDA, or
+``HETSERVE_HET_KERNEL=torch``, or no C compiler on the machine):
 
 - **Chunks.** The S draws are processed in chunks of about a million logits (in cache on
   a CPU; 16 million on a GPU, where fewer, larger kernels win), so the B x S x K tensor
@@ -21,17 +42,21 @@ What makes them fast, and bounded in memory:
   reduction over K is a vectorised reduction across rows rather than many tiny ones.
 - **One GEMM.** mu + V eps_R is ``[1, eps_R] @ [mu; V^T]``, the stacked matrix built once
   and reused by every chunk; the parameter-efficient diag(v) J eps_R is v * (J eps_R).
-- **Stable moments.** The std of the sampled probabilities is summed around the
-  noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
+
+Both: **stable moments.** The std of the sampled probabilities is summed around the
+noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from models import het_kernel
 
 CLASS_MAJOR_MAX_CLASSES = 32  # multiclass draws are laid out class-major up to this many classes
 CPU_CHUNK_ELEMENTS = 1 << 20
@@ -124,6 +149,62 @@ class _Draws:
         )
 
 
+# -- noise drawn inside the kernel ----------------------------------------------------
+
+
+class SeededNoise(NamedTuple):
+    """Per-example noise the fused kernel draws itself, from ``seed``: S draws of
+    (eps_R, eps_K) per example, never materialised as a B x S x (K + R) tensor
+    (``materialise`` gives the same numbers as tensors, for the reference)."""
+
+    seed: int
+    num_samples: int
+
+    @classmethod
+    def draw(cls, num_samples: int, generator: torch.Generator | None = None) -> SeededNoise:
+        """A fresh seed from torch's generator (``generator``, else the global one), so
+        torch.manual_seed and seeded generators reproduce the draws as before."""
+        seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
+        return cls(seed, num_samples)
+
+    def materialise(self, batch: int, num_classes: int, num_factors: int):
+        """(eps_R (B, S, R) or None, eps_K (B, S, K)): the noise the kernel draws."""
+        return het_kernel.normals(self.seed, batch, self.num_samples, num_classes, num_factors)
+
+
+def kernel_draws_noise(multiclass: bool, h: torch.Tensor) -> bool:
+    """Whether the fused kernel takes this head's estimates (and can draw their noise)."""
+    return multiclass and het_kernel.applies(h)
+
+
+def seeded_log_likelihood(latent, y, noise: SeededNoise) -> torch.Tensor:
+    """= log_likelihood(latent, y, *noise.materialise(...), multiclass=True, ...)."""
+    factors = latent.factor_matrix() if latent.num_factors else None
+    total = _KernelLogLikelihood.apply(
+        latent.mu, latent.scale, factors, None, None, y, _needs_grad(latent, factors), noise
+    )
+    return total - math.log(noise.num_samples)
+
+
+def seeded_moments(latent, noise: SeededNoise, second: bool = True) -> dict[str, torch.Tensor]:
+    """= moments(latent, *noise.materialise(...), multiclass=True, ...); probs only unless
+    ``second``."""
+    factors = latent.factor_matrix() if latent.num_factors else None
+    shift = torch.softmax(latent.mu, -1) if second else None
+    sums = het_kernel.moment_sums(
+        latent.mu, latent.scale, factors, None, None, shift, second, noise.seed, noise.num_samples
+    )
+    if not second:
+        return {"probs": sums[0] / noise.num_samples}
+    return _finish_moments(shift, *sums, noise.num_samples)
+
+
+def _needs_grad(latent, factors) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (latent.mu, latent.scale, factors)
+    )
+
+
 # -- the log-likelihood ---------------------------------------------------------------
 
 
@@ -134,6 +215,13 @@ def log_likelihood(
 
     ``latent`` is the LogitGaussian of z = u / tau; ``chunk`` draws at a time."""
     num = eps_k.shape[-2]
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
+        factors = latent.factor_matrix() if latent.num_factors else None
+        total = _KernelLogLikelihood.apply(
+            latent.mu, latent.scale, factors, eps_r if factors is not None else None, eps_k, y,
+            _needs_grad(latent, factors), None,
+        )  # fmt: skip
+        return total - math.log(num)
     if multiclass:
         parts = (latent.mu, latent.scale, latent.factors, latent.factor_scale, latent.factor_basis)
         with_grad = torch.is_grad_enabled() and any(
@@ -175,6 +263,30 @@ def _softmax_and_logsumexp(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, tor
     """
     probs = torch.softmax(z, dim)
     return probs, z.amax(dim) - probs.amax(dim).log()
+
+
+class _KernelLogLikelihood(torch.autograd.Function):
+    """L = logsumexp_s log_softmax(z_s)_y per example from the fused kernel, which returns
+    dL/dmu, dL/dd and dL/dV with it (see _MulticlassLogLikelihood for the math)."""
+
+    @staticmethod
+    def forward(ctx, mu, scale, factors, eps_r, eps_k, y, with_grad, seeded):
+        seed, num = (None, None) if seeded is None else seeded
+        total, *grads = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, with_grad, seed, num)
+        ctx.with_grad = with_grad
+        if with_grad:
+            ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if not ctx.with_grad:
+            raise RuntimeError("the HET log-likelihood was computed without gradients")
+        g_mu, g_scale, g_factors = ctx.saved_tensors
+        g = grad.view(-1, 1)
+        g_factors = None if g_factors is None else g_factors * g.unsqueeze(-1)
+        return g_mu * g, g_scale * g, g_factors, None, None, None, None, None
 
 
 class _MulticlassLogLikelihood(torch.autograd.Function):
@@ -296,23 +408,62 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
 
 def predict(latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool) -> torch.Tensor:
     """= reference_moments(...)["probs"]: 1/S sum_s softmax(z_s) (sigmoid: multilabel), (B, K)."""
+    num = eps_k.shape[-2]
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
+        factors, eps_r = _kernel_factors(latent, eps_r)
+        total, _, _ = het_kernel.moment_sums(
+            latent.mu, latent.scale, factors, eps_r, eps_k, None, second=False
+        )
+        return total / num
     draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
     total = torch.zeros_like(latent.mu)
     for _, _, _, z in draws:
         p = torch.softmax(z, draws.class_dim) if multiclass else z.sigmoid_()
         total += p.sum(draws.sample_dim)
-    return total / draws.num_samples
+    return total / num
+
+
+def _kernel_factors(latent, eps_r):
+    """(V as the kernel takes it, eps_r), both None when R = 0."""
+    if not latent.num_factors:
+        return None, None
+    return latent.factor_matrix(), eps_r
 
 
 def moments(
     latent, eps_r, eps_k, multiclass: bool, chunk: int, class_major: bool
 ) -> dict[str, torch.Tensor]:
     """= reference_moments(latent, eps_r, eps_k, task): probs, prob_std, expected_entropy."""
-    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
-    num = draws.num_samples
+    num = eps_k.shape[-2]
     # Sums of p - p_0 with p_0 the noise-free prediction: E[p^2] - E[p]^2 in float32
     # cancels catastrophically when the spread is far below p, shifted sums do not.
     shift = torch.softmax(latent.mu, -1) if multiclass else torch.sigmoid(latent.mu)
+    if multiclass and het_kernel.applies(latent.mu, eps_r, eps_k):
+        factors, eps_r = _kernel_factors(latent, eps_r)
+        total, total_sq, total_ent = het_kernel.moment_sums(
+            latent.mu, latent.scale, factors, eps_r, eps_k, shift, second=True
+        )
+    else:
+        total, total_sq, total_ent = _moment_sums(
+            latent, eps_r, eps_k, multiclass, chunk, class_major, shift
+        )
+    return _finish_moments(shift, total, total_sq, total_ent, num)
+
+
+def _finish_moments(shift, total, total_sq, total_ent, num: int) -> dict[str, torch.Tensor]:
+    """probs, prob_std, expected_entropy from the sums of p_s - shift, its square and H[p_s]."""
+    mean_shifted = total / num
+    var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
+    return {
+        "probs": shift + mean_shifted,
+        "prob_std": var.sqrt(),
+        "expected_entropy": total_ent / num,
+    }
+
+
+def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
+    """sum_s (p_s - shift), sum_s (p_s - shift)^2 and sum_s H[p_s], chunk by chunk."""
+    draws = _Draws(latent, eps_r, eps_k, chunk, class_major)
     total = torch.zeros_like(latent.mu)
     total_sq = torch.zeros_like(latent.mu)
     ent_shape = latent.mu.shape[:1] if multiclass else latent.mu.shape
@@ -331,10 +482,4 @@ def moments(
         p.sub_(shift.unsqueeze(sd))
         total += p.sum(sd)
         total_sq += p.square_().sum(sd)
-    mean_shifted = total / num
-    var = (total_sq / num - mean_shifted.square()).clamp_min(0) * (num / max(num - 1, 1))
-    return {
-        "probs": shift + mean_shifted,
-        "prob_std": var.sqrt(),
-        "expected_entropy": total_ent / num,
-    }
+    return total, total_sq, total_ent

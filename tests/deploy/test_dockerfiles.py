@@ -80,3 +80,15 @@ def test_api_image_installs_no_extras_and_worker_installs_train():
     worker = (REPO / "docker" / "worker.Dockerfile").read_text()
     assert "['project']['dependencies']" in api and "optional-dependencies" not in api
     assert "optional-dependencies']['train']" in worker
+
+
+def test_worker_image_can_build_the_head_kernel():
+    """The HET head's C kernel is compiled at first use on the worker's CPU: the runtime
+    stage has a compiler, the source ships in the wheel, and the build compiles it once."""
+    worker = (REPO / "docker" / "worker.Dockerfile").read_text()
+    runtime = worker[worker.rindex("FROM ") :]
+    assert re.search(r"apt-get install[^\n]*\bgcc\b[^\n]*\blibc6-dev\b", runtime)
+    assert "het_kernel.load()" in runtime and "HETSERVE_HET_KERNEL=kernel" in runtime
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^models = \[[^\]]*"het_kernel.c"', pyproject, re.M)
+    assert (REPO / "models" / "het_kernel.c").exists()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import math
+import os
+import signal
+import time
 
 import pytest
 import torch
 
+from models import het_fast, het_kernel
 from models.heads import MULTICLASS, MULTILABEL, HetHead
 from models.spec import HeadSpec
 
@@ -71,3 +76,214 @@ def test_fast_path_equals_reference(case):
         assert int(m["num_samples"]) == int(ref_moments["num_samples"]) == s
         for name in ("probs", "prob_std", "expected_entropy"):
             torch.testing.assert_close(m[name], ref_moments[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+# -- the fused CPU kernel (models/het_kernel.c) -------------------------------------------
+
+KERNEL_CASES = [  # (K, R, parameter-efficient, noise): S = 50 draws = 6 blocks of 8 and 2
+    (10, 3, False, "shared"),
+    (10, 0, False, "per-example"),
+    (100, 4, False, "shared"),
+    (100, 5, True, "per-example"),
+    (100, 3, False, "seeded"),
+    (10, 2, True, "seeded"),
+]
+
+
+def kernel_case_id(case) -> str:
+    k, r, pe, noise = case
+    return f"K{k}-R{r}{'-pe' if pe else ''}-{noise}"
+
+
+def float32_head_and_batch(k, r, pe, shared):
+    torch.manual_seed(1)
+    b, d = 5, 6
+    spec = HeadSpec(
+        num_factors=r, parameter_efficient=pe, temperature=1.3, share_samples_across_batch=shared
+    )
+    head = HetHead(spec, d, k, MULTICLASS)
+    with torch.no_grad():
+        head.diag.bias.fill_(0.5)
+        head.loc.weight.mul_(3)
+    h = torch.randn(b, d)
+    y = torch.randint(0, k, (b,))
+    # example 0 is confidently wrong: its label's logit far below the rest, with a large
+    # spread, so log p_s ranges over hundreds of nats (the running reference is raised)
+    y[0] = 0
+    with torch.no_grad():
+        head.loc.weight[0].zero_()
+        head.loc.bias[0] = -1500.0
+        head.diag.weight[0].zero_()
+        head.diag.bias[0] = 400.0
+    return head, h, y
+
+
+def assert_grads_close(grads, ref_grads):
+    for name, g in grads.items():
+        ref = ref_grads[name].float()
+        tol = 1e-4 * ref.abs().max().item() + 1e-7
+        torch.testing.assert_close(g, ref, rtol=1e-3, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=kernel_case_id)
+def test_kernel_equals_reference_on_the_same_noise(case, monkeypatch):
+    """float32 kernel == float64 reference on the same noise: loss, every gradient, predict,
+    moments; with a confidently wrong example (log p far below -100)."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    k, r, pe, noise_kind = case
+    head, h, y = float32_head_and_batch(k, r, pe, shared=noise_kind == "shared")
+    b, s = h.shape[0], 50
+    if noise_kind == "seeded":  # drawn inside the kernel from a seed
+        seeded = het_fast.SeededNoise.draw(s, torch.Generator().manual_seed(3))
+        noise = seeded.materialise(b, k, r)
+        kernel_noise = None  # the head draws the seed itself from the generator
+    else:
+        noise = head.draw_noise(b, s, "cpu", torch.Generator().manual_seed(3))
+        kernel_noise = noise
+
+    reference = HetHead(head.spec, h.shape[1], k, MULTICLASS, fast=False).double()
+    reference.load_state_dict(head.state_dict())
+    noise64 = tuple(None if e is None else e.double() for e in noise)
+    ref_loglik = reference.log_likelihood(h.double(), y, noise=noise64)
+    assert ref_loglik[0] < -100  # confidently wrong, and still a finite log-likelihood
+    ref_loss, ref_grads = loss_and_grads(reference, h.double(), y, noise64)
+    ref_moments = reference.moments(h.double(), noise=noise64)
+
+    calls = []
+    real_loglik = het_kernel.loglik
+    monkeypatch.setattr(
+        het_kernel, "loglik", lambda *a, **kw: calls.append(1) or real_loglik(*a, **kw)
+    )
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
+    head.zero_grad()
+    hh = h.clone().requires_grad_()
+    loss = head.loss(hh, y, s, gen(), kernel_noise)
+    loss.backward()
+    grads = {n: p.grad for n, p in head.named_parameters()} | {"h": hh.grad}
+    assert calls, "the kernel was not used"
+    loglik = head.log_likelihood(h, y, s, gen(), kernel_noise)
+    torch.testing.assert_close(loglik, ref_loglik.float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, ref_loss.float(), rtol=1e-5, atol=1e-5)
+    assert_grads_close(grads, ref_grads)
+    probs = head.predict(h, s, gen(), kernel_noise)
+    torch.testing.assert_close(probs, ref_moments["probs"].float(), rtol=1e-4, atol=1e-6)
+    m = head.moments(h, s, gen(), kernel_noise)
+    assert int(m["num_samples"]) == s
+    for name in ("probs", "prob_std", "expected_entropy"):
+        ref = ref_moments[name].float()
+        torch.testing.assert_close(m[name], ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_kernel_is_not_used_when_switched_off(monkeypatch):
+    """HETSERVE_HET_KERNEL=torch: the plain torch path, same numbers."""
+    head, h, y = float32_head_and_batch(10, 3, False, shared=True)
+    noise = head.draw_noise(h.shape[0], 40, "cpu", torch.Generator().manual_seed(0))
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    fused = head.log_likelihood(h, y, noise=noise)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("kernel called although switched off")
+
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "torch")
+    monkeypatch.setattr(het_kernel, "loglik", refuse)
+    monkeypatch.setattr(het_kernel, "moment_sums", refuse)
+    assert not het_fast.kernel_draws_noise(True, h)
+    plain = head.log_likelihood(h, y, noise=noise)
+    head.moments(h, noise=noise)
+    torch.testing.assert_close(plain, fused, rtol=1e-5, atol=1e-5)
+    head.share_samples_across_batch = False  # per-example: noise drawn as tensors again
+    head.log_likelihood(h, y, generator=torch.Generator().manual_seed(0))
+
+
+def test_no_compiler_means_the_torch_path_with_a_warning(monkeypatch):
+    monkeypatch.setattr(het_kernel, "_loaded", {})
+    monkeypatch.setattr(het_kernel, "_compiler", lambda: None)
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "auto")
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert het_kernel.load() is None
+    assert not het_kernel.applies(torch.zeros(1))
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        het_kernel.load()
+
+
+def test_kernel_normals_are_standard_normal_and_independent(monkeypatch):
+    """The kernel's counter-based normals: moments and tail mass within 5 MC standard
+    errors, no correlation between neighbouring counters, examples or seeds."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    eps_r, eps_k = het_fast.SeededNoise(12345, 500).materialise(40, 9, 3)
+    x = torch.cat([eps_k.flatten(), eps_r.flatten()]).double()
+    n = x.numel()  # 240k
+    assert abs(x.mean()) < 5 / n**0.5
+    assert abs(x.var() - 1) < 5 * (2 / n) ** 0.5
+    assert abs((x**4).mean() - 3) < 5 * (96 / n) ** 0.5
+    tail = (x.abs() > 2).double().mean()
+    p = 0.04550026  # P(|N(0, 1)| > 2)
+    assert abs(tail - p) < 5 * (p * (1 - p) / n) ** 0.5
+    k = eps_k.reshape(-1, 9).double()
+    for a, b in ((k[:, 0], k[:, 1]), (eps_k[0].flatten(), eps_k[1].flatten())):
+        assert abs(torch.corrcoef(torch.stack([a, b.double()]))[0, 1]) < 5 / a.numel() ** 0.5
+    # the stream as documented in het_kernel.c's draw_normals, in float64
+    golden, mask = 0x9E3779B97F4A7C15, 2**64 - 1
+
+    def mix64(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    pairs = (9 + 3 + 1) // 2
+    for b, s, i in ((0, 0, 0), (3, 7, 5), (39, 499, 6), (12, 250, 11)):
+        j = i % pairs
+        bits = mix64((12345 + golden * ((b * 500 + s) * pairs + j)) & mask)
+        radius = math.sqrt(-2 * math.log(((bits >> 40) + 1) / 2**24))
+        angle = 2 * math.pi * ((bits >> 16) & 0xFFFFFF) / 2**24
+        want = radius * (math.cos(angle) if i < pairs else math.sin(angle))
+        got = eps_k[b, s, i] if i < 9 else eps_r[b, s, i - 9]
+        assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want)), (b, s, i)
+    other = het_fast.SeededNoise(12346, 500).materialise(40, 9, 3)[1]
+    corr = torch.corrcoef(torch.stack([eps_k.flatten(), other.flatten()]))[0, 1]
+    assert abs(corr) < 5 / eps_k.numel() ** 0.5
+
+
+def test_kernel_in_a_forked_child(monkeypatch):
+    """After the parent used the kernel (OpenMP on torch's pool), a forked child still gets
+    the same numbers on two threads (plain pthreads there: libgomp's pool inherited from
+    the parent must not be used) and does not hang. The child calls the kernel alone:
+    torch's own parallel ops are not fork safe either (a child sets 1 thread for those)."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    torch.manual_seed(0)
+    b, k, r, s = 6, 100, 3, 40
+    mu, scale, factors = torch.randn(b, k), torch.rand(b, k) + 0.5, torch.randn(b, k, r)
+    eps_r, eps_k, y = torch.randn(s, r), torch.randn(s, k), torch.randint(0, k, (b,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: compute, report, exit without running pytest's teardown
+            try:
+                assert het_kernel._threads() == -2  # plain threads, two of them
+                child = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
+                os.write(write_end, torch.cat([t.flatten() for t in child]).numpy().tobytes())
+            finally:
+                os._exit(0)
+    finally:
+        torch.set_num_threads(threads)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the kernel hung in a forked child")
+        time.sleep(0.05)
+    got = b""
+    while chunk := os.read(read_end, 1 << 16):
+        got += chunk
+    os.close(read_end)
+    child = torch.frombuffer(bytearray(got), dtype=torch.float32)
+    torch.testing.assert_close(child, torch.cat([t.flatten() for t in parent]), rtol=0, atol=0)
