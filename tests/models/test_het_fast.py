@@ -99,7 +99,11 @@ def float32_head_and_batch(k, r, pe, shared):
     torch.manual_seed(1)
     b, d = 5, 6
     spec = HeadSpec(
-        num_factors=r, parameter_efficient=pe, temperature=1.3, share_samples_across_batch=shared
+        num_factors=r,
+        parameter_efficient=pe,
+        temperature=1.3,
+        share_samples_across_batch=shared,
+        eval_noise="mc",  # predict draws as training does: the kernel's own seeded noise
     )
     head = HetHead(spec, d, k, MULTICLASS)
     with torch.no_grad():
