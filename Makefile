@@ -41,6 +41,8 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy $(MYPY_PATHS)
 
 # .[bench] adds cleanlab (AGPL-3.0: a benchmark reference only, never a service dependency).
+# head_speed.py installs its edward2 anchor (TensorFlow 2.18) into var/bench-venvs/edward2 on
+# first use: bench only, nothing in `make test` needs it.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/head_speed.py
 	$(BIN)/python bench/quality.py
