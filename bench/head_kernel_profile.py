@@ -39,6 +39,7 @@ def make(shape, shared: bool):
         num_factors=r,
         train_mc_samples=SAMPLES,
         eval_mc_samples=SAMPLES,
+        eval_noise="mc",  # plain MC normals, as edward2 draws (QMC: bench/qmc_error.py)
         share_samples_across_batch=shared,
     )
     head = HetHead(spec, d, k)

@@ -207,6 +207,7 @@ def make_het(shape, mode: str) -> tuple[HetHead, torch.Tensor, torch.Tensor]:
         temperature=1.0,
         train_mc_samples=SAMPLES,
         eval_mc_samples=SAMPLES,
+        eval_noise="mc",  # plain MC normals, as edward2 draws (QMC: bench/qmc_error.py)
         parameter_efficient=False,
         share_samples_across_batch=mode == "shared",
     )

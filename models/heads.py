@@ -413,14 +413,18 @@ class HetHead(nn.Module):
         self, h, num_samples, generator, noise, training
     ) -> tuple[LogitGaussian, Noise | het_fast.SeededNoise]:
         """The Gaussian of z = u / tau and the noise to draw it with (drawn if not given:
-        plain MC in training, the head's eval_noise otherwise).
+        plain MC in training and for per-example noise, the head's eval_noise otherwise).
 
         Plain-MC per-example noise for the fused CPU kernel is a seed it draws from
         itself (het_fast.SeededNoise), not a B x S x (K + R) tensor."""
         latent = self.latent(h).scaled(1.0 / self.temperature)
         if noise is None:
             num = num_samples or (self.train_mc_samples if training else self.eval_mc_samples)
-            mode = "mc" if training else self.eval_noise
+            # QMC points are drawn for noise shared by the batch (the default, and what the
+            # ONNX graph does); per-example draws stay plain MC, drawn in the kernel: a
+            # B x S x (K + R) QMC tensor would cost GBs at K = 1000 for little gain.
+            qmc_ok = not training and self.share_samples_across_batch
+            mode = self.eval_noise if qmc_ok else "mc"
             if (
                 mode == "mc"
                 and self.fast

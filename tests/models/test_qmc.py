@@ -118,3 +118,13 @@ def test_training_draws_stay_plain_mc():
     _, noise = head._tempered(h, 64, torch.Generator().manual_seed(0), None, training=True)
     expected = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(noise[1], expected)
+
+
+def test_per_example_eval_draws_stay_plain_mc(monkeypatch):
+    """QMC is for noise shared by the batch; a per-example head's eval draws are plain MC
+    (the torch path: exactly torch.randn's draws; the kernel draws its own from a seed)."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "torch")
+    head, h = make_head(shared=False)
+    _, noise = head._tempered(h, 64, torch.Generator().manual_seed(0), None, training=False)
+    expected = torch.randn(12, 64, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noise[1], expected)
