@@ -501,6 +501,8 @@ def save_npz(ds: ArrayDataset, path: str | Path) -> None:
 MANIFEST_VERSION = 1
 DEFAULT_SAMPLE_DECODE = 32
 MAX_FOLDER_FILES = 10_000_000
+# check_manifest in object storage: a HEAD per object up to this many, else one listing
+HEAD_AT_MOST = 8
 S3_EXTRA = "s3:// datasets need the s3 extra: install hetserve[s3] (s3fs)"
 
 
@@ -712,8 +714,17 @@ class S3Store(DataStore):
         return int(f.details["size"]), self.etag(f.details)
 
     def stamps(self, rels: list[str]) -> dict[str, tuple[int, int | str | None] | None]:
-        listing = self.fs.find(self.root, detail=True)  # one LIST per 1000 objects
         out: dict[str, tuple[int, int | str | None] | None] = {}
+        if len(rels) <= HEAD_AT_MOST:  # an .npz: its root is a folder that may hold much else
+            for rel in rels:
+                try:
+                    info = self.fs.info(self.full(rel))
+                except FileNotFoundError:
+                    out[rel] = None
+                else:
+                    out[rel] = (int(info["size"]), self.etag(info))
+            return out
+        listing = self.fs.find(self.root, detail=True)  # one LIST per 1000 objects
         for rel in rels:
             info = listing.get(self.full(rel))
             out[rel] = None if info is None else (int(info["size"]), self.etag(info))

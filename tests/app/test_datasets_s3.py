@@ -125,10 +125,20 @@ def test_an_s3_image_folder_and_npz_register_with_etags(service):
     r = register(client, f"s3://{bucket}/allowed/tiny.npz")
     assert r.status_code == 201, r.text
     assert r.json()["format"] == "npz-ref" and r.json()["num_train"] == 30
+    (npz_manifest,) = [
+        m
+        for m in (json.loads(p.read_text()) for p in files_under(settings.data_dir / "artifacts"))
+        if m["format"] == "npz-ref"
+    ]
+    assert npz_manifest["file"]["etag"] == fs.info(f"{bucket}/allowed/tiny.npz")["ETag"].strip('"')
+    assert len(open_manifest(npz_manifest, settings.s3_endpoint_url).x_train) == 30
+    fs.pipe(f"{bucket}/allowed/tiny.npz", npz_bytes(**tiny_arrays(n=30, k=3, seed=1)))
+    with pytest.raises(DatasetError, match="tiny.npz .*changed.*etag"):
+        open_manifest(npz_manifest, settings.s3_endpoint_url)
     # Deleting the datasets deletes the manifests, never the objects.
     for d in client.get("/v1/datasets", headers=AUTH).json():
         assert client.delete(f"/v1/datasets/{d['id']}", headers=AUTH).status_code == 204
-    assert len(fs.find(f"{bucket}/allowed")) == 19
+    assert len(fs.find(f"{bucket}/allowed")) == 19  # 18 images and the .npz
 
 
 def test_outside_the_s3_roots_is_403(service):
