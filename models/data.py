@@ -562,7 +562,7 @@ class DataStore:
         return self.root
 
     def full(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
 
     def entry(self, name: str, info: dict[str, Any]) -> Entry:
         """The Entry of one fsspec ``info`` dict."""
@@ -570,12 +570,12 @@ class DataStore:
 
     def listdir(self, rel: str) -> list[Entry]:
         """The visible names of a folder (a leading '.' is hidden), sorted."""
-        base = self.full(rel).rstrip("/")
+        base = self.full(rel)
         entries = []
         for info in self.fs.ls(base, detail=True):
             full = str(info["name"]).rstrip("/")
             name = full.rsplit("/", 1)[-1]
-            if full == base or not name or name.startswith("."):
+            if full == base.rstrip("/") or not name or name.startswith("."):
                 continue  # the folder itself (an object store's folder marker), hidden
             entries.append(self.entry(name, info))
         return sorted(entries, key=lambda e: e.name)
