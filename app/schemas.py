@@ -60,8 +60,9 @@ class DatasetReference(BaseModel):
     uri: str = Field(
         ...,
         max_length=4096,
-        description="file:///abs/path of an image-folder tree (train/<class>/*.png|jpg,"
-        " optional val/ test/) or of a .npz, under HETSERVE_DATASET_ROOTS",
+        description="file:///abs/path (or s3://bucket/prefix, with the s3 extra) of an"
+        " image-folder tree (train/<class>/*.png|jpg, optional val/ test/) or of a .npz,"
+        " under HETSERVE_DATASET_ROOTS",
     )
     name: str | None = Field(None, max_length=255, description="display name; default the uri")
     image_size: int = Field(

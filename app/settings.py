@@ -69,8 +69,14 @@ class Settings(BaseSettings):
     decode_wait_s: float = 30.0  # an upload waits this long for a decode slot, then 503
     dataset_roots: str | None = Field(
         None,
-        description="comma-separated absolute folders whose datasets may be registered by"
-        " reference (POST /v1/datasets {uri}); unset: registration by reference is off",
+        description="comma-separated absolute folders (and s3://bucket/prefix roots, with the"
+        " s3 extra) whose datasets may be registered by reference (POST /v1/datasets {uri});"
+        " unset: registration by reference is off",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="API and worker: the S3 endpoint of s3:// datasets (MinIO, a local"
+        " S3-compatible server); unset: AWS. Credentials: the standard AWS_* variables",
     )
     dataset_sample_decode: int = Field(
         32, ge=1, description="images a registration by reference decodes to check them"

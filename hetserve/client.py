@@ -193,8 +193,9 @@ class Client:
 
     def register_dataset(self, uri: str) -> Dataset:
         """Register a dataset that stays where it is (``POST /v1/datasets`` with
-        ``{"uri": "file:///…"}``): an ``.npz`` or an image-folder tree under one of the
-        service's ``HETSERVE_DATASET_ROOTS`` (otherwise 403)."""
+        ``{"uri": "file:///…"}`` or ``"s3://bucket/prefix"``): an ``.npz`` or an
+        image-folder tree under one of the service's ``HETSERVE_DATASET_ROOTS``
+        (otherwise 403)."""
         return cast(Dataset, self._json("POST", "/v1/datasets", json={"uri": uri}))
 
     def list_datasets(self, *, limit: int = 100, offset: int = 0) -> list[Dataset]:

@@ -433,11 +433,12 @@ def load_context(job_id: str, settings: Settings, for_training: bool = True) -> 
 
 def load_job_data(ctx: JobContext, settings: Settings) -> ArrayDataset:
     """The job's dataset. One registered by reference is first checked against its
-    manifest (one stat per file): a missing or changed file fails the job, named. An
+    manifest (one stat per file; in object storage one listing per 1000 objects, then
+    each object's ETag as it is opened): a missing or changed file fails the job, named. An
     image folder is not read here: training streams it (models.streaming)."""
     if ctx.dataset_format not in REFERENCE_FORMATS:
         return load_dataset(ctx.dataset_path)
-    data = open_manifest(json.loads(ctx.dataset_path.read_text()))
+    data = open_manifest(json.loads(ctx.dataset_path.read_text()), settings.s3_endpoint_url)
     for x in (data.x_train, data.x_val, data.x_test):
         if isinstance(x, ImageFiles):
             x.num_workers = settings.loader_workers

@@ -106,6 +106,9 @@ def test_outside_the_roots_and_symlink_escapes_are_403(service, roots):
     folder = image_folder(outside / "pets")
     assert register(client, f"file://{folder}").status_code == 403
     assert register(client, f"file://{allowed}/../outside/pets").status_code == 403
+    # No s3:// root is listed: an s3 URI is outside them all (s3fs or not).
+    r = register(client, "s3://bucket/data")
+    assert r.status_code == 403 and "outside the allowed" in r.text
     (allowed / "link").symlink_to(folder)  # a folder symlink that leads out
     r = register(client, f"file://{allowed}/link")
     assert r.status_code == 403 and "outside the allowed" in r.text
@@ -119,7 +122,7 @@ def test_outside_the_roots_and_symlink_escapes_are_403(service, roots):
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("s3://bucket/data", "s3fs extra"),
+        ("s3:///data", "needs a bucket"),
         ("http://example.com/x", "unsupported URI scheme"),
         ("file://relative/x", "file URI with a host"),
     ],
