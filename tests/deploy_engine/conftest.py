@@ -243,14 +243,20 @@ def engine(tmp_path_factory):
         # a fixed port: the index URL is a build argument, a new one would rebuild torch's layer
         port = int(os.environ.get("HETSERVE_TEST_WHEEL_PORT", "47311"))
         if index is not None:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "http.server", "--bind", gateway, "--directory",
-                 str(index), str(port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            # Without it pip would take torch's CUDA build from PyPI: gigabytes.
-            wait_until(lambda: server.poll() is not None or index_answers(gateway, port), 30,
-                       f"the torch index on {gateway}:{port}")  # fmt: skip
+            # Without it pip would take torch's CUDA build from PyPI: gigabytes. Retried: a
+            # dockerd started for the first time on a machine creates docker0, and the
+            # gateway address can be bound only once the interface has it.
+            for _ in range(30):
+                server = subprocess.Popen(
+                    [sys.executable, "-m", "http.server", "--bind", gateway, "--directory",
+                     str(index), str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                wait_until(lambda s=server: s.poll() is not None or index_answers(gateway, port),
+                           30, f"the torch index on {gateway}:{port}")  # fmt: skip
+                if server.poll() is None:
+                    break
+                time.sleep(1)
             assert server.poll() is None, f"the torch index could not listen on {gateway}:{port}"
         with timed("base images (debootstrap, redis, postgres)"):
             done = eng.run(str(HERE / "images" / "build-base.sh"), gateway, timeout=1800,
