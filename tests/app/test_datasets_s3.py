@@ -30,9 +30,8 @@ from tests.app.service_client import (  # noqa: E402
     png_bytes,
     tiny_arrays,
 )
+from tests.app.test_datasets_by_reference import COLORS  # noqa: E402
 from tests.faults.test_dataset_by_reference_jobs import SPEC, job_row, synthetic_folder  # noqa: E402
-
-COLORS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
 
 
 @pytest.fixture(scope="module")
