@@ -675,7 +675,6 @@ def main() -> None:
         print()
         print("\n".join(slowdown_table(quiet, contended)))
 
-
     memory = {}
     if args.memory if args.memory is not None else not args.quick:
         log("peak memory, each in a fresh process")
