@@ -99,6 +99,8 @@ def test_readme_train_and_predict_run_as_written(tmp_path):
                               capture_output=True, text=True, timeout=240)  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert re.search(r"^MODEL=[0-9a-f]{32}$", done.stdout, re.M), done.stdout
+        # curl -s exits 0 on a 4xx/5xx: an error body ({"detail": ...}) is the failure
+        assert '"detail"' not in done.stdout, done.stdout[-3000:]
         assert '"num_classes":10' in done.stdout and '"status":"queued"' in done.stdout
         assert "event: end" in done.stdout  # the events stream ran to the job's end
         assert done.stdout.count("predicted ") >= 2 and '"correlated_pairs"' in done.stdout
