@@ -16,6 +16,7 @@ beside it, open, and so are the dashboard (``/ui``, ``/static``) and the API doc
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /docs and /redoc come from app/routers/ui.py: the same pages, scripts served from here.
     app = FastAPI(
         title="hetserve",
-        version="0.1.0",
+        version=importlib.metadata.version("hetserve"),  # the images pip-install the package
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,

@@ -548,34 +548,6 @@ def slowdown_table(quiet: dict, contended: dict) -> list[str]:
     return lines
 
 
-def target_lines(quiet: dict, contended: dict) -> list[str]:
-    """Issue #13's targets, each with the figure it was judged on (medians)."""
-    lines = []
-
-    def judge(name: str, value: float, ok: bool, unit: str = "x") -> None:
-        lines.append(f"- {name}: {value:.2f}{unit} {'met' if ok else 'MISSED'}")
-
-    for (shape, mode), r in quiet.items():
-        for op in OPS:
-            speedup = ratio(quiet, (shape, mode), op)
-            if mode == "shared":
-                judge(f"{shape} shared {op}: edward2 / hetserve >= 2.5", speedup, speedup >= 2.5)
-            elif shape in ("128/256/10/5", "128/512/100/10"):
-                judge(f"{shape} per-example {op}: edward2 / hetserve >= 2", speedup, speedup >= 2)
-            if f"{BOUND} {op}" in r and shape != "128/256/10/5":
-                over = bound_ratio(r, op)
-                judge(f"{shape} shared {op}: hetserve / bound <= 1.5", over, over <= 1.5)
-    for key in contended:
-        for op in OPS:
-            het, e2 = (slowdown(quiet, contended, key, side, op) for side in SIDES)
-            judge(
-                f"{key[0]} {key[1]} {op}: hetserve slowdown <= edward2's ({e2:.2f}x)",
-                het,
-                het <= e2,
-            )
-    return lines
-
-
 def describe_cpu() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -702,10 +674,6 @@ def main() -> None:
         )
         print()
         print("\n".join(slowdown_table(quiet, contended)))
-
-    print()
-    print("Targets (issue #13):")
-    print("\n".join(target_lines(quiet, contended)))
 
     memory = {}
     if args.memory if args.memory is not None else not args.quick:

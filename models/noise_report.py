@@ -30,17 +30,7 @@ per-batch GEMMs, sum_x V_x V_x^T = M M^T with M = [V_x1 ... V_xB] (K x BR), plus
 diag(sum_x d_x^2) (for the parameter-efficient V = diag(v) J: (J J^T) * sum_x v_x v_x^T),
 so no B x K x K tensor exists; flip counts are a K x K int64 matrix. Peak memory is
 O(K^2 + B K R + chunk), not O(N) nor O(B K^2): 16 MB of accumulators at K = 1000,
-1.6 GB at K = 10 000.
-
-Measured on 2 CPU cores (torch 2.13, 2 threads), K = 1000, R = 15, D = 256, N = 2000,
-S = 100, batch 256 (a bare linear backbone, random weights)::
-
-    PYTHONPATH=. python -m models.noise_report
-
-    3.2 s wall on an idle machine (6-25 s with the two cores shared by other jobs);
-    peak RSS growth 97 MB (up to 142 MB across runs): about 60 MB of K x K float64
-    work (Sigma_bar, the correlations, the pair arrays), the rest the batch's V
-    (B x K x R, 15 MB), its K x BR copy and the sampler's [mu; V^T] stack.
+1.6 GB at K = 10 000 (time and memory measured: docs/benchmarks.md).
 
 Multilabel heads raise ``UnsupportedTask``: with independent sigmoids there is no
 argmax to flip (a per-label sign-flip report would be a different contract).
@@ -181,45 +171,3 @@ def noise_report(
         "flip_matrix": None if matrix is None else matrix.tolist(),
         "noise_std_by_class": (std_sum / n).cpu().numpy().tolist(),
     }
-
-
-def _peak_rss_growth_kb(fn) -> tuple[object, int]:
-    """fn()'s result and the growth of the process's peak RSS while it ran (Linux)."""
-
-    def status_kb(field):
-        with open("/proc/self/status") as f:
-            return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
-
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
-        f.write("5")
-    before = status_kb("VmRSS")
-    out = fn()
-    return out, status_kb("VmHWM") - before
-
-
-def main() -> None:
-    """Time and peak memory at K = 1000, R = 15, D = 256, N = 2000, S = 100."""
-    import time
-
-    from models.backbones import MLP
-    from models.classifier import Classifier
-    from models.heads import HetHead
-    from models.spec import HeadSpec
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    d, k, r, n, s = 256, 1000, 15, 2000, 100
-    model = Classifier(MLP(d, []), HetHead(HeadSpec(num_factors=r), d, k), np.zeros(d), np.ones(d))
-    x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
-    noise_report(model, x[:8], num_samples=2)  # warm up kernels and the allocator
-    start = time.perf_counter()
-    report, growth = _peak_rss_growth_kb(lambda: noise_report(model, x, num_samples=s))
-    seconds = time.perf_counter() - start
-    print(
-        f"K={k} R={r} D={d} N={n} S={s}: {seconds:.2f} s, peak RSS growth {growth / 1024:.0f} MB, "
-        f"top pair {report['class_pairs'][0]}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Per-example uncertainty of a head's predictive (the fields of docs/serving.md).
+"""Per-example uncertainty of a head's predictive (the fields of docs/predictions.md).
 
 This is the reference the exported ONNX graph is tested against.
 

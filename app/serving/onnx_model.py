@@ -216,7 +216,7 @@ class OnnxModel:
             name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.output_names)
         }
 
-    # -- per-example fields (docs/serving.md) ------------------------------------------------
+    # -- per-example fields (docs/predictions.md) ------------------------------------------------
 
     def rows(
         self,

@@ -1,4 +1,4 @@
-"""Boundary models of the model registry and prediction routes (the uncertainty fields are defined in docs/serving.md)."""
+"""Boundary models of the model registry and prediction routes (the uncertainty fields are defined in docs/predictions.md)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ adds its id here; an id that disappears or changes fails."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 
 import pytest
@@ -82,3 +83,7 @@ def test_every_json_request_body_has_an_example(spec, operations):
         if not (media.get("example") or media.get("examples") or schema.get("examples")):
             missing.append(op["_where"])
     assert missing == []
+
+
+def test_the_documents_version_is_the_installed_packages(spec):
+    assert spec["info"]["version"] == importlib.metadata.version("hetserve")

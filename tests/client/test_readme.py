@@ -1,8 +1,8 @@
-"""The README's Train and Predict console blocks run as written on a fresh folder against
-a real `hetserve up` (API + worker processes): every `$ ` command, continuation lines
-included, in one bash with `set -euo pipefail`. Only the port differs (a free one
-instead of 8000). A command using a feature the service does not have yet (the
-``predictive`` field) is left out, and said so."""
+"""The walk-through's console blocks run as written on a fresh folder against a real
+`hetserve up` (API + worker processes): the README's Train and Predict blocks, then
+docs/training-and-operations.md's REST version of them, every `$ ` command, continuation
+lines included, in one bash with `set -euo pipefail`. Only the port differs (a free one
+instead of 8000). Every console block of the README is one of them."""
 
 from __future__ import annotations
 
@@ -21,13 +21,30 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 
 
-def console_commands(section: str) -> list[str]:
-    text = (REPO / "README.md").read_text()
-    body = text[text.index(f"## {section}\n") :]
-    body = body[: body.index("\n## ", 1)]
-    block = re.search(r"```console\n(.*?)```", body, re.S).group(1)
+# (file, heading): the console blocks that run, in this order, in one shell.
+WALK_THROUGH = [
+    ("README.md", "Train"),
+    ("README.md", "Predict"),
+    ("docs/training-and-operations.md", "The README's walk-through over REST"),
+]
+CONSOLE = re.compile(r"```console\n(.*?)```", re.S)
+
+
+def console_block(doc: str, heading: str) -> str:
+    """The first console block under the heading, before any other heading."""
+    text = (REPO / doc).read_text()
+    title = re.search(rf"^#+ {re.escape(heading)}\n", text, re.M)
+    assert title, f"{doc}: no heading {heading!r}"
+    block = CONSOLE.search(text, title.end())
+    assert block and not re.search(r"^#+ ", text[title.end() : block.start()], re.M), (
+        f"{doc}: no console block under {heading!r}"
+    )
+    return block.group(1)
+
+
+def console_commands(doc: str, heading: str) -> list[str]:
     commands, current = [], None
-    for line in block.splitlines():
+    for line in console_block(doc, heading).splitlines():
         if line.startswith("$ "):
             current = [line[2:]]
             commands.append(current)
@@ -38,11 +55,23 @@ def console_commands(section: str) -> list[str]:
     return ["\n".join(c) for c in commands]
 
 
-def test_the_readme_blocks_are_found():
-    train, predict = console_commands("Train"), console_commands("Predict")
+def walk_through() -> list[str]:
+    return [c for doc, heading in WALK_THROUGH for c in console_commands(doc, heading)]
+
+
+def test_the_walk_through_blocks_are_found():
+    train, predict, rest = (console_commands(doc, heading) for doc, heading in WALK_THROUGH)
     assert train[0].startswith("hetserve demo-data digits.npz")
     assert any(c.startswith("MODEL=$(hetserve train") for c in train)
-    assert any("curl" in c and "/predict" in c for c in predict)
+    assert any("--predictive noise_free" in c for c in predict)
+    assert any("curl" in c and "/v1/jobs" in c for c in rest)
+    assert any("curl" in c and "/predict" in c for c in rest)
+
+
+def test_every_readme_console_block_runs():
+    readme = CONSOLE.findall((REPO / "README.md").read_text())
+    running = [console_block(doc, heading) for doc, heading in WALK_THROUGH]
+    assert readme and [b for b in readme if b not in running] == []
 
 
 @pytest.mark.slow
@@ -59,7 +88,7 @@ def test_readme_train_and_predict_run_as_written(tmp_path):
         wait_until(lambda: "hetserve is up" in (tmp_path / "up.log").read_text()
                    or up.poll() is not None, 120, "hetserve up")  # fmt: skip
         assert up.poll() is None, (tmp_path / "up.log").read_text()
-        commands = console_commands("Train") + console_commands("Predict")
+        commands = walk_through()
         assert any("--predictive noise_free" in c for c in commands)
         script = ["set -euo pipefail"]
         for command in commands:
@@ -70,6 +99,8 @@ def test_readme_train_and_predict_run_as_written(tmp_path):
                               capture_output=True, text=True, timeout=240)  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert re.search(r"^MODEL=[0-9a-f]{32}$", done.stdout, re.M), done.stdout
+        # curl -s exits 0 on a 4xx/5xx: an error body ({"detail": ...}) is the failure
+        assert '"detail"' not in done.stdout, done.stdout[-3000:]
         assert '"num_classes":10' in done.stdout and '"status":"queued"' in done.stdout
         assert "event: end" in done.stdout  # the events stream ran to the job's end
         assert done.stdout.count("predicted ") >= 2 and '"correlated_pairs"' in done.stdout

@@ -130,7 +130,7 @@ import json, numpy as np, torch
 from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead
-from models.noise_report import _peak_rss_growth_kb, noise_report
+from models.noise_report import noise_report
 from models.spec import HeadSpec
 
 torch.set_num_threads(1)
@@ -139,7 +139,14 @@ d, k, r, n = 16, 1000, 15, 64
 model = Classifier(MLP(d, []), HetHead(HeadSpec(num_factors=r), d, k), np.zeros(d), np.ones(d))
 x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
 noise_report(model, x[:4], num_samples=2)
-report, growth = _peak_rss_growth_kb(lambda: noise_report(model, x, num_samples=8, batch_size=64))
+def status_kb(field):
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status_kb("VmRSS")
+report = noise_report(model, x, num_samples=8, batch_size=64)
+growth = status_kb("VmHWM") - before
 print(json.dumps({"growth_kb": growth, "matrix": report["flip_matrix"] is None,
                   "stds": len(report["noise_std_by_class"]), "pairs": len(report["class_pairs"])}))
 """
