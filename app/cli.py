@@ -67,7 +67,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from app.retention import collect_garbage
+    from app.retention.gc import collect_garbage
 
     report = collect_garbage(Settings(), dry_run=args.dry_run)
     if args.json:
@@ -82,7 +82,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from app.retention import BackupError, backup
+    from app.retention.backup import BackupError, backup
 
     settings = Settings()
     try:
@@ -96,7 +96,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from app.retention import BackupError, restore
+    from app.retention.backup import BackupError, restore
 
     settings = Settings()
     try:
