@@ -8,7 +8,7 @@ reader (or a process killed mid-write) never sees half a file; equal content is 
 once. The store keeps paths relative to data_dir (``resolve`` turns them back).
 
 Storing bytes that are already there refreshes the file's modification time: garbage
-collection (app/retention.py) leaves a file no row refers to alone until it is older than
+collection (app/retention/gc.py) leaves a file no row refers to alone until it is older than
 ``gc_grace_s``, and an upload or export in flight writes (or re-writes) its file before
 its row commits.
 """

@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from app import broker
 from app.db import session_scope
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
-from app.retention import JobConflict, JobNotFound, delete_job
+from app.retention.deletion import JobConflict, JobNotFound, delete_job
 from app.routers import AUTH_ERRORS, Responses
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute

@@ -3,37 +3,31 @@ the Open Inference Protocol (KServe v2) on hetserve itself.
 
 - ``GET /v1/models/{model_id}/triton``: a zip holding ``<model id>/config.pbtxt`` and
   ``<model id>/1/model.onnx`` (the file ``/onnx`` downloads, hash-checked the same way);
-  the config is app/serving/triton.py's (``max_batch_size=N`` for Triton's batching).
+  the config and the zip are app/serving/triton.py's (``max_batch_size=N`` for Triton's
+  batching).
 - ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``: open, like ``/healthz``.
 - ``GET /v2/models/{model_id}``, ``.../ready``, ``POST .../infer``: the bearer key, as
   ``/v1`` (app/gate.py; a predict-only key may infer). ``{model_id}`` is an id or an alias.
 
-Infer takes the graph's tensors by their ONNX names: ``input`` (FP32 ``[B, ...]``) and
-optionally ``num_samples`` and ``seed`` (INT64, one element) as inputs or as request
-``parameters``; it answers the graph's outputs (all, or those ``outputs`` names), each
-``{name, datatype, shape, data}`` with ``data`` flat in row-major order. The binary tensor
-data extension (tritonclient's default) is spoken both ways. Rows run through the same
-serving runtime and dynamic batcher as predict, with the same limits (rows, S) and the
-same seed semantics (a seed makes a row's outputs a function of row, S and seed; no seed,
-or a negative one: fresh draws). Errors are ``{"error": "..."}`` with a 4xx: 400 for a
-bad request, 404 for an unknown model.
+Infer's tensors and their JSON and binary encodings are app/serving/v2_codec.py's. Rows
+run through the same serving runtime and dynamic batcher as predict, with the same limits
+and seed semantics. Errors are ``{"error": "..."}`` with a 4xx: 400 for a bad request,
+404 for an unknown model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictInt, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep, require_api_key
@@ -47,35 +41,25 @@ from app.routers.predict import (
     served_model,
 )
 from app.serving.metrics import JSON_OFF_LOOP_BYTES
-from app.serving.onnx_model import OnnxModel
 from app.serving.sessions import ModelIntegrityError
-from app.serving.triton import (
-    MODEL_VERSION,
-    PLATFORM,
-    TensorSpec,
-    config_pbtxt,
-    repository_zip,
-    signature,
+from app.serving.triton import MODEL_VERSION, PLATFORM, config_pbtxt, repository_zip, signature
+from app.serving.v2_codec import (
+    HEADER_LENGTH,
+    InferenceRequest,
+    ProtocolError,
+    binary_response,
+    brief,
+    decode_inputs,
+    encode_outputs,
+    requested_outputs,
+    split_body,
+    tensor_metadata,
 )
-from models.onnx_contract import MAX_SEED
 
 ModelRef = Annotated[
     str, PathParam(min_length=1, max_length=128, description="a model id or an alias name")
 ]
 KEY = [Depends(require_api_key)]
-
-# The protocol's datatypes this route reads and writes, and their little-endian layout.
-NUMPY_DATATYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4"}
-DATATYPE_OF = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
-HEADER_LENGTH = "inference-header-content-length"
-SCALAR_INPUTS = ("num_samples", "seed")
-
-
-class ProtocolError(HTTPException):
-    """A request the protocol refuses: ``{"error": message}``, 400 unless said."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(status, message)
 
 
 def protocol_errors(handler: Callable) -> Callable:
@@ -101,47 +85,6 @@ class ProtocolRoute(ServingRoute):
 
     def get_route_handler(self) -> Callable:
         return protocol_errors(super().get_route_handler())
-
-
-class RequestTensor(BaseModel):
-    name: str
-    shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list | None = Field(None, description="row-major, flat or nested")
-
-
-class RequestedOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = Field(
-        None, description="`num_samples`, `seed`; `binary_data_output`"
-    )
-    inputs: list[RequestTensor] = Field(min_length=1)
-    outputs: list[RequestedOutput] | None = None
-
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "inputs": [
-                        {
-                            "name": "input",
-                            "shape": [1, 4],
-                            "datatype": "FP32",
-                            "data": [0.1, 0.2, 0.3, 0.4],
-                        }
-                    ],
-                    "parameters": {"num_samples": 1000, "seed": 7},
-                    "outputs": [{"name": "probs"}],
-                }
-            ]
-        }
-    }
 
 
 INFER_OPENAPI = self_read_openapi(InferenceRequest)
@@ -237,11 +180,6 @@ async def server_ready(request: Request) -> JSONResponse:
 # -- models (the bearer key) -----------------------------------------------------------------
 
 
-def tensor_metadata(spec: TensorSpec) -> dict:
-    # A rank-0 graph input is sent as one element of shape [1], as Triton declares it.
-    return {**spec.metadata(), "shape": list(spec.shape) or [1]}
-
-
 @v2_models.get(
     "/{model_id}",
     summary="Model metadata (Open Inference Protocol)",
@@ -300,180 +238,17 @@ async def infer(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
     wanted = requested_outputs(parsed, model)
     outputs = await runtime.predict(model, resolved_id, x, num_samples, seed)
     parameters = {"num_samples": num_samples, **({"seed": seed} if seed is not None else {})}
-    return encode_response(parsed, model_ref, outputs, wanted, parameters)
-
-
-# -- decoding and encoding -------------------------------------------------------------------
-
-
-def brief(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-        for e in exc.errors(include_url=False)[:5]
-    )
-
-
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(JSON header, binary tensor data) of a request (the binary data extension)."""
-    if header_length is None:
-        return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
-        raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} does not fit the body")
-    return body[: int(header_length)], body[int(header_length) :]
-
-
-def tensor_values(tensor: RequestTensor, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
-    """The tensor's values, shaped, and the offset past its binary data (if any)."""
-    dtype = NUMPY_DATATYPES.get(tensor.datatype)
-    if dtype is None:
-        raise ProtocolError(
-            f"input {tensor.name!r}: datatype {tensor.datatype!r} not supported"
-            f" (use one of {', '.join(NUMPY_DATATYPES)})"
-        )
-    count = math.prod(tensor.shape)
-    size = (tensor.parameters or {}).get("binary_data_size")
-    if size is not None:
-        itemsize = np.dtype(dtype).itemsize
-        if type(size) is not int or size != count * itemsize or offset + size > len(binary):
-            raise ProtocolError(
-                f"input {tensor.name!r}: binary_data_size {size!r} does not match shape"
-                f" {tensor.shape} of {tensor.datatype} or the data sent"
-            )
-        values = np.frombuffer(binary[offset : offset + size], dtype=dtype)
-        return values.reshape(tensor.shape), offset + size
-    if tensor.data is None:
-        raise ProtocolError(f"input {tensor.name!r}: give `data` or binary data")
-    try:
-        values = np.asarray(tensor.data, dtype=np.float64 if dtype[1] == "f" else np.int64)
-    except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(
-            f"input {tensor.name!r}: `data` must be numbers, flat or nested to the shape"
-        ) from None
-    if values.size != count:
-        raise ProtocolError(f"input {tensor.name!r}: {values.size} values for shape {tensor.shape}")
-    return values.reshape(tensor.shape), offset
-
-
-def scalar(name: str, value: Any) -> int:
-    if isinstance(value, np.ndarray):
-        if value.size != 1 or value.dtype.kind not in "iu":
-            raise ProtocolError(f"{name} must be one INT64 element, got shape {list(value.shape)}")
-        value = int(value.reshape(()))
-    if type(value) is not int:
-        raise ProtocolError(f"{name} must be an integer, got {value!r}"[:200])
-    return value
-
-
-def decode_inputs(
-    parsed: InferenceRequest, binary: bytes, model: OnnxModel, settings
-) -> tuple[np.ndarray, int, int | None]:
-    """(x [B, ...] float32, S, seed or None) from the request's inputs and parameters."""
-    given: dict[str, np.ndarray] = {}
-    view, offset = memoryview(binary), 0
-    for tensor in parsed.inputs:
-        if tensor.name != "input" and tensor.name not in SCALAR_INPUTS:
-            raise ProtocolError(
-                f"unknown input {tensor.name!r}: the model takes 'input', 'num_samples', 'seed'"
-            )
-        if tensor.name in given:
-            raise ProtocolError(f"input {tensor.name!r} given twice")
-        if tensor.name == "input" and tensor.datatype != "FP32":
-            raise ProtocolError(f"input 'input' must be FP32, got {tensor.datatype!r}")
-        if tensor.name in SCALAR_INPUTS and tensor.datatype not in ("INT64", "INT32"):
-            raise ProtocolError(f"input {tensor.name!r} must be INT64, got {tensor.datatype!r}")
-        if tensor.name == "input" and tensor.shape and tensor.shape[0] > settings.max_batch_rows:
-            raise ProtocolError(
-                f"input 'input': {tensor.shape[0]} rows; at most {settings.max_batch_rows}"
-                " per request"
-            )
-        given[tensor.name], offset = tensor_values(tensor, view, offset)
-    if offset != len(binary):
-        raise ProtocolError(f"{len(binary) - offset} bytes of binary data belong to no input")
-    if "input" not in given:
-        raise ProtocolError("input 'input' is required")
-    try:
-        x = model.check_input(given["input"].astype(np.float32))
-    except ValueError as exc:
-        raise ProtocolError(f"input 'input': {exc}") from None
-
-    parameters = parsed.parameters or {}
-    chosen: dict[str, int | None] = {}
-    for name in SCALAR_INPUTS:
-        if name in given and name in parameters:
-            raise ProtocolError(f"{name} given both as an input and as a parameter")
-        value = given.get(name, parameters.get(name))
-        chosen[name] = None if value is None else scalar(name, value)
-    num_samples = chosen["num_samples"]
-    if num_samples is None:
-        num_samples = min(model.eval_mc_samples, settings.max_mc_samples)
-    elif not 1 <= num_samples <= settings.max_mc_samples:
-        raise ProtocolError(f"num_samples must be in [1, {settings.max_mc_samples}]")
-    seed = chosen["seed"]
-    if seed is not None and seed > MAX_SEED:
-        raise ProtocolError("seed must be below 2^63 (a negative seed: fresh draws)")
-    return x, num_samples, None if seed is None or seed < 0 else seed
-
-
-def requested_outputs(parsed: InferenceRequest, model: OnnxModel) -> list[tuple[str, bool]]:
-    """(output name, as binary data) in the order asked, all of them when none asked."""
-    binary_default = bool((parsed.parameters or {}).get("binary_data_output", False))
-    if not parsed.outputs:
-        return [(name, binary_default) for name in model.output_names]
-    wanted = []
-    for output in parsed.outputs:
-        if output.name not in model.output_names:
-            raise ProtocolError(
-                f"unknown output {output.name!r}: the model has {', '.join(model.output_names)}"
-            )
-        binary = (output.parameters or {}).get("binary_data", binary_default)
-        wanted.append((output.name, bool(binary)))
-    return wanted
-
-
-def encode_response(
-    parsed: InferenceRequest,
-    model_ref: str,
-    outputs: dict[str, np.ndarray],
-    wanted: list[tuple[str, bool]],
-    parameters: dict,
-) -> Response:
-    in_json = [name for name, binary in wanted if not binary]
+    in_json = [name for name, as_binary in wanted if not as_binary]
     overflow = first_non_finite_row(outputs, in_json) if in_json else None
     if overflow is not None:
         raise ProtocolError(
             f"row {overflow}: the model's outputs overflow for this row (values far outside"
             " the training data); ask for binary outputs to receive them anyway"
         )
-    tensors, chunks = [], []
-    for name, binary in wanted:
-        value = outputs[name]
-        tensor: dict[str, Any] = {
-            "name": name,
-            "datatype": DATATYPE_OF[value.dtype],
-            "shape": list(value.shape),
-        }
-        if binary:
-            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            tensor["data"] = value.ravel().tolist()
-        tensors.append(tensor)
-    payload = {
-        "model_name": model_ref,
-        "model_version": MODEL_VERSION,
-        **({"id": parsed.id} if parsed.id is not None else {}),
-        "parameters": parameters,
-        "outputs": tensors,
-    }
+    payload, chunks = encode_outputs(parsed, model_ref, outputs, wanted, parameters)
     if not chunks:
         return json_response(payload)
-    header = bytes(json_response(payload).body)
-    return Response(
-        header + b"".join(chunks),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+    return binary_response(bytes(json_response(payload).body), chunks)
 
 
 router.include_router(v1)

@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import retention
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
+from app.retention import deletion
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.predict import ServingRoute
 from app.serving.schemas import ModelOut
@@ -130,10 +130,10 @@ def delete_model(
     model_id: ModelRef, settings: SettingsDep, artifacts: ArtifactsDep, runtime: RuntimeDep
 ) -> Response:
     try:
-        retention.delete_model(settings, artifacts, model_id)
-    except retention.ModelNotFound as exc:
+        deletion.delete_model(settings, artifacts, model_id)
+    except deletion.ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    except retention.ModelConflict as exc:
+    except deletion.ModelConflict as exc:
         raise HTTPException(409, str(exc)) from None
     runtime.directory.invalidate()
     runtime.sessions.forget(model_id)

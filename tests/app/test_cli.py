@@ -20,6 +20,11 @@ import numpy as np
 import pytest
 
 from app import cli
+from app.cli import connect
+from app.cli.jobs import build_spec, metrics_table
+from app.cli.output import redact
+from app.cli.parser import build_parser
+from app.cli.up import api_process
 from tests.waiting import free_port, wait_until
 
 HETSERVE = Path(sys.executable).with_name("hetserve")
@@ -187,14 +192,14 @@ def test_up_runs_the_api_workers_setting_with_one_fresh_metrics_folder(tmp_path)
     from app.settings import Settings
 
     env = {"PATH": "/bin"}
-    argv, api_env = cli.api_process(Settings(data_dir=tmp_path, api_workers=3), tmp_path, env)
+    argv, api_env = api_process(Settings(data_dir=tmp_path, api_workers=3), tmp_path, env)
     assert argv[argv.index("--workers") + 1] == "3" and "app.main:app" in argv
     folder = tmp_path / "metrics"
     assert api_env["PROMETHEUS_MULTIPROC_DIR"] == str(folder) and folder.is_dir()
     (folder / "counter_123.db").write_bytes(b"a previous run's values")
-    cli.api_process(Settings(data_dir=tmp_path, api_workers=2), tmp_path, env)
+    api_process(Settings(data_dir=tmp_path, api_workers=2), tmp_path, env)
     assert not any(folder.iterdir())  # emptied for each start
-    argv, api_env = cli.api_process(Settings(data_dir=tmp_path, api_workers=1), tmp_path, env)
+    argv, api_env = api_process(Settings(data_dir=tmp_path, api_workers=1), tmp_path, env)
     assert argv[argv.index("--workers") + 1] == "1" and "PROMETHEUS_MULTIPROC_DIR" not in api_env
     assert api_env["HETSERVE_AUTO_MIGRATE"] == "false" and env == {"PATH": "/bin"}
     assert Settings(data_dir=tmp_path, api_workers=0).resolved_api_workers >= 1
@@ -244,28 +249,28 @@ def test_up_exits_nonzero_when_a_child_cannot_start(tmp_path):
 
 
 def parse_train(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["train", "--dataset", "d1", *argv])
+    return build_parser().parse_args(["train", "--dataset", "d1", *argv])
 
 
 def test_train_flags_override_the_spec_json(tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({"head": {"kind": "het", "num_factors": 8},
                                      "train": {"epochs": 50, "lr": 0.01}}))  # fmt: skip
-    spec = cli.build_spec(parse_train("--spec", f"@{spec_file}", "--epochs", "3",
-                                      "--temperature", "auto", "--no-compare-baseline"))  # fmt: skip
+    spec = build_spec(parse_train("--spec", f"@{spec_file}", "--epochs", "3",
+                                  "--temperature", "auto", "--no-compare-baseline"))  # fmt: skip
     assert spec == {
         "dataset_id": "d1",
         "head": {"kind": "het", "num_factors": 8, "temperature": "auto"},
         "train": {"epochs": 3, "lr": 0.01},
         "compare_baseline": False,
     }
-    assert cli.build_spec(parse_train("--temperature", "1.5"))["head"] == {"temperature": 1.5}
+    assert build_spec(parse_train("--temperature", "1.5"))["head"] == {"temperature": 1.5}
     with pytest.raises(SystemExit):
         parse_train("--temperature", "warm")
 
 
 def test_metrics_table_puts_model_and_baseline_side_by_side():
-    table = cli.metrics_table(
+    table = metrics_table(
         {
             "model": {"test_accuracy": 0.845, "test_nll": 0.468},
             "baseline": {"test_accuracy": 0.764, "test_nll": 0.561},
@@ -281,10 +286,9 @@ def test_metrics_table_puts_model_and_baseline_side_by_side():
 
 def test_redact_hides_the_database_password():
     assert (
-        cli._redact("postgresql+psycopg://u:s3cret@db:5432/x")
-        == "postgresql+psycopg://u:***@db:5432/x"
+        redact("postgresql+psycopg://u:s3cret@db:5432/x") == "postgresql+psycopg://u:***@db:5432/x"
     )
-    assert cli._redact("sqlite:////var/h.db") == "sqlite:////var/h.db"
+    assert redact("sqlite:////var/h.db") == "sqlite:////var/h.db"
 
 
 def test_models_noise_and_label_issues_against_a_stub(monkeypatch, capsys):
@@ -312,7 +316,7 @@ def test_models_noise_and_label_issues_against_a_stub(monkeypatch, capsys):
     def stub_client(url, key, **kwargs):
         return hetserve.Client(url, key, transport=httpx.MockTransport(handler))
 
-    monkeypatch.setattr(cli, "Client", stub_client)
+    monkeypatch.setattr(connect, "Client", stub_client)
     assert cli.main(["models", "noise", "prod", "--url", "http://svc", "--key", "-k"]) == 0
     out = capsys.readouterr().out
     assert "label noise over 90 training inputs" in out and "| b ↔ c | 0.2500 | -0.5000 |" in out

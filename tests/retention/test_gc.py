@@ -14,7 +14,7 @@ import pytest
 from app import cli
 from app.artifacts import ArtifactStore
 from app.db import migrate, session_scope
-from app.retention import collect_garbage
+from app.retention.gc import collect_garbage
 from app.store import DatasetStore, JobStore
 from tests.app.service_client import make_settings
 from tests.retention.support import finished_job
