@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-train
 DEV_STAMP := $(VENV)/.installed-dev
 # mypy's scope: the API, the client and the torch-free models modules the API imports.
-MYPY_PATHS := app hetserve models/spec.py models/onnx_contract.py models/data.py models/label_issues.py
+MYPY_PATHS := app hetserve core/spec.py core/onnx_contract.py core/dataset_files.py models/label_issues.py
 
 .PHONY: test test-deploy run lint bench clean
 

@@ -37,9 +37,9 @@ import httpx
 
 import hetserve
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES, JobStatus
+from core.spec import BackboneSpec
+from core.statuses import TERMINAL_STATUSES, JobStatus
 from hetserve import Client
-from models.spec import BackboneSpec
 
 # docs/architecture.md entry points; `python -m` so the children use this interpreter's venv.
 API_COMMAND = ["-m", "uvicorn", "app.main:app"]

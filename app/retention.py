@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session
 from app.artifacts import ASIDE_PREFIX, TMP_PREFIX, ArtifactStore, sha256_file
 from app.db import get_engine, migrate, session_scope
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES
 from app.store import (
     Alias,
     Job,
@@ -48,6 +47,7 @@ from app.store import (
     lock_artifact,
     referenced_artifacts,
 )
+from core.statuses import TERMINAL_STATUSES
 
 log = logging.getLogger("hetserve.retention")
 

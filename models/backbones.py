@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import within_roots
+from core.datastore import within_roots
 
 
 class MLP(nn.Module):

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.spec import RunSpec
 from models.backbones import build_backbone
 from models.heads import Head, build_head
-from models.spec import RunSpec
 
 
 class Classifier(nn.Module):

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.spec import HeadSpec
 from models import het_fast, qmc
-from models.spec import HeadSpec
 
 MULTICLASS = "multiclass"
 MULTILABEL = "multilabel"

@@ -201,10 +201,10 @@ def main() -> None:
     """Time and peak memory at K = 1000, R = 15, D = 256, N = 2000, S = 100."""
     import time
 
+    from core.spec import HeadSpec
     from models.backbones import MLP
     from models.classifier import Classifier
     from models.heads import HetHead
-    from models.spec import HeadSpec
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -41,11 +41,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.dataset_files import ArrayDataset, standardisation, with_validation_split
+from core.datastore import ImageFiles
+from core.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
 from models.metrics import evaluate, reliability_diagram
-from models.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.streaming import streamed_batches
 
 EVAL_SEED = 12345

@@ -57,7 +57,7 @@ from app.serving.triton import (
     repository_zip,
     signature,
 )
-from models.onnx_contract import MAX_SEED
+from core.onnx_contract import MAX_SEED
 
 ModelRef = Annotated[
     str, PathParam(min_length=1, max_length=128, description="a model id or an alias name")
