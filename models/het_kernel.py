@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
+from core.settings import HetKernelMode, kernel_settings
+
 SOURCE = Path(__file__).with_name("het_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp", "-pthread"]
-ENV_SWITCH = "HETSERVE_HET_KERNEL"  # "auto" (default), "torch" (never), "kernel" (must build)
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -66,21 +67,21 @@ def _threads() -> int:
     return -n if _forked else n
 
 
-def mode() -> str:
-    value = os.environ.get(ENV_SWITCH, "auto").strip().lower() or "auto"
-    if value not in ("auto", "torch", "kernel"):
-        raise ValueError(f"{ENV_SWITCH} must be auto, torch or kernel, got {value!r}")
-    return value
+def mode() -> HetKernelMode:
+    """``HETSERVE_HET_KERNEL`` (core.settings): auto, torch or kernel."""
+    return kernel_settings().het_kernel
 
 
 def cache_dirs() -> list[Path]:
-    """Where the built library may live, in order: ``$HETSERVE_KERNEL_CACHE`` alone if set,
+    """Where the built library may live, in order: ``HETSERVE_KERNEL_CACHE`` alone if set,
     else ``~/.cache/hetserve/kernels`` (the worker image's home is its /data volume),
     ``$HETSERVE_DATA_DIR/cache/kernels`` and a temporary directory, the first writable one
     being used."""
-    if os.environ.get("HETSERVE_KERNEL_CACHE"):
-        return [Path(os.environ["HETSERVE_KERNEL_CACHE"])]
+    if (cache := kernel_settings().kernel_cache) is not None:
+        return [cache]
     dirs = [Path.home() / ".cache" / "hetserve" / "kernels"]
+    # The service's data dir only where one is set: app.settings owns it (default "var",
+    # relative to the working directory), and models does not import app.
     if os.environ.get("HETSERVE_DATA_DIR"):
         dirs.append(Path(os.environ["HETSERVE_DATA_DIR"]) / "cache" / "kernels")
     return [*dirs, Path(tempfile.gettempdir()) / f"hetserve-kernels-{os.getuid()}"]
