@@ -12,6 +12,10 @@ from models.heads import Head, build_head
 
 
 class Classifier(nn.Module):
+    # buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -171,6 +171,14 @@ def load() -> ctypes.CDLL | None:
         return lib
 
 
+def _library() -> ctypes.CDLL:
+    """The loaded library, for the functions below (their callers check ``applies``)."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the fused HET kernel is not loaded (HETSERVE_HET_KERNEL=torch?)")
+    return lib
+
+
 def applies(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernel can take these tensors: float32 on a CPU (and it loads)."""
     present = [t for t in tensors if t is not None]
@@ -189,7 +197,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
     Noise: eps_r (S, R) / (B, S, R) or None, eps_k (S, K) / (B, S, K); or, with eps_k None,
     num_samples draws per example drawn in the kernel from ``seed`` (see ``normals``).
     Gradients only if with_grad."""
-    lib = load()
+    lib = _library()
     b, k = mu.shape
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
@@ -223,7 +231,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
 def moment_sums(mu, scale, factors, eps_r, eps_k, shift, second: bool, seed=None, num_samples=None):
     """(sum_s (p_s - shift), sum_s (p_s - shift)^2 or None, sum_s H[p_s] or None), p_s =
     softmax(z_s); shift None means 0; the square and entropy sums only if ``second``."""
-    lib = load()
+    lib = _library()
     b, k = mu.shape
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
@@ -251,7 +259,7 @@ def normals(seed: int, batch: int, num_samples: int, num_classes: int, num_facto
 
     Counter-based, SplitMix64 + Box-Muller (see ``draw_normals`` in het_kernel.c): example
     b's draw s is a pure function of (seed, b * S + s, K + R)."""
-    lib = load()
+    lib = _library()
     eps_k = torch.empty(batch, num_samples, num_classes)
     eps_r = torch.empty(batch, num_samples, num_factors) if num_factors else None
     row = torch.empty(num_classes + num_factors + 1)

@@ -49,10 +49,15 @@ Baselines (``LinearHead``) raise ``NoNoiseModel``: a softmax has no noise model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 import torch
 
 from models.heads import MULTICLASS, LinearHead
+
+T = TypeVar("T")
 
 MAX_MATRIX_CLASSES = 100
 TOP_PAIRS = 20
@@ -183,7 +188,7 @@ def noise_report(
     }
 
 
-def _peak_rss_growth_kb(fn) -> tuple[object, int]:
+def _peak_rss_growth_kb(fn: Callable[[], T]) -> tuple[T, int]:
     """fn()'s result and the growth of the process's peak RSS while it ran (Linux)."""
 
     def status_kb(field):
