@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 # (.[train]); test and lint add the test and lint tools (.[dev]); bench adds .[bench].
 RUN_STAMP := $(VENV)/.installed-train
 DEV_STAMP := $(VENV)/.installed-dev
-# mypy's scope: the API, the client and the torch-free models modules the API imports.
-MYPY_PATHS := app hetserve models/spec.py models/onnx_contract.py models/data.py models/label_issues.py
+# mypy's scope: every package (the API, the worker, the training code, core, the client).
+MYPY_PATHS := app worker models core hetserve
 
 .PHONY: test test-deploy run lint bench clean
 

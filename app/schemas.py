@@ -1,6 +1,6 @@
 """Boundary models of the HTTP API: what clients send and get back.
 
-The job spec's head/backbone/train parts are models.spec's classes themselves (torch
+The job spec's head/backbone/train parts are core.spec's classes themselves (torch
 free), so the API and the worker validate a spec with the same rules.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from app.statuses import JobStatus
-from models.spec import RunParts, RunSpec, Task
+from core.spec import RunParts, RunSpec, Task
+from core.statuses import JobStatus
 
 JOB_SPEC_EXAMPLE: JsonDict = {
     "dataset_id": "3f0c9d7e1b2a4c5d8e9f0a1b2c3d4e5f",
@@ -33,7 +33,7 @@ JOB_SPEC_EXAMPLE: JsonDict = {
 
 
 class JobSpec(RunParts):
-    """POST /v1/jobs body: the run parts of models.spec plus what only the service needs."""
+    """POST /v1/jobs body: the run parts of core.spec plus what only the service needs."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]})
 

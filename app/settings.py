@@ -7,7 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from core.settings import KernelSettings
 
 
 def default_api_workers() -> int:
@@ -18,7 +20,10 @@ def default_api_workers() -> int:
     return max(min(2, cores), cores // 2)
 
 
-class Settings(BaseSettings):
+class Settings(KernelSettings):
+    """Every setting of the service; the training code's own (the HET kernel's) are
+    inherited from core.settings, which models/ reads without importing app."""
+
     model_config = SettingsConfigDict(env_prefix="HETSERVE_", env_file=None, extra="ignore")
 
     # -- where things live ---------------------------------------------------

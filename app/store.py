@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from app.statuses import TERMINAL_STATUSES, JobStatus
+from core.statuses import TERMINAL_STATUSES, JobStatus
 
 MODEL_ROLES = ("model", "baseline")
 
@@ -140,7 +140,7 @@ class Model(Base):
     # What the model learned about its training labels (app/routers/noise.py): the noise
     # report (HET multiclass; {"unavailable": reason} when the head learned no noise),
     # and the label issues of every training row as an .npz artifact
-    # (app/label_issues_file.py). NULL: not computed (a model trained before they were,
+    # (core/label_issues_file.py). NULL: not computed (a model trained before they were,
     # a baseline's noise report, a multilabel model).
     noise_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     label_issues_path: Mapped[str | None] = mapped_column(Text, nullable=True)

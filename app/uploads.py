@@ -1,6 +1,6 @@
 """Dataset uploads → the canonical dataset the API stores (numpy + Pillow, no torch).
 
-Reading and validation live once, in models.data (torch free): the worker loads the
+Reading and validation live once, in core.dataset_files (torch free): the worker loads the
 stored file with the same functions. This module adds what only the HTTP side needs:
 the stored form (a canonical ``.npz``) and the facts a dataset row records.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from models.data import ArrayDataset, TooLarge, from_arrays, read_upload
-from models.data import DatasetError as UploadError
-from models.data import decode_image as decode_image
-from models.data import read_image_zip as read_image_zip
+from core.dataset_files import ArrayDataset, TooLarge, from_arrays, read_upload
+from core.dataset_files import DatasetError as UploadError
+from core.dataset_files import decode_image as decode_image
+from core.dataset_files import read_image_zip as read_image_zip
 
 __all__ = [
     "CanonicalDataset",
@@ -76,7 +76,7 @@ def decode_slot(limit: int, wait_s: float) -> Iterator[None]:
 
 
 def parse_upload(filename: str, data: bytes, **options: Any) -> tuple[str, CanonicalDataset]:
-    """Parse and validate an upload (``models.data.read_upload``, whose keyword options
+    """Parse and validate an upload (``core.dataset_files.read_upload``, whose keyword options
     it takes); return (format, canonical dataset). TooLarge (an UploadError) when it would
     expand past ``max_expanded_bytes``."""
     fmt, ds = read_upload(filename, data, **options)

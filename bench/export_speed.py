@@ -28,9 +28,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import build_onnx, core_onnx, counter_normals, noise_width
-from models.spec import BackboneSpec, HeadSpec, RunSpec
 from models.uncertainty import predictive_uncertainty
 
 D = 128

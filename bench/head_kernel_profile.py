@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
+from core.spec import HeadSpec  # noqa: E402
 from models.heads import HetHead  # noqa: E402
-from models.spec import HeadSpec  # noqa: E402
 
 SAMPLES = 1000
 SHAPES = [(128, 256, 10, 5), (128, 512, 100, 10), (64, 2048, 1000, 15)]

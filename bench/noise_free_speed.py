@@ -30,8 +30,8 @@ import onnxruntime as ort
 import torch
 from export_speed import D, R, make_model, session, time_round_robin  # bench/: run as a script
 
+from core.spec import HeadSpec
 from models.export import build_onnx
-from models.spec import HeadSpec
 
 
 def main() -> None:

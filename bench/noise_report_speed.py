@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
+from core.spec import HeadSpec
 from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead
 from models.noise_report import noise_report
-from models.spec import HeadSpec
 
 
 def peak_rss_growth_kb(fn) -> tuple[object, int]:

@@ -50,8 +50,8 @@ def trained_digits_head(rows: int, seed: int = 0, labels: bool = False):
     inputs (and their labels, with labels=True)."""
     from sklearn.datasets import load_digits
 
+    from core.spec import HeadSpec
     from models.heads import HetHead
-    from models.spec import HeadSpec
 
     torch.manual_seed(seed)
     x, y = load_digits(return_X_y=True)

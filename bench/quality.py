@@ -42,11 +42,11 @@ from dataclasses import replace  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec  # noqa: E402
 from models.benchmarks import DIGIT_PAIRS, noisy_blobs, noisy_digits  # noqa: E402
 from models.label_issues import find_label_issues, noise_free_probs  # noqa: E402
 from models.metrics import multiclass_metrics  # noqa: E402
 from models.noise_report import noise_report  # noqa: E402
-from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec  # noqa: E402
 from models.train import predict_proba, resolve_device, train  # noqa: E402
 
 DATASETS = {"noisy digits": noisy_digits, "noisy blobs": noisy_blobs}

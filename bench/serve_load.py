@@ -197,9 +197,9 @@ def server_cpu_seconds(port: int) -> float:
 def export_het_mlp(path: Path, num_classes: int) -> Path:
     import torch
 
+    from core.spec import BackboneSpec, HeadSpec, RunSpec
     from models.classifier import build_classifier
     from models.export import export_onnx
-    from models.spec import BackboneSpec, HeadSpec, RunSpec
 
     torch.manual_seed(0)
     spec = RunSpec(

@@ -3,7 +3,7 @@ a folder 10x larger: the streamed path's peak RSS must not grow with the dataset
 
 Each run is a fresh subprocess: it writes nothing but reads a folder of random
 64x64 PNGs (made once per size under a temporary folder), opens it the way the worker
-does (models.data.scan_reference -> open_manifest, ImageFiles), and trains one epoch of
+does (core.datastore.scan_reference -> open_manifest, ImageFiles), and trains one epoch of
 a small CNN with a HET head (models.train.train_run: streaming DataLoader, validation,
 final evaluation). Peak RSS: ru_maxrss of the process (and, separately, of its largest
 DataLoader worker). For contrast, ``--in-memory`` decodes the same folder whole first
@@ -55,8 +55,8 @@ def make_folder(root: Path, n: int, classes: int = 4) -> Path:
 def child(folder: str, workers: int, in_memory: bool) -> dict:
     import torch
 
-    from models.data import open_manifest, scan_reference
-    from models.spec import RunSpec
+    from core.datastore import open_manifest, scan_reference
+    from core.spec import RunSpec
     from models.train import Callbacks, train_run
 
     torch.set_num_threads(1)

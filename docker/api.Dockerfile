@@ -22,6 +22,7 @@ COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
  && pip install -r requirements.txt
 COPY app ./app
+COPY core ./core
 COPY models ./models
 COPY worker ./worker
 COPY hetserve ./hetserve

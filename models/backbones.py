@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import within_roots
+from core.datastore import within_roots
 
 
 class MLP(nn.Module):
@@ -157,7 +157,7 @@ class ResNet(nn.Module):
         return x.mean((-1, -2))  # torchvision's AdaptiveAvgPool2d(1) + flatten
 
 
-RESNETS = {
+RESNETS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int], bool]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2), False),
     "resnet50": (Bottleneck, (3, 4, 6, 3), False),
     "resnet18_cifar": (BasicBlock, (2, 2, 2, 2), True),
@@ -229,7 +229,7 @@ def resolve_weights(spec, input_shape: list[int], weights_dir: str | Path | None
     return resolved
 
 
-def build_backbone(spec, input_shape: list[int]) -> nn.Module:
+def build_backbone(spec, input_shape: list[int]) -> MLP | SmallCNN | ResNet:
     """From a BackboneSpec and one example's shape ([D] or [C, H, W]); with its
     ``weights`` loaded (an absolute path or file:// URI by now: the worker resolves)."""
     if spec.kind == "mlp":

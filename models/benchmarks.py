@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.data import ArrayDataset, validate
+from core.dataset_files import ArrayDataset, validate
 
 DIGIT_PAIRS = ((0, 2), (1, 7), (3, 8), (4, 9), (5, 6))
 MAX_FLIP = 0.5
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset as an uploadable .npz (the CLI's demo runs this in a child interpreter)."""
     import argparse
 
-    from models.data import save_npz
+    from core.dataset_files import save_npz
 
     parser = argparse.ArgumentParser(prog="python -m models.benchmarks")
     parser.add_argument("name", choices=["noisy_digits", "noisy_blobs"])

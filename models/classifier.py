@@ -6,12 +6,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.spec import RunSpec
 from models.backbones import build_backbone
 from models.heads import Head, build_head
-from models.spec import RunSpec
 
 
 class Classifier(nn.Module):
+    # buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -1,7 +1,7 @@
 """Export a trained Classifier to one self-contained ONNX file with the MC sampling inside.
 
 The file's contract (docs/export.md has the full version; the names are in
-``models.onnx_contract``):
+``core.onnx_contract``):
 
     inputs   input        float32 [B, ...]   raw features; standardisation is in the graph
              num_samples  int64 scalar       S, optional (default: the model's eval S);
@@ -18,7 +18,7 @@ The file's contract (docs/export.md has the full version; the names are in
              mc_stderr         [B, K]   standard error of probs (QMC: from 8 independent shifts)
 
 With num_samples <= 0 a HET graph skips the sampler and the MC moments (an ONNX If): the
-SAMPLED_OUTPUTS of ``models.onnx_contract`` come back as zeros, the rest exact (the top
+SAMPLED_OUTPUTS of ``core.onnx_contract`` come back as zeros, the rest exact (the top
 classes then ranked by noise_free_probs).
 
 Three parts, one module each:
@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from core.onnx_contract import META_PREFIX, OUTPUT_NAMES, RESERVED_METADATA
 from models.classifier import Classifier
 from models.export_core import OPSET, core_onnx, is_sampled, noise_width
 from models.export_parity import ParityError, check_parity, parity_rows
@@ -61,7 +62,6 @@ from models.export_sampler import (
     with_ignored_sampling_inputs,
     with_sampler,
 )
-from models.onnx_contract import META_PREFIX, OUTPUT_NAMES, RESERVED_METADATA
 
 __all__ = [
     "OPSET",

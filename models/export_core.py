@@ -17,10 +17,10 @@ import onnx
 import torch
 from torch import nn
 
+from core.onnx_contract import OUTPUT_NAMES
 from models import qmc
 from models.classifier import Classifier
 from models.heads import MULTICLASS, LogitGaussian, noise_free_from_logits, reference_moments
-from models.onnx_contract import OUTPUT_NAMES
 from models.uncertainty import entropy_of, top_correlations
 
 OPSET = 18

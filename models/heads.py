@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.spec import HeadSpec
 from models import het_fast, qmc
-from models.spec import HeadSpec
 
 MULTICLASS = "multiclass"
 MULTILABEL = "multilabel"
@@ -82,6 +82,7 @@ class LogitGaussian:
     def factor_matrix(self) -> torch.Tensor | None:
         """V(x) as an explicit (B, K, R) tensor."""
         if self.factor_basis is not None:
+            assert self.factor_scale is not None  # set together with factor_basis
             return self.factor_scale.unsqueeze(-1) * self.factor_basis
         return self.factors
 
@@ -127,10 +128,12 @@ class LogitGaussian:
         if eps_r is None or self.num_factors == 0:
             return torch.addcmul(mu, scale, eps_k)
         if self.factor_basis is not None:  # diag(v) J eps_R = v * (J eps_R)
+            assert self.factor_scale is not None  # set together with factor_basis
             u = torch.addcmul(mu, scale, eps_k)
             return u.addcmul_(self.factor_scale.unsqueeze(1), eps_r @ self.factor_basis.T)
         # mu + V eps_R as one GEMM, [1, eps_R] @ [mu; V^T] (faster in onnxruntime than a
         # product and a sum), then d * eps_K in place.
+        assert self.factors is not None  # num_factors > 0 without a basis
         ones = eps_r.new_ones(*eps_r.shape[:-1], 1)
         loc_and_factors = torch.cat([mu, self.factors.transpose(1, 2)], 1)  # (B, 1 + R, K)
         u = torch.matmul(torch.cat([ones, eps_r], -1), loc_and_factors)
@@ -290,8 +293,11 @@ class HetHead(nn.Module):
         min_scale: the floor of d(x).
     """
 
-    kind = "het"
+    kind: Literal["het", "softmax"] = "het"
     fast = True
+    # buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not
+    temperature_bounds: torch.Tensor  # (lo, hi), a learned temperature only
+    fixed_temperature: torch.Tensor
 
     def __init__(
         self,
@@ -537,7 +543,8 @@ class LinearHead(nn.Module):
     Gaussian has zero scale, so the uncertainty outputs degrade to their exact values.
     """
 
-    kind = "softmax"
+    kind: Literal["het", "softmax"] = "softmax"
+    fixed_temperature: torch.Tensor  # a buffer (register_buffer)
     num_factors = 0
     parameter_efficient = False
     learned_temperature = False

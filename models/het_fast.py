@@ -96,7 +96,9 @@ class _Draws:
             eps_r = None if eps_r is None else eps_r.transpose(-1, -2).contiguous()
         self.eps_r, self.eps_k = eps_r, eps_k
         self.num_samples = eps_k.shape[-1] if class_major else eps_k.shape[-2]
-        self._stacked = None  # [mu; V^T] (B, 1 + R, K), or [mu, V] (B, K, 1 + R) class-major
+        self._stacked: torch.Tensor | None = (
+            None  # [mu; V^T] (B, 1 + R, K), or [mu, V] (B, K, 1 + R) class-major
+        )
 
     def sample(self, eps_r, eps_k) -> torch.Tensor:
         """latent.sample(eps_r, eps_k) for one chunk, in this layout; a fresh tensor.
@@ -194,9 +196,10 @@ def seeded_moments(latent, noise: SeededNoise, second: bool = True) -> dict[str,
     sums = het_kernel.moment_sums(
         latent.mu, latent.scale, factors, None, None, shift, second, noise.seed, noise.num_samples
     )
+    total, total_sq, total_ent = sums
     if not second:
-        return {"probs": sums[0] / noise.num_samples}
-    return _finish_moments(shift, *sums, noise.num_samples)
+        return {"probs": total / noise.num_samples}
+    return _finish_moments(shift, total, total_sq, total_ent, noise.num_samples)
 
 
 def _needs_grad(latent, factors) -> bool:
@@ -383,6 +386,7 @@ class _MulticlassLogLikelihood(torch.autograd.Function):
             if factors is not None and not cm:
                 sums["factors"] = sums["factors"].transpose(1, 2)
             ctx.names = list(sums)
+            assert running_max is not None  # set by the first chunk of draws
             # divide by sum_s exp(log p_s - m) = exp(L - m) to turn the sums into w_s-weighted ones
             ctx.save_for_backward(torch.exp(running_max - total), *sums.values())
         return total

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
+from core.settings import HetKernelMode, kernel_settings
+
 SOURCE = Path(__file__).with_name("het_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp", "-pthread"]
-ENV_SWITCH = "HETSERVE_HET_KERNEL"  # "auto" (default), "torch" (never), "kernel" (must build)
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -66,21 +67,21 @@ def _threads() -> int:
     return -n if _forked else n
 
 
-def mode() -> str:
-    value = os.environ.get(ENV_SWITCH, "auto").strip().lower() or "auto"
-    if value not in ("auto", "torch", "kernel"):
-        raise ValueError(f"{ENV_SWITCH} must be auto, torch or kernel, got {value!r}")
-    return value
+def mode() -> HetKernelMode:
+    """``HETSERVE_HET_KERNEL`` (core.settings): auto, torch or kernel."""
+    return kernel_settings().het_kernel
 
 
 def cache_dirs() -> list[Path]:
-    """Where the built library may live, in order: ``$HETSERVE_KERNEL_CACHE`` alone if set,
+    """Where the built library may live, in order: ``HETSERVE_KERNEL_CACHE`` alone if set,
     else ``~/.cache/hetserve/kernels`` (the worker image's home is its /data volume),
     ``$HETSERVE_DATA_DIR/cache/kernels`` and a temporary directory, the first writable one
     being used."""
-    if os.environ.get("HETSERVE_KERNEL_CACHE"):
-        return [Path(os.environ["HETSERVE_KERNEL_CACHE"])]
+    if (cache := kernel_settings().kernel_cache) is not None:
+        return [cache]
     dirs = [Path.home() / ".cache" / "hetserve" / "kernels"]
+    # The service's data dir only where one is set: app.settings owns it (default "var",
+    # relative to the working directory), and models does not import app.
     if os.environ.get("HETSERVE_DATA_DIR"):
         dirs.append(Path(os.environ["HETSERVE_DATA_DIR"]) / "cache" / "kernels")
     return [*dirs, Path(tempfile.gettempdir()) / f"hetserve-kernels-{os.getuid()}"]
@@ -170,6 +171,14 @@ def load() -> ctypes.CDLL | None:
         return lib
 
 
+def _library() -> ctypes.CDLL:
+    """The loaded library, for the functions below (their callers check ``applies``)."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the fused HET kernel is not loaded (HETSERVE_HET_KERNEL=torch?)")
+    return lib
+
+
 def applies(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernel can take these tensors: float32 on a CPU (and it loads)."""
     present = [t for t in tensors if t is not None]
@@ -188,7 +197,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
     Noise: eps_r (S, R) / (B, S, R) or None, eps_k (S, K) / (B, S, K); or, with eps_k None,
     num_samples draws per example drawn in the kernel from ``seed`` (see ``normals``).
     Gradients only if with_grad."""
-    lib = load()
+    lib = _library()
     b, k = mu.shape
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
@@ -222,7 +231,7 @@ def loglik(mu, scale, factors, eps_r, eps_k, y, with_grad: bool, seed=None, num_
 def moment_sums(mu, scale, factors, eps_r, eps_k, shift, second: bool, seed=None, num_samples=None):
     """(sum_s (p_s - shift), sum_s (p_s - shift)^2 or None, sum_s H[p_s] or None), p_s =
     softmax(z_s); shift None means 0; the square and entropy sums only if ``second``."""
-    lib = load()
+    lib = _library()
     b, k = mu.shape
     r = 0 if factors is None else factors.shape[2]
     num = eps_k.shape[-2] if eps_k is not None else int(num_samples)
@@ -250,7 +259,7 @@ def normals(seed: int, batch: int, num_samples: int, num_classes: int, num_facto
 
     Counter-based, SplitMix64 + Box-Muller (see ``draw_normals`` in het_kernel.c): example
     b's draw s is a pure function of (seed, b * S + s, K + R)."""
-    lib = load()
+    lib = _library()
     eps_k = torch.empty(batch, num_samples, num_classes)
     eps_r = torch.empty(batch, num_samples, num_factors) if num_factors else None
     row = torch.empty(num_classes + num_factors + 1)

@@ -92,8 +92,8 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray) -> dict:
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     p = np.clip(probs, _EPS, 1 - _EPS)
-    aps = [average_precision(probs[:, k], y[:, k]) for k in range(y.shape[1])]
-    aps = [a for a in aps if a is not None]
+    per_label = [average_precision(probs[:, k], y[:, k]) for k in range(y.shape[1])]
+    aps = [a for a in per_label if a is not None]
     flat_conf = np.where(probs >= 0.5, probs, 1 - probs).ravel()
     flat_correct = ((probs >= 0.5) == (y == 1)).astype(np.float64).ravel()
     return {

@@ -1,11 +1,11 @@
 """Streaming an image folder through a ``torch.utils.data.DataLoader``.
 
-The dataset a registered image folder becomes (``models.data.ImageFiles``) holds paths,
+The dataset a registered image folder becomes (``core.datastore.ImageFiles``) holds paths,
 not pixels: each item is opened through the folder's fsspec store (a local folder, or
 an ``s3://`` prefix: each loader process opens its own s3fs client), checked against
 the manifest (size and mtime on disk, size and ETag in object storage: a changed or
 missing file fails the job, named), decoded and resized in a loader process with exactly
-the preprocessing predict applies to ``images`` (``models.data.decode_image``: RGB or
+the preprocessing predict applies to ``images`` (``core.dataset_files.decode_image``: RGB or
 grayscale, bilinear resize to the stored size, [0, 1]); the classifier normalises with
 the per-channel mean and std it stores, and the training loop augments each batch as it
 does for in-memory images. Memory stays a few batches whatever the dataset size.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.data import ImageFiles
+from core.datastore import ImageFiles
 
 
 class ImageFilesDataset(Dataset):

@@ -33,6 +33,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,11 +42,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.dataset_files import ArrayDataset, standardisation, with_validation_split
+from core.datastore import ImageFiles
+from core.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
 from models.metrics import evaluate, reliability_diagram
-from models.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.streaming import streamed_batches
 
 EVAL_SEED = 12345
@@ -92,6 +94,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _lead_result(result: TrainResult | None) -> TrainResult:
+    """A run's result in this process, the lead (rank 0): only other ranks return None."""
+    if result is None:
+        raise RuntimeError("the lead process of a training run returned no result")
+    return result
+
+
 def train(
     spec: RunSpec,
     data: ArrayDataset,
@@ -101,13 +110,13 @@ def train(
     """Train per spec; "auto" temperature sweeps spec.head.temperature_grid."""
     callbacks = callbacks or Callbacks()
     data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
-    run = train_run
+    run: Callable[..., TrainResult | None] = train_run
     if spec.train.devices > 1:
         check_devices(spec.train.devices, resolve_device(spec.train.device))
         run = train_run_ddp
     if not spec.auto_temperature:
         path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-        return run(spec, data, callbacks, path)
+        return _lead_result(run(spec, data, callbacks, path))
 
     grid = spec.head.temperature_grid
     results = []
@@ -117,7 +126,9 @@ def train(
             if checkpoint_dir
             else None
         )
-        r = run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
+        r = _lead_result(
+            run(spec.with_temperature(tau), data, callbacks, path, candidate=(i, len(grid)))
+        )
         results.append(r)
     best, table = select_temperature(
         [(tau, r.metrics) for tau, r in zip(grid, results, strict=True)]
@@ -338,9 +349,10 @@ def train_run(
     lead = ranks.rank == 0
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # parameter init (the same on every rank) and dropout
-    streaming = isinstance(data.x_train, ImageFiles)
-    if streaming:  # an image folder on disk: stats from a sample, batches streamed
-        mean, std = data.x_train.standardisation(seed=cfg.seed)
+    x_images = data.x_train if isinstance(data.x_train, ImageFiles) else None
+    streaming = x_images is not None
+    if x_images is not None:  # an image folder on disk: stats from a sample, batches streamed
+        mean, std = x_images.standardisation(seed=cfg.seed)
     else:
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
@@ -350,6 +362,8 @@ def train_run(
     # A streamed folder is evaluated a training batch at a time: memory stays a few
     # batches whatever the size of the validation and test splits.
     eval_rows = cfg.batch_size if streaming else None
+    x_train: np.ndarray | torch.Tensor
+    y_train: np.ndarray | torch.Tensor
     if streaming:
         x_train, y_train = data.x_train, data.y_train
     else:
@@ -380,7 +394,7 @@ def train_run(
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.rank)
     images = x_train.ndim == 4
     autocast, layout = mixed_precision(device, images)
-    model.to(memory_format=layout)
+    model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stub of Module.to omits memory_format
     step_loss: nn.Module = TrainingLoss(model, autocast)
     if ranks.world > 1:
         step_loss = DistributedDataParallel(
@@ -388,7 +402,7 @@ def train_run(
         )
 
     start_epoch, history = 0, []
-    best = {"nll": math.inf, "epoch": -1, "state": None}
+    best: dict[str, Any] = {"nll": math.inf, "epoch": -1, "state": None}
     if checkpoint_path is not None and checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -417,8 +431,8 @@ def train_run(
             for batch in perm.split(cfg.batch_size)
             if len(batch) >= ranks.world
         ]
-        if streaming:
-            batches = streamed_batches(x_train, y_train, shares, device)
+        if x_images is not None:
+            batches = streamed_batches(x_images, data.y_train, shares, device)
         else:
             batches = ((x_train[b], y_train[b]) for b in (share.to(device) for share in shares))
         running, seen = 0.0, 0

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from core.onnx_contract import rank_pairs
 from models.heads import MULTICLASS, Head
-from models.onnx_contract import rank_pairs
 
 TOP_CLASSES = 10
 

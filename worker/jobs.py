@@ -46,20 +46,21 @@ import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from app import label_issues_file
 from app.artifacts import ArtifactStore
 from app.db import ping as ping_store
 from app.db import session_scope
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import DatasetStore, Job, JobStore, Model, ModelStore
+from core import label_issues_file
+from core.dataset_files import ArrayDataset, load_dataset
+from core.datastore import ImageFiles, open_manifest
+from core.spec import RunSpec, temperature_label, validate_run
+from core.statuses import TERMINAL_STATUSES, JobStatus
 from models.backbones import resolve_weights
-from models.data import ArrayDataset, ImageFiles, load_dataset, open_manifest
 from models.export import export_onnx
 from models.heads import LinearHead
 from models.label_issues import find_label_issues, noise_free_probs
 from models.noise_report import NoNoiseModel, noise_report
-from models.spec import RunSpec, temperature_label, validate_run
 from models.train import Callbacks, Cancelled, TrainResult, select_temperature, train
 
 log = logging.getLogger("hetserve.worker")

@@ -35,8 +35,8 @@ from sqlalchemy import create_engine, select, text
 from app.broker import TRAIN_QUEUE, TRAIN_TASK
 from app.db import session_scope
 from app.settings import Settings
-from app.statuses import JobStatus
 from app.store import Job, utcnow
+from core.statuses import JobStatus
 from worker import jobs
 
 log = logging.getLogger("hetserve.worker")

@@ -20,7 +20,7 @@ from app.cli.jobs import parse_temperature, print_job
 from app.cli.output import CliError
 from app.cli.predict import prediction_summary
 from app.cli.progress import follow_job
-from app.statuses import JobStatus
+from core.statuses import JobStatus
 
 DEMO_DATASET_COMMAND = ["-m", "models.benchmarks", "noisy_digits"]
 

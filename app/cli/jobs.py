@@ -16,9 +16,9 @@ from app.cli.arguments import Commands
 from app.cli.connect import client_from
 from app.cli.output import CliError, print_json
 from app.cli.progress import follow_job
-from app.statuses import TERMINAL_STATUSES, JobStatus
+from core.spec import BackboneSpec
+from core.statuses import TERMINAL_STATUSES, JobStatus
 from hetserve import Client
-from models.spec import BackboneSpec
 
 
 def build_spec(args: argparse.Namespace) -> dict:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import hetserve
-from app.statuses import JobStatus
+from core.statuses import JobStatus
 from hetserve import Client
 
 

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES
 from app.store import Alias, Job, JobHistory, JobStore, Model, artifact_references, lock_artifact
+from core.statuses import TERMINAL_STATUSES
 
 log = logging.getLogger("hetserve.retention")
 

@@ -21,8 +21,8 @@ from app.artifacts import ASIDE_PREFIX, TMP_PREFIX, ArtifactStore
 from app.db import session_scope
 from app.retention.deletion import remove_after_commit
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES
 from app.store import Job, lock_artifact, referenced_artifacts
+from core.statuses import TERMINAL_STATUSES
 
 log = logging.getLogger("hetserve.retention")
 

@@ -24,9 +24,9 @@ from app.routers import AUTH_ERRORS, Responses
 from app.schemas import JobOut, JobSpec
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
-from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import Dataset, DatasetStore, Job, JobHistory, JobStore
-from models.spec import SpecMismatch, check_fits
+from core.spec import SpecMismatch, check_fits
+from core.statuses import TERMINAL_STATUSES, JobStatus
 
 router = APIRouter(
     prefix="/v1/jobs",

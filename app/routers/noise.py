@@ -17,13 +17,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from app import label_issues_file
 from app.deps import ArtifactsDep, SessionDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, Responses
 from app.routers.models import ModelRef, find_model
 from app.routers.predict import ServingRoute
 from app.serving.schemas import LabelIssuesOut, NoiseReportOut
 from app.store import Job, Model
+from core import label_issues_file
 
 router = APIRouter(prefix="/v1/models", tags=["noise"], route_class=ServingRoute)
 

@@ -59,7 +59,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike
 
-from models.onnx_contract import MAX_SEED, META_PREFIX, REQUIRED_METADATA, rank_pairs
+from core.onnx_contract import MAX_SEED, META_PREFIX, REQUIRED_METADATA, rank_pairs
 
 NOISE_FREE_OUTPUT = "noise_free_probs"
 PREDICTIVES = ("marginal", "noise_free")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from models.onnx_contract import MAX_SEED
+from core.onnx_contract import MAX_SEED
 
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 

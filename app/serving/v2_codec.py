@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from app.serving.onnx_model import OnnxModel
 from app.serving.triton import MODEL_VERSION, TensorSpec
-from models.onnx_contract import MAX_SEED
+from core.onnx_contract import MAX_SEED
 
 # The protocol's datatypes the /v2 routes read and write, and their little-endian layout.
 NUMPY_DATATYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4"}

@@ -55,9 +55,9 @@ def exported(name: str) -> Path:
     (K=3) or "image" (small CNN on 1 x 8 x 8, K=4)."""
     import torch
 
+    from core.spec import BackboneSpec, HeadSpec, RunSpec
     from models.classifier import build_classifier
     from models.export import export_onnx
-    from models.spec import BackboneSpec, HeadSpec, RunSpec
 
     torch.manual_seed(0)
     head = HeadSpec(kind="het", num_factors=3, temperature=1.5, eval_mc_samples=EVAL_S)

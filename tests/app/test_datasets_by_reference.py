@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from models.data import DatasetError, check_manifest
+from core.dataset_files import DatasetError
+from core.datastore import check_manifest
 from tests.app.service_client import (
     AUTH,
     client_for,

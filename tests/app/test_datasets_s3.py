@@ -20,7 +20,8 @@ moto_server = pytest.importorskip(
 
 from app.db import session_scope  # noqa: E402
 from app.store import JobStore  # noqa: E402
-from models.data import DatasetError, check_manifest, open_manifest  # noqa: E402
+from core.dataset_files import DatasetError  # noqa: E402
+from core.datastore import check_manifest, open_manifest  # noqa: E402
 from tests.app.service_client import (  # noqa: E402
     AUTH,
     client_for,
@@ -207,7 +208,7 @@ def test_training_streams_an_s3_folder_and_a_job_names_a_changed_object(service,
     """models.train.train on the worker's dataset (open_manifest) with a DataLoader process
     that opens its own s3fs client (s3fs is not fork-safe); then the worker's own path
     (worker.jobs.run_job in-process, its settings' endpoint) fails naming the object."""
-    from models.spec import RunSpec
+    from core.spec import RunSpec
     from models.train import train
     from worker import jobs
 

@@ -16,10 +16,10 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from app.serving.onnx_model import ModelFileError, OnnxModel
+from core.onnx_contract import rank_pairs
+from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import export_onnx
-from models.onnx_contract import rank_pairs
-from models.spec import BackboneSpec, HeadSpec, RunSpec
 
 D, K = 5, 12
 CLASS_NAMES = [f"class-{i}" for i in range(K)]

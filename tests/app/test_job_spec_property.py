@@ -1,6 +1,6 @@
 """POST /v1/jobs refuses (422) exactly the specs the worker would refuse.
 
-The worker, before it trains, runs models.spec.validate_run on the stored spec and the
+The worker, before it trains, runs core.spec.validate_run on the stored spec and the
 dataset's row (the spec parses and fits the dataset). Generated specs, valid or not, go
 to the API; each answer must be 422 iff that check fails, and a spec the API accepted
 must pass the check again as stored.
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from models.spec import SpecMismatch, validate_run
+from core.spec import SpecMismatch, validate_run
 from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
 

@@ -17,7 +17,7 @@ import tritonclient.http as triton_http
 from google.protobuf import text_format
 from tritonclient.utils import InferenceServerException
 
-from models.onnx_contract import OUTPUT_NAMES
+from core.onnx_contract import OUTPUT_NAMES
 from tests.app.serving_support import (
     API_KEY,
     IMAGE_SHAPE,

@@ -1,10 +1,10 @@
-"""app/label_issues_file.py: the label-issues artifact, written and read back in part."""
+"""core/label_issues_file.py: the label-issues artifact, written and read back in part."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from app import label_issues_file
+from core import label_issues_file
 
 
 def test_sorted_most_suspect_first_deterministic_and_read_in_part(tmp_path):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app import db, label_issues_file
+from app import db
 from app.artifacts import ArtifactStore
 from app.main import create_app
 from app.store import DatasetStore, JobStore, ModelStore
+from core import label_issues_file
 from tests.app.service_client import AUTH, make_settings
 
 NAMES = ["cat", "dog", "fox"]

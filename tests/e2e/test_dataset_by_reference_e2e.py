@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from core.spec import BackboneSpec
 from models.backbones import build_backbone
-from models.spec import BackboneSpec
 from tests.faults.test_dataset_by_reference_jobs import synthetic_folder
 from tests.waiting import wait_until
 

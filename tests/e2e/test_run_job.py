@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from app import label_issues_file
 from app.artifacts import ArtifactStore
 from app.db import migrate, session_scope
 from app.settings import Settings
 from app.store import DatasetStore, JobStore, ModelStore
 from app.uploads import validate_arrays
-from models.spec import RunSpec
+from core import label_issues_file
+from core.spec import RunSpec
 from worker.jobs import Unit, job_units, run_job
 
 SPEC = {
@@ -184,8 +184,8 @@ def test_a_multilabel_job_stores_neither(settings):
 
 
 def test_label_knowledge_in_row_chunks_equals_one_pass(monkeypatch):
+    from core.dataset_files import ArrayDataset
     from models.classifier import build_classifier
-    from models.data import ArrayDataset
     from worker import jobs
 
     rng = np.random.default_rng(3)

@@ -4,8 +4,8 @@ job ends cancelled, no model is registered, no ONNX file (nor label-issues file)
 from __future__ import annotations
 
 from app.db import session_scope
-from app.statuses import JobStatus
 from app.store import JobStore, ModelStore
+from core.statuses import JobStatus
 from tests.faults.support import add_dataset, add_job, base_env, prepare
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 
 from app import broker
 from app.db import session_scope
-from app.statuses import TERMINAL_STATUSES, JobStatus
 from app.store import JobStore, ModelStore
+from core.statuses import TERMINAL_STATUSES, JobStatus
 from tests.faults.support import (
     add_dataset,
     add_job,

@@ -11,16 +11,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.backbones import (
-    WeightsError,
-    build_backbone,
-    load_backbone_weights,
-    resolve_weights,
-    weights_path,
-)
-from models.classifier import build_classifier
-from models.data import ArrayDataset, validate
-from models.spec import (
+from core.dataset_files import ArrayDataset, validate
+from core.spec import (
     BackboneSpec,
     HeadSpec,
     RunSpec,
@@ -29,6 +21,14 @@ from models.spec import (
     check_fits,
     training_bytes,
 )
+from models.backbones import (
+    WeightsError,
+    build_backbone,
+    load_backbone_weights,
+    resolve_weights,
+    weights_path,
+)
+from models.classifier import build_classifier
 from models.train import train
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from models.data import (
+from core.dataset_files import (
     ArrayDataset,
     DatasetError,
     load_dataset,

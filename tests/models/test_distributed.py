@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.dataset_files import ArrayDataset, validate
+from core.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
 from models.classifier import build_classifier
-from models.data import ArrayDataset, validate
-from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
 from models.train import Callbacks, DeviceError, TrainingLoss, check_devices, mixed_precision, train
 
 

@@ -23,6 +23,8 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from app.serving.onnx_model import OnnxModel
+from core.onnx_contract import SAMPLED_OUTPUTS
+from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import (
     OPSET,
@@ -33,8 +35,6 @@ from models.export import (
     sampler_nodes,
     sampler_normals,
 )
-from models.onnx_contract import SAMPLED_OUTPUTS
-from models.spec import BackboneSpec, HeadSpec, RunSpec
 from models.uncertainty import predictive_uncertainty, top_correlations
 
 D = 6

@@ -15,7 +15,7 @@ import sys
 PEAK_RSS_SCRIPT = r"""
 import json, sys, torch
 from models.heads import HetHead
-from models.spec import HeadSpec
+from core.spec import HeadSpec
 
 def status_kb(field):
     with open("/proc/self/status") as f:

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.spec import HeadSpec
 from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead, LogitGaussian, build_head
-from models.spec import HeadSpec
 
 TUNING = ("fast", "chunk_elements", "initial_temperature", "min_scale")
 

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
+from core.spec import HeadSpec
 from models import het_fast, het_kernel
 from models.heads import MULTICLASS, MULTILABEL, HetHead
-from models.spec import HeadSpec
 
 CASES = [
     {"task": task, "num_factors": r, "parameter_efficient": pe, "share_samples_across_batch": sh}

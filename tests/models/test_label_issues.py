@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.spec import HeadSpec
 from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead, LinearHead
 from models.label_issues import find_label_issues, noise_free_probs
-from models.spec import HeadSpec
 
 
 def clear_example(seed: int = 0, n: int = 300, k: int = 3, num_wrong: int = 15):

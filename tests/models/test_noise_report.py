@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.spec import HeadSpec
 from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead, LinearHead
 from models.noise_report import NoNoiseModel, UnsupportedTask, noise_report
-from models.spec import HeadSpec
 
 
 def classifier(head, d: int) -> Classifier:
@@ -131,7 +131,7 @@ from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead
 from models.noise_report import noise_report
-from models.spec import HeadSpec
+from core.spec import HeadSpec
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

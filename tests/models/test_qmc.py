@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.spec import HeadSpec
 from models import qmc
 from models.heads import HetHead, reference_moments
-from models.spec import HeadSpec
 
 
 def test_normal_quantile_is_within_2e6_of_the_exact_one_on_the_whole_grid():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.dataset_files import ArrayDataset, validate
+from core.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
 from models.backbones import augment_images
-from models.data import ArrayDataset, validate
-from models.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
 from models.train import Callbacks, Cancelled, select_temperature, train
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from core.onnx_contract import rank_pairs
+from core.spec import HeadSpec
 from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead
-from models.onnx_contract import rank_pairs
-from models.spec import HeadSpec
 from models.uncertainty import predictive_uncertainty, top_correlations
 
 

@@ -8,7 +8,7 @@ Create Date: 2026-11-30
   (models/noise_report.py), class indices only; NULL for a model trained before this
   revision, a softmax baseline or a multilabel model.
 - ``label_issues_path`` (text, nullable): the label issues of every training row, an
-  ``.npz`` artifact (app/label_issues_file.py) relative to the data dir; NULL for a model
+  ``.npz`` artifact (core/label_issues_file.py) relative to the data dir; NULL for a model
   trained before this revision or a multilabel model.
 """
 

@@ -1,7 +1,7 @@
 """What a training run is: the job spec as pydantic models, and the checks of a spec
 against the dataset it will train on.
 
-Torch free (pydantic, plus numpy through models.data), so the API validates a job
+Torch free (pydantic, plus numpy through core.dataset_files), so the API validates a job
 with exactly the rules the worker applies before it trains: the API's request body is
 built from these classes, and both call ``check_fits`` with the dataset's facts.
 """
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.data import DatasetError, validation_rows
+from core.dataset_files import DatasetError, validation_rows
 
 TEMPERATURE_GRID = (0.5, 1.0, 1.5, 2.0, 3.0)
 LEARNED_TEMPERATURE_START = 1.0
