@@ -24,16 +24,16 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from app.artifact_release import change_then_remove_unreferenced as _remove_after_commit
 from app.artifacts import ASIDE_PREFIX, TMP_PREFIX, ArtifactStore, sha256_file
 from app.db import get_engine, migrate, session_scope
 from app.settings import Settings
@@ -44,7 +44,6 @@ from app.store import (
     JobHistory,
     JobStore,
     Model,
-    artifact_references,
     lock_artifact,
     referenced_artifacts,
 )
@@ -61,39 +60,6 @@ class JobNotFound(Exception):
 
 class JobConflict(Exception):
     """The job cannot be deleted now (running, has models, an alias points at one)."""
-
-
-T = TypeVar("T")
-
-
-def _remove_after_commit(
-    settings: Settings,
-    artifacts: ArtifactStore,
-    change: Callable[[Session], T],
-    paths_of: Callable[[T], Iterable[str]],
-) -> tuple[T, list[Path]]:
-    """Run ``change(session)`` in one transaction; then, under the artifact lock of each
-    path ``paths_of(result)`` names (taken in sorted order: no deadlock between two
-    deletes), set aside the files no row refers to any more, commit, and delete them.
-    A failure puts the files set aside back."""
-    asides: list[tuple[Path | None, str]] = []
-    try:
-        with session_scope(settings) as session:
-            result = change(session)
-            for relative in sorted(set(paths_of(result))):
-                lock_artifact(session, relative)
-                if artifact_references(session, relative) == 0:
-                    asides.append((artifacts.set_aside(relative), relative))
-    except BaseException:
-        for aside, relative in asides:
-            artifacts.put_back(aside, relative)
-        raise
-    removed: list[Path] = []
-    for aside, relative in asides:
-        if aside is not None:
-            aside.unlink(missing_ok=True)
-            removed.append(artifacts.resolve(relative))
-    return result, removed
 
 
 @dataclass
