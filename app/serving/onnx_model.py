@@ -15,7 +15,7 @@ zeros then, and the rows give null for them). A file exported before the graph h
 only.
 
 Randomness. The graph draws its noise from a counter-based generator keyed by the
-``seed`` input (models/export.py). With ``seed=None`` this runtime passes a fresh
+``seed`` input (models/export/). With ``seed=None`` this runtime passes a fresh
 63-bit seed from ``os.urandom`` on every call instead of letting the graph fall back to
 onnxruntime's own random node, because onnxruntime seeds those from one process-wide
 clock seed: two sessions in one process, or processes forked after a session was

@@ -1,4 +1,4 @@
-"""models/export.py: the ONNX file with the MC sampling inside, checked against PyTorch.
+"""models/export/: the ONNX file with the MC sampling inside, checked against PyTorch.
 
 Tiny randomly initialised models (MLP backbone) keep this fast; sampled numbers are
 compared against their MC standard errors, deterministic ones to float32 rounding.

@@ -1,5 +1,5 @@
 """The torch core of an exported model: features -> latent Gaussian -> MC outputs,
-with the noise as a graph input (the sampler in ``models.export_sampler`` replaces it).
+with the noise as a graph input (the sampler in ``models.export.sampler`` replaces it).
 
 The HET core computes its outputs with the head's own code: ``HetHead.latent``,
 ``LogitGaussian.scaled`` (1/tau folded into the (B, K) tensors) and

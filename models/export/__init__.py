@@ -23,17 +23,17 @@ classes then ranked by noise_free_probs).
 
 Three parts, one module each:
 
-1. ``models.export_core``: the torch core, features -> latent Gaussian -> MC outputs with
+1. ``models.export.core``: the torch core, features -> latent Gaussian -> MC outputs with
    the noise ``eps`` (S x (K + R), shared by the batch) as a graph input ``noise``,
    computed by the head's reference estimator inside a torch.cond on num_samples > 0
    and exported with dynamo;
-2. ``models.export_sampler``: the hand-built ONNX sampler, put inside that If's branch,
+2. ``models.export.sampler``: the hand-built ONNX sampler, put inside that If's branch,
    ``seed`` and ``num_samples`` -> ``noise``: randomized Sobol points (the head's
    eval_noise "qmc", the default: a baked-in Sobol table XOR per-call digital shifts
    from SplitMix64, then an inverse normal CDF; models/qmc.py) or independent normals
    ("mc": SplitMix64, then Box-Muller), with numpy twins ``qmc_normals`` and
    ``counter_normals``;
-3. ``models.export_parity``: onnxruntime vs PyTorch on held-out inputs, statistically and
+3. ``models.export.parity``: onnxruntime vs PyTorch on held-out inputs, statistically and
    on the same noise.
 
 Checked before the file is written: ``onnx.checker`` (full check) and the parity check;
@@ -51,9 +51,9 @@ import numpy as np
 import onnx
 
 from models.classifier import Classifier
-from models.export_core import OPSET, core_onnx, is_sampled, noise_width
-from models.export_parity import ParityError, check_parity, parity_rows
-from models.export_sampler import (
+from models.export.core import OPSET, core_onnx, is_sampled, noise_width
+from models.export.parity import ParityError, check_parity, parity_rows
+from models.export.sampler import (
     counter_normals,
     qmc_normals,
     sampler_nodes,
