@@ -183,8 +183,8 @@ class OnnxModel:
     def run(
         self, x: np.ndarray, num_samples: int | None = None, seed: int | None = None
     ) -> dict[str, np.ndarray]:
-        """The graph's outputs for a batch x [B, ...]: probs, entropy, expected_entropy,
-        prob_std, noise_std, top_classes, top_correlation.
+        """The graph's outputs for a batch x [B, ...], by name (models.onnx_contract.OUTPUTS;
+        a file exported before an output existed lacks it).
 
         num_samples: S (default: the model's eval S); 0 skips the sampling (the
         noise-free predictive only; files with a noise_free_probs output). seed:

@@ -7,15 +7,8 @@ The file's contract (docs/export.md has the full version; the names are in
              num_samples  int64 scalar       S, optional (default: the model's eval S);
                                              <= 0: no sampling (see below)
              seed         int64 scalar       optional; < 0 (the default) = fresh draws
-    outputs  probs             [B, K]   p_hat = 1/S sum_s softmax(u_s / tau)  (sigmoid: multilabel)
-             entropy           [B] / [B, K]   H[p_hat] (per label for multilabel)
-             expected_entropy  [B] / [B, K]   mean_s H[softmax(u_s / tau)]
-             prob_std          [B, K]   per-class std of the sampled probabilities
-             noise_std         [B, K]   sqrt(diag Sigma(x)), exact
-             top_classes       int64 [B, T]   the T = min(10, K) most probable classes
-             top_correlation   [B, T, T]      rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj) among them
-             noise_free_probs  [B, K]   softmax(mu / tau) (sigmoid: multilabel), exact
-             mc_stderr         [B, K]   standard error of probs (QMC: from 8 independent shifts)
+    outputs  ``models.onnx_contract.OUTPUTS``, in that order: name, dtype, shape and
+             meaning of each (probs, entropy, ..., noise_free_probs, mc_stderr)
 
 With num_samples <= 0 a HET graph skips the sampler and the MC moments (an ONNX If): the
 SAMPLED_OUTPUTS of ``models.onnx_contract`` come back as zeros, the rest exact (the top

@@ -33,7 +33,7 @@ from models.export import (
     sampler_nodes,
     sampler_normals,
 )
-from models.onnx_contract import SAMPLED_OUTPUTS
+from models.onnx_contract import OUTPUTS, SAMPLED_OUTPUTS, TOP_CLASSES
 from models.spec import BackboneSpec, HeadSpec, RunSpec
 from models.uncertainty import predictive_uncertainty, top_correlations
 
@@ -129,6 +129,18 @@ def test_file_passes_checker_and_carries_metadata(exported, name):
     assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert proto.graph.input[0].name == "input" and batch_dim.dim_param  # dynamic batch
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("num_samples", [0, 5])
+def test_outputs_have_the_contract_dtype_and_shape(exported, name, num_samples):
+    model, path, _ = exported[name]
+    got = run_plain(plain_session(path), inputs(3), num_samples=num_samples, seed=1)
+    sizes = {"B": 3, "K": K, "T": min(TOP_CLASSES, K)}
+    for output in OUTPUTS:
+        value = got[output.name]
+        assert value.dtype == np.dtype(output.dtype), output.name
+        assert value.shape == tuple(sizes[d] for d in output.dims(model.head.task)), output.name
 
 
 @pytest.mark.parametrize("name", CASES)
