@@ -37,6 +37,8 @@ def load_context(job_id: str, settings: Settings, for_training: bool = True) -> 
     weights file the training will read (finish_units, which only exports, does not)."""
     with session_scope(settings) as session:
         job = JobStore(session).get(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} no longer exists")
         dataset = DatasetStore(session).get(job.dataset_id)
         if dataset is None:
             raise FileNotFoundError(f"dataset {job.dataset_id} no longer exists")

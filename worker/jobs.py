@@ -32,7 +32,7 @@ from worker.outcomes import end_cancelled, fail
 from worker.progress import StoreCallbacks, backfill_history
 from worker.registration import TrainedModel, register_trained
 from worker.shutdown import STOPPING, WorkerStopping
-from worker.units import Unit
+from worker.units import Role, Unit
 
 log = logging.getLogger("hetserve.worker")
 
@@ -93,7 +93,7 @@ def run_attempt(job_id: str, attempt: int, settings: Settings) -> str | FanOut:
 
     try:
         data = load_job_data(ctx, settings)
-        results = {}
+        results: dict[Role, TrainResult] = {}
         for unit in ctx.units:
             results[unit.role] = train_unit(ctx, unit, data, settings)
         return register_and_finish(ctx, results, data, settings)
@@ -126,9 +126,9 @@ def unit_metrics(result: TrainResult) -> dict:
 
 
 def register_and_finish(
-    ctx: JobContext, results: dict[str, TrainResult], data: ArrayDataset, settings: Settings
+    ctx: JobContext, results: dict[Role, TrainResult], data: ArrayDataset, settings: Settings
 ) -> str:
-    trained = {
+    trained: dict[str, TrainedModel] = {
         role: TrainedModel(r.model, unit_metrics(r), Unit(role)) for role, r in results.items()
     }
     return register_trained(ctx, trained, data, settings, candidates=None)

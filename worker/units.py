@@ -40,7 +40,7 @@ class Unit:
     @property
     def phase(self) -> str:
         """Its name in the job's progress and history: "model", "baseline", "tau=1.5"."""
-        if self.role == "candidate":
+        if self.temperature is not None:  # a candidate
             return f"tau={temperature_label(self.temperature)}"
         return self.role
 
@@ -51,7 +51,7 @@ class Unit:
     def spec(self, run_spec: RunSpec) -> RunSpec:
         if self.role == "baseline":
             return run_spec.as_baseline()
-        if self.role == "candidate":
+        if self.temperature is not None:  # a candidate
             return run_spec.with_temperature(self.temperature)
         return run_spec
 
