@@ -235,12 +235,6 @@ class DatasetStore:
         """``lock_artifact(session, artifact_path)`` in this transaction."""
         lock_artifact(self.session, artifact_path)
 
-    def count_with_artifact(self, artifact_path: str) -> int:
-        query = (
-            select(func.count()).select_from(Dataset).where(Dataset.artifact_path == artifact_path)
-        )
-        return self.session.execute(query).scalar_one()
-
     def delete(self, dataset_id: str) -> Dataset | None:
         """Delete a dataset no job refers to; raise InUseError otherwise."""
         dataset = self.get(dataset_id)

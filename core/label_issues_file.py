@@ -1,6 +1,6 @@
 """The label-issues artifact of a model: one ``.issues.npz`` (numpy only, no torch).
 
-The worker writes it once per trained multiclass model (worker/jobs.py); the API reads
+The worker writes it once per trained multiclass model (worker/registration.py); the API reads
 its head (app/routers/noise.py). Five parallel arrays, one entry per row of the
 dataset's uploaded ``x_train`` (the validation hold-out included), sorted most likely
 mislabeled first (score descending, ties by row index):

@@ -30,7 +30,7 @@ with n_g rows and mean m_g in group g.
 The same arithmetic runs in three places: ``rqmc_normals`` here (numpy; the twin the
 parity check feeds to PyTorch), ``HetHead.draw_noise`` (torch's own eval draws, shifts
 from a torch.Generator, through ``normals_from_shifts``) and the ONNX sampler
-(``models.export_sampler``, shifts from the graph's seed).
+(``models.export.sampler``, shifts from the graph's seed).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def horner(x: np.ndarray, coefs) -> np.ndarray:
 
 def normal_quantile(u: np.ndarray) -> np.ndarray:
     """Phi^-1(u) for u in [2^-24, 1 - 2^-24] by AS241 PPND7, in u's dtype, with the same
-    operations, in the same order, as the ONNX graph (models.export_sampler)::
+    operations, in the same order, as the ONNX graph (models.export.sampler)::
 
         |q| <= 0.425:  q A(r) / B(r),            q = u - 1/2, r = 0.180625 - q^2
         else:          sign(q) C(t) / D(t),      t = sqrt(-log min(u, 1 - u)) - 1.6

@@ -2,19 +2,10 @@
 
 This is the reference the exported ONNX graph is tested against.
 
-| field              | meaning                                                        |
-|--------------------|----------------------------------------------------------------|
-| probs              | the MC predictive p_hat                                        |
-| entropy            | H[p_hat], total predictive uncertainty                         |
-| expected_entropy   | mean_s H[softmax(u_s / tau)]                                   |
-| prob_std           | per-class std of the sampled probabilities                     |
-| mc_stderr          | the standard error of p_hat: from 8 independently shifted      |
-|                    | groups under QMC noise (models/qmc.py), else prob_std/sqrt(S)  |
-| noise_std          | sqrt(diag Sigma(x)): label noise in logit space, exact         |
-| correlated_pairs   | among the most probable classes (up to 10), the pairs with the |
-|                    | largest |rho_ij|, rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj)   |
-| noise_free_probs   | softmax(mu / tau) (sigmoid per label): the label noise set to  |
-|                    | zero; exact, no sampling                                       |
+The fields are the outputs of an exported graph, with the same names and meanings
+(``core.onnx_contract.OUTPUTS``), plus ``correlated_pairs``: among the most probable
+classes (up to TOP_CLASSES), the pairs with the largest |rho_ij|
+(``core.onnx_contract.rank_pairs``), and ``num_samples``.
 
 For multilabel heads entropy and expected_entropy are per label (binary entropies).
 
@@ -27,10 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from core.onnx_contract import rank_pairs
+from core.onnx_contract import TOP_CLASSES, rank_pairs
 from models.heads import MULTICLASS, Head
-
-TOP_CLASSES = 10
 
 
 def entropy_of(probs: torch.Tensor, task: str) -> torch.Tensor:

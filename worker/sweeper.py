@@ -6,7 +6,7 @@ lost with a broker's data).
 "Held" means some message on the train queue names the job id: waiting in the queue,
 delivered and unacknowledged (Redis keeps those in its ``unacked`` hash until the
 worker acknowledges, or redelivers them after the visibility timeout when it died), or
-being run by this very worker (``jobs.HELD_HERE``). The embedded broker never
+being run by this very worker (``worker.shutdown.HELD_HERE``). The embedded broker never
 redelivers a message whose worker died, and only one embedded worker runs per data
 folder (celery_app takes a lock on it), so there only waiting (visible) messages and
 this worker's own count.
@@ -37,7 +37,8 @@ from app.db import session_scope
 from app.settings import Settings
 from app.store import Job, utcnow
 from core.statuses import JobStatus
-from worker import jobs
+from worker.outage import describe
+from worker.shutdown import HELD_HERE, STOPPING
 
 log = logging.getLogger("hetserve.worker")
 
@@ -122,7 +123,7 @@ def held_job_ids(settings: Settings, startup: bool = False) -> set[str] | None:
     payloads = broker_payloads(settings, startup)
     if payloads is None:
         return None
-    held = set(jobs.HELD_HERE)
+    held = set(HELD_HERE)
     for payload in payloads:
         held |= job_ids_in(payload)
     return held
@@ -177,13 +178,13 @@ def start(settings: Settings, send) -> threading.Thread:
 
     def loop() -> None:
         startup = True
-        while not jobs.STOPPING.is_set():
+        while not STOPPING.is_set():
             try:
                 sweep(settings, send, startup=startup)
                 startup = False
             except Exception as exc:  # a store or broker outage: try again next time
-                log.warning("sweeper: %s", jobs.describe(exc))
-            if settings.sweep_interval_s <= 0 or jobs.STOPPING.wait(settings.sweep_interval_s):
+                log.warning("sweeper: %s", describe(exc))
+            if settings.sweep_interval_s <= 0 or STOPPING.wait(settings.sweep_interval_s):
                 return
 
     thread = threading.Thread(target=loop, name="hetserve-sweeper", daemon=True)

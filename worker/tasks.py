@@ -1,14 +1,14 @@
-"""Celery tasks: parse the message, call a plain function of worker/jobs.py.
+"""Celery tasks: parse the message, call a plain function (worker/jobs.py, worker/chord_units.py).
 
 ``hetserve.train_job(job_id)`` runs a job; for temperature "auto" it fans the units out
-as a chord: ``hetserve.train_unit(job_id, unit)`` (``jobs.Unit.to_message()``) for each
+as a chord: ``hetserve.train_unit(job_id, unit)`` (``Unit.to_message()``) for each
 grid temperature (and the baseline), then ``hetserve.finish_units(summaries, job_id)`` keeps the best validation
 NLL. A chord needs a result backend: Celery's database backend (settings.result_backend).
 
 Every task runs inside ``handing_back``: a worker shutting down, or a store that cannot
 be reached, puts the message back on the broker (``Reject(requeue=True)``; with
 acks_late nothing was acknowledged) instead of acknowledging a job that did not end.
-While the store is down the task blocks (jobs.wait_for_store), so the worker does not
+While the store is down the task blocks (outage.wait_for_store), so the worker does not
 take, and lose, the next queued message.
 """
 
@@ -24,8 +24,10 @@ from celery.signals import worker_shutting_down
 
 from app.logs import bind_job
 from app.settings import get_settings
-from worker import jobs
+from worker import chord_units, jobs, outage
 from worker.celery_app import celery_app
+from worker.shutdown import HELD_HERE, STOPPING, WorkerStopping
+from worker.units import Unit
 
 log = logging.getLogger("hetserve.worker")
 
@@ -33,7 +35,7 @@ log = logging.getLogger("hetserve.worker")
 @worker_shutting_down.connect
 def hand_back_running_job(**_kwargs) -> None:
     # Runs inside the SIGTERM handler: only set a flag, the training loop does the rest.
-    jobs.STOPPING.set()
+    STOPPING.set()
 
 
 @contextmanager
@@ -41,31 +43,31 @@ def handing_back(job_id: str) -> Iterator[None]:
     """Bind the job to the log lines, mark it held by this worker (the sweeper skips
     it), and turn WorkerStopping and store outages into Reject(requeue=True)."""
     with bind_job(job_id):
-        jobs.HELD_HERE.add(job_id)
+        HELD_HERE.add(job_id)
         try:
             yield
-        except jobs.WorkerStopping as exc:
+        except WorkerStopping as exc:
             # acks_late: rejecting with requeue puts the message back now.
             raise Reject(str(exc), requeue=True) from None
         except Exception as exc:
-            if not jobs.is_store_outage(exc):
+            if not outage.is_store_outage(exc):
                 raise
             settings = get_settings()
             counted = getattr(exc, "attempt_counted", False)
             log.warning("job %s: store unreachable; keeping the message until it is back", job_id)
-            outage = jobs.wait_for_store(settings)
-            if outage is False and not counted:
+            answered = outage.wait_for_store(settings)
+            if answered is False and not counted:
                 # The store answers: not an outage but an error that would recur on
                 # every delivery. Let it end the task (the sweeper may retry later).
                 raise
-            if outage and counted:
-                jobs.release_attempt(job_id, settings)
+            if answered and counted:
+                outage.release_attempt(job_id, settings)
             # Not released when the store answered at once: max_job_attempts bounds a
             # database error that is not an outage.
             log.warning("job %s: handing the message back to the broker", job_id)
-            raise Reject(f"store outage: {jobs.describe(exc)}", requeue=True) from None
+            raise Reject(f"store outage: {outage.describe(exc)}", requeue=True) from None
         finally:
-            jobs.HELD_HERE.discard(job_id)
+            HELD_HERE.discard(job_id)
 
 
 @celery_app.task(name="hetserve.train_job")
@@ -82,10 +84,10 @@ def train_job(job_id: str) -> str:
 @celery_app.task(name="hetserve.train_unit", ignore_result=False)
 def train_unit(job_id: str, unit: dict) -> dict:
     with handing_back(str(job_id)):
-        return jobs.run_unit(str(job_id), jobs.Unit.from_message(unit), get_settings())
+        return chord_units.run_unit(str(job_id), Unit.from_message(unit), get_settings())
 
 
 @celery_app.task(name="hetserve.finish_units")
 def finish_units(summaries: list[dict], job_id: str) -> str:
     with handing_back(str(job_id)):
-        return jobs.finish_units(str(job_id), list(summaries), get_settings())
+        return chord_units.finish_units(str(job_id), list(summaries), get_settings())

@@ -1,24 +1,21 @@
 """Deleting a job or a model: what ``DELETE /v1/jobs/{id}`` and ``DELETE /v1/models/{id}``
-do, and ``remove_after_commit``, the one way a row change removes the artifact files it
-leaves unreferenced (app/retention/__init__.py says under which lock).
+do. The artifact files a deletion leaves unreferenced are removed by
+``app.artifact_release`` (the one place that removes artifact files, under their lock).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.artifact_release import change_then_remove_unreferenced as remove_after_commit
 from app.artifacts import ArtifactStore
-from app.db import session_scope
 from app.settings import Settings
-from app.store import Alias, Job, JobHistory, JobStore, Model, artifact_references, lock_artifact
+from app.store import Alias, Job, JobHistory, JobStore, Model
 from core.statuses import TERMINAL_STATUSES
 
 log = logging.getLogger("hetserve.retention")
@@ -30,39 +27,6 @@ class JobNotFound(Exception):
 
 class JobConflict(Exception):
     """The job cannot be deleted now (running, has models, an alias points at one)."""
-
-
-T = TypeVar("T")
-
-
-def remove_after_commit(
-    settings: Settings,
-    artifacts: ArtifactStore,
-    change: Callable[[Session], T],
-    paths_of: Callable[[T], Iterable[str]],
-) -> tuple[T, list[Path]]:
-    """Run ``change(session)`` in one transaction; then, under the artifact lock of each
-    path ``paths_of(result)`` names (taken in sorted order: no deadlock between two
-    deletes), set aside the files no row refers to any more, commit, and delete them.
-    A failure puts the files set aside back."""
-    asides: list[tuple[Path | None, str]] = []
-    try:
-        with session_scope(settings) as session:
-            result = change(session)
-            for relative in sorted(set(paths_of(result))):
-                lock_artifact(session, relative)
-                if artifact_references(session, relative) == 0:
-                    asides.append((artifacts.set_aside(relative), relative))
-    except BaseException:
-        for aside, relative in asides:
-            artifacts.put_back(aside, relative)
-        raise
-    removed: list[Path] = []
-    for aside, relative in asides:
-        if aside is not None:
-            aside.unlink(missing_ok=True)
-            removed.append(artifacts.resolve(relative))
-    return result, removed
 
 
 @dataclass

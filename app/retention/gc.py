@@ -17,9 +17,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.artifact_release import change_then_remove_unreferenced as remove_after_commit
 from app.artifacts import ASIDE_PREFIX, TMP_PREFIX, ArtifactStore
 from app.db import session_scope
-from app.retention.deletion import remove_after_commit
 from app.settings import Settings
 from app.store import Job, lock_artifact, referenced_artifacts
 from core.statuses import TERMINAL_STATUSES

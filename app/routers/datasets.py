@@ -23,7 +23,9 @@ from fastapi import (
 )
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
+from sqlalchemy.orm import Session
 
+from app.artifact_release import change_then_remove_unreferenced, remove_if_unreferenced
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.deps import ArtifactsDep, SessionDep, SettingsDep
@@ -222,17 +224,9 @@ def store_dataset(
             artifacts.put_bytes(content, suffix)
             out = DatasetOut.model_validate(row)
     except BaseException:
-        _remove_if_unreferenced(settings, artifacts, relative)
+        remove_if_unreferenced(settings, artifacts, [relative])
         raise
     return out
-
-
-def _remove_if_unreferenced(settings: Settings, artifacts: ArtifactStore, relative: str) -> None:
-    with session_scope(settings) as session:
-        store = DatasetStore(session)
-        store.lock_artifact(relative)
-        if store.count_with_artifact(relative) == 0:
-            artifacts.remove(relative)
 
 
 @router.get(
@@ -272,34 +266,21 @@ def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
 async def delete_dataset(
     dataset_id: str, settings: SettingsDep, artifacts: ArtifactsDep
 ) -> Response:
-    def delete() -> None:
-        # The row goes, the last reference's file is set aside, and the transaction
-        # commits, all under the artifact's lock, which an upload of the same bytes
-        # takes before it adds its row and writes the file: neither sees the other half
-        # done. The file is deleted only after the commit (put back on a rollback).
-        aside, relative = None, None
+    def delete(session: Session) -> list[str]:
+        # The row goes and, in the same transaction, under the artifact's lock (which an
+        # upload of the same bytes takes before it adds its row and writes the file), the
+        # file is set aside if no row of any table refers to it any more: neither sees
+        # the other half done (app/artifact_release.py).
+        store = DatasetStore(session)
         try:
-            with session_scope(settings) as session:
-                store = DatasetStore(session)
-                found = store.get(dataset_id)
-                if found is None:
-                    raise HTTPException(404, f"dataset {dataset_id} not found")
-                relative = found.artifact_path
-                store.lock_artifact(relative)
-                try:
-                    dataset = store.delete(dataset_id)
-                except InUseError as exc:
-                    raise HTTPException(409, str(exc)) from None
-                if dataset is None:
-                    raise HTTPException(404, f"dataset {dataset_id} not found")
-                if store.count_with_artifact(relative) == 0:
-                    aside = artifacts.set_aside(relative)
-        except BaseException:
-            if relative is not None:
-                artifacts.put_back(aside, relative)
-            raise
-        if aside is not None:
-            aside.unlink(missing_ok=True)
+            dataset = store.delete(dataset_id)
+        except InUseError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if dataset is None:
+            raise HTTPException(404, f"dataset {dataset_id} not found")
+        return [dataset.artifact_path]
 
-    await run_in_threadpool(delete)
+    await run_in_threadpool(
+        change_then_remove_unreferenced, settings, artifacts, delete, lambda paths: paths
+    )
     return Response(status_code=204)

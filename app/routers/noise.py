@@ -3,7 +3,7 @@
 ``GET /v1/models/{model_id}/label-issues`` (the rows most likely mislabeled).
 
 Both were computed by the worker when the model was trained, over every row of the
-dataset's uploaded ``x_train`` (worker/jobs.py ``label_knowledge``), and are only read
+dataset's uploaded ``x_train`` (models/label_knowledge.py), and are only read
 here. ``{model_id}`` is a model id or an alias.
 
 409 (with the reason) when the model has no such thing: a softmax baseline has no

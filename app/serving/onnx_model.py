@@ -15,7 +15,7 @@ zeros then, and the rows give null for them). A file exported before the graph h
 only.
 
 Randomness. The graph draws its noise from a counter-based generator keyed by the
-``seed`` input (models/export.py). With ``seed=None`` this runtime passes a fresh
+``seed`` input (models/export/). With ``seed=None`` this runtime passes a fresh
 63-bit seed from ``os.urandom`` on every call instead of letting the graph fall back to
 onnxruntime's own random node, because onnxruntime seeds those from one process-wide
 clock seed: two sessions in one process, or processes forked after a session was
@@ -183,8 +183,8 @@ class OnnxModel:
     def run(
         self, x: np.ndarray, num_samples: int | None = None, seed: int | None = None
     ) -> dict[str, np.ndarray]:
-        """The graph's outputs for a batch x [B, ...]: probs, entropy, expected_entropy,
-        prob_std, noise_std, top_classes, top_correlation.
+        """The graph's outputs for a batch x [B, ...], by name (core.onnx_contract.OUTPUTS;
+        a file exported before an output existed lacks it).
 
         num_samples: S (default: the model's eval S); 0 skips the sampling (the
         noise-free predictive only; files with a noise_free_probs output). seed:

@@ -17,7 +17,8 @@ from app.store import DatasetStore, JobStore, ModelStore
 from app.uploads import validate_arrays
 from core import label_issues_file
 from core.spec import RunSpec
-from worker.jobs import Unit, job_units, run_job
+from worker.jobs import run_job
+from worker.units import Unit, job_units
 
 SPEC = {
     "task": "multiclass",
@@ -185,24 +186,24 @@ def test_a_multilabel_job_stores_neither(settings):
 
 def test_label_knowledge_in_row_chunks_equals_one_pass(monkeypatch):
     from core.dataset_files import ArrayDataset
+    from models import label_knowledge as knowledge
     from models.classifier import build_classifier
-    from worker import jobs
 
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(50, 3)).astype(np.float32), np.arange(50) % 4
     spec = RunSpec.model_validate({"head": {"num_factors": 2, "temperature": 1.0}})
     model = build_classifier(spec, [3], 4, np.zeros(3), np.ones(3))
     data = ArrayDataset(x_train=x, y_train=y, class_names=list("abcd"))
-    report, whole = jobs.label_knowledge(model, data, seed=0)
-    monkeypatch.setattr(jobs, "LABEL_ISSUE_CHUNK_ROWS", 7)
-    chunked_report, chunked = jobs.label_knowledge(model, data, seed=0)
+    report, whole = knowledge.label_knowledge(model, data, seed=0)
+    monkeypatch.setattr(knowledge, "LABEL_ISSUE_CHUNK_ROWS", 7)
+    chunked_report, chunked = knowledge.label_knowledge(model, data, seed=0)
     assert chunked_report == report
-    whole, chunked = np.load(io.BytesIO(whole)), np.load(io.BytesIO(chunked))
+    whole, chunked = (np.load(io.BytesIO(label_issues_file.encode(*i))) for i in (whole, chunked))
     for name in ("index", "given", "suggested", "flagged"):
         np.testing.assert_array_equal(whole[name], chunked[name])
     np.testing.assert_allclose(whole["score"], chunked["score"], rtol=1e-6)
-    assert jobs.noise_report_samples(50) == 100 and jobs.noise_report_samples(10**6) == 10
-    assert jobs.noise_report_samples(10_000) == 20
+    assert knowledge.noise_report_samples(50) == 100 and knowledge.noise_report_samples(10**6) == 10
+    assert knowledge.noise_report_samples(10_000) == 20
 
 
 def test_unusable_backbone_weights_fail_the_job_naming_the_file_or_key(settings, tmp_path):

@@ -10,11 +10,11 @@ from tests.faults.support import add_dataset, add_job, base_env, prepare
 
 
 def test_cancel_during_export_ends_the_job_cancelled(tmp_path, monkeypatch):
-    from worker import jobs
+    from worker import jobs, registration
 
     settings = prepare(base_env(tmp_path / "data", {}))
     job_id = add_job(settings, add_dataset(settings, n=200), 1)
-    real_export = jobs.export_onnx
+    real_export = registration.export_onnx
     answers = []
 
     def export_then_cancel(*args, **kwargs):
@@ -23,7 +23,7 @@ def test_cancel_during_export_ends_the_job_cancelled(tmp_path, monkeypatch):
             job = JobStore(session).request_cancel(job_id)
             answers.append((job.status, job.cancel_requested))
 
-    monkeypatch.setattr(jobs, "export_onnx", export_then_cancel)
+    monkeypatch.setattr(registration, "export_onnx", export_then_cancel)
     assert jobs.run_job(job_id, settings) == JobStatus.CANCELLED
     assert answers == [(JobStatus.RUNNING, True)]  # the API answered 202
     with session_scope(settings) as session:

@@ -10,7 +10,7 @@ import pytest
 from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from worker import jobs, sweeper
+from worker import outage, shutdown, sweeper
 
 
 def operational() -> OperationalError:
@@ -18,30 +18,30 @@ def operational() -> OperationalError:
 
 
 def test_connection_errors_are_outages_and_others_are_not():
-    assert jobs.is_store_outage(operational())
+    assert outage.is_store_outage(operational())
     wrapped = RuntimeError("progress write failed")
     wrapped.__cause__ = operational()
-    assert jobs.is_store_outage(wrapped)
-    assert not jobs.is_store_outage(ProgrammingError("SELECT x", {}, Exception("no column")))
-    assert not jobs.is_store_outage(ValueError("bad spec"))
+    assert outage.is_store_outage(wrapped)
+    assert not outage.is_store_outage(ProgrammingError("SELECT x", {}, Exception("no column")))
+    assert not outage.is_store_outage(ValueError("bad spec"))
 
 
 def test_a_task_hands_the_job_back_only_after_the_store_answers(monkeypatch):
     from worker import tasks
 
     calls = []
-    monkeypatch.setattr(jobs, "wait_for_store", lambda s: calls.append("wait") or True)
-    monkeypatch.setattr(jobs, "release_attempt", lambda j, s: calls.append(("release", j)))
+    monkeypatch.setattr(outage, "wait_for_store", lambda s: calls.append("wait") or True)
+    monkeypatch.setattr(outage, "release_attempt", lambda j, s: calls.append(("release", j)))
     with pytest.raises(Reject) as caught, tasks.handing_back("a" * 32):
-        raise jobs.StoreOutage("a" * 32, attempt_counted=True) from operational()
+        raise outage.StoreOutage("a" * 32, attempt_counted=True) from operational()
     assert caught.value.requeue and calls == ["wait", ("release", "a" * 32)]
-    assert not jobs.HELD_HERE
+    assert not shutdown.HELD_HERE
 
 
 def test_an_error_with_the_store_up_is_not_handed_back_forever(monkeypatch):
     from worker import tasks
 
-    monkeypatch.setattr(jobs, "wait_for_store", lambda s: False)  # answered at once
+    monkeypatch.setattr(outage, "wait_for_store", lambda s: False)  # answered at once
     with pytest.raises(OperationalError), tasks.handing_back("b" * 32):
         raise operational()
 

@@ -1,4 +1,4 @@
-"""models/export.py: the ONNX file with the MC sampling inside, checked against PyTorch.
+"""models/export/: the ONNX file with the MC sampling inside, checked against PyTorch.
 
 Tiny randomly initialised models (MLP backbone) keep this fast; sampled numbers are
 compared against their MC standard errors, deterministic ones to float32 rounding.
@@ -23,7 +23,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from app.serving.onnx_model import OnnxModel
-from core.onnx_contract import SAMPLED_OUTPUTS
+from core.onnx_contract import OUTPUTS, SAMPLED_OUTPUTS, TOP_CLASSES
 from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import (
@@ -129,6 +129,18 @@ def test_file_passes_checker_and_carries_metadata(exported, name):
     assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert proto.graph.input[0].name == "input" and batch_dim.dim_param  # dynamic batch
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("num_samples", [0, 5])
+def test_outputs_have_the_contract_dtype_and_shape(exported, name, num_samples):
+    model, path, _ = exported[name]
+    got = run_plain(plain_session(path), inputs(3), num_samples=num_samples, seed=1)
+    sizes = {"B": 3, "K": K, "T": min(TOP_CLASSES, K)}
+    for output in OUTPUTS:
+        value = got[output.name]
+        assert value.dtype == np.dtype(output.dtype), output.name
+        assert value.shape == tuple(sizes[d] for d in output.dims(model.head.task)), output.name
 
 
 @pytest.mark.parametrize("name", CASES)

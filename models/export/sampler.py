@@ -1,7 +1,7 @@
 """The sampler of the core: graph inputs ``seed`` and ``num_samples`` -> ``noise``.
 
 A hand-built ONNX subgraph turns ``seed`` and ``num_samples`` into the (S, K + R) noise
-matrix the core (``models.export_core``) takes (it runs inside the core's If on
+matrix the core (``models.export.core``) takes (it runs inside the core's If on
 num_samples > 0, so S = 0 draws nothing), in one of two modes, the head's eval_noise:
 
 - "qmc" (the default): randomized Sobol points (``models.qmc``): a baked-in table of N

@@ -7,15 +7,8 @@ The file's contract (docs/export.md has the full version; the names are in
              num_samples  int64 scalar       S, optional (default: the model's eval S);
                                              <= 0: no sampling (see below)
              seed         int64 scalar       optional; < 0 (the default) = fresh draws
-    outputs  probs             [B, K]   p_hat = 1/S sum_s softmax(u_s / tau)  (sigmoid: multilabel)
-             entropy           [B] / [B, K]   H[p_hat] (per label for multilabel)
-             expected_entropy  [B] / [B, K]   mean_s H[softmax(u_s / tau)]
-             prob_std          [B, K]   per-class std of the sampled probabilities
-             noise_std         [B, K]   sqrt(diag Sigma(x)), exact
-             top_classes       int64 [B, T]   the T = min(10, K) most probable classes
-             top_correlation   [B, T, T]      rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj) among them
-             noise_free_probs  [B, K]   softmax(mu / tau) (sigmoid: multilabel), exact
-             mc_stderr         [B, K]   standard error of probs (QMC: from 8 independent shifts)
+    outputs  ``core.onnx_contract.OUTPUTS``, in that order: name, dtype, shape and
+             meaning of each (probs, entropy, ..., noise_free_probs, mc_stderr)
 
 With num_samples <= 0 a HET graph skips the sampler and the MC moments (an ONNX If): the
 SAMPLED_OUTPUTS of ``core.onnx_contract`` come back as zeros, the rest exact (the top
@@ -23,17 +16,17 @@ classes then ranked by noise_free_probs).
 
 Three parts, one module each:
 
-1. ``models.export_core``: the torch core, features -> latent Gaussian -> MC outputs with
+1. ``models.export.core``: the torch core, features -> latent Gaussian -> MC outputs with
    the noise ``eps`` (S x (K + R), shared by the batch) as a graph input ``noise``,
    computed by the head's reference estimator inside a torch.cond on num_samples > 0
    and exported with dynamo;
-2. ``models.export_sampler``: the hand-built ONNX sampler, put inside that If's branch,
+2. ``models.export.sampler``: the hand-built ONNX sampler, put inside that If's branch,
    ``seed`` and ``num_samples`` -> ``noise``: randomized Sobol points (the head's
    eval_noise "qmc", the default: a baked-in Sobol table XOR per-call digital shifts
    from SplitMix64, then an inverse normal CDF; models/qmc.py) or independent normals
    ("mc": SplitMix64, then Box-Muller), with numpy twins ``qmc_normals`` and
    ``counter_normals``;
-3. ``models.export_parity``: onnxruntime vs PyTorch on held-out inputs, statistically and
+3. ``models.export.parity``: onnxruntime vs PyTorch on held-out inputs, statistically and
    on the same noise.
 
 Checked before the file is written: ``onnx.checker`` (full check) and the parity check;
@@ -52,9 +45,9 @@ import onnx
 
 from core.onnx_contract import META_PREFIX, OUTPUT_NAMES, RESERVED_METADATA
 from models.classifier import Classifier
-from models.export_core import OPSET, core_onnx, is_sampled, noise_width
-from models.export_parity import ParityError, check_parity, parity_rows
-from models.export_sampler import (
+from models.export.core import OPSET, core_onnx, is_sampled, noise_width
+from models.export.parity import ParityError, check_parity, parity_rows
+from models.export.sampler import (
     counter_normals,
     qmc_normals,
     sampler_nodes,

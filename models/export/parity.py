@@ -25,8 +25,8 @@ import torch
 
 from core.onnx_contract import OUTPUT_NAMES
 from models.classifier import Classifier
-from models.export_core import is_sampled, noise_width, split_noise
-from models.export_sampler import sampler_normals
+from models.export.core import is_sampled, noise_width, split_noise
+from models.export.sampler import sampler_normals
 from models.uncertainty import predictive_uncertainty
 
 # Parity, two checks (check_parity):

@@ -1,5 +1,5 @@
 """The torch core of an exported model: features -> latent Gaussian -> MC outputs,
-with the noise as a graph input (the sampler in ``models.export_sampler`` replaces it).
+with the noise as a graph input (the sampler in ``models.export.sampler`` replaces it).
 
 The HET core computes its outputs with the head's own code: ``HetHead.latent``,
 ``LogitGaussian.scaled`` (1/tau folded into the (B, K) tensors) and
@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from core.onnx_contract import OUTPUT_NAMES
+from core.onnx_contract import OUTPUT_NAMES, OUTPUTS, SAMPLED_OUTPUTS
 from models import qmc
 from models.classifier import Classifier
 from models.heads import MULTICLASS, LogitGaussian, noise_free_from_logits, reference_moments
@@ -63,8 +63,9 @@ class SampledCore(nn.Module):
         moments = torch.cond(
             sampled, self._moments, self._placeholders, (noise, *_latent_tensors(latent))
         )
-        ranking = torch.where(sampled, moments[0], noise_free)
-        return outputs(latent, moments, ranking, noise_free)
+        values = dict(zip(SAMPLED_OUTPUTS, moments, strict=True))
+        ranking = torch.where(sampled, values["probs"], noise_free)
+        return outputs(latent, values, ranking, noise_free)
 
     def _moments(self, noise, mu, scale, *factor):
         head = self.model.head
@@ -72,23 +73,18 @@ class SampledCore(nn.Module):
         eps_r, eps_k = split_noise(noise, head.num_classes, head.num_factors)
         groups = qmc.QMC_GROUPS if head.eval_noise == "qmc" else None
         m = reference_moments(z, eps_r, eps_k, head.task, groups)
-        probs = m["probs"]
-        return (
-            probs,
-            entropy_of(probs, head.task),
-            m["expected_entropy"],
-            m["prob_std"],
-            m["mc_stderr"],
-        )
+        values = sampled_values(m, head.task)
+        return tuple(values[name] for name in SAMPLED_OUTPUTS)
 
     def _placeholders(self, noise, mu, scale, *factor):
-        per_example = mu[:, 0] if self.model.head.task == MULTICLASS else mu
-        return (
-            torch.zeros_like(mu),
-            torch.zeros_like(per_example),
-            torch.zeros_like(per_example),
-            torch.zeros_like(mu),
-            torch.zeros_like(mu),
+        """Zeros of each SAMPLED_OUTPUTS' shape: (B, K), or (B,) where a multiclass head
+        has one value per example."""
+        task = self.model.head.task
+        per_example = mu[:, 0] if task == MULTICLASS else mu
+        return tuple(
+            torch.zeros_like(mu if "K" in output.dims(task) else per_example)
+            for output in OUTPUTS
+            if output.sampled
         )
 
 
@@ -121,27 +117,41 @@ class DeterministicCore(nn.Module):
     def forward(self, input: torch.Tensor):  # noqa: A002
         head = self.model.head
         h = self.model.features(input)
-        m = head.moments(h)
-        probs = m["probs"]
-        moments = (
-            probs,
-            entropy_of(probs, head.task),
-            m["expected_entropy"],
-            m["prob_std"],
-            m["mc_stderr"],
-        )
-        return outputs(head.latent(h), moments, probs, head.noise_free_probs(h))
+        values = sampled_values(head.moments(h), head.task)
+        return outputs(head.latent(h), values, values["probs"], head.noise_free_probs(h))
+
+
+def sampled_values(moments: dict, task: str) -> dict[str, torch.Tensor]:
+    """The SAMPLED_OUTPUTS tensors by name, from a head's moments (probs, prob_std,
+    expected_entropy, mc_stderr): entropy = H[probs]."""
+    probs = moments["probs"]
+    return {
+        "probs": probs,
+        "entropy": entropy_of(probs, task),
+        "expected_entropy": moments["expected_entropy"],
+        "prob_std": moments["prob_std"],
+        "mc_stderr": moments["mc_stderr"],
+    }
 
 
 def outputs(
-    latent: LogitGaussian, moments: tuple, ranking: torch.Tensor, noise_free: torch.Tensor
+    latent: LogitGaussian,
+    sampled: dict[str, torch.Tensor],
+    ranking: torch.Tensor,
+    noise_free: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """The OUTPUT_NAMES tensors, in order, from the latent of u, the SAMPLED_OUTPUTS
-    (probs, entropy, expected_entropy, prob_std, mc_stderr), the probabilities that rank
-    the top classes and the noise-free predictive."""
+    """The OUTPUT_NAMES tensors, in that order, from the latent of u, the SAMPLED_OUTPUTS
+    by name (``sampled_values``), the probabilities that rank the top classes and the
+    noise-free predictive."""
     classes, rho = top_correlations(latent, ranking)
-    *first, stderr = moments
-    return (*first, latent.variance().sqrt(), classes, rho, noise_free, stderr)
+    values = {
+        **sampled,
+        "noise_std": latent.variance().sqrt(),
+        "top_classes": classes,
+        "top_correlation": rho,
+        "noise_free_probs": noise_free,
+    }
+    return tuple(values[name] for name in OUTPUT_NAMES)
 
 
 def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
