@@ -251,6 +251,8 @@ class Head(Protocol):
     num_classes: int
     num_factors: int
     eval_mc_samples: int
+    parameter_efficient: bool
+    learned_temperature: bool
 
     @property
     def temperature(self) -> torch.Tensor: ...

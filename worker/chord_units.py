@@ -88,7 +88,7 @@ def finish_units(job_id: str, summaries: list[dict], settings: Settings) -> str:
         data = load_job_data(ctx, settings)
         units = [(Unit.from_message(s["unit"]), s) for s in summaries]
         candidates = [(unit, s) for unit, s in units if unit.role == "candidate"]
-        best, table = select_temperature([(unit.temperature, s) for unit, s in candidates])
+        best, table = select_temperature([(unit.swept_temperature, s) for unit, s in candidates])
         sources = {"model": candidates[best][0], "baseline": Unit("baseline")}
         results = {}
         for role, source in sources.items():

@@ -45,6 +45,13 @@ class Unit:
         return self.role
 
     @property
+    def swept_temperature(self) -> float:
+        """A candidate's grid temperature."""
+        if self.temperature is None:
+            raise ValueError(f"the {self.role} unit is not a candidate of the sweep")
+        return self.temperature
+
+    @property
     def folder(self) -> str:
         return self.phase.replace("=", "_")
 

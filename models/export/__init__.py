@@ -45,7 +45,7 @@ import onnx
 
 from core.onnx_contract import META_PREFIX, OUTPUT_NAMES, RESERVED_METADATA
 from models.classifier import Classifier
-from models.export.core import OPSET, core_onnx, is_sampled, noise_width
+from models.export.core import OPSET, core_onnx, het_head, is_sampled, noise_width
 from models.export.parity import ParityError, check_parity, parity_rows
 from models.export.sampler import (
     counter_normals,
@@ -81,7 +81,7 @@ def build_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
     core = core_onnx(model, input_shape)
     eval_samples = int(model.head.eval_mc_samples)
     if is_sampled(model):
-        return with_sampler(core, noise_width(model), eval_samples, model.head.eval_noise)
+        return with_sampler(core, noise_width(model), eval_samples, het_head(model).eval_noise)
     return with_ignored_sampling_inputs(core, eval_samples)
 
 

@@ -20,7 +20,13 @@ from torch import nn
 from core.onnx_contract import OUTPUT_NAMES, OUTPUTS, SAMPLED_OUTPUTS
 from models import qmc
 from models.classifier import Classifier
-from models.heads import MULTICLASS, LogitGaussian, noise_free_from_logits, reference_moments
+from models.heads import (
+    MULTICLASS,
+    HetHead,
+    LogitGaussian,
+    noise_free_from_logits,
+    reference_moments,
+)
 from models.uncertainty import entropy_of, top_correlations
 
 OPSET = 18
@@ -28,6 +34,13 @@ OPSET = 18
 
 def is_sampled(model: Classifier) -> bool:
     return model.head.kind == "het"
+
+
+def het_head(model: Classifier) -> HetHead:
+    """The model's head as the HET head a sampled graph is built from (``is_sampled``)."""
+    if not isinstance(model.head, HetHead):
+        raise TypeError(f"a {model.head.kind} head has no sampled graph")
+    return model.head
 
 
 def noise_width(model: Classifier) -> int:
@@ -68,7 +81,7 @@ class SampledCore(nn.Module):
         return outputs(latent, values, ranking, noise_free)
 
     def _moments(self, noise, mu, scale, *factor):
-        head = self.model.head
+        head = het_head(self.model)
         z = _latent_from(mu, scale, factor, head).scaled(1.0 / head.temperature)
         eps_r, eps_k = split_noise(noise, head.num_classes, head.num_factors)
         groups = qmc.QMC_GROUPS if head.eval_noise == "qmc" else None
@@ -90,10 +103,11 @@ class SampledCore(nn.Module):
 
 def _latent_tensors(z: LogitGaussian) -> tuple[torch.Tensor, ...]:
     """The input-dependent tensors of a LogitGaussian, as torch.cond operands."""
-    if z.factor_basis is not None:
-        return z.mu, z.scale, z.factor_scale
-    if z.factors is not None:
-        return z.mu, z.scale, z.factors
+    basis, factor_scale, factors = z.factor_basis, z.factor_scale, z.factors
+    if basis is not None and factor_scale is not None:
+        return z.mu, z.scale, factor_scale
+    if factors is not None:
+        return z.mu, z.scale, factors
     return z.mu, z.scale
 
 
@@ -171,7 +185,7 @@ def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
         input_names = ["input", "noise", "num_samples"]
     else:
         core = DeterministicCore(model)
-        args = (x,)
+        args = (x,)  # type: ignore[assignment]  # the deterministic core's one input
         dynamic = {"input": {0: batch}}
         input_names = ["input"]
     core.eval()
@@ -187,4 +201,5 @@ def core_onnx(model: Classifier, input_shape: list[int]) -> onnx.ModelProto:
             optimize=True,
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns the program
     return program.model_proto

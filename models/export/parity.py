@@ -25,7 +25,7 @@ import torch
 
 from core.onnx_contract import OUTPUT_NAMES
 from models.classifier import Classifier
-from models.export.core import is_sampled, noise_width, split_noise
+from models.export.core import het_head, is_sampled, noise_width, split_noise
 from models.export.sampler import sampler_normals
 from models.uncertainty import predictive_uncertainty
 
@@ -120,7 +120,7 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
         noise = None
         if sampled:
             gen = torch.Generator().manual_seed(torch_seed)
-            noise = head.draw_noise(len(x), torch_samples, "cpu", gen, mode="mc")
+            noise = het_head(model).draw_noise(len(x), torch_samples, "cpu", gen, mode="mc")
         ref = predictive_uncertainty(head, h, torch_samples, noise=noise)
     p_onnx, p_ref = got["probs"].astype(np.float64), ref["probs"].double().numpy()
     se_onnx = got["prob_std"].astype(np.float64) / math.sqrt(onnx_samples)
@@ -133,7 +133,7 @@ def check_parity(model: Classifier, proto: onnx.ModelProto, x: np.ndarray) -> di
     with torch.no_grad():
         noise = None
         if sampled:
-            mode, width = head.eval_noise, noise_width(model)
+            mode, width = het_head(model).eval_noise, noise_width(model)
             eps = torch.from_numpy(sampler_normals(mode, onnx_seed, same_samples, width))
             noise = split_noise(eps, head.num_classes, head.num_factors)
         same_moments = head.moments(h, same_samples, noise=noise)

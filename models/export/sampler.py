@@ -302,7 +302,7 @@ def qmc_normals(seed: int, num_samples: int, width: int) -> np.ndarray:
     graph feeds its core (same integer arithmetic; float ops may differ in the last bit)."""
     table = qmc.sobol_table(width)
     rows = qmc.num_shifts(num_samples, len(table))
-    key = _mix64(np.uint64(seed))
+    key = _mix64(np.asarray(seed, dtype=np.uint64))
     counter = np.arange(1, rows * width + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         words = _mix64(counter * np.uint64(GOLDEN) + key)
