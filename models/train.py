@@ -390,7 +390,9 @@ def train_run(
     start_epoch, history = 0, []
     best = {"nll": math.inf, "epoch": -1, "state": None}
     if checkpoint_path is not None and checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # to the CPU: generator states must be CPU byte tensors (a CUDA copy is refused);
+        # load_state_dict copies weights and optimizer state to the model's device
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -409,7 +411,7 @@ def train_run(
     tau_label = spec.head.temperature if spec.head.kind == "het" else None
     for epoch in range(start_epoch, cfg.epochs):
         step_loss.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen, device=gen.device)
         # This rank's share of each global batch; under DDP a last batch with fewer rows
         # than ranks is left out (every rank must take every step).
         shares = [
