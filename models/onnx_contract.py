@@ -16,7 +16,8 @@ import numpy as np
 # noise_free_probs is softmax(mu / tau) (sigmoid per label): the predictive with the
 # learned label noise set to zero, exact, no sampling (the baseline's own probabilities).
 # mc_stderr is the standard error of probs: from the spread of M independently shifted
-# groups of draws under QMC noise (models/qmc.py), prob_std / sqrt(S) under plain MC.
+# groups of draws under QMC noise (models/qmc.py), prob_std / sqrt(S) under plain MC; NaN at
+# S = 1 (undefined; the API answers null). QMC's has 7 degrees of freedom (95 %: +- 2.365 se).
 # Files exported before it existed lack it; a runtime then takes prob_std / sqrt(S).
 OUTPUT_NAMES = (
     "probs",

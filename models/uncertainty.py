@@ -9,7 +9,9 @@ This is the reference the exported ONNX graph is tested against.
 | expected_entropy   | mean_s H[softmax(u_s / tau)]                                   |
 | prob_std           | per-class std of the sampled probabilities                     |
 | mc_stderr          | the standard error of p_hat: from 8 independently shifted      |
-|                    | groups under QMC noise (models/qmc.py), else prob_std/sqrt(S)  |
+|                    | groups under QMC noise (models/qmc.py), else prob_std/sqrt(S); |
+|                    | 7 degrees of freedom under QMC: 95 % is p_hat +- 2.365 se (t_7)|
+|                    | not +- 1.96; NaN (undefined) at S = 1                          |
 | noise_std          | sqrt(diag Sigma(x)): label noise in logit space, exact         |
 | correlated_pairs   | among the most probable classes (up to 10), the pairs with the |
 |                    | largest |rho_ij|, rho_ij = Sigma_ij / sqrt(Sigma_ii Sigma_jj)   |
