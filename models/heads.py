@@ -258,6 +258,15 @@ def noise_free_from_logits(z: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(z)
 
 
+def noise_free_log_likelihood(z: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """log p(y|x) under noise_free_from_logits(z), in log space, (B,): multiclass
+    log_softmax(z)_y; multilabel sum_k [y_k logsigmoid(z_k) + (1 - y_k) logsigmoid(-z_k)]."""
+    if task == MULTICLASS:
+        return torch.log_softmax(z, -1).gather(-1, y.view(-1, 1)).squeeze(-1)
+    y = y.to(z.dtype)
+    return (y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)).sum(-1)
+
+
 def binary_entropy_from_logits(z: torch.Tensor) -> torch.Tensor:
     """H[Bernoulli(sigmoid(z))] = softplus(z) - z * sigmoid(z), stable for large |z|."""
     return F.softplus(z) - z * torch.sigmoid(z)

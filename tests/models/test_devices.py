@@ -163,3 +163,19 @@ def test_resume_loads_the_checkpoint_to_the_cpu(tmp_path, monkeypatch):
     more = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 2})})
     train(more, blobs(), checkpoint_dir=tmp_path)
     assert locations == ["cpu"]
+
+
+def test_every_ranks_noise_and_augmentation_streams_are_disjoint():
+    """Under DDP each rank draws noise and augmentation from streams of its own: no two
+    of the 4 ranks' 8 streams, nor the shared data order, start alike (rank r + 1's
+    noise stream was rank r's augmentation stream: seed + 1 + rank vs seed + 2 + rank)."""
+    from models.train import Ranks, run_generators
+
+    firsts = set()
+    for rank in range(4):
+        gen, aug_gen, noise_gen = run_generators(7, Ranks(rank, 4), torch.device("cpu"))
+        for g in (aug_gen, noise_gen) if rank else (gen, aug_gen, noise_gen):
+            firsts.add(tuple(torch.randint(0, 2**62, (4,), generator=g, device="cpu").tolist()))
+    assert len(firsts) == 1 + 2 * 4
+    single = run_generators(7, Ranks(0, 1), torch.device("cpu"))
+    assert single[1] is single[0]  # one process: augmentation follows the data order
