@@ -40,6 +40,7 @@ from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep, require_
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.models import find_model
 from app.routers.predict import (
+    UNDEFINED_AT_ONE_SAMPLE,
     ServingRoute,
     first_non_finite_row,
     json_response,
@@ -438,6 +439,11 @@ def encode_response(
     parameters: dict,
 ) -> Response:
     in_json = [name for name, binary in wanted if not binary]
+    if UNDEFINED_AT_ONE_SAMPLE in in_json and parameters["num_samples"] == 1:
+        raise ProtocolError(
+            f"{UNDEFINED_AT_ONE_SAMPLE} is undefined from one draw (NaN, which JSON cannot "
+            "carry): ask for num_samples >= 2, for the other outputs only, or for it as binary"
+        )
     overflow = first_non_finite_row(outputs, in_json) if in_json else None
     if overflow is not None:
         raise ProtocolError(

@@ -120,6 +120,15 @@ def metric(text: str, name: str, labels: dict) -> float:
 # -- correctness ----------------------------------------------------------------------
 
 
+def test_one_sample_answers_mc_stderr_null(server, client):
+    """mc_samples = 1: the graph's mc_stderr is NaN (undefined from one draw); the API
+    answers null for it, 200 and not the non-finite-output 422, the rest as usual."""
+    body = predict(client, server["ids"]["a"], rows(3, 3), mc_samples=1, seed=2)
+    assert body["mc_samples"] == 1
+    for row in body["predictions"]:
+        assert row["mc_stderr"] is None and len(row["prob_std"]) == len(row["probs"])
+
+
 def test_api_equals_onnxruntime_on_the_downloaded_file(server, client):
     model_id = server["ids"]["a"]
     r = client.get(f"/v1/models/{model_id}/onnx")
