@@ -143,7 +143,7 @@ def test_api_equals_onnxruntime_on_the_downloaded_file(server, client):
     body = predict(client, model_id, x, mc_samples=s, seed=seed, correlated_pairs=True, top_k=2)
     assert body["model_id"] == model_id and body["mc_samples"] == s
     # Equal up to float32 rounding: how a batch is cut into onnxruntime calls may move
-    # the last bits (prob_std most: sqrt(E[p^2] - p^2) cancels); other noise moves them ~1e-2.
+    # the last bits; other noise moves them ~1e-2.
     fields = ("probs", "entropy", "expected_entropy", "prob_std", "noise_std", "mc_stderr")
     for field in fields:  # mc_stderr: the graph's (from the QMC groups' spread)
         want = direct[field].astype(np.float64)
