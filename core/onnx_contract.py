@@ -38,8 +38,9 @@ TOP_CLASSES = 10
 # noise_free_probs is the predictive with the learned label noise set to zero, exact, no
 # sampling (the baseline's own probabilities). mc_stderr comes from the spread of M
 # independently shifted groups of draws under QMC noise (models/qmc.py), prob_std /
-# sqrt(S) under plain MC; files exported before it existed lack it, and a runtime then
-# takes prob_std / sqrt(S).
+# sqrt(S) under plain MC; NaN at S = 1 (undefined; the API answers null). QMC's has 7
+# degrees of freedom (95 %: +- 2.365 se). Files exported before it existed lack it, and a
+# runtime then takes prob_std / sqrt(S).
 OUTPUTS = (
     GraphOutput(
         "probs", "float32", ("B", "K"), True,
@@ -66,7 +67,7 @@ OUTPUTS = (
     ),
     GraphOutput(
         "mc_stderr", "float32", ("B", "K"), True,
-        "standard error of probs (QMC: from 8 independent shifts)",
+        "standard error of probs (QMC: from 8 independent shifts, 7 degrees of freedom)",
     ),
 )  # fmt: skip
 OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)

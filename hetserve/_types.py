@@ -128,7 +128,8 @@ class PredictResult:
     (``probs``, ``labels``, ``confidence``, ``entropy``, ``expected_entropy``,
     ``prob_std``, ``mc_stderr``, ``noise_std``) stack a field over the rows as a numpy
     array (numpy is imported on first use). A field the API left null (the sampled-only
-    fields of the noise-free predictive) gives an array of NaN.
+    fields of the noise-free predictive; mc_stderr at S = 1, where it is undefined) gives
+    an array of NaN.
     """
 
     model_id: str

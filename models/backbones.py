@@ -256,18 +256,21 @@ def build_backbone(spec, input_shape: list[int]) -> MLP | SmallCNN | ResNet:
 def augment_images(
     x: torch.Tensor, pad: int = 4, hflip: bool = False, generator=None
 ) -> torch.Tensor:
-    """Random crop after zero padding (and optionally a horizontal flip), per example."""
+    """Random crop after zero padding (and optionally a horizontal flip), per example.
+
+    The offsets are drawn on ``generator``'s device (the CPU without one) and moved to x's."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h)).to(x.device)  # (N, H)
-    cols = (dx.view(n, 1) + torch.arange(w)).to(x.device)  # (N, W)
+    at = torch.device("cpu") if generator is None else generator.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=at).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=at).to(x.device)
+    rows = dy.view(n, 1) + torch.arange(h, device=x.device)  # (N, H)
+    cols = dx.view(n, 1) + torch.arange(w, device=x.device)  # (N, W)
     idx = torch.arange(n, device=x.device).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[idx, rows.view(n, h, 1), cols.view(n, 1, w)].permute(
         0, 3, 1, 2
     )
     if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator, device=at) < 0.5).to(x.device)
         out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
     return out.contiguous()

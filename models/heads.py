@@ -171,10 +171,17 @@ def reference_moments(
     """MC moments of the sampled probabilities p_s = softmax(z_s) (sigmoid per label)::
 
     probs            = mean_s p_s                                        (B, K)
-    prob_std         = sqrt( (mean_s p_s^2 - probs^2) * S / (S - 1) )    (B, K)
+    prob_std         = sqrt( sum_s (p_s - probs)^2 / (S - 1) )           (B, K)
     expected_entropy = mean_s H[p_s]                       (B,); (B, K) per label
     mc_stderr        = prob_std / sqrt(S)  (independent draws, groups None)
                      = grouped_stderr over the groups s mod M  (groups = M: RQMC noise)
+                     = NaN when S < 2 (undefined: one draw says nothing of its error)
+
+    Computed in two passes, the corrected two-pass form around c = mean_s p_s as float32
+    sums it (off by ~sqrt(S) ulps): with e_s = p_s - c and o = mean_s e_s, probs = c + o
+    and (S - 1) prob_std^2 = sum_s e_s^2 - S o^2, the group means likewise from the e_s.
+    The one-pass mean_s p_s^2 - probs^2 cancels in float32 when the spread is far below
+    p (a confident input's prob_std came out exactly 0).
     """
     z = latent.sample(eps_r, eps_k)  # (B, S, K)
     if task == MULTICLASS:
@@ -184,21 +191,28 @@ def reference_moments(
     else:
         p = torch.sigmoid(z)
         expected_entropy = binary_entropy_from_logits(z).mean(1)
-    probs = p.mean(1)
     num = torch.ones_like(z[:, :, :1]).sum(1)  # S as a tensor, (B, 1): stays symbolic in export
-    var = ((p * p).mean(1) - probs * probs).clamp_min(0) * (num / (num - 1).clamp_min(1))
-    prob_std = var.sqrt()
+    centre = p.mean(1)
+    # the corrected two-pass form: a float32 sum of S values near 1 is off by ~sqrt(S) ulps,
+    # so centre is not the exact mean; the deviations' own mean corrects both moments
+    deviation = p - centre.unsqueeze(1)  # (B, S, K)
+    offset = deviation.sum(1) / num
+    probs = centre + offset
+    var = ((deviation * deviation).sum(1) - num * offset * offset) / (num - 1).clamp_min(1)
+    prob_std = var.clamp_min(0).sqrt()
+    undefined = torch.full_like(num, math.nan)
     if groups is None:
-        stderr = prob_std / num.sqrt()
+        stderr = torch.where(num > 1, prob_std / num.sqrt(), undefined)
     else:
         # group g = rows s mod M: strided slices (S stays symbolic in export; a GEMM with
         # the (S, M) indicator measured ~3x slower in onnxruntime)
         index = torch.arange(z.shape[1], device=z.device)
         member = (index % groups).unsqueeze(1) == torch.arange(groups, device=z.device)
         counts = member.to(p.dtype).sum(0)  # (M,)
-        sums = torch.stack([p[:, g::groups].sum(1) for g in range(groups)], 1)  # (B, M, K)
-        group_means = sums / counts.clamp_min(1).view(-1, 1)
-        stderr = grouped_stderr(group_means, counts, probs)
+        sums = torch.stack([deviation[:, g::groups].sum(1) for g in range(groups)], 1)
+        # m_g - centre per group (B, M, K), against probs - centre = offset
+        group_offsets = sums / counts.clamp_min(1).view(-1, 1)
+        stderr = grouped_stderr(group_offsets, counts, offset)
     return {
         "probs": probs,
         "prob_std": prob_std,
@@ -215,12 +229,28 @@ def grouped_stderr(
     se = sqrt( G / (G - 1) * sum_g (n_g / S)^2 (m_g - p_hat)^2 ),   G = #{g : n_g > 0}
 
     group_means (B, M, K) with m_g = 0 for an empty group, counts n_g (M,), probs p_hat
-    (B, K). Equal groups: the std of the M group means over sqrt(M)."""
+    (B, K). Equal groups: the std of the M group means over sqrt(M). NaN when G < 2
+    (S = 1: no spread to measure, the error is undefined, not 0)."""
     total = counts.sum()
     filled = (counts > 0).to(probs.dtype).sum()
     weights = (counts / total).view(-1, 1)  # (M, 1)
     spread = (weights * (group_means - probs.unsqueeze(1))).square().sum(1)
-    return (spread * (filled / (filled - 1).clamp_min(1))).sqrt()
+    stderr = (spread * (filled / (filled - 1).clamp_min(1))).sqrt()
+    return torch.where(filled > 1, stderr, torch.full_like(stderr, math.nan))
+
+
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where a draw from ``generator`` must be made: its own device (torch refuses a CUDA
+    generator for a CPU tensor and vice versa); the CPU for the global generator."""
+    return torch.device("cpu") if generator is None else generator.device
+
+
+def independent_stderr(prob_std: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """prob_std / sqrt(S): the standard error of p_hat from S independent draws; NaN at
+    S < 2, where it is undefined (reference_moments' formula, for an integer S)."""
+    if num_samples < 2:
+        return torch.full_like(prob_std, math.nan)
+    return prob_std / math.sqrt(num_samples)
 
 
 def noise_free_from_logits(z: torch.Tensor, task: str) -> torch.Tensor:
@@ -229,6 +259,15 @@ def noise_free_from_logits(z: torch.Tensor, task: str) -> torch.Tensor:
     if task == MULTICLASS:
         return torch.softmax(z, -1)
     return torch.sigmoid(z)
+
+
+def noise_free_log_likelihood(z: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """log p(y|x) under noise_free_from_logits(z), in log space, (B,): multiclass
+    log_softmax(z)_y; multilabel sum_k [y_k logsigmoid(z_k) + (1 - y_k) logsigmoid(-z_k)]."""
+    if task == MULTICLASS:
+        return torch.log_softmax(z, -1).gather(-1, y.view(-1, 1)).squeeze(-1)
+    y = y.to(z.dtype)
+    return (y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)).sum(-1)
 
 
 def binary_entropy_from_logits(z: torch.Tensor) -> torch.Tensor:
@@ -400,8 +439,12 @@ class HetHead(nn.Module):
             width = self.num_classes + self.num_factors
             table = qmc.sobol_table(width)
             shape = (*lead, qmc.num_shifts(num_samples, len(table)), width)
-            shifts = torch.randint(0, 1 << qmc.DIGITS, shape, generator=generator)
-            eps = qmc.normals_from_shifts(table, shifts.numpy().astype(np.uint32), num_samples)
+            # drawn where the generator lives (a CUDA generator cannot fill a CPU tensor)
+            shifts = torch.randint(
+                0, 1 << qmc.DIGITS, shape, generator=generator, device=generator_device(generator)
+            )
+            digits = shifts.cpu().numpy().astype(np.uint32)
+            eps = qmc.normals_from_shifts(table, digits, num_samples)
             noise = torch.from_numpy(eps).to(device)  # [eps_K | eps_R], as the export's
             eps_r = noise[..., self.num_classes :].contiguous() if self.num_factors else None
             return eps_r, noise[..., : self.num_classes].contiguous()
@@ -486,7 +529,7 @@ class HetHead(nn.Module):
         z, noise = self._tempered(h, num_samples, generator, noise, training=False)
         if isinstance(noise, het_fast.SeededNoise):  # plain MC drawn inside the kernel
             m = het_fast.seeded_moments(z, noise)
-            m["mc_stderr"] = m["prob_std"] / math.sqrt(noise.num_samples)
+            m["mc_stderr"] = independent_stderr(m["prob_std"], noise.num_samples)
             return {**m, "num_samples": torch.tensor(noise.num_samples)}
         eps_r, eps_k = noise
         num = eps_k.shape[-2]
@@ -495,7 +538,7 @@ class HetHead(nn.Module):
             m = reference_moments(z, eps_r, eps_k, self.task, groups)
         elif groups is None:
             m = het_fast.moments(z, eps_r, eps_k, *self._fast_args(h))
-            m["mc_stderr"] = m["prob_std"] / math.sqrt(num)
+            m["mc_stderr"] = independent_stderr(m["prob_std"], num)
         else:
             m = self._grouped_moments(z, eps_r, eps_k, groups, h)
         return {**m, "num_samples": torch.tensor(num)}

@@ -166,7 +166,12 @@ class SeededNoise(NamedTuple):
     def draw(cls, num_samples: int, generator: torch.Generator | None = None) -> SeededNoise:
         """A fresh seed from torch's generator (``generator``, else the global one), so
         torch.manual_seed and seeded generators reproduce the draws as before."""
-        seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
+        device = torch.device("cpu") if generator is None else generator.device
+        seed = int(
+            torch.randint(
+                -(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator, device=device
+            )
+        )
         return cls(seed, num_samples)
 
     def materialise(self, batch: int, num_classes: int, num_factors: int):

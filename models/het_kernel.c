@@ -47,8 +47,11 @@ static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-/* exp(x), 8 at a time, x clamped to [-87, 88] (exp(-87) is about 1e-38): Cody-Waite reduction
-   x = n ln2 + r, a degree-6 minimax polynomial (Cephes expf), 2^n through the exponent bits. */
+/* exp(x), 8 at a time, for x in [-87, 88]; 0 below -87 (exp(-87) is about 1.6e-38), so a
+   padding lane (u = PAD_LOGIT) contributes exactly 0 to sum e and to sum e (u - max u), where
+   a clamped exp(-87) times u - max u = -1e30 added 1.6e-8 nats per lane to the entropy;
+   above 88, exp(88). Cody-Waite reduction x = n ln2 + r, a degree-6 minimax polynomial
+   (Cephes expf), 2^n through the exponent bits. */
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
 
 static inline vf vmax(vf a, vf b) {
@@ -57,6 +60,7 @@ static inline vf vmax(vf a, vf b) {
 }
 
 static inline vf exp_vec(vf x) {
+    vi keep = x >= splat(-87.0f); /* all ones where exp(x) is kept (false for NaN, as before) */
     x = vmax(x, splat(-87.0f));
     x = -vmax(-x, splat(-88.0f));
     vf t = x * 1.44269504088896341f;
@@ -71,7 +75,7 @@ static inline vf exp_vec(vf x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     vi two_n = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)two_n;
+    return (vf)((vi)(p * (vf)two_n) & keep);
 }
 
 static inline float hsum(vf v) {
@@ -100,7 +104,19 @@ static inline vf log_vec(vf x) {
     return __builtin_convertvector(e, vf) * 0.69314718056f + s * q;
 }
 
-/* -- counter-based normals: SplitMix64 + Box-Muller, as models/export_sampler.py -- */
+/* -- counter-based normals: SplitMix64 + Box-Muller -----------------------------------
+   The same family as the ONNX "mc" sampler (models/export_sampler.py), NOT the same
+   stream; the two never need to agree (the kernel's per-example draws are checked against
+   het_normals below, the graph's against its numpy twin counter_normals):
+     kernel (draw_normals): key = the seed itself (SeededNoise's 64 bits, not mixed);
+       example b's draw s is counter c = b S + s, pair j of its H = ceil((K + R) / 2) uses
+       word mix64(key + golden (c H + j)), counters from 0; u1 = (w >> 40 + 1) / 2^24 in
+       (0, 1] from the top 24 bits, u2 = (w >> 16 & 0xffffff) / 2^24 from bits 16..39;
+       sin and cos by polynomials.
+     ONNX sampler (_sampler_nodes): key = mix64(seed) (or a RandomUniform draw); one noise
+       matrix shared by the batch, row s pair c uses word mix64(key + golden (s H + c + 1)),
+       counters from 1; u1 = (w >> 40 + 1/2) / 2^24 in (0, 1), u2 = (w & 0xffffff) / 2^24
+       from the low 24 bits; onnxruntime's Sin, Cos and Log. */
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 

@@ -47,6 +47,7 @@ from core.datastore import ImageFiles
 from core.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
+from models.heads import MULTICLASS, noise_free_log_likelihood
 from models.metrics import evaluate, reliability_diagram
 from models.streaming import streamed_batches
 
@@ -301,6 +302,38 @@ class Ranks:
     world: int = 1
 
 
+# The purposes a run draws random numbers for, each its own stream (stream_seed).
+STREAMS = ("noise", "augment")
+
+
+def stream_seed(seed: int, purpose: str, rank: int) -> int:
+    """The seed of rank ``rank``'s ``purpose`` stream (one of STREAMS) in a run seeded
+    ``seed``: 64 bits of numpy's SeedSequence([seed, purpose index, rank]), a hash, so no
+    two (purpose, rank) pairs, nor the data order (seeded ``seed`` itself), share a
+    stream, as consecutive seeds per purpose and rank would."""
+    words = np.random.SeedSequence([seed, STREAMS.index(purpose), rank]).generate_state(
+        1, np.uint64
+    )
+    return int(words[0])
+
+
+def run_generators(
+    seed: int, ranks: Ranks, device: torch.device
+) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """(data order, augmentation, noise) generators of this rank.
+
+    The data order is seeded ``seed``, the same on every rank; augmentation draws from it
+    too in a single process, from a stream of each rank's own under DDP (ranks' shares
+    of a batch may differ in size, and the order must not drift apart). The noise is a
+    generator on ``device`` (drawn there) with a stream of each rank's own."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    aug_gen = gen
+    if ranks.world > 1:
+        aug_gen = torch.Generator().manual_seed(stream_seed(seed, "augment", ranks.rank))
+    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(seed, "noise", ranks.rank))
+    return gen, aug_gen, noise_gen
+
+
 def mixed_precision(device: torch.device, images: bool):
     """(autocast context for the backbone, memory format of images and model).
 
@@ -386,12 +419,7 @@ def train_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
-    # gen: the data order, the same on every rank; augmentation draws from it too in a
-    # single process, from a generator of each rank's own under DDP (ranks' shares of a
-    # batch may differ in size, and the order must not drift apart).
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    aug_gen = gen if ranks.world == 1 else torch.Generator().manual_seed(cfg.seed + 2 + ranks.rank)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.rank)
+    gen, aug_gen, noise_gen = run_generators(cfg.seed, ranks, device)
     images = x_train.ndim == 4
     autocast, layout = mixed_precision(device, images)
     model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stub of Module.to omits memory_format
@@ -404,7 +432,9 @@ def train_run(
     start_epoch, history = 0, []
     best: dict[str, Any] = {"nll": math.inf, "epoch": -1, "state": None}
     if checkpoint_path is not None and checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # to the CPU: generator states must be CPU byte tensors (a CUDA copy is refused);
+        # load_state_dict copies weights and optimizer state to the model's device
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -423,7 +453,7 @@ def train_run(
     tau_label = spec.head.temperature if spec.head.kind == "het" else None
     for epoch in range(start_epoch, cfg.epochs):
         step_loss.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen, device=gen.device)
         # This rank's share of each global batch; under DDP a last batch with fewer rows
         # than ranks is left out (every rank must take every step).
         shares = [
@@ -568,19 +598,44 @@ def predict_proba(
     EVAL_BATCH), with seeded noise. ``x`` may be ImageFiles: each batch is decoded then.
 
     noise_free: the noise-free predictive softmax(mu / tau) instead (no sampling)."""
+    return _predictive(model, x, None, num_samples, seed, noise_free, batch_rows)[0]
+
+
+@torch.no_grad()
+def _predictive(
+    model: Classifier, x, y, num_samples, seed: int, noise_free: bool, batch_rows: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probs as predict_proba gives them, and for labels ``y`` the per-example
+    log p_hat(y|x) on the same draws, in log space as the training loss computes it:
+    logsumexp over the draws, never log of a clipped p_hat; None without y)."""
     model.eval()
+    head = model.head
     rows = batch_rows or EVAL_BATCH
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
+    replay = torch.Generator(device=device)  # the batch's draws again, for the likelihood
+    out, log_lik = [], []
     for start in range(0, len(x), rows):
         xb = torch.as_tensor(x[start : start + rows], device=device)
+        h = model.features(xb)
+        replay.set_state(gen.get_state())
         if noise_free:
-            probs = model.noise_free_probs(xb)
+            probs = head.noise_free_probs(h)
         else:
-            probs = model.predict(xb, num_samples, generator=gen)
+            probs = head.predict(h, num_samples, generator=gen)
         out.append(probs.float().cpu().numpy())
-    return np.concatenate(out)
+        if y is None:
+            continue
+        yb = torch.as_tensor(np.asarray(y[start : start + rows]), device=device)
+        if head.task == MULTICLASS:
+            yb = yb.long()
+        if noise_free:
+            z = head.latent(h).scaled(1.0 / head.temperature).mu
+            ll = noise_free_log_likelihood(z, yb, head.task)
+        else:
+            ll = head.log_likelihood(h, yb, num_samples, generator=replay)
+        log_lik.append(ll.double().cpu().numpy())
+    return np.concatenate(out), (np.concatenate(log_lik) if y is not None else None)
 
 
 def evaluate_split(
@@ -592,8 +647,15 @@ def evaluate_split(
     noise_free: bool = False,
     batch_rows: int | None = None,
 ) -> dict:
-    probs = predict_proba(model, x, num_samples, noise_free=noise_free, batch_rows=batch_rows)
-    return evaluate(probs, y, task)
+    """models.metrics.evaluate of the predictive on (x, y), its nll = -mean log p_hat(y|x)
+    from the head in log space (as the training loss; evaluate's clips p_hat at 1e-12,
+    capping a confident mistake at 27.6 nats): the validation NLL picks the epoch kept
+    and temperature "auto"'s choice."""
+    probs, log_lik = _predictive(model, x, y, num_samples, EVAL_SEED, noise_free, batch_rows)
+    assert log_lik is not None  # labels were given
+    metrics = evaluate(probs, y, task)
+    metrics["nll"] = float(-log_lik.mean())
+    return metrics
 
 
 def _progress(epoch, epochs, step, steps, idx, total, train_loss, tau) -> dict:

@@ -34,6 +34,7 @@ from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep, require_
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.models import find_model
 from app.routers.predict import (
+    UNDEFINED_AT_ONE_SAMPLE,
     ServingRoute,
     first_non_finite_row,
     json_response,
@@ -239,6 +240,11 @@ async def infer(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
     outputs = await runtime.predict(model, resolved_id, x, num_samples, seed)
     parameters = {"num_samples": num_samples, **({"seed": seed} if seed is not None else {})}
     in_json = [name for name, as_binary in wanted if not as_binary]
+    if UNDEFINED_AT_ONE_SAMPLE in in_json and num_samples == 1:
+        raise ProtocolError(
+            f"{UNDEFINED_AT_ONE_SAMPLE} is undefined from one draw (NaN, which JSON cannot "
+            "carry): ask for num_samples >= 2, for the other outputs only, or for it as binary"
+        )
     overflow = first_non_finite_row(outputs, in_json) if in_json else None
     if overflow is not None:
         raise ProtocolError(

@@ -218,6 +218,8 @@ async def served_model(
     return resolved_id, model
 
 
+# the output that is NaN, by design, from one draw (models.heads: no spread to measure)
+UNDEFINED_AT_ONE_SAMPLE = "mc_stderr"
 ROWS, NON_FINITE = "_rows", "_non_finite"  # answer_rows' outputs (no graph output's names)
 
 
@@ -235,8 +237,13 @@ def answer_rows(model: OnnxModel, outputs: Outputs, num_samples: int) -> Outputs
 
 def non_finite_rows(outputs: Outputs, names: list[str]) -> np.ndarray:
     """Per row, whether any of its outputs is NaN or infinite (finite but huge inputs
-    overflow the logits); such a row cannot be answered in JSON."""
-    floats = [outputs[name] for name in names if outputs[name].dtype.kind == "f"]
+    overflow the logits); such a row cannot be answered in JSON. mc_stderr is left out:
+    its NaN means "undefined" (S = 1), which the rows answer as null."""
+    floats = [
+        outputs[name]
+        for name in names
+        if outputs[name].dtype.kind == "f" and name != UNDEFINED_AT_ONE_SAMPLE
+    ]
     bad = np.zeros(len(floats[0]), dtype=bool)
     if all(np.isfinite(value).all() for value in floats):  # the usual case: one pass each
         return bad

@@ -229,7 +229,7 @@ class OnnxModel:
     ) -> list[dict[str, Any]]:
         """One JSON-ready dict per example: probs, label, class_name, confidence, entropy,
         expected_entropy, prob_std, mc_stderr (the graph's; prob_std / sqrt(S) for older
-        files), noise_std,
+        files; None where undefined: S = 1, which the graph returns as NaN), noise_std,
         noise_free_probs (files that have it), and correlated_pairs (when asked) and
         top_k (when given).
 
@@ -248,6 +248,8 @@ class OnnxModel:
                 mc_stderr = outputs["mc_stderr"]
             else:
                 mc_stderr = outputs["prob_std"] / math.sqrt(num_samples)
+                if num_samples < 2:
+                    mc_stderr = np.full_like(mc_stderr, np.nan)
         elif noise_free is None:
             raise ValueError("this model file has no noise_free_probs output")
         else:
@@ -263,7 +265,7 @@ class OnnxModel:
             "entropy": entropy.tolist(),
             "expected_entropy": outputs["expected_entropy"].tolist() if sampled else unsampled,
             "prob_std": outputs["prob_std"].tolist() if sampled else unsampled,
-            "mc_stderr": mc_stderr.tolist() if sampled else unsampled,
+            "mc_stderr": undefined_as_null(mc_stderr) if sampled else unsampled,
             "noise_std": outputs["noise_std"].tolist(),
         }
         if noise_free is not None:
@@ -314,3 +316,10 @@ def entropy_of(probs: np.ndarray, task: str) -> np.ndarray:
     q = 1 - p
     h = -(p * np.log(np.clip(p, 1e-12, None)) + q * np.log(np.clip(q, 1e-12, None)))
     return h.astype(probs.dtype)
+
+
+def undefined_as_null(values: np.ndarray) -> list[list[float] | None]:
+    """Rows of ``values`` as lists, None for a row with a NaN (an error bar that is
+    undefined, as mc_stderr from one draw): JSON has no NaN."""
+    finite = np.isfinite(values).reshape(len(values), -1).all(-1)
+    return [row if ok else None for row, ok in zip(values.tolist(), finite.tolist(), strict=True)]

@@ -189,7 +189,8 @@ class Prediction(BaseModel):
     )
     mc_stderr: list[float] | None = Field(
         description="the standard error of p̂ (QMC: from 8 independently shifted groups of "
-        "draws; plain MC: prob_std / sqrt(S)); null for noise_free"
+        "draws, 7 degrees of freedom: a 95 % interval is p̂ ± 2.365·mc_stderr, not ±1.96; "
+        "plain MC: prob_std / sqrt(S)); null for noise_free and when S = 1 (undefined)"
     )
     noise_std: list[float] = Field(description="sqrt(diag Σ(x)): label noise in logit space, exact")
     noise_free_probs: list[float] | None = Field(

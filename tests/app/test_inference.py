@@ -70,6 +70,19 @@ def test_metadata_is_parsed(model_path):
     assert meta["parity"]["passed"] and meta["version"]
 
 
+def test_mc_stderr_from_one_draw_is_null(model_path):
+    """S = 1: the graph's mc_stderr is NaN (no spread to measure), the row's is null, and
+    the rows stay strict JSON; from S = 2 on it is a number again."""
+    model = OnnxModel(model_path)
+    one = model.run(inputs(3), num_samples=1, seed=5)
+    assert np.isnan(one["mc_stderr"]).all()
+    rows = model.rows(one, 1)
+    json.dumps(rows, allow_nan=False)
+    assert all(row["mc_stderr"] is None and row["prob_std"] is not None for row in rows)
+    two = model.rows(model.run(inputs(3), num_samples=2, seed=5), 2)
+    assert all(np.isfinite(row["mc_stderr"]).all() for row in two)
+
+
 def test_rows_carry_the_design_fields(model_path):
     model = OnnxModel(model_path)
     num = 400

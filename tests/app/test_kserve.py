@@ -258,6 +258,35 @@ def test_image_model_takes_its_input_shape(server, triton):
     assert result.as_numpy("probs").shape == (2, 4)
 
 
+def test_mc_stderr_from_one_draw_is_binary_nan_or_a_clear_400(server, triton):
+    """num_samples = 1: mc_stderr is NaN (undefined). As binary it comes back NaN; as
+    JSON, which has no NaN, the request is a 400 naming it; the other outputs are fine."""
+    model_id, url = server["ids"]["het"], server["url"]
+    x = rows(2, 4)
+    tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    binary = triton.infer(
+        model_id,
+        [tensor],
+        outputs=[triton_http.InferRequestedOutput("mc_stderr", binary_data=True)],
+        parameters={"num_samples": 1},
+        headers=auth(),
+    )
+    assert np.isnan(binary.as_numpy("mc_stderr")).all()
+    infer = f"{url}/v2/models/{model_id}/infer"
+    plain = {
+        "name": "input",
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    body = {"inputs": [plain], "parameters": {"num_samples": 1}}
+    refused = httpx.post(infer, json=body, headers=auth())
+    assert refused.status_code == 400 and "mc_stderr is undefined" in refused.json()["error"]
+    body["outputs"] = [{"name": "probs"}]
+    assert httpx.post(infer, json=body, headers=auth()).status_code == 200
+
+
 def error_of(call) -> tuple[str, str]:
     with pytest.raises(InferenceServerException) as caught:
         call()

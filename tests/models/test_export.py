@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import select
 import signal
@@ -35,6 +36,8 @@ from models.export import (
     sampler_nodes,
     sampler_normals,
 )
+from models.export import core as export_core
+from models.heads import LogitGaussian, reference_moments
 from models.uncertainty import predictive_uncertainty, top_correlations
 
 D = 6
@@ -43,7 +46,9 @@ EVAL_S = 400
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def make_model(kind="het", task="multiclass", num_factors=3, parameter_efficient=False, seed=0):
+def make_model(
+    kind="het", task="multiclass", num_factors=3, parameter_efficient=False, seed=0, classes=K
+):
     torch.manual_seed(seed)
     spec = RunSpec(
         task=task,
@@ -59,7 +64,7 @@ def make_model(kind="het", task="multiclass", num_factors=3, parameter_efficient
     rng = np.random.default_rng(seed)
     mean = rng.normal(size=D).astype(np.float32)
     std = rng.uniform(0.5, 2.0, size=D).astype(np.float32)
-    model = build_classifier(spec, [D], K, mean, std)
+    model = build_classifier(spec, [D], classes, mean, std)
     with torch.no_grad():  # spread the logits so the probabilities are not all ~1/K
         model.head.loc.weight.mul_(4.0)
     return model.eval()
@@ -449,6 +454,68 @@ def test_forked_processes_do_not_repeat_each_other(exported):
     assert not np.array_equal(first, second)
     assert not np.array_equal(first, parent) and not np.array_equal(second, parent)
     assert model.run(x, num_samples=50)["probs"].shape == parent.shape  # the parent still works
+
+
+# -- a confident input: the spread of p far below p -----------------------------------
+
+
+def confident_model(classes=10, mu0=10.0, scale=0.01):
+    """Every input gets z = u / tau ~ N((mu0, 0, ..., 0), scale^2 I) (R = 0): issue 21's
+    case, p_0 ~ 1 - 4e-4 with a prob_std of a few 1e-6."""
+    model = make_model(num_factors=0, classes=classes)
+    head = model.head
+    tau = float(head.temperature)
+    with torch.no_grad():
+        for layer in (head.loc, head.diag):
+            layer.weight.zero_()
+        head.loc.bias.zero_()
+        head.loc.bias[0] = mu0 * tau
+        head.diag.bias.fill_(math.log(math.expm1(scale * tau - head.min_scale)))
+    return model
+
+
+def reference_moments_by_raw_second_moment(latent, eps_r, eps_k, task, groups=None):
+    """The formula the export traced before issue 21: E[p^2] - E[p]^2 in float32."""
+    m = reference_moments(latent, eps_r, eps_k, task, groups)
+    p = torch.softmax(latent.sample(eps_r, eps_k), -1)
+    num = torch.ones_like(p[:, :, :1]).sum(1)
+    var = ((p * p).mean(1) - m["probs"] * m["probs"]).clamp_min(0) * num / (num - 1)
+    return {**m, "prob_std": var.sqrt()}
+
+
+def test_prob_std_of_a_confident_input_is_right_in_the_file(tmp_path):
+    """K = 10, mu0 = 10, d = 0.01, S = 1000: the file's prob_std equals the float64 sample
+    std of the same draws to 3e-3 (it was exactly 0), within MC error of the population
+    std, and the parity check measured it."""
+    model, num, seed = confident_model(), 1000, 11
+    meta = export_onnx(
+        model, tmp_path / "m.onnx", class_names=[f"c{i}" for i in range(10)],
+        parity_inputs=inputs(8),
+    )  # fmt: skip
+    assert meta["parity"]["same_noise_tolerance_ratio"]["prob_std"] <= 1
+    got = run_plain(plain_session(tmp_path / "m.onnx"), inputs(2), num_samples=num, seed=seed)
+    h = model.features(torch.from_numpy(inputs(1)))
+    latent = model.head.latent(h).scaled(1 / model.head.temperature)
+    mu, scale = latent.mu.detach().double(), latent.scale.detach().double()
+    eps = torch.from_numpy(sampler_normals("qmc", seed, num, 10)).double()
+    sample_std = reference_moments(LogitGaussian(mu, scale), None, eps, "multiclass")["prob_std"]
+    assert sample_std[0, 0] > 1e-6
+    # (3e-3: the float32 logits near 10 are themselves rounded to 1e-6, 0.14 % measured)
+    np.testing.assert_allclose(got["prob_std"][0], sample_std[0].numpy(), rtol=3e-3)
+    big = torch.randn(1 << 20, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    truth = torch.softmax(mu + scale * big, -1).std(0).numpy()
+    assert (np.abs(got["prob_std"][0] - truth) <= 5 * truth / math.sqrt(2 * (num - 1))).all()
+
+
+def test_parity_refuses_a_prob_std_that_cancels(tmp_path, monkeypatch):
+    """The export parity compares every output relatively: the old E[p^2] - E[p]^2 graph
+    (prob_std 0 on a confident input, probs and mc_stderr right) is refused."""
+    monkeypatch.setattr(export_core, "reference_moments", reference_moments_by_raw_second_moment)
+    with pytest.raises(ExportError, match="prob_std"):
+        export_onnx(
+            confident_model(), tmp_path / "bad.onnx", class_names=[f"c{i}" for i in range(10)],
+            parity_inputs=inputs(8),
+        )  # fmt: skip
 
 
 # -- refusals ---------------------------------------------------------------------------

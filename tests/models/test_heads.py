@@ -374,3 +374,51 @@ def test_linear_head_noise_free_is_its_predict(task):
     logits = head.loc(h)
     plain = torch.softmax(logits, -1) if task == MULTICLASS else torch.sigmoid(logits)
     torch.testing.assert_close(head.noise_free_probs(h), plain)
+
+
+def confident_latent(dtype=torch.float32, k=10, mu0=10.0, scale=0.01) -> LogitGaussian:
+    """The review's case: mu = (mu0, 0, ..., 0), d = scale, R = 0: p_0 ~ 1 - 4e-4 with a
+    spread of a few 1e-6, far below p_0's float32 spacing of p_0^2."""
+    mu = torch.zeros(1, k, dtype=dtype)
+    mu[0, 0] = mu0
+    return LogitGaussian(mu, torch.full((1, k), scale, dtype=dtype))
+
+
+def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
+    """K = 10, mu0 = 10, d = 0.01, S = 1000 (issue 21): the float32 reference (what the
+    export traces) gives the sample std of the same draws in float64 to 1e-3, and that
+    is within MC error of the population std (float64, 2^20 draws). E[p^2] - E[p]^2 gave
+    exactly 0 for class 0 here."""
+    from models.heads import reference_moments
+
+    num = 1000
+    eps = torch.randn(num, 10, generator=torch.Generator().manual_seed(3))
+    got = reference_moments(confident_latent(), None, eps, MULTICLASS)["prob_std"][0]
+    exact = reference_moments(confident_latent(torch.float64), None, eps.double(), MULTICLASS)
+    exact_std = exact["prob_std"][0]
+    assert exact_std[0] > 1e-6  # the case is the one the review measured
+    torch.testing.assert_close(got.double(), exact_std, rtol=1e-3, atol=0)
+
+    big = torch.randn(1 << 20, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    truth = torch.softmax(confident_latent(torch.float64).sample(None, big)[0], -1).std(0)
+    # the sample std of S near-Gaussian draws has a relative error ~ 1 / sqrt(2 (S - 1))
+    assert ((got.double() - truth).abs() <= 5 * truth / math.sqrt(2 * (num - 1))).all()
+
+
+@pytest.mark.parametrize("groups", [None, 8])
+def test_mc_stderr_is_nan_from_one_draw(groups):
+    """S = 1: no spread to measure, so the standard error is undefined (NaN, null in the
+    API), not 0; prob_std stays its S = 1 value 0. The head's fast path agrees."""
+    from models.heads import reference_moments
+
+    latent = confident_latent(mu0=1.0, scale=1.0)
+    eps = torch.randn(1, 10, generator=torch.Generator().manual_seed(5))
+    m = reference_moments(latent, None, eps, MULTICLASS, groups)
+    assert torch.isnan(m["mc_stderr"]).all()
+    assert (m["prob_std"] == 0).all()
+    two = reference_moments(latent, None, torch.cat([eps, -eps]), MULTICLASS, groups)
+    assert torch.isfinite(two["mc_stderr"]).all() and (two["mc_stderr"] > 0).all()
+    head = make_head(k=10, r=0, eval_noise="mc" if groups is None else "qmc")
+    h = torch.randn(3, 6)
+    assert torch.isnan(head.moments(h, 1)["mc_stderr"]).all()
+    assert torch.isfinite(head.moments(h, 2)["mc_stderr"]).all()

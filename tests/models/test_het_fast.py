@@ -13,7 +13,7 @@ import torch
 
 from core.spec import HeadSpec
 from models import het_fast, het_kernel
-from models.heads import MULTICLASS, MULTILABEL, HetHead
+from models.heads import MULTICLASS, MULTILABEL, HetHead, LogitGaussian
 
 CASES = [
     {"task": task, "num_factors": r, "parameter_efficient": pe, "share_samples_across_batch": sh}
@@ -291,3 +291,33 @@ def test_kernel_in_a_forked_child(monkeypatch):
     os.close(read_end)
     child = torch.frombuffer(bytearray(got), dtype=torch.float32)
     torch.testing.assert_close(child, torch.cat([t.flatten() for t in parent]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_classes", [25, 30, 101])
+def test_kernel_entropy_has_no_padding_lane_term(num_classes, monkeypatch):
+    """K > 24 and K % 8 != 0: the sample-major kernel pads K to a multiple of 8 with logits
+    of -1e30, and a padding lane's clamped exp(-87) times (-1e30 - max) added -1.6e-8 to
+    sum_k e_k (u_k - max) per lane, ~1.15e-7 nats of expected_entropy at 7 lanes. The
+    same head widened to the multiple of 8 with real classes at logit -200 (which add
+    nothing: exp(-200) underflows) has no padding: both must agree to 1e-9."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    padded = -(-num_classes // 8) * 8
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.full((3, padded), -200.0)
+    mu[:, :num_classes] = 3 * torch.randn(3, num_classes, generator=gen)
+    scale = torch.full((3, padded), 0.5)
+    eps_k = torch.randn(64, padded, generator=gen)
+    calls = []
+    real = het_kernel.moment_sums
+    monkeypatch.setattr(
+        het_kernel, "moment_sums", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+
+    def entropy(k):
+        latent = LogitGaussian(mu[:, :k].contiguous(), scale[:, :k].contiguous())
+        m = het_fast.moments(latent, None, eps_k[:, :k].contiguous(), True, 1 << 20, False)
+        return m["expected_entropy"]
+
+    got, wide = entropy(num_classes), entropy(padded)
+    assert len(calls) == 2, "the kernel was not used"
+    torch.testing.assert_close(got, wide, rtol=0, atol=1e-9)

@@ -224,3 +224,36 @@ def test_augment_images_crops_a_shifted_window_and_flips():
 def test_head_spec_rejects_bad_temperatures(head):
     with pytest.raises(ValueError):
         HeadSpec(**head)
+
+
+@pytest.mark.parametrize("kind", ["het", "softmax"])
+def test_validation_nll_is_computed_in_log_space(kind):
+    """The NLL that picks the epoch and temperature "auto"'s choice is -mean log p_hat(y|x)
+    as the training loss computes it (logsumexp over the draws): a confident mistake
+    (log p_hat(y|x) ~ -60) counts 60 nats, not the 27.6 of p_hat clipped at 1e-12; where
+    nothing is clipped it equals -log p_hat_y of the same draws."""
+    from models.classifier import build_classifier
+    from models.metrics import evaluate
+    from models.train import EVAL_SEED, evaluate_split, predict_proba
+
+    spec = tiny_spec(kind=kind)
+    model = build_classifier(spec, [4], 3, np.zeros(4), np.ones(4)).eval()
+    x, y = blobs().x_test, blobs().y_test
+    clipped = evaluate(predict_proba(model, x), y, "multiclass")["nll"]
+    assert evaluate_split(model, x, y, "multiclass")["nll"] == pytest.approx(clipped, rel=1e-5)
+
+    with torch.no_grad():
+        model.head.loc.weight.zero_()
+        model.head.loc.bias.copy_(torch.tensor([60.0, 0.0, 0.0]))
+        if kind == "het":
+            model.head.diag.weight.zero_()
+            model.head.diag.bias.fill_(-100.0)
+    wrong = np.ones(len(x), dtype=np.int64)  # every label is class 1: p_hat(1|x) ~ e^-60
+    nll = evaluate_split(model, x, wrong, "multiclass")["nll"]
+    assert nll > 50  # the clipped NLL cannot exceed -log(1e-12) = 27.6
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    with torch.no_grad():
+        direct = -model.log_likelihood(
+            torch.as_tensor(x), torch.as_tensor(wrong), generator=gen
+        ).mean()
+    assert nll == pytest.approx(float(direct), rel=1e-5)
