@@ -12,6 +12,7 @@ deployment checks in `make test-deploy` (marker `deploy_engine`), which .ci/run 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,14 @@ from tests.app.serving_support import API_KEY, D, exported, make_settings, regis
 from tests.deploy.conftest import REPO
 from tests.waiting import free_port
 
-# What docker/api.Dockerfile copies into its build stage.
-BUILD_CONTEXT = ("pyproject.toml", "README.md", "app", "models", "worker", "hetserve")
+
+def build_context() -> list[str]:
+    """What docker/api.Dockerfile copies into its build stage (its COPY sources)."""
+    build_stage = (REPO / "docker" / "api.Dockerfile").read_text().split("\nFROM ")[1]
+    copies = re.findall(r"^COPY (?!--)(.+) \S+$", build_stage, re.M)
+    return [source for line in copies for source in line.split()]
+
+
 PIP_TIMEOUT_S = 900
 
 
@@ -42,7 +49,8 @@ def pip(venv: Path, *args: str, cwd: Path) -> None:
 def test_api_dependency_set_serves_a_prediction_without_torch(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
-    for name in BUILD_CONTEXT:
+    assert {"app", "core", "pyproject.toml"} <= set(build_context())
+    for name in build_context():
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, source / name)
     requirements = tomllib.loads((source / "pyproject.toml").read_text())["project"]["dependencies"]
