@@ -99,8 +99,11 @@ class NoiseReport(TypedDict, total=False):
 class LabelIssue(TypedDict):
     index: int  # row of the uploaded x_train
     given_label: int
+    given_name: str
     suggested_label: int
-    score: float
+    suggested_name: str
+    score: float  # 1 - p(given label)
+    flagged: bool  # in the flagged set
 
 
 class LabelIssues(TypedDict, total=False):
@@ -108,6 +111,8 @@ class LabelIssues(TypedDict, total=False):
     dataset_id: str
     num_examples: int
     num_flagged: int
+    num_matching: int  # rows that match the filters
+    offset: int
     issues: list[LabelIssue]  # most likely mislabeled first
 
 

@@ -382,15 +382,58 @@ class Client:
         the noise std by class."""
         return cast(NoiseReport, self._json("GET", f"/v1/models/{_id(model_id)}/noise"))
 
-    def label_issues(self, model_id: str, limit: int | None = None) -> LabelIssues:
+    def label_issues(
+        self,
+        model_id: str,
+        limit: int | None = None,
+        *,
+        offset: int = 0,
+        flagged: bool = False,
+        given: int | None = None,
+        suggested: int | None = None,
+    ) -> LabelIssues:
         """Training rows the model thinks are mislabeled, most likely first; ``index``
         is the row of the uploaded ``x_train``. ``limit`` caps the ``issues`` listed
-        (``num_flagged`` counts them all)."""
-        params = {} if limit is None else {"limit": limit}
+        (``num_flagged`` counts them all), ``offset`` pages; ``flagged`` keeps the
+        flagged rows only, ``given`` / ``suggested`` one class pair (``num_matching``
+        counts the rows that match)."""
+        params = _issue_filters(limit, offset, flagged, given, suggested)
         return cast(
             LabelIssues,
             self._json("GET", f"/v1/models/{_id(model_id)}/label-issues", params=params),
         )
+
+    def export_label_issues(
+        self,
+        model_id: str,
+        path: PathLike,
+        limit: int | None = None,
+        *,
+        offset: int = 0,
+        flagged: bool = False,
+        given: int | None = None,
+        suggested: int | None = None,
+    ) -> Path:
+        """Save the label issues as CSV (``index, file, given, given_name, suggested,
+        suggested_name, score, flagged``; every matching row unless ``limit``) to
+        ``path``, streamed; return the path."""
+        url = f"/v1/models/{_id(model_id)}/label-issues"
+        params = _issue_filters(limit, offset, flagged, given, suggested) | {"format": "csv"}
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._http.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_status(response, "GET", url)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise ConnectionFailed(self.url, str(exc) or type(exc).__name__) from None
+        partial.replace(target)
+        return target
 
     # ------------------------------------------------------------------ aliases
 
@@ -450,6 +493,19 @@ class Client:
             predictive=answer.get("predictive", predictive),
             rows=answer["predictions"],
         )
+
+
+def _issue_filters(
+    limit: int | None, offset: int, flagged: bool, given: int | None, suggested: int | None
+) -> dict[str, Any]:
+    """The query of the label-issues route: only what differs from its defaults."""
+    params: dict[str, Any] = {"limit": limit, "given": given, "suggested": suggested}
+    params = {k: v for k, v in params.items() if v is not None}
+    if offset:
+        params["offset"] = offset
+    if flagged:
+        params["flagged"] = "true"
+    return params
 
 
 def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:

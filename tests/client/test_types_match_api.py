@@ -17,6 +17,8 @@ PAIRS = [
     (_types.Job, "JobOut"),
     (_types.Model, "ModelOut"),
     (_types.Alias, "AliasOut"),
+    (_types.LabelIssue, "LabelIssue"),
+    (_types.LabelIssues, "LabelIssuesOut"),
 ]
 
 
