@@ -16,6 +16,18 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 Predictive = Literal["marginal", "noise_free"]
 
 
+class DatasetLineage(TypedDict, total=False):
+    """Where a corrected dataset came from."""
+
+    parent_dataset_id: str
+    rule: str  # "relabel" or "drop" (a model's top N flagged rows), or "csv"
+    model_id: str | None
+    top: int | None
+    csv_sha256: str | None
+    num_relabelled: int
+    num_dropped: int
+
+
 class Dataset(TypedDict, total=False):
     id: str
     name: str
@@ -30,6 +42,7 @@ class Dataset(TypedDict, total=False):
     sha256: str
     size_bytes: int
     created_at: str
+    lineage: DatasetLineage | None  # a corrected dataset's parent and corrections
 
 
 class Progress(TypedDict, total=False):

@@ -212,6 +212,40 @@ class Client:
         """Remove a dataset; :class:`ConflictError` while jobs use it."""
         self.request("DELETE", f"/v1/datasets/{_id(dataset_id)}")
 
+    def correct_from_model(
+        self,
+        dataset_id: str,
+        model_id: str,
+        action: str,
+        *,
+        top: int | None = None,
+        name: str | None = None,
+    ) -> Dataset:
+        """A new dataset from ``dataset_id`` and a model's findings: ``action``
+        ``"relabel"`` gives the ``top`` most suspect flagged rows (default: every flagged
+        row) their suggested class, ``"drop"`` leaves them out. The model must have been
+        trained on ``dataset_id``. The answer's ``lineage`` records it all."""
+        body: dict[str, Any] = {"model_id": model_id, "action": action}
+        body |= {k: v for k, v in (("top", top), ("name", name)) if v is not None}
+        url = f"/v1/datasets/{_id(dataset_id)}/corrections/from-model"
+        return cast(Dataset, self._json("POST", url, json=body))
+
+    def correct_from_csv(
+        self, dataset_id: str, corrections: PathLike | bytes, *, name: str | None = None
+    ) -> Dataset:
+        """A new dataset from ``dataset_id`` with the labels of a CSV of ``index,label``
+        lines (a path or the bytes; ``label`` a class name or index) replaced.
+        :class:`UnprocessableError` (422) naming the line for a bad correction."""
+        data = (
+            bytes(corrections)
+            if isinstance(corrections, bytes | bytearray)
+            else Path(corrections).read_bytes()
+        )
+        form = {"name": name} if name is not None else {}
+        url = f"/v1/datasets/{_id(dataset_id)}/corrections"
+        files = {"file": ("corrections.csv", data)}
+        return cast(Dataset, self._json("POST", url, files=files, data=form))
+
     # ------------------------------------------------------------------ jobs
 
     def submit_job(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> Job:

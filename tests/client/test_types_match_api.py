@@ -13,6 +13,7 @@ from hetserve import _types
 
 PAIRS = [
     (_types.Dataset, "DatasetOut"),
+    (_types.DatasetLineage, "DatasetLineage"),
     (_types.Progress, "Progress"),
     (_types.Job, "JobOut"),
     (_types.Model, "ModelOut"),
