@@ -79,20 +79,25 @@ def npz_row(source: IO[bytes], name: str, index: int) -> np.ndarray:
         raise DatasetError(f"cannot read row {index} of {name}: {exc}") from None
 
 
-def read_train_row(
-    manifest_or_path: dict[str, Any] | IO[bytes], index: int, s3_endpoint_url: str | None = None
-) -> np.ndarray:
-    """Row ``index`` of ``x_train``: of a manifest (``imagefolder`` or ``npz-ref``,
-    checked as in the module docstring) or of an open canonical ``.npz``."""
-    if not isinstance(manifest_or_path, dict):
-        return npz_row(manifest_or_path, "x_train", index)
-    manifest = manifest_or_path
+def read_train_item(
+    manifest_or_file: dict[str, Any] | IO[bytes], index: int, s3_endpoint_url: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``x_train[index]``, ``y_train[index]``) of a manifest (``imagefolder`` or
+    ``npz-ref``, checked as the module docstring says) or of an open canonical ``.npz``.
+    DatasetError when a file by reference changed or went missing."""
+    if not isinstance(manifest_or_file, dict):
+        return npz_row(manifest_or_file, "x_train", index), npz_row(
+            manifest_or_file, "y_train", index
+        )
+    manifest = manifest_or_file
     if manifest["format"] == "imagefolder":
-        return np.asarray(train_images(manifest, s3_endpoint_url).load(index))
+        pixels = train_images(manifest, s3_endpoint_url).load(index)
+        return pixels, np.asarray(manifest["splits"]["train"]["labels"][index])
     store = store_for_root(manifest["root"], s3_endpoint_url)
     f = manifest["file"]
     with store.open_checked(f["path"], f["size"], f[store.stamp_key]) as opened:
-        return npz_row(io.BytesIO(opened.read()), "x_train", index)
+        data = io.BytesIO(opened.read())
+    return npz_row(data, "x_train", index), npz_row(data, "y_train", index)
 
 
 def png_bytes(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:

@@ -232,6 +232,15 @@ def test_an_image_folder_child_is_a_manifest_of_the_same_files(tmp_path):
         suggested[[1, 8]] = [2, 0]
         scores = np.linspace(0.1, 0.5, 9)
         model_id = add_model(settings, parent["id"], suggested, scores, given=given)
+        # The export names each row's file, so annotators can open it.
+        r = client.get(
+            f"/v1/models/{model_id}/label-issues",
+            params={"format": "csv", "flagged": "true"},
+            headers=AUTH,
+        )
+        lines = r.text.splitlines()
+        assert lines[1] == f"8,{folder}/train/fox/2.png,2,fox,0,cat,0.5,true", lines
+        assert lines[2].startswith(f"1,{folder}/train/cat/1.png,0,cat,2,fox,0.15")
         r = from_model(client, parent["id"], model_id=model_id, action="drop")
         assert r.status_code == 201, r.text
         dropped = r.json()
