@@ -101,6 +101,10 @@ def stored(
         raise HTTPException(422, str(exc)) from None
     except DatasetError as exc:  # a file by reference changed since it was registered
         raise HTTPException(409, str(exc)) from None
+    except FileNotFoundError:
+        raise HTTPException(
+            404, f"the data of dataset {parent.id} is missing from the artifact store"
+        ) from None
 
 
 @router.post(

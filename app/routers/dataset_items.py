@@ -36,7 +36,7 @@ ERRORS: Responses = {
         "content": {"image/png": {}},
         "description": "format=png: the image; format=json: DatasetItemOut",
     },
-    404: {"description": "no such dataset, or no training row at that index"},
+    404: {"description": "no such dataset or training row (or its data is missing)"},
     409: {"description": "the file registered by reference changed or went missing"},
     422: {"description": "format=png for a dataset of vectors"},
 }
@@ -91,6 +91,10 @@ def get_dataset_item(
     if format == "png" and not is_image:
         raise HTTPException(422, f"dataset {dataset_id} holds vectors, not images: format=json")
     path = artifacts.resolve(relative)
+    if not path.is_file():
+        raise HTTPException(
+            404, f"the data of dataset {dataset_id} is missing from the artifact store"
+        )
     manifest = _manifest(path) if fmt in REFERENCE_FORMATS else None
     try:
         if manifest is not None:

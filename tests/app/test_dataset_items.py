@@ -139,3 +139,18 @@ def test_a_corrected_dataset_shows_its_corrected_label(ctx):
     assert item(client, child["id"], 0, format="json").json()["label_names"] == ["fox"]
     assert item(client, parent["id"], 0, format="json").json()["label_names"] == ["cat"]
     assert decoded(item(client, child["id"], 0)).shape == (32, 32, 3)
+
+
+def test_a_dataset_whose_file_is_gone_is_404_not_500(ctx, tmp_path):
+    client, _ = ctx
+    x = np.zeros((4, 3), np.float32)
+    d = upload(client, "t.npz", npz_bytes(x_train=x, y_train=np.array([0, 1, 1, 0])))
+    data_dir = client.app.state.settings.data_dir
+    for stored in (data_dir / "artifacts").rglob("*.npz"):
+        stored.unlink()
+    r = item(client, d["id"], 0)
+    assert r.status_code == 404 and "missing from the artifact store" in r.json()["detail"]
+    r = client.post(
+        f"/v1/datasets/{d['id']}/corrections", files={"file": ("c.csv", b"0,1\n")}, headers=AUTH
+    )
+    assert r.status_code == 404 and "missing from the artifact store" in r.json()["detail"]
