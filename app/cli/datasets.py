@@ -100,6 +100,7 @@ def dataset_line(d: hetserve.Dataset) -> str:
     return (
         f"{d['id']}  {d['name']}  {d['task']}  x{d['input_shape']}  {d['num_classes']} classes  "
         f"train/val/test {d['num_train']}/{d['num_val']}/{d['num_test']}"
+        + ("  (corrected)" if d.get("lineage") else "")
     )
 
 

@@ -141,5 +141,25 @@ def test_a_corrected_dataset_from_the_page(page, origin, trained_images):
     )
     result = page.find_element(By.CSS_SELECTOR, "#label-issues .fix-result").text
     assert "5 relabelled, 0 dropped" in result and f"{trained_images['dataset_id'][:8]}" in result
-    assert css(page, "#label-issues .fix-result button")  # train on it
     check_page(page, origin, "label-issues-fixed")
+    # Retrain without leaving the dashboard: the new job's page shows where its data came from.
+    page.find_element(By.CSS_SELECTOR, "#label-issues .fix-result button").click()
+    wait(
+        page,
+        lambda d: d.execute_script(
+            "return location.hash.startsWith('#/jobs/') && !location.hash.endsWith(arguments[0])"
+            " && document.getElementById('view').dataset.state === 'ready';",
+            trained_images["job"]["id"],
+        ),
+        what="the new job's page",
+    )
+    lineage = wait_css(page, "p.lineage").text
+    assert "relabel top 5 flagged of model" in lineage, lineage
+    job_id = page.execute_script("return location.hash.split('/').pop();")
+    assert job_id != trained_images["job"]["id"]
+    check_page(page, origin, "label-issues-retrain")
+    page.execute_script(  # free the worker: the job itself is not under test here
+        "return fetch(`v1/jobs/${arguments[0]}/cancel`, {method: 'POST', headers:"
+        " {Authorization: `Bearer ${sessionStorage.getItem('hetserve.apiKey')}`}}).then(r => r.status);",
+        job_id,
+    )
