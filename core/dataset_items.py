@@ -27,6 +27,8 @@ from core.dataset_files import DatasetError
 from core.datastore import ImageFiles, store_for_root
 
 THUMBNAIL_SIDE = 128  # the largest side of an item's PNG
+# The formats of a dataset registered by reference: its artifact is a manifest.
+REFERENCE_FORMATS = ("imagefolder", "npz-ref")
 
 
 def train_locations(manifest: dict[str, Any]) -> list[str] | None:
@@ -95,9 +97,10 @@ def read_train_item(
         return pixels, np.asarray(manifest["splits"]["train"]["labels"][index])
     store = store_for_root(manifest["root"], s3_endpoint_url)
     f = manifest["file"]
+    # The checked file itself, seekable (a local file, an S3 object read by range): only
+    # the two rows' bytes are read, not the whole archive.
     with store.open_checked(f["path"], f["size"], f[store.stamp_key]) as opened:
-        data = io.BytesIO(opened.read())
-    return npz_row(data, "x_train", index), npz_row(data, "y_train", index)
+        return npz_row(opened, "x_train", index), npz_row(opened, "y_train", index)
 
 
 def png_bytes(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:

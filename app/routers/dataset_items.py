@@ -25,11 +25,10 @@ from app.routers import AUTH_ERRORS, Responses
 from app.serving.metrics import InstrumentedRoute
 from app.store import DatasetStore
 from core.dataset_files import DatasetError
-from core.dataset_items import png_bytes, read_train_item, train_locations
+from core.dataset_items import REFERENCE_FORMATS, png_bytes, read_train_item, train_locations
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=InstrumentedRoute)
 
-REFERENCE_FORMATS = ("imagefolder", "npz-ref")
 ERRORS: Responses = {
     **AUTH_ERRORS,
     200: {

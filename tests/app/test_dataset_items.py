@@ -154,3 +154,19 @@ def test_a_dataset_whose_file_is_gone_is_404_not_500(ctx, tmp_path):
         f"/v1/datasets/{d['id']}/corrections", files={"file": ("c.csv", b"0,1\n")}, headers=AUTH
     )
     assert r.status_code == 404 and "missing from the artifact store" in r.json()["detail"]
+
+
+def test_a_row_of_an_npz_by_reference_and_the_file_changed(ctx):
+    client, folder = ctx
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    path = folder.parent / "rows.npz"
+    path.write_bytes(npz_bytes(x_train=x, y_train=np.array([0, 1, 0, 1, 1])))
+    r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    d = r.json()
+    body = item(client, d["id"], 3).json()
+    assert body["values"] == [12.0, 13.0, 14.0, 15.0] and body["label"] == 1
+    path.write_bytes(npz_bytes(x_train=x + 1, y_train=np.array([0, 1, 0, 1, 1])))
+    os.utime(path, ns=(1, 1))
+    r = item(client, d["id"], 3)
+    assert r.status_code == 409 and "rows.npz" in r.json()["detail"]
