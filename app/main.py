@@ -31,6 +31,8 @@ from app.errors import concurrent_change, store_unavailable, validation_failed
 from app.logs import configure_logging
 from app.routers import (
     aliases,
+    dataset_corrections,
+    dataset_items,
     datasets,
     health,
     jobs,
@@ -95,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # any other, and without an included router's matching (about 10 µs a request).
     app.router.routes.extend(predict.router.routes)
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (datasets, jobs, models, aliases, noise):
+    for module in (datasets, dataset_corrections, dataset_items, jobs, models, aliases, noise):
         v1.include_router(module.router)
     app.include_router(health.router)
     app.include_router(v1)

@@ -71,6 +71,21 @@ class DatasetReference(BaseModel):
     grayscale: bool = Field(False, description="image folders: decode as one channel")
 
 
+class DatasetLineage(BaseModel):
+    """Where a corrected dataset came from (POST /v1/datasets/{id}/corrections...)."""
+
+    parent_dataset_id: str
+    rule: str = Field(
+        description='"relabel" or "drop" (the top N flagged rows of a model\'s findings), '
+        'or "csv" (the corrections a person uploaded)'
+    )
+    model_id: str | None = Field(None, description="the model whose findings were applied")
+    top: int | None = Field(None, description="N: how many flagged rows were asked for")
+    csv_sha256: str | None = Field(None, description="the SHA-256 of the uploaded CSV")
+    num_relabelled: int = Field(description="training rows given another label")
+    num_dropped: int = Field(description="training rows left out")
+
+
 class DatasetOut(BaseModel):
     model_config = ConfigDict(
         from_attributes=True,
@@ -108,6 +123,9 @@ class DatasetOut(BaseModel):
     sha256: str
     size_bytes: int
     created_at: datetime
+    lineage: DatasetLineage | None = Field(
+        None, description="a corrected dataset's parent and corrections; null otherwise"
+    )
 
 
 class Progress(BaseModel):

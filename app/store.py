@@ -87,6 +87,9 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     artifact_path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A dataset made from another plus corrections: where it came from
+    # (app/dataset_corrections.py); NULL for one uploaded or registered as it is.
+    lineage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):

@@ -93,3 +93,41 @@ def read_head(path: str | Path, limit: int) -> dict[str, Any]:
         )
     ]
     return {"num_examples": len(flagged), "num_flagged": int(flagged.sum()), "issues": issues}
+
+
+def read_selection(
+    path: str | Path,
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+    flagged_only: bool = False,
+    given: int | None = None,
+    suggested: int | None = None,
+) -> dict[str, Any]:
+    """The entries that match every filter given (``flagged_only``: in the flagged set;
+    ``given`` / ``suggested``: that class index), in the file's order, from ``offset``,
+    at most ``limit`` (all when None): ``{"num_examples", "num_flagged", "num_matching",
+    "arrays": {name: array}}``. Without a filter only the first offset + limit entries
+    are read."""
+    with zipfile.ZipFile(path) as archive:
+        flagged = _read(archive, "flagged", None)
+        filtered = flagged_only or given is not None or suggested is not None
+        head = None if filtered or limit is None else offset + limit
+        arrays = {name: _read(archive, name, head) for name in ARRAYS if name != "flagged"}
+    arrays["flagged"] = flagged if head is None else flagged[:head]
+    keep = np.ones(len(arrays["flagged"]), dtype=bool)
+    if flagged_only:
+        keep &= arrays["flagged"]
+    if given is not None:
+        keep &= arrays["given"] == given
+    if suggested is not None:
+        keep &= arrays["suggested"] == suggested
+    matching = int(keep.sum()) if filtered else len(flagged)
+    stop = None if limit is None else offset + limit
+    rows = np.flatnonzero(keep)[offset:stop]
+    return {
+        "num_examples": len(flagged),
+        "num_flagged": int(flagged.sum()),
+        "num_matching": matching,
+        "arrays": {name: array[rows] for name, array in arrays.items()},
+    }

@@ -16,6 +16,18 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 Predictive = Literal["marginal", "noise_free"]
 
 
+class DatasetLineage(TypedDict, total=False):
+    """Where a corrected dataset came from."""
+
+    parent_dataset_id: str
+    rule: str  # "relabel" or "drop" (a model's top N flagged rows), or "csv"
+    model_id: str | None
+    top: int | None
+    csv_sha256: str | None
+    num_relabelled: int
+    num_dropped: int
+
+
 class Dataset(TypedDict, total=False):
     id: str
     name: str
@@ -30,6 +42,7 @@ class Dataset(TypedDict, total=False):
     sha256: str
     size_bytes: int
     created_at: str
+    lineage: DatasetLineage | None  # a corrected dataset's parent and corrections
 
 
 class Progress(TypedDict, total=False):
@@ -99,8 +112,11 @@ class NoiseReport(TypedDict, total=False):
 class LabelIssue(TypedDict):
     index: int  # row of the uploaded x_train
     given_label: int
+    given_name: str
     suggested_label: int
-    score: float
+    suggested_name: str
+    score: float  # 1 - p(given label)
+    flagged: bool  # in the flagged set
 
 
 class LabelIssues(TypedDict, total=False):
@@ -108,6 +124,8 @@ class LabelIssues(TypedDict, total=False):
     dataset_id: str
     num_examples: int
     num_flagged: int
+    num_matching: int  # rows that match the filters
+    offset: int
     issues: list[LabelIssue]  # most likely mislabeled first
 
 

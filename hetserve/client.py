@@ -212,6 +212,40 @@ class Client:
         """Remove a dataset; :class:`ConflictError` while jobs use it."""
         self.request("DELETE", f"/v1/datasets/{_id(dataset_id)}")
 
+    def correct_from_model(
+        self,
+        dataset_id: str,
+        model_id: str,
+        action: str,
+        *,
+        top: int | None = None,
+        name: str | None = None,
+    ) -> Dataset:
+        """A new dataset from ``dataset_id`` and a model's findings: ``action``
+        ``"relabel"`` gives the ``top`` most suspect flagged rows (default: every flagged
+        row) their suggested class, ``"drop"`` leaves them out. The model must have been
+        trained on ``dataset_id``. The answer's ``lineage`` records it all."""
+        body: dict[str, Any] = {"model_id": model_id, "action": action}
+        body |= {k: v for k, v in (("top", top), ("name", name)) if v is not None}
+        url = f"/v1/datasets/{_id(dataset_id)}/corrections/from-model"
+        return cast(Dataset, self._json("POST", url, json=body))
+
+    def correct_from_csv(
+        self, dataset_id: str, corrections: PathLike | bytes, *, name: str | None = None
+    ) -> Dataset:
+        """A new dataset from ``dataset_id`` with the labels of a CSV of ``index,label``
+        lines (a path or the bytes; ``label`` a class name or index) replaced.
+        :class:`UnprocessableError` (422) naming the line for a bad correction."""
+        data = (
+            bytes(corrections)
+            if isinstance(corrections, bytes | bytearray)
+            else Path(corrections).read_bytes()
+        )
+        form = {"name": name} if name is not None else {}
+        url = f"/v1/datasets/{_id(dataset_id)}/corrections"
+        files = {"file": ("corrections.csv", data)}
+        return cast(Dataset, self._json("POST", url, files=files, data=form))
+
     # ------------------------------------------------------------------ jobs
 
     def submit_job(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> Job:
@@ -382,15 +416,58 @@ class Client:
         the noise std by class."""
         return cast(NoiseReport, self._json("GET", f"/v1/models/{_id(model_id)}/noise"))
 
-    def label_issues(self, model_id: str, limit: int | None = None) -> LabelIssues:
+    def label_issues(
+        self,
+        model_id: str,
+        limit: int | None = None,
+        *,
+        offset: int = 0,
+        flagged: bool = False,
+        given: int | None = None,
+        suggested: int | None = None,
+    ) -> LabelIssues:
         """Training rows the model thinks are mislabeled, most likely first; ``index``
         is the row of the uploaded ``x_train``. ``limit`` caps the ``issues`` listed
-        (``num_flagged`` counts them all)."""
-        params = {} if limit is None else {"limit": limit}
+        (``num_flagged`` counts them all), ``offset`` pages; ``flagged`` keeps the
+        flagged rows only, ``given`` / ``suggested`` one class pair (``num_matching``
+        counts the rows that match)."""
+        params = _issue_filters(limit, offset, flagged, given, suggested)
         return cast(
             LabelIssues,
             self._json("GET", f"/v1/models/{_id(model_id)}/label-issues", params=params),
         )
+
+    def export_label_issues(
+        self,
+        model_id: str,
+        path: PathLike,
+        limit: int | None = None,
+        *,
+        offset: int = 0,
+        flagged: bool = False,
+        given: int | None = None,
+        suggested: int | None = None,
+    ) -> Path:
+        """Save the label issues as CSV (``index, file, given, given_name, suggested,
+        suggested_name, score, flagged``; every matching row unless ``limit``) to
+        ``path``, streamed; return the path."""
+        url = f"/v1/models/{_id(model_id)}/label-issues"
+        params = _issue_filters(limit, offset, flagged, given, suggested) | {"format": "csv"}
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._http.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_status(response, "GET", url)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise ConnectionFailed(self.url, str(exc) or type(exc).__name__) from None
+        partial.replace(target)
+        return target
 
     # ------------------------------------------------------------------ aliases
 
@@ -450,6 +527,19 @@ class Client:
             predictive=answer.get("predictive", predictive),
             rows=answer["predictions"],
         )
+
+
+def _issue_filters(
+    limit: int | None, offset: int, flagged: bool, given: int | None, suggested: int | None
+) -> dict[str, Any]:
+    """The query of the label-issues route: only what differs from its defaults."""
+    params: dict[str, Any] = {"limit": limit, "given": given, "suggested": suggested}
+    params = {k: v for k, v in params.items() if v is not None}
+    if offset:
+        params["offset"] = offset
+    if flagged:
+        params["flagged"] = "true"
+    return params
 
 
 def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:

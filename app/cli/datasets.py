@@ -1,4 +1,4 @@
-"""``hetserve datasets``: upload, register, list, show and remove datasets."""
+"""``hetserve datasets``: upload, register, correct, list, show and remove datasets."""
 
 from __future__ import annotations
 
@@ -57,6 +57,36 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
         f"  format   {dataset['format']}, {dataset['size_bytes']} bytes, sha256 {dataset['sha256']}"
     )
     print(f"  created  {dataset['created_at']}")
+    if lineage := dataset.get("lineage"):
+        print(f"  lineage  {lineage_text(lineage)}")
+    return 0
+
+
+def lineage_text(lineage: hetserve.DatasetLineage) -> str:
+    """What a corrected dataset was made of, in one line."""
+    parent = f"from dataset {lineage['parent_dataset_id']}"
+    changed = f"{lineage['num_relabelled']} relabelled, {lineage['num_dropped']} dropped"
+    if lineage["rule"] == "csv":
+        return f"{parent}: corrections CSV sha256 {lineage['csv_sha256']} ({changed})"
+    top = "every flagged row" if lineage.get("top") is None else f"top {lineage['top']} flagged"
+    return f"{parent}: {lineage['rule']} {top} of model {lineage['model_id']} ({changed})"
+
+
+def cmd_datasets_correct(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    if (args.csv is None) == (args.from_model is None):
+        raise CliError("give exactly one of --from-model MODEL or --csv FILE")
+    if args.csv is not None:
+        if not Path(args.csv).is_file():
+            raise CliError(f"no such file: {args.csv}")
+        dataset = client.correct_from_csv(args.dataset_id, args.csv, name=args.name)
+    else:
+        dataset = client.correct_from_model(
+            args.dataset_id, args.from_model, args.action, top=args.top, name=args.name
+        )
+    _print_dataset(args, dataset)
+    if not args.json and not args.quiet and (lineage := dataset.get("lineage")):
+        print(f"  lineage  {lineage_text(lineage)}")
     return 0
 
 
@@ -70,6 +100,7 @@ def dataset_line(d: hetserve.Dataset) -> str:
     return (
         f"{d['id']}  {d['name']}  {d['task']}  x{d['input_shape']}  {d['num_classes']} classes  "
         f"train/val/test {d['num_train']}/{d['num_val']}/{d['num_test']}"
+        + ("  (corrected)" if d.get("lineage") else "")
     )
 
 
@@ -95,6 +126,22 @@ def add_commands(commands: Commands) -> None:
         parents=[client, quiet],
     )
     register.add_argument("uri", help="file:///... URI or a path on the service's machine")
+    correct = commands.subcommand(
+        datasets,
+        "correct",
+        "a new dataset from DATASET plus corrections: a model's findings or a CSV of "
+        "index,label lines (no image is copied)",
+        cmd_datasets_correct,
+        parents=[client, quiet],
+    )
+    correct.add_argument("dataset_id", help="the dataset to correct")
+    correct.add_argument("--from-model", metavar="MODEL", help="a model trained on it")
+    correct.add_argument(
+        "--action", choices=["relabel", "drop"], default="relabel", help="with --from-model"
+    )
+    correct.add_argument("--top", type=int, help="the N most suspect flagged rows (default all)")
+    correct.add_argument("--csv", metavar="FILE", help="index,label corrections")
+    correct.add_argument("--name", help="display name of the new dataset")
     ls = commands.subcommand(
         datasets, "ls", "list datasets, newest first", cmd_datasets_ls, parents=[client]
     )

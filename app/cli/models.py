@@ -74,7 +74,15 @@ def cmd_models_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_models_label_issues(args: argparse.Namespace) -> int:
-    found = client_from(args).label_issues(args.model_id, limit=args.limit)
+    client = client_from(args)
+    if args.csv:
+        # Every flagged row (every row with --all) unless --limit says otherwise.
+        path = client.export_label_issues(
+            args.model_id, args.csv, limit=args.limit, flagged=not args.all
+        )
+        print(path)
+        return 0
+    found = client.label_issues(args.model_id, limit=args.limit or 20)
     if args.json:
         print_json(found)
         return 0
@@ -85,12 +93,11 @@ def cmd_models_label_issues(args: argparse.Namespace) -> int:
     issues = found.get("issues") or []
     if issues:
         print("| x_train row | given | suggested | score |")
-        print("|---:|---:|---:|---:|")
+        print("|---:|---|---|---:|")
         for issue in issues:
-            print(
-                f"| {issue['index']} | {issue['given_label']} | {issue['suggested_label']} | "
-                f"{issue['score']:.4f} |"
-            )
+            given = issue.get("given_name", issue["given_label"])
+            suggested = issue.get("suggested_name", issue["suggested_label"])
+            print(f"| {issue['index']} | {given} | {suggested} | {issue['score']:.4f} |")
     return 0
 
 
@@ -134,4 +141,12 @@ def add_commands(commands: Commands) -> None:
         parents=client,
     )
     issues.add_argument("model_id")
-    issues.add_argument("--limit", type=int, default=20, help="issues to list")
+    issues.add_argument(
+        "--limit", type=int, help="issues to list (default 20; with --csv: every flagged row)"
+    )
+    issues.add_argument(
+        "--csv", metavar="FILE", help="save them as CSV (index, file, given, suggested, score)"
+    )
+    issues.add_argument(
+        "--all", action="store_true", help="with --csv: every row, not only flagged"
+    )

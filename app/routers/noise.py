@@ -13,16 +13,18 @@ neither, and models trained before they were computed have neither.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from app.deps import ArtifactsDep, SessionDep
+from app.label_issues_csv import CSV_RESPONSE, csv_response
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, Responses
 from app.routers.models import ModelRef, find_model
 from app.routers.predict import ServingRoute
-from app.serving.schemas import LabelIssuesOut, NoiseReportOut
-from app.store import Job, Model
+from app.serving.schemas import LabelIssue, LabelIssuesOut, NoiseReportOut
+from app.store import Dataset, Job, Model
 from core import label_issues_file
 
 router = APIRouter(prefix="/v1/models", tags=["noise"], route_class=ServingRoute)
@@ -79,7 +81,7 @@ def get_noise_report(request: Request, model_id: ModelRef, session: SessionDep) 
 @router.get(
     "/{model_id}/label-issues",
     response_model=LabelIssuesOut,
-    responses={**AUTH_ERRORS, **MODEL_NOT_FOUND, **NOT_COMPUTED},
+    responses={**AUTH_ERRORS, **MODEL_NOT_FOUND, **NOT_COMPUTED, **CSV_RESPONSE},
     summary="Training rows most likely mislabeled, most suspect first (id or alias)",
 )
 def get_label_issues(
@@ -87,12 +89,31 @@ def get_label_issues(
     model_id: ModelRef,
     session: SessionDep,
     artifacts: ArtifactsDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_ISSUES)] = 100,
-) -> LabelIssuesOut:
+    format: Annotated[
+        Literal["json", "csv"], Query(description="csv: streamed, with class names and files")
+    ] = "json",
+    limit: Annotated[
+        int | None,
+        Query(ge=1, description=f"json: default 100, at most {MAX_ISSUES}; csv: default all"),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="skip this many")] = 0,
+    flagged: Annotated[bool, Query(description="only rows in the flagged set")] = False,
+    given: Annotated[int | None, Query(ge=0, description="only rows given this class")] = None,
+    suggested: Annotated[
+        int | None, Query(ge=0, description="only rows this class is suggested for")
+    ] = None,
+) -> LabelIssuesOut | StreamingResponse:
     model = find_model(session, model_id)
     request.state.model_id = model.id
     if model.task != "multiclass":
         raise multilabel(model, "label issue")
+    if format == "json" and limit is not None and limit > MAX_ISSUES:
+        raise HTTPException(422, f"limit is at most {MAX_ISSUES} (format=csv has no limit)")
+    for name, value in (("given", given), ("suggested", suggested)):
+        if value is not None and value >= model.num_classes:
+            raise HTTPException(
+                422, f"{name}={value} is not a class of the model (0 to {model.num_classes - 1})"
+            )
     if model.label_issues_path is None:
         raise not_computed(model, "label issue")
     path = artifacts.resolve(model.label_issues_path)
@@ -102,7 +123,44 @@ def get_label_issues(
         )
     job = session.get(Job, model.job_id)
     assert job is not None  # a model's job outlives it (models.job_id references jobs.id)
-    dataset_id = job.dataset_id
+    selection = label_issues_file.read_selection(
+        path,
+        offset=offset,
+        limit=limit if limit is not None or format == "csv" else 100,
+        flagged_only=flagged,
+        given=given,
+        suggested=suggested,
+    )
+    names = list(model.class_names)
+    if format == "csv":
+        dataset = session.get(Dataset, job.dataset_id)
+        assert dataset is not None  # a job's dataset outlives it (jobs.dataset_id)
+        return csv_response(model.id, selection["arrays"], names, dataset, artifacts)
+    arrays = selection["arrays"]
     return LabelIssuesOut(
-        model_id=model.id, dataset_id=dataset_id, **label_issues_file.read_head(path, limit)
+        model_id=model.id,
+        dataset_id=job.dataset_id,
+        num_examples=selection["num_examples"],
+        num_flagged=selection["num_flagged"],
+        num_matching=selection["num_matching"],
+        offset=offset,
+        issues=[
+            LabelIssue(
+                index=int(i),
+                given_label=int(g),
+                given_name=names[g],
+                suggested_label=int(s),
+                suggested_name=names[s],
+                score=float(sc),
+                flagged=bool(f),
+            )
+            for i, g, s, sc, f in zip(
+                arrays["index"],
+                arrays["given"],
+                arrays["suggested"],
+                arrays["score"],
+                arrays["flagged"],
+                strict=True,
+            )
+        ],
     )

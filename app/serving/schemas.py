@@ -261,7 +261,9 @@ class NoiseReportOut(BaseModel):
 class LabelIssue(BaseModel):
     index: int = Field(description="the row of the dataset's uploaded x_train")
     given_label: int
+    given_name: str = Field(description="the class name of given_label")
     suggested_label: int = Field(description="argmax of the noise-free predictive")
+    suggested_name: str = Field(description="the class name of suggested_label")
     score: float = Field(description="1 - p(given label) under the noise-free predictive")
     flagged: bool = Field(description="in the flagged set (suggested_label != given_label)")
 
@@ -271,4 +273,6 @@ class LabelIssuesOut(BaseModel):
     dataset_id: str
     num_examples: int = Field(description="every row of the uploaded x_train")
     num_flagged: int = Field(description="the size of the set the flag rule flags")
+    num_matching: int = Field(description="rows that match the filters (flagged, given, suggested)")
+    offset: int = Field(0, description="matching rows skipped before issues[0]")
     issues: list[LabelIssue] = Field(description="most likely mislabeled first, up to limit")

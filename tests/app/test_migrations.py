@@ -51,3 +51,36 @@ def test_0002_adds_nullable_noise_columns_to_existing_models_and_downgrades(tmp_
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM models")).scalar() == 1
     engine.dispose()
+
+
+def test_0003_adds_a_null_lineage_to_existing_datasets_and_downgrades(tmp_path):
+    settings = make_settings(tmp_path / "data")
+    settings.data_dir.mkdir(parents=True)
+    config = db.alembic_config(settings)
+    command.upgrade(config, "0002")
+    engine = db.make_engine(settings.resolved_database_url)
+    now = "2026-11-01 00:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO datasets VALUES ('d', 'n', 'npz', 'multiclass', 1, 0, 0, '[2]', 2,"
+                " '[\"a\", \"b\"]', :sha, 1, 'p', :now)"
+            ),
+            {"sha": "0" * 64, "now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, dataset_id, status, spec, progress, cancel_requested,"
+                " attempts, created_at) VALUES ('j', 'd', 'succeeded', '{}', '{}', 0, 1, :now)"
+            ),
+            {"now": now},
+        )
+    db.migrate(settings)
+    assert "lineage" in {c["name"] for c in inspect(engine).get_columns("datasets")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT lineage FROM datasets")).scalar() is None
+    command.downgrade(config, "0002")
+    assert "lineage" not in {c["name"] for c in inspect(engine).get_columns("datasets")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+    engine.dispose()

@@ -116,7 +116,9 @@ def test_label_issues_most_suspect_first_with_limit(ctx):
     assert first == {
         "index": 3,
         "given_label": 0,
+        "given_name": "cat",
         "suggested_label": 1,
+        "suggested_name": "dog",
         "score": 0.95,
         "flagged": True,
     }
@@ -163,3 +165,74 @@ def test_a_missing_label_issues_file_is_404(ctx, tmp_path):
         ModelStore(session).get(model_id).label_issues_path = "artifacts/00/gone.issues.npz"
     r = client.get(f"/v1/models/{model_id}/label-issues", headers=AUTH)
     assert r.status_code == 404 and "missing" in r.json()["detail"]
+
+
+def test_label_issues_carry_class_names_and_page_through_the_flagged(ctx):
+    client, ids, _ = ctx
+    model_id = ids["het"][0]
+    url = f"/v1/models/{model_id}/label-issues"
+    flagged_order = [i for i in np.argsort(-SCORES, kind="stable") if SUGGESTED[i] != GIVEN[i]]
+    pages = []
+    for offset in (0, 2):
+        r = client.get(url, params={"flagged": "true", "limit": 2, "offset": offset}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["num_matching"] == 3 and body["offset"] == offset
+        pages += body["issues"]
+    assert [i["index"] for i in pages] == flagged_order == [3, 1, 5]
+    assert pages[0]["given_name"] == "cat" and pages[0]["suggested_name"] == "dog"
+    assert all(i["flagged"] for i in pages)
+
+
+def test_label_issues_filter_by_class_pair(ctx):
+    client, ids, _ = ctx
+    url = f"/v1/models/{ids['het'][0]}/label-issues"
+    r = client.get(url, params={"given": 2, "suggested": 1}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert [i["index"] for i in r.json()["issues"]] == [5] and r.json()["num_matching"] == 1
+    r = client.get(url, params={"given": 1, "suggested": 1}, headers=AUTH)
+    assert [i["index"] for i in r.json()["issues"]] == [4]  # agreed rows too, unless flagged
+    r = client.get(url, params={"given": 3}, headers=AUTH)
+    assert r.status_code == 422 and "given=3" in r.json()["detail"]
+
+
+def test_label_issues_as_csv_with_class_names(ctx):
+    client, ids, _ = ctx
+    model_id = ids["het"][0]
+    r = client.get(f"/v1/models/{model_id}/label-issues", params={"format": "csv"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert f"label-issues-{model_id}.csv" in r.headers["content-disposition"]
+    lines = r.text.splitlines()
+    assert lines[0] == "index,file,given,given_name,suggested,suggested_name,score,flagged"
+    assert len(lines) == 1 + 6  # every row: csv has no default limit
+    assert lines[1] == "3,,0,cat,1,dog,0.95,true"
+    assert lines[-1] == "0,,0,cat,0,cat,0.1,false"
+    r = client.get(
+        f"/v1/models/{model_id}/label-issues",
+        params={"format": "csv", "flagged": "true", "limit": 20000},
+        headers=AUTH,
+    )
+    assert [line.split(",")[0] for line in r.text.splitlines()[1:]] == ["3", "1", "5"]
+
+
+def test_the_cli_saves_the_label_issues_as_csv(ctx, tmp_path, monkeypatch, capsys):
+    import hetserve
+    from app import cli
+    from app.cli import connect
+
+    client, ids, _ = ctx
+    monkeypatch.setattr(
+        connect,
+        "Client",
+        lambda url, key, **kw: hetserve.Client(url, key, transport=client._transport),
+    )
+    out = tmp_path / "issues.csv"
+    argv = ["models", "label-issues", "prod", "--csv", str(out), "--url", "http://testserver"]
+    assert cli.main([*argv, "--key", AUTH["Authorization"].split()[1]]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("index,file,given,given_name") and len(lines) == 1 + 3
+    assert lines[1].startswith("3,,0,cat,1,dog,")
+    assert cli.main([*argv, "--all", "--limit", "2", "--key", "test-key-0123456789"]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 2

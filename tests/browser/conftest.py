@@ -154,3 +154,93 @@ def browser(service):
         yield driver
     finally:
         driver.quit()
+
+
+IMAGE_JOB = {
+    "head": {
+        "kind": "het",
+        "num_factors": 2,
+        "temperature": 1.5,
+        "train_mc_samples": 16,
+        "eval_mc_samples": 64,
+    },
+    "backbone": {"kind": "cnn"},
+    "train": {"epochs": 10, "batch_size": 32, "lr": 0.005, "device": "cpu"},
+}
+SHAPES = {"cat": "ellipse", "dog": "rectangle", "fox": "triangle", "owl": "ring"}
+COLORS = {"cat": (214, 98, 40), "dog": (70, 120, 200), "fox": (200, 60, 60), "owl": (90, 160, 90)}
+
+
+def animal_image(name: str, rng: np.random.Generator, size: int = 32) -> bytes:
+    """A class's shape and colour on a noisy background, placed at random."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    background = rng.integers(200, 256, size=(size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    x, y = rng.integers(2, 10, size=2)
+    box = (int(x), int(y), int(x) + 20, int(y) + 20)
+    color = tuple(
+        int(c) for c in np.clip(np.array(COLORS[name]) + rng.integers(-25, 26, 3), 0, 255)
+    )
+    if SHAPES[name] == "ellipse":
+        draw.ellipse(box, fill=color)
+    elif SHAPES[name] == "rectangle":
+        draw.rectangle(box, fill=color)
+    elif SHAPES[name] == "triangle":
+        draw.polygon(
+            [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=color
+        )
+    else:
+        draw.ellipse(box, outline=color, width=5)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def animals_zip(per_class: int = 48, flip: float = 0.3, seed: int = 0) -> tuple[bytes, int]:
+    """train/<class>/*.png and test/: a ``flip`` share of the cats filed under dog and
+    of the dogs under cat (the flips the page should show). (zip bytes, flips)."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    flips = 0
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in CLASS_NAMES:
+            for i in range(per_class):
+                folder = name
+                if name in ("cat", "dog") and rng.random() < flip:
+                    folder, flips = ("dog" if name == "cat" else "cat"), flips + 1
+                archive.writestr(f"train/{folder}/{name}{i:03d}.png", animal_image(name, rng))
+            for i in range(per_class // 4):
+                archive.writestr(f"test/{name}/{name}{i:03d}.png", animal_image(name, rng))
+    return out.getvalue(), flips
+
+
+@pytest.fixture(scope="session")
+def trained_images(service) -> dict:
+    """An image dataset (uploaded .zip, cat/dog labels flipped) and its succeeded HET job."""
+    data, flips = animals_zip()
+    with service.client() as client:
+        r = client.post(
+            "/v1/datasets",
+            files={"file": ("animals.zip", data)},
+            data={"image_size": "32"},
+        )
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        r = client.post("/v1/jobs", json={"dataset_id": dataset_id, **IMAGE_JOB})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+        def done():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_until(done, 300, "the image job to finish", interval=0.5)
+    assert job["status"] == "succeeded", job["error"]
+    return {"dataset_id": dataset_id, "job": job, "flips": flips}

@@ -13,10 +13,13 @@ from hetserve import _types
 
 PAIRS = [
     (_types.Dataset, "DatasetOut"),
+    (_types.DatasetLineage, "DatasetLineage"),
     (_types.Progress, "Progress"),
     (_types.Job, "JobOut"),
     (_types.Model, "ModelOut"),
     (_types.Alias, "AliasOut"),
+    (_types.LabelIssue, "LabelIssue"),
+    (_types.LabelIssues, "LabelIssuesOut"),
 ]
 
 

@@ -116,7 +116,8 @@ export function reliabilityDiagram(bins, label) {
 }
 
 // Heatmap of a K×K matrix (the noise report's flip_matrix), rows "from", columns "to".
-export function heatmap(matrix, names) {
+// `onCell(i, j)`, when given, is called with the row and column of a clicked cell.
+export function heatmap(matrix, names, onCell) {
   const K = matrix.length;
   const cell = Math.max(12, Math.min(36, Math.floor(420 / K)));
   const L = 70, T = 70;
@@ -133,10 +134,13 @@ export function heatmap(matrix, names) {
     for (let j = 0; j < K; j++) {
       const v = matrix[i][j] ?? 0;
       const a = i === j || max === 0 ? 0 : Math.sqrt(v / max);
-      svg.append(s("rect", {
+      const rect = s("rect", {
         x: L + j * cell, y: T + i * cell, width: cell - 1, height: cell - 1,
         fill: i === j ? "#edf0f3" : `rgba(197, 48, 48, ${a.toFixed(3)})`, stroke: "#e5e8ec",
-      }, title(`${label(i)} → ${label(j)}: ${fmt(v, 4)}`)));
+        "data-row": i, "data-col": j, class: onCell && i !== j ? "pickable" : null,
+      }, title(`${label(i)} → ${label(j)}: ${fmt(v, 4)}`));
+      if (onCell && i !== j) rect.addEventListener("click", () => onCell(i, j));
+      svg.append(rect);
     }
   }
   return svg;

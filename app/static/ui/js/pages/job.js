@@ -1,9 +1,10 @@
 // One job and the model it registered: live progress, training curves of model and
 // baseline, test metrics of both HET predictives beside the baseline, reliability
-// diagrams, the noise report, label issues, ONNX download and aliases.
+// diagrams, the noise report, label issues (pages/issues.js), ONNX download and aliases.
 import { api, download } from "../api.js";
 import { heatmap, reliabilityBins, reliabilityDiagram, trainingCurves } from "../charts.js";
 import { errorText, fmt, h, message, shortId, statusBadge, when } from "../dom.js";
+import { labelIssues, lineageText } from "./issues.js";
 import { follow } from "./jobs.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -73,7 +74,7 @@ function reliabilitySection(job, model) {
     figures.length ? h("div.row-flex", {}, figures) : message("Reliability bins not recorded for this model."));
 }
 
-async function noiseSection(modelId, classNames, signal) {
+async function noiseSection(modelId, classNames, signal, onCell) {
   const card = h("section.card#noise", {}, h("h2", {}, "Noise report"), message("Loading…"));
   if (!modelId) { card.lastChild.replaceWith(message("No model registered.")); return card; }
   try {
@@ -85,7 +86,7 @@ async function noiseSection(modelId, classNames, signal) {
     ];
     const row = h("div.row-flex");
     if (report.flip_matrix) {
-      row.append(h("figure", {}, heatmap(report.flip_matrix, names), h("figcaption.legend-note", {}, "flip matrix: row = argmax of the mean logits, column = argmax of a draw (diagonal greyed)")));
+      row.append(h("figure", {}, heatmap(report.flip_matrix, names, onCell), h("figcaption.legend-note", {}, "flip matrix: row = argmax of the mean logits, column = argmax of a draw (diagonal greyed); click a cell for its flagged rows")));
     } else {
       row.append(message("No flip matrix (too many classes); the pairs are listed."));
     }
@@ -103,24 +104,6 @@ async function noiseSection(modelId, classNames, signal) {
   } catch (err) {
     if (signal.aborted) throw err;
     card.lastChild.replaceWith(message(`No noise report for this model (${err.status || ""} ${errorText(err)}).`));
-  }
-  return card;
-}
-
-async function labelIssuesSection(modelId, classNames, signal) {
-  const card = h("section.card#label-issues", {}, h("h2", {}, "Label issues"), message("Loading…"));
-  if (!modelId) { card.lastChild.replaceWith(message("No model registered.")); return card; }
-  const name = (c) => (c === null || c === undefined ? "–" : `${classNames?.[c] ?? c}`);
-  try {
-    const r = await api(`/v1/models/${modelId}/label-issues?limit=25`, { signal });
-    card.lastChild.replaceWith(h("div", {},
-      h("p.muted", {}, `${r.num_flagged} of ${r.num_examples} training rows flagged as likely mislabeled; the ${r.issues.length} most likely first (index = row of the uploaded x_train).`),
-      h("table.issues", {},
-        h("thead", {}, h("tr", {}, h("th.num", {}, "row"), h("th", {}, "given label"), h("th", {}, "suggested label"), h("th.num", {}, "score"))),
-        h("tbody", {}, r.issues.map((i) => h("tr", {}, h("td.num", {}, i.index), h("td", {}, name(i.given_label)), h("td", {}, name(i.suggested_label)), h("td.num", {}, fmt(i.score, 4))))))));
-  } catch (err) {
-    if (signal.aborted) throw err;
-    card.lastChild.replaceWith(message(`No label issues for this model (${err.status || ""} ${errorText(err)}).`));
   }
   return card;
 }
@@ -186,11 +169,16 @@ async function renderJob(view, job, model, signal) {
   noEpochs.hidden = history.length > 0;
   const modelId = model?.id || job.model_id;
   const classNames = model?.class_names;
+  const dataset = await api(`/v1/datasets/${job.dataset_id}`, { signal }).catch((err) => {
+    if (signal.aborted) throw err;
+    return null;
+  });
   view.replaceChildren(
     h("h1", {}, `Job ${shortId(job.id)}`, model && model.id !== job.model_id ? ` · ${model.role} ${shortId(model.id)}` : ""),
     h("section.card", {},
       h("p", {}, progress),
-      h("p.muted", {}, `head ${spec.head?.kind} R=${spec.head?.num_factors ?? "–"} τ=${spec.head?.temperature ?? "–"} · backbone ${spec.backbone?.kind} · ${spec.train?.epochs} epochs · baseline ${spec.compare_baseline ? "yes" : "no"} · dataset `, h("span.mono", {}, shortId(job.dataset_id)), ` · created ${when(job.created_at)}`),
+      h("p.muted", {}, `head ${spec.head?.kind} R=${spec.head?.num_factors ?? "–"} τ=${spec.head?.temperature ?? "–"} · backbone ${spec.backbone?.kind} · ${spec.train?.epochs} epochs · baseline ${spec.compare_baseline ? "yes" : "no"} · dataset `, h("span.mono", {}, shortId(job.dataset_id)), dataset ? ` ${dataset.name}` : "", ` · created ${when(job.created_at)}`),
+      dataset?.lineage ? h("p.lineage", {}, lineageText(dataset.lineage)) : null,
       job.error ? h("p.error", {}, job.error) : null),
     h("section.card", {}, h("h2", {}, "Training curves"), noEpochs, chart,
       h("p.legend-note", {}, "dotted: train loss · solid: validation NLL (left axis) · dashed: validation accuracy (right axis)")),
@@ -227,10 +215,12 @@ async function renderJob(view, job, model, signal) {
       }
     }, signal);
   }
+  // The noise heatmap's cells filter the label-issue table by class pair: row i is the
+  // class the model holds (suggested), column j the label a draw gives (given).
+  const issues = labelIssues(modelId, job, dataset, classNames, signal);
   const sections = await Promise.all([
     actionsSection(model, signal),
-    noiseSection(modelId, classNames, signal),
-    labelIssuesSection(modelId, classNames, signal),
+    noiseSection(modelId, classNames, signal, (i, j) => issues.showPair(j, i)),
   ]);
-  if (!signal.aborted) view.append(...sections);
+  if (!signal.aborted) view.append(...sections, issues.card);
 }

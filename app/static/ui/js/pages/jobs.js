@@ -53,7 +53,7 @@ function submitForm(datasets, onSubmitted) {
   const out = h("span.muted");
   const form = h("form.inline", {},
     h("label", {}, "dataset", h("select", { name: "dataset_id", required: true },
-      datasets.map((d) => h("option", { value: d.id }, `${d.name} (${d.num_train} rows, ${d.num_classes} classes)`)))),
+      datasets.map((d) => h("option", { value: d.id }, `${d.name} (${d.num_train} rows, ${d.num_classes} classes${d.lineage ? ", corrected" : ""})`)))),
     h("label", {}, "head", h("select", { name: "head" }, h("option", { value: "het" }, "het"), h("option", { value: "softmax" }, "softmax"))),
     h("label", {}, "factors R", h("input", { name: "num_factors", type: "number", min: 0, value: 4, style: "width:5rem" })),
     h("label", {}, "τ", h("input", { name: "temperature", value: "auto", style: "width:6rem", title: "a number, auto or learned" })),
