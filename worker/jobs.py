@@ -22,6 +22,14 @@ store answers again (taking no other message meanwhile), hands the attempt back
 (``release_attempt``) and the message back to the broker; the job resumes from its
 checkpoint.
 
+A full data volume is not an outage (it does not pass by waiting): a disk-full error
+(``app.disk_space.is_disk_full``: ENOSPC writing a checkpoint, the ONNX file or a
+label-issues file, or the SQLite store's "database or disk is full") fails the job with
+an error naming "no space left". ``fail`` first removes the job's checkpoints (the room
+to write the failure in), releases the data folder's space reserve if the store still
+cannot write, and keeps retrying the write with backoff until it lands or the worker
+stops (taking no other message meanwhile), so the job always ends ``failed``.
+
 Crash safety: each epoch ends with a checkpoint (models.train), so a redelivered job
 resumes from its last finished epoch; model registration is idempotent
 (UNIQUE(job_id, role)); a job that already ended is never run again.
@@ -46,7 +54,7 @@ import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from app import label_issues_file
+from app import disk_space, label_issues_file
 from app.artifacts import ArtifactStore
 from app.db import ping as ping_store
 from app.db import session_scope
@@ -118,6 +126,8 @@ def is_store_outage(exc: BaseException | None) -> bool:
     """A connection-kind SQLAlchemy error (server gone, refused, connection reset, SQLite
     locked): the store is unreachable for now, not the job wrong. Looks down the chain
     of causes too."""
+    if disk_space.is_disk_full(exc):
+        return False  # a full volume fails the job (``fail``), never hands it back
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, StoreOutage):
@@ -737,12 +747,40 @@ def describe(exc: BaseException) -> str:
 
 def fail(job_id: str, settings: Settings, exc: BaseException) -> str:
     log.error("job %s failed: %s", job_id, describe(exc), exc_info=exc)
-    with session_scope(settings) as session:
-        ended = JobStore(session).finish(job_id, JobStatus.FAILED, error=describe(exc))
+    error = describe(exc)
+
+    def record() -> bool:
+        with session_scope(settings) as session:
+            return JobStore(session).finish(job_id, JobStatus.FAILED, error=error)
+
+    if disk_space.is_disk_full(exc):
+        error = f"{disk_space.NO_SPACE} ({settings.data_dir}): {error}"[:2000]
+        remove_checkpoints(settings, job_id)  # the room to write the failure in
+        ended = record_on_full_disk(record, settings)
+    else:
+        ended = record()
     if not ended:
         return "skipped"  # another attempt ended the job first: leave its outcome
     remove_checkpoints(settings, job_id)
     return JobStatus.FAILED
+
+
+def record_on_full_disk(record, settings: Settings) -> bool:
+    """``record()`` (one transaction) on a full volume: with the space reserve released
+    if need be, then retried with backoff (0.5 s doubling up to store_retry_max_s) while
+    the disk stays full. Raises WorkerStopping when the worker stops first (the job then
+    goes back to the broker, or to the sweeper at the next start)."""
+    delay = 0.5
+    while True:
+        try:
+            return disk_space.releasing_reserve(settings.data_dir, record)
+        except Exception as exc:
+            if not disk_space.is_disk_full(exc):
+                raise
+            log.warning("%s; retrying the job's failure in %.1f s", describe(exc), delay)
+        if STOPPING.wait(delay):
+            raise WorkerStopping("the worker is shutting down")
+        delay = min(delay * 2, settings.store_retry_max_s)
 
 
 def remove_checkpoints(settings: Settings, job_id: str) -> None:

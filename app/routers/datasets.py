@@ -2,7 +2,8 @@
 
 An upload is parsed and validated completely in memory before anything is written;
 then the canonical .npz goes into the content-addressed artifact store and one row into
-the store. A failure at any point leaves neither behind.
+the store. A failure at any point leaves neither behind: a full data volume is a 507
+(app/errors.py). A delete works on a full volume too (app/disk_space.py's reserve).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi import (
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 
+from app import disk_space
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.deps import ArtifactsDep, SessionDep, SettingsDep
@@ -44,6 +46,7 @@ ERRORS: Responses = {
     **AUTH_ERRORS,
     413: {"description": "upload larger than HETSERVE_MAX_UPLOAD_BYTES"},
     415: {"description": "not a .npz, .csv or .zip"},
+    507: {"description": "no space left on the data volume"},
     422: {
         "description": "malformed dataset; the detail names the problem",
         "content": {
@@ -301,5 +304,5 @@ async def delete_dataset(
         if aside is not None:
             aside.unlink(missing_ok=True)
 
-    await run_in_threadpool(delete)
+    await run_in_threadpool(disk_space.releasing_reserve, settings.data_dir, delete)
     return Response(status_code=204)

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import retention
+from app import disk_space, retention
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
 from app.routers.predict import ServingRoute
@@ -130,7 +130,9 @@ def delete_model(
     model_id: ModelRef, settings: SettingsDep, artifacts: ArtifactsDep, runtime: RuntimeDep
 ) -> Response:
     try:
-        retention.delete_model(settings, artifacts, model_id)
+        disk_space.releasing_reserve(
+            settings.data_dir, lambda: retention.delete_model(settings, artifacts, model_id)
+        )
     except retention.ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except retention.ModelConflict as exc:
