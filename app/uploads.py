@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import ArrayDataset, TooLarge, from_arrays, read_upload
+from models.data import ArrayDataset, PixelBudget, TooLarge, from_arrays, read_upload
 from models.data import DatasetError as UploadError
 from models.data import decode_image as decode_image
 from models.data import read_image_zip as read_image_zip
@@ -24,11 +24,13 @@ from models.data import read_image_zip as read_image_zip
 __all__ = [
     "CanonicalDataset",
     "DecodeBusy",
+    "PixelBudget",
     "TooLarge",
     "UploadError",
     "decode_slot",
     "decode_image",
     "parse_upload",
+    "stored_limit",
     "read_image_zip",
     "validate_arrays",
 ]
@@ -53,6 +55,17 @@ class CanonicalDataset:
         return buffer.getvalue()
 
 
+# What an upload may take on disk once stored (the canonical .npz: float32 arrays,
+# uncompressed): the larger of the upload cap and this many times the bytes uploaded.
+# uint8 pixels become float32 (4x) and a compressed .npz inflates ~2x; an 879 KB .npz
+# declaring 900 MB of zeros does not pass.
+STORED_EXPANSION = 8
+
+
+def stored_limit(max_upload_bytes: int, uploaded_bytes: int) -> int:
+    return max(max_upload_bytes, STORED_EXPANSION * uploaded_bytes)
+
+
 class DecodeBusy(Exception):
     """Every decode slot stayed taken for the whole wait (HTTP 503)."""
 
@@ -63,12 +76,13 @@ _slots_lock = threading.Lock()
 
 @contextmanager
 def decode_slot(limit: int, wait_s: float) -> Iterator[None]:
-    """At most ``limit`` uploads of this process decode at once (each may expand to
-    settings.max_expanded_bytes); wait up to ``wait_s`` for a slot, else DecodeBusy."""
+    """At most ``limit`` uploads or predict calls with images of this process decode at
+    once (an upload may expand to settings.max_expanded_bytes, images to PixelBudget);
+    wait up to ``wait_s`` for a slot, else DecodeBusy."""
     with _slots_lock:
         slots = _slots.setdefault(limit, threading.BoundedSemaphore(limit))
     if not slots.acquire(timeout=wait_s):
-        raise DecodeBusy(f"{limit} uploads are being decoded; retry in a few seconds")
+        raise DecodeBusy(f"{limit} uploads or images are being decoded; retry in a few seconds")
     try:
         yield
     finally:

@@ -157,7 +157,7 @@ def upload_dataset(
     ),
     grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
 ) -> DatasetOut:
-    from app.uploads import DecodeBusy, TooLarge, decode_slot
+    from app.uploads import STORED_EXPANSION, DecodeBusy, TooLarge, decode_slot, stored_limit
 
     if reference is not None:
         return register_reference(reference, settings, artifacts)
@@ -183,6 +183,13 @@ def upload_dataset(
                 max_expanded_bytes=settings.max_expanded_bytes,
             )
             canonical = dataset.to_npz_bytes()
+            on_disk = stored_limit(settings.max_upload_bytes, len(data))
+            if len(canonical) > on_disk:
+                raise TooLarge(
+                    f"the dataset takes {len(canonical)} bytes once stored (float32 arrays);"
+                    f" at most {on_disk} are accepted: the larger of HETSERVE_MAX_UPLOAD_BYTES"
+                    f" and {STORED_EXPANSION}x the {len(data)} bytes uploaded"
+                )
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except UploadError as exc:
