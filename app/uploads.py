@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from models.data import ArrayDataset, PixelBudget, TooLarge, from_arrays, read_upload
+from models.data import (
+    ArrayDataset,
+    PixelBudget,
+    TooLarge,
+    from_arrays,
+    npz_declared_bytes,
+    read_upload,
+)
 from models.data import DatasetError as UploadError
 from models.data import decode_image as decode_image
 from models.data import read_image_zip as read_image_zip
@@ -66,6 +73,27 @@ def stored_limit(max_upload_bytes: int, uploaded_bytes: int) -> int:
     return max(max_upload_bytes, STORED_EXPANSION * uploaded_bytes)
 
 
+def check_stored_size(size: int, uploaded_bytes: int, max_upload_bytes: int) -> None:
+    """TooLarge when a dataset of ``size`` bytes on disk is past ``stored_limit``."""
+    limit = stored_limit(max_upload_bytes, uploaded_bytes)
+    if size > limit:
+        raise TooLarge(
+            f"the dataset takes {size} bytes once stored (float32 arrays); at most {limit} are"
+            f" accepted: the larger of HETSERVE_MAX_UPLOAD_BYTES and {STORED_EXPANSION}x the"
+            f" {uploaded_bytes} bytes uploaded"
+        )
+
+
+def declared_npz_bytes(data: bytes) -> int | None:
+    """What a .npz's arrays take once canonical, from its npy headers alone; None when
+    it is not a readable .npz (read_upload then says why)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return npz_declared_bytes(npz)
+    except Exception:
+        return None
+
+
 class DecodeBusy(Exception):
     """Every decode slot stayed taken for the whole wait (HTTP 503)."""
 
@@ -89,12 +117,23 @@ def decode_slot(limit: int, wait_s: float) -> Iterator[None]:
         slots.release()
 
 
-def parse_upload(filename: str, data: bytes, **options: Any) -> tuple[str, CanonicalDataset]:
+def parse_upload(
+    filename: str, data: bytes, max_upload_bytes: int, **options: Any
+) -> tuple[str, bytes, CanonicalDataset]:
     """Parse and validate an upload (``models.data.read_upload``, whose keyword options
-    it takes); return (format, canonical dataset). TooLarge (an UploadError) when it would
-    expand past ``max_expanded_bytes``."""
+    it takes); return (format, the canonical .npz bytes, canonical dataset). TooLarge (an
+    UploadError) when it would expand past ``max_expanded_bytes`` in memory or past
+    ``stored_limit`` on disk (a .npz: from its npy headers, before any array is read)."""
+    if filename.lower().endswith(".npz"):
+        declared = declared_npz_bytes(data)
+        # Past the in-memory cap too: read_upload names that one.
+        if declared is not None and declared <= options.get("max_expanded_bytes", declared):
+            check_stored_size(declared, len(data), max_upload_bytes)
     fmt, ds = read_upload(filename, data, **options)
-    return fmt, CanonicalDataset.of(ds)
+    dataset = CanonicalDataset.of(ds)
+    canonical = dataset.to_npz_bytes()
+    check_stored_size(len(canonical), len(data), max_upload_bytes)
+    return fmt, canonical, dataset
 
 
 def validate_arrays(

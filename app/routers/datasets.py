@@ -157,7 +157,7 @@ def upload_dataset(
     ),
     grayscale: bool = Form(False, description=".zip only: decode images as one channel"),
 ) -> DatasetOut:
-    from app.uploads import STORED_EXPANSION, DecodeBusy, TooLarge, decode_slot, stored_limit
+    from app.uploads import DecodeBusy, TooLarge, decode_slot
 
     if reference is not None:
         return register_reference(reference, settings, artifacts)
@@ -175,21 +175,14 @@ def upload_dataset(
     try:
         # Each decode may expand to max_expanded_bytes: a bounded number at once.
         with decode_slot(settings.max_concurrent_decodes, settings.decode_wait_s):
-            fmt, dataset = parse_upload(
+            fmt, canonical, dataset = parse_upload(
                 filename,
                 data,
+                settings.max_upload_bytes,
                 image_size=image_size,
                 grayscale=grayscale,
                 max_expanded_bytes=settings.max_expanded_bytes,
             )
-            canonical = dataset.to_npz_bytes()
-            on_disk = stored_limit(settings.max_upload_bytes, len(data))
-            if len(canonical) > on_disk:
-                raise TooLarge(
-                    f"the dataset takes {len(canonical)} bytes once stored (float32 arrays);"
-                    f" at most {on_disk} are accepted: the larger of HETSERVE_MAX_UPLOAD_BYTES"
-                    f" and {STORED_EXPANSION}x the {len(data)} bytes uploaded"
-                )
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except UploadError as exc:

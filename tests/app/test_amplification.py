@@ -103,10 +103,21 @@ def test_a_30_mb_predict_body_does_not_stall_the_event_loop(server):
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
 
 
-def npz_declaring_zeros(shape: tuple[int, ...]) -> bytes:
+def npz_declaring_zeros(rows: int, columns: int) -> bytes:
+    """A compressed .npz of float32 zeros (rows x columns) and 0/1 labels, written a
+    chunk at a time (the test never holds the array)."""
     buffer = io.BytesIO()
-    y = np.arange(shape[0]) % 2
-    np.savez_compressed(buffer, x_train=np.zeros(shape, np.float32), y_train=y)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x_train.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "<f4", "fortran_order": False, "shape": (rows, columns)}
+            )
+            chunk = bytes(4 * columns * 1000)
+            for start in range(0, rows, 1000):
+                member.write(chunk[: 4 * columns * (min(rows, start + 1000) - start)])
+        labels = io.BytesIO()
+        np.save(labels, np.arange(rows) % 2)
+        archive.writestr("y_train.npy", labels.getvalue())
     return buffer.getvalue()
 
 
@@ -117,7 +128,8 @@ def stored_files(data) -> list[str]:
 
 def test_an_npz_may_not_expand_past_its_on_disk_cap(server):
     before = stored_files(server["data"])
-    upload = npz_declaring_zeros((22_500, 1000))  # ~90 KB declaring 90 MB
+    upload = npz_declaring_zeros(225_000, 1000)  # ~0.9 MB declaring 900 MB (the issue's)
+    start = time.monotonic()
     r = httpx.post(
         f"{server['url']}/v1/datasets",
         files={"file": ("zeros.npz", upload)},
@@ -126,6 +138,7 @@ def test_an_npz_may_not_expand_past_its_on_disk_cap(server):
     )
     assert r.status_code == 413, r.text
     assert str(MAX_UPLOAD) in r.json()["detail"] and "HETSERVE_MAX_UPLOAD_BYTES" in r.text
+    assert time.monotonic() - start < 3, "refused from the npy headers, not after inflating"
     assert stored_files(server["data"]) == before
 
 
