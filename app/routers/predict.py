@@ -105,11 +105,10 @@ PREDICT_OPENAPI = self_read_openapi(PredictRequest)
 
 def parse_large_body(body: bytes) -> PredictRequest:
     """A large body (in a worker thread): orjson, then pydantic on the parsed objects.
-    A thread alone does not keep the event loop free: the parser holds the GIL for the
-    whole document, and pydantic's JSON parser takes about 5x as long as orjson (a 30 MB
-    body: ~1 s against ~0.2 s), so the loop would stall for that long. A body orjson
-    refuses (NaN, Infinity, integers beyond 64 bits: pydantic accepts them, and the
-    inputs check names their index) takes pydantic's own parser."""
+    A thread does not free the event loop while a parser runs (it holds the GIL for the
+    whole document): the faster parser shortens that hold. A body orjson refuses (NaN,
+    Infinity, integers beyond 64 bits: pydantic accepts them, and the inputs check
+    names their index) takes pydantic's own parser."""
     if orjson is not None:
         try:
             parsed = orjson.loads(body)
