@@ -19,6 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from app import disk_space
+from tests.app.service_client import AUTH as CLIENT_AUTH
+from tests.app.service_client import client_for, make_settings, npz_bytes, tiny_arrays
 from tests.app.serving_support import API_KEY, AUTH, live_server
 from tests.faults.support import SLOW, base_env, start_worker, stop
 from tests.scratch_stores import scratch_redis_postgres
@@ -27,8 +30,6 @@ from tests.waiting import wait_until
 VOLUME = "40m"
 UPLOAD_ROWS, UPLOAD_FEATURES = 400, 2000  # 3.2 MB of float32 per upload, incompressible
 MIN_FREE = 8 * 1024 * 1024
-
-pytestmark = pytest.mark.slow
 
 
 @contextlib.contextmanager
@@ -167,10 +168,36 @@ def check_disk_full(api: httpx.Client, data: Path, worker: subprocess.Popen) -> 
     assert job_state(api, again)["status"] == "succeeded", job_state(api, again)
 
 
+@pytest.mark.slow
 def test_disk_full_embedded(tmp_path):
     run_disk_full(tmp_path, {})
 
 
+@pytest.mark.slow
 def test_disk_full_postgres(tmp_path):
     with scratch_redis_postgres(f"diskfull_{uuid.uuid4().hex[:8]}") as stores:
         run_disk_full(tmp_path, stores)
+
+
+def test_a_delete_on_a_full_volume_takes_the_reserve(tmp_path):
+    """The embedded store needs free pages to delete a row: the reserve gives them."""
+    with small_volume(tmp_path / "data") as data, client_for(make_settings(data)) as client:
+        ids = []
+        for seed in range(2):
+            content = npz_bytes(**tiny_arrays(n=2000, d=50, seed=seed))
+            r = client.post("/v1/datasets", files={"file": ("d.npz", content)}, headers=CLIENT_AUTH)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        reserve = data / disk_space.RESERVE_NAME
+        assert reserve.stat().st_size == disk_space.RESERVE_BYTES
+        fill(data / "filler")
+        r = client.delete(f"/v1/datasets/{ids[0]}", headers=CLIENT_AUTH)
+        assert r.status_code == 204, r.text
+        assert reserve.exists(), "the delete freed a file: the reserve is back"
+
+        reserve.unlink()  # no reserve and no room: the store cannot delete the row
+        fill(data / "filler-2")
+        r = client.delete(f"/v1/datasets/{ids[1]}", headers=CLIENT_AUTH)
+        assert r.status_code == 507, r.text
+        assert "no space left" in r.json()["detail"]
+        assert client.get(f"/v1/datasets/{ids[1]}", headers=CLIENT_AUTH).status_code == 200
