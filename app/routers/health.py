@@ -32,7 +32,8 @@ router = APIRouter(tags=["health"], route_class=InstrumentedRoute)
 
 
 def disk_space_state(settings: Settings) -> str:
-    """ "ok", or "low: ..." under settings.min_free_bytes free on the data folder's volume."""
+    """``disk_space``: "ok", or "low: ..." under settings.min_free_bytes free on the data
+    folder's volume."""
     disk_space.ensure_reserve(settings.data_dir)
     free = disk_space.free_bytes(settings.data_dir)
     if free < settings.min_free_bytes:
