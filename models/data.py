@@ -47,11 +47,11 @@ MAX_EXPANDED_BYTES = 1 << 30
 MAX_ZIP_EXPANDED_BYTES = MAX_EXPANDED_BYTES  # kept for callers of the old name
 MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
 # Source pixels, read from an image's header before it is decoded (PixelBudget): one
-# image at most MAX_IMAGE_PIXELS (a 12-megapixel photo passes, a 13000 x 13000 PNG
+# image at most MAX_IMAGE_PIXELS (a 36-megapixel photo passes, a 13000 x 13000 PNG
 # that compresses to 164 KB does not); one request's images (an upload's zip, a predict
 # call) at most the larger of that and, on average, SOURCE_SIDE_FACTOR x the side they
 # are resized to, squared.
-MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_PIXELS = 6144 * 6144
 SOURCE_SIDE_FACTOR = 8
 ZIP_MAGIC = b"PK\x03\x04"
 

@@ -149,7 +149,7 @@ def png(width: int, height: int) -> str:
 
 
 def test_an_image_bomb_is_refused_from_its_header_for_a_predict_only_key(server):
-    bomb = png(5000, 5000)  # 25 megapixels in ~25 KB
+    bomb = png(7000, 7000)  # 49 megapixels in ~50 KB
     start = time.monotonic()
     r = httpx.post(
         f"{server['url']}/v1/models/{server['image']}/predict",
@@ -163,17 +163,17 @@ def test_an_image_bomb_is_refused_from_its_header_for_a_predict_only_key(server)
 
 
 def test_a_request_s_images_share_one_pixel_budget(server):
-    three = png(3000, 3000)  # 9 megapixels each: one passes, two exceed the request's budget
+    big = png(5000, 5000)  # 25 megapixels each: one passes, two exceed the budget
     r = httpx.post(
         f"{server['url']}/v1/models/{server['image']}/predict",
-        json={"images": [three]},
+        json={"images": [big]},
         headers={"Authorization": f"Bearer {PREDICT_KEY}"},
         timeout=60,
     )
     assert r.status_code == 200, r.text
     r = httpx.post(
         f"{server['url']}/v1/models/{server['image']}/predict",
-        json={"images": [three, three]},
+        json={"images": [big, big]},
         headers={"Authorization": f"Bearer {PREDICT_KEY}"},
         timeout=60,
     )
@@ -183,7 +183,7 @@ def test_a_request_s_images_share_one_pixel_budget(server):
 def test_an_image_bomb_in_an_upload_zip_is_refused(server):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("train/a/bomb.png", base64.b64decode(png(5000, 5000)))
+        archive.writestr("train/a/bomb.png", base64.b64decode(png(7000, 7000)))
         archive.writestr("train/b/ok.png", base64.b64decode(png(8, 8)))
     r = httpx.post(
         f"{server['url']}/v1/datasets",
