@@ -90,7 +90,7 @@ class ArrayDataset:
 
 
 class TooLarge(DatasetError):
-    """The upload would expand past the allowed size in memory (HTTP 413)."""
+    """The upload would expand past an allowed size: in memory, on disk, in pixels (HTTP 413)."""
 
 
 class PixelBudget:
