@@ -6,7 +6,9 @@ itself unencodable, a 500. Here each echoed value is cut to a short excerpt and 
 JSON cannot carry becomes text.
 
 A store that cannot be reached is a 503 ``{"detail": "the store is unavailable; retry"}``
-with ``Retry-After``, not a plain-text 500.
+with ``Retry-After``, not a plain-text 500. A full data volume (ENOSPC writing a file,
+SQLite's "database or disk is full") is a 507 ``{"detail": "no space left on the data
+volume; ..."}``: the request changed nothing, and deleting datasets or models frees room.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
+
+from app.disk_space import NO_SPACE, is_disk_full
 
 EXCERPT_CHARS = 120
 
@@ -80,6 +84,8 @@ def is_connection_error(exc: BaseException) -> bool:
 async def store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     # Connection failures are a 503 to retry, in JSON like every other error; any other
     # database error stays a server error (raised on to the 500 handler).
+    if is_disk_full(exc):
+        return await disk_full(_request, exc)
     if not is_connection_error(exc):
         raise exc
     store_log.warning("the store is unavailable: %s", type(exc).__name__, exc_info=False)
@@ -88,3 +94,14 @@ async def store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         content={"detail": "the store is unavailable; retry"},
         headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
     )
+
+
+DISK_FULL_DETAIL = f"{NO_SPACE}; delete unused datasets or models (or add space) and retry"
+
+
+async def disk_full(_request: Request, exc: Exception) -> JSONResponse:
+    # Registered for OSError: only a full volume is a 507; any other OSError stays a 500.
+    if not is_disk_full(exc):
+        raise exc
+    store_log.warning("%s: %s", NO_SPACE, exc)
+    return JSONResponse(status_code=507, content={"detail": DISK_FULL_DETAIL})

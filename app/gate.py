@@ -59,9 +59,18 @@ def needs_key(path: str) -> bool:
     return path in ("/v1", "/v2/models") or path.startswith(("/v1/", "/v2/models/"))
 
 
-def body_limit(settings: Settings, method: str, path: str) -> tuple[int, int]:
-    """(bytes the route may receive, the limit its 413 names)."""
-    if method == "POST" and path.rstrip("/") == "/v1/datasets":
+def body_limit(
+    settings: Settings, method: str, path: str, content_type: str = ""
+) -> tuple[int, int]:
+    """(bytes the route may receive, the limit its 413 names): what the route needs. The
+    upload cap only for a multipart dataset upload (a JSON registration by reference gets
+    the JSON cap), the request cap for serving POSTs, the JSON cap for the rest."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if (
+        method == "POST"
+        and path.rstrip("/") == "/v1/datasets"
+        and media_type == "multipart/form-data"
+    ):
         return settings.max_upload_bytes + MULTIPART_SLACK_BYTES, settings.max_upload_bytes
     if is_serving_post(method, path):
         return settings.max_request_bytes, settings.max_request_bytes
@@ -116,7 +125,7 @@ class RequestGate:
         elif path == "/metrics" and (token := bearer_token(headers)):
             state["api_key"] = app_state.key_ring.match(token)
 
-        limit, named_limit = body_limit(settings, method, path)
+        limit, named_limit = body_limit(settings, method, path, headers.get("content-type", ""))
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await error(413, f"request body exceeds the limit of {named_limit} bytes", path=path)(

@@ -24,10 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from app import db, gate
+from app import db, disk_space, gate
 from app.auth import KeyRing
 from app.deps import require_api_key
-from app.errors import concurrent_change, store_unavailable, validation_failed
+from app.errors import concurrent_change, disk_full, store_unavailable, validation_failed
 from app.logs import configure_logging
 from app.routers import (
     aliases,
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.key_ring = KeyRing(settings)
         if settings.auto_migrate:
             db.migrate(settings)
+        disk_space.ensure_reserve(settings.data_dir)  # room to delete on a full volume
         app.state.runtime = ServingRuntime(settings)
         # The app's long-lived objects (FastAPI, pydantic, SQLAlchemy, onnxruntime
         # bindings) all exist now: move them out of the collector's reach so full
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(DBAPIError, store_unavailable)  # IntegrityError: its own, above
     app.add_exception_handler(SATimeoutError, store_unavailable)
+    app.add_exception_handler(OSError, disk_full)  # ENOSPC: 507; any other OSError: 500
     gate.install(app, settings)
     # Predict, the hot path, is the first route of the app's own router: matched before
     # any other, and without an included router's matching (about 10 µs a request).

@@ -114,6 +114,9 @@ class Settings(KernelSettings):
     sweep_grace_s: float = Field(
         60.0, ge=0, description="a job must be this old before the sweeper may re-queue it"
     )
+    min_free_bytes: int = Field(
+        1 << 30, ge=0, description="/readyz reports disk_space low below this many free bytes"
+    )
     auto_migrate: bool = True  # the API runs `alembic upgrade head` on start
     gc_grace_s: float = Field(
         3600.0,

@@ -42,6 +42,14 @@ MAX_ZIP_ENTRIES = 200_000
 # settings.max_expanded_bytes; this is its default.
 MAX_EXPANDED_BYTES = 1 << 30
 MAX_CLASSES = 100_000  # a label of 10**9 must not build 10**9 class names
+# Source pixels, read from an image's header before it is decoded (PixelBudget): one
+# image at most MAX_IMAGE_PIXELS (a 36-megapixel photo passes, a 13000 x 13000 PNG
+# that compresses to 164 KB does not); one request's images (an upload's zip, a predict
+# call) at most the larger of that and, on average, SOURCE_SIDE_FACTOR x the side they
+# are resized to, squared.
+MAX_IMAGE_PIXELS = 6144 * 6144
+SOURCE_SIDE_FACTOR = 8
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class DatasetError(ValueError):
@@ -78,7 +86,31 @@ class ArrayDataset:
 
 
 class TooLarge(DatasetError):
-    """The upload would expand past the allowed size in memory (HTTP 413)."""
+    """The upload would expand past an allowed size: in memory, on disk, in pixels (HTTP 413)."""
+
+
+class PixelBudget:
+    """The source pixels one request may decode (see MAX_IMAGE_PIXELS): ``take`` each
+    image's size from its header, before decoding it; TooLarge past either cap."""
+
+    def __init__(self, images: int, side: int):
+        self.total = max(MAX_IMAGE_PIXELS, images * (SOURCE_SIDE_FACTOR * side) ** 2)
+        self.left, self.side = self.total, side
+
+    def take(self, width: int, height: int, name: str) -> None:
+        pixels = width * height
+        if pixels > MAX_IMAGE_PIXELS:
+            raise TooLarge(
+                f"{name} is {width}x{height} = {pixels} pixels; at most {MAX_IMAGE_PIXELS} per"
+                " image are decoded: resize it first"
+            )
+        if pixels > self.left:
+            raise TooLarge(
+                f"the images of this request add up to more than {self.total} pixels (at most"
+                f" {SOURCE_SIDE_FACTOR}x the side of {self.side} on average, or"
+                f" {MAX_IMAGE_PIXELS} in all): resize them first"
+            )
+        self.left -= pixels
 
 
 def load_dataset(source: str | Path | bytes, fmt: str | None = None) -> ArrayDataset:
@@ -143,6 +175,10 @@ def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
                 shape, _fortran, dtype = read_header(f)
         except Exception as exc:
             raise DatasetError(f"array {name!r} has no readable npy header: {exc}") from None
+        if any(int(dim) < 0 for dim in shape):
+            raise DatasetError(f"array {name!r} declares a negative dimension: shape {shape}")
+        if dtype.hasobject:
+            raise DatasetError(f"array {name!r} holds Python objects (pickle), which are refused")
         count = 1
         for dim in shape:
             count *= int(dim)
@@ -154,6 +190,8 @@ def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
 def read_npz(
     data: bytes, *, max_expanded_bytes: int | None = MAX_EXPANDED_BYTES
 ) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    if not data.startswith(ZIP_MAGIC):  # np.load would try it as a pickle, then refuse that
+        raise DatasetError("not a readable .npz file: not a zip archive (a .npz zips .npy arrays)")
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # BadZipFile, ValueError, OSError: all "not an npz"
@@ -183,10 +221,6 @@ def read_npz(
         for key in npz.files:
             try:
                 arrays[key] = npz[key]
-            except ValueError:  # allow_pickle=False refuses object arrays here
-                raise DatasetError(
-                    f"array {key!r} holds Python objects (pickle), which are refused"
-                ) from None
             except Exception as exc:
                 raise DatasetError(f"array {key!r} is unreadable: {exc}") from None
     names = arrays.pop("class_names", None)
@@ -308,6 +342,7 @@ def read_image_zip(
                 "use a smaller image_size"
             )
         arrays = {}
+        budget = PixelBudget(len(files), image_size)
         for split, entries in by_split.items():
             if not entries:
                 continue
@@ -316,28 +351,37 @@ def read_image_zip(
             if unknown:
                 raise DatasetError(f"{split}/ has classes not in train/: {unknown}")
             arrays[f"x_{split}"] = np.stack(
-                [_decode(archive, info, image_size, grayscale) for _, info in entries]
+                [_decode(archive, info, image_size, grayscale, budget) for _, info in entries]
             )
             arrays[f"y_{split}"] = np.asarray([index[cls] for cls, _ in entries], dtype=np.int64)
     return arrays, class_names
 
 
 def _decode(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, grayscale: bool
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    size: int,
+    grayscale: bool,
+    budget: PixelBudget | None = None,
 ) -> np.ndarray:
     try:
         with archive.open(info) as f:
-            return decode_image(f, size, grayscale, f"zip entry {info.filename!r}")
+            return decode_image(f, size, grayscale, f"zip entry {info.filename!r}", budget)
     # corrupt deflate data, an unsupported compression method, an encrypted entry
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as exc:
         raise DatasetError(f"zip entry {info.filename!r} is not a decodable image: {exc}") from None
 
 
-def decode_image(stream: IO[bytes], size: int, grayscale: bool, name: str) -> np.ndarray:
+def decode_image(
+    stream: IO[bytes], size: int, grayscale: bool, name: str, budget: PixelBudget | None = None
+) -> np.ndarray:
     """One image → float32 [C, size, size] in [0, 1]: the preprocessing of training and
-    of serving (predict's `images`), so both see the same pixels."""
+    of serving (predict's `images`), so both see the same pixels. Its header's size is
+    taken from ``budget`` (the request's; by default a budget of its own) before it is
+    decoded: TooLarge past MAX_IMAGE_PIXELS."""
     try:
-        with Image.open(stream) as opened:
+        with Image.open(stream) as opened:  # reads the header only
+            (budget or PixelBudget(1, size)).take(*opened.size, name)
             image = opened.convert("L" if grayscale else "RGB").resize(
                 (size, size), Image.Resampling.BILINEAR
             )

@@ -28,6 +28,7 @@ from core.dataset_files import (
     SPLITS,
     ArrayDataset,
     DatasetError,
+    TooLarge,
     decode_image,
     from_arrays,
     load_dataset,
@@ -355,6 +356,11 @@ def scan_reference(
 
 def _scan_npz(store: DataStore, name: str, max_expanded_bytes: int) -> dict[str, Any]:
     entry = store.info(name)  # before the read: a change after it fails the job, never passes
+    if entry.size > max_expanded_bytes:  # refused from its size, never read
+        raise TooLarge(
+            f"{name} is {entry.size} bytes, at most {max_expanded_bytes} are accepted "
+            "(HETSERVE_MAX_EXPANDED_BYTES)"
+        )
     with store.open(name) as f:
         data = f.read()
     ds = from_arrays(*read_npz(data, max_expanded_bytes=max_expanded_bytes))

@@ -688,8 +688,15 @@ def _should_stop(callbacks: Callbacks, ranks: Ranks, device: torch.device) -> bo
 
 
 def _save_atomic(obj, path: Path) -> None:
-    # A worker killed mid-write must never leave a truncated checkpoint behind.
+    # A worker killed mid-write must never leave a truncated checkpoint behind. Written
+    # through a Python file: a full disk is then OSError ENOSPC (torch's own writer says
+    # only "unexpected pos"), and the partial file is removed.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)

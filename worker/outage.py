@@ -5,6 +5,9 @@ leaves as ``StoreOutage`` and never lets the job's message be acknowledged; task
 waits, with backoff, until the store answers again (``wait_for_store``, taking no other
 message meanwhile), hands the attempt back (``release_attempt``) and the message back
 to the broker; the job resumes from its checkpoint.
+
+A full data volume is not an outage (it does not pass by waiting): a disk-full error
+(``app.disk_space.is_disk_full``) fails the job (worker/outcomes.py ``fail``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app import disk_space
 from app.db import ping as ping_store
 from app.db import session_scope
 from app.settings import Settings
@@ -44,6 +48,8 @@ def is_store_outage(exc: BaseException | None) -> bool:
     """A connection-kind SQLAlchemy error (server gone, refused, connection reset, SQLite
     locked): the store is unreachable for now, not the job wrong. Looks down the chain
     of causes too."""
+    if disk_space.is_disk_full(exc):
+        return False  # a full volume fails the job (``fail``), never hands it back
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, StoreOutage):

@@ -2,7 +2,8 @@
 
 An upload is parsed and validated completely in memory before anything is written;
 then the canonical .npz goes into the content-addressed artifact store and one row into
-the store. A failure at any point leaves neither behind.
+the store. A failure at any point leaves neither behind: a full data volume is a 507
+(app/errors.py). A delete works on a full volume too (app/disk_space.py's reserve).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy.orm import Session
 
+from app import disk_space
 from app.artifact_release import change_then_remove_unreferenced, remove_if_unreferenced
 from app.artifacts import ArtifactStore
 from app.db import session_scope
@@ -46,6 +48,7 @@ ERRORS: Responses = {
     **AUTH_ERRORS,
     413: {"description": "upload larger than HETSERVE_MAX_UPLOAD_BYTES"},
     415: {"description": "not a .npz, .csv or .zip"},
+    507: {"description": "no space left on the data volume"},
     422: {
         "description": "malformed dataset; the detail names the problem",
         "content": {
@@ -174,14 +177,14 @@ def upload_dataset(
     try:
         # Each decode may expand to max_expanded_bytes: a bounded number at once.
         with decode_slot(settings.max_concurrent_decodes, settings.decode_wait_s):
-            fmt, dataset = parse_upload(
+            fmt, canonical, dataset = parse_upload(
                 filename,
                 data,
+                settings.max_upload_bytes,
                 image_size=image_size,
                 grayscale=grayscale,
                 max_expanded_bytes=settings.max_expanded_bytes,
             )
-            canonical = dataset.to_npz_bytes()
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except UploadError as exc:
@@ -281,6 +284,8 @@ async def delete_dataset(
         return [dataset.artifact_path]
 
     await run_in_threadpool(
-        change_then_remove_unreferenced, settings, artifacts, delete, lambda paths: paths
+        disk_space.releasing_reserve,
+        settings.data_dir,
+        lambda: change_then_remove_unreferenced(settings, artifacts, delete, lambda paths: paths),
     )
     return Response(status_code=204)

@@ -6,6 +6,11 @@ lists, under ``model_files``, the models whose ONNX file failed its integrity ch
 this process; those alone do not make it 503: the artifact volume is shared, so every
 API process would drop out of rotation together and stop serving the models that are
 intact. Alert on ``model_files`` instead.
+
+``disk_space`` is "ok", or "low: N bytes free ..." when the data folder's volume has less
+than ``HETSERVE_MIN_FREE_BYTES`` free. Like ``model_files`` it does not make ``/readyz``
+503 (predictions need no disk, and the volume is shared): alert on it. Each call also
+puts back app/disk_space.py's reserve if a delete on a full volume used it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,22 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app import broker, db
+from app import broker, db, disk_space
 from app.deps import RuntimeDep, SettingsDep
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 
 router = APIRouter(tags=["health"], route_class=InstrumentedRoute)
+
+
+def disk_space_state(settings: Settings) -> str:
+    """``disk_space``: "ok", or "low: ..." under settings.min_free_bytes free on the data
+    folder's volume."""
+    disk_space.ensure_reserve(settings.data_dir)
+    free = disk_space.free_bytes(settings.data_dir)
+    if free < settings.min_free_bytes:
+        return f"low: {free} bytes free, under HETSERVE_MIN_FREE_BYTES={settings.min_free_bytes}"
+    return "ok"
 
 
 def check_data_dir(settings: Settings) -> None:
@@ -58,6 +73,7 @@ def healthz() -> dict[str, Any]:
                         "broker": "ok",
                         "data_dir": "ok",
                         "model_files": "ok",
+                        "disk_space": "ok",
                     }
                 }
             }
@@ -71,6 +87,8 @@ def healthz() -> dict[str, Any]:
                         "broker": "OperationalError: ...",
                         "data_dir": "OSError: [Errno 30] Read-only file system: ...",
                         "model_files": {"failed_integrity": ["3f2a..."]},
+                        "disk_space": "low: 314572 bytes free, under"
+                        " HETSERVE_MIN_FREE_BYTES=1073741824",
                     }
                 }
             }
@@ -88,6 +106,10 @@ async def readyz(settings: SettingsDep, runtime: RuntimeDep) -> JSONResponse:
     ready = all(v == "ok" for v in checks.values())
     failed = sorted(runtime.sessions.failed)
     checks["model_files"] = {"failed_integrity": failed} if failed else "ok"
+    try:
+        checks["disk_space"] = await run_in_threadpool(disk_space_state, settings)
+    except OSError as exc:  # no data folder: data_dir already says so
+        checks["disk_space"] = f"{type(exc).__name__}: {exc}"[:300]
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
     )

@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app import broker
+from app import broker, disk_space
 from app.db import session_scope
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.retention.deletion import JobConflict, JobNotFound, delete_job
@@ -155,7 +155,11 @@ async def remove_job(
     ),
 ) -> Response:
     try:
-        deleted = await run_in_threadpool(delete_job, settings, artifacts, job_id, models=models)
+        deleted = await run_in_threadpool(
+            disk_space.releasing_reserve,
+            settings.data_dir,
+            lambda: delete_job(settings, artifacts, job_id, models=models),
+        )
     except JobNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except JobConflict as exc:

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import disk_space
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.retention import deletion
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
@@ -130,7 +131,9 @@ def delete_model(
     model_id: ModelRef, settings: SettingsDep, artifacts: ArtifactsDep, runtime: RuntimeDep
 ) -> Response:
     try:
-        deletion.delete_model(settings, artifacts, model_id)
+        disk_space.releasing_reserve(
+            settings.data_dir, lambda: deletion.delete_model(settings, artifacts, model_id)
+        )
     except deletion.ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except deletion.ModelConflict as exc:

@@ -14,6 +14,7 @@ counted and timed for /metrics. Request bodies are capped by app/gate.py, predic
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from app.serving.onnx_model import ModelFileError, OnnxModel
 from app.serving.runtime import ServingRuntime
 from app.serving.schemas import PredictRequest, PredictResponse
 from app.settings import Settings
+from app.uploads import DecodeBusy, decode_slot
 
 try:
     import orjson
@@ -93,16 +95,37 @@ def self_read_openapi(body: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+# Values of `inputs` above which they are checked and converted off the event loop
+# (about 10 ms of work at this size; the usual small request stays on the hot path).
+INPUTS_OFF_LOOP = 65_536
+
 # The API key is the /v1 router's dependency.
 PREDICT_OPENAPI = self_read_openapi(PredictRequest)
 
 
+def parse_large_body(body: bytes) -> PredictRequest:
+    """A large body (in a worker thread): orjson, then pydantic on the parsed objects.
+    A thread does not free the event loop while a parser runs (it holds the GIL for the
+    whole document): the faster parser shortens that hold. A body orjson refuses (NaN,
+    Infinity, integers beyond 64 bits: pydantic accepts them, and the inputs check
+    names their index) takes pydantic's own parser."""
+    if orjson is not None:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return PredictRequest.model_validate(parsed)
+    return PredictRequest.model_validate_json(body)
+
+
 async def read_predict_request(request: Request) -> PredictRequest:
-    """The JSON body, parsed and validated in one pass by pydantic; errors as FastAPI's."""
+    """The JSON body, parsed and validated by pydantic (a large one off the event loop,
+    ``parse_large_body``); errors as FastAPI's."""
     body = await request.body()
     try:
         if len(body) > JSON_OFF_LOOP_BYTES:  # not on the event loop
-            return await run_in_threadpool(PredictRequest.model_validate_json, body)
+            return await run_in_threadpool(parse_large_body, body)
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         # The raw body (bytes, maybe not UTF-8) is not echoed back: it may not encode.
@@ -128,6 +151,7 @@ def unprocessable(loc: list[str | int], msg: str) -> HTTPException:
         **AUTH_ERRORS,
         **MODEL_NOT_FOUND,
         413: {"description": "body over HETSERVE_MAX_REQUEST_BYTES"},
+        503: {"description": "every decode slot stayed taken (images); retry"},
         422: {"description": "the detail's loc and msg name the offending field and index"},
     },
     openapi_extra=PREDICT_OPENAPI,
@@ -151,15 +175,19 @@ async def predict(request: Request) -> Response:
     resolved_id, model = await served_model(request, runtime, model_id)
     input_shape = model.input_shape
     try:
-        if body.inputs is not None:
+        if body.inputs is not None and len(body.inputs) * prod(input_shape) > INPUTS_OFF_LOOP:
+            x = await run_in_threadpool(
+                parse_inputs, body.inputs, input_shape, settings.max_batch_rows
+            )
+        elif body.inputs is not None:
             x = parse_inputs(body.inputs, input_shape, settings.max_batch_rows)
         else:
             assert body.images is not None  # exactly one of the two, checked above
-            x = await run_in_threadpool(
-                parse_images, body.images, input_shape, settings.max_batch_rows
-            )
+            x = await run_in_threadpool(decode_images, body.images, input_shape, settings)
     except InputError as exc:
         raise HTTPException(422, exc.detail()) from None
+    except DecodeBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
     if body.predictive == "noise_free":
         if not model.has_noise_free:
@@ -197,6 +225,13 @@ async def predict(request: Request) -> Response:
             "predictions": rows,
         }
     )
+
+
+def decode_images(images: list[str], input_shape: list[int], settings: Settings) -> np.ndarray:
+    """``parse_images`` in one of the decode slots uploads take (app/uploads.py): images
+    sent to predict cannot take more of the API's memory and CPU than uploads may."""
+    with decode_slot(settings.max_concurrent_decodes, settings.decode_wait_s):
+        return parse_images(images, input_shape, settings.max_batch_rows)
 
 
 async def served_model(

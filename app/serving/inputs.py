@@ -4,7 +4,9 @@ Everything a client can get wrong is refused with an ``InputError`` that names t
 field and the index (``inputs[3][5]``, ``images[2]``), turned into a 422 by the route:
 wrong rank or length, a non-number (JSON strings, booleans, null), NaN or infinity
 (Python's JSON parser accepts ``NaN`` and ``Infinity``), a value beyond float32's range,
-too many rows, an image that is not valid base64 or not a decodable PNG/JPEG.
+too many rows, an image that is not valid base64 or not a decodable PNG/JPEG, an image
+(or all of them) with more pixels than core.dataset_files.PixelBudget allows, read from the
+headers before anything is decoded.
 
 Images are decoded exactly as at training time by app/uploads.py's own decoder
 (Pillow: RGB or L, bilinear resize to the model's H x W, scaled to [0, 1], [C, H, W]).
@@ -103,9 +105,10 @@ def parse_images(images: list[str], input_shape: list[int], max_rows: int) -> np
         )
     check_rows(len(images), "images", max_rows)
     channels, size = input_shape[0], input_shape[1]
+    budget = uploads.PixelBudget(len(images), size)
     return np.stack(
         [
-            decode_image(_b64(text, ("images", i)), size, channels == 1, ("images", i))
+            decode_image(_b64(text, ("images", i)), size, channels == 1, ("images", i), budget)
             for i, text in enumerate(images)
         ]
     )
@@ -118,9 +121,14 @@ def _b64(text: str, loc: Loc) -> bytes:
         raise InputError(loc, "not valid base64") from None
 
 
-def decode_image(data: bytes, size: int, grayscale: bool, loc: Loc) -> np.ndarray:
-    """One image → float32 [C, size, size], preprocessed exactly as at upload."""
+def decode_image(
+    data: bytes, size: int, grayscale: bool, loc: Loc, budget: uploads.PixelBudget | None = None
+) -> np.ndarray:
+    """One image → float32 [C, size, size], preprocessed exactly as at upload; its pixels
+    (from its header) taken from ``budget`` first."""
     try:
-        return uploads.decode_image(io.BytesIO(data), size, grayscale, _path(loc))
+        return uploads.decode_image(io.BytesIO(data), size, grayscale, _path(loc), budget)
+    except uploads.TooLarge as exc:
+        raise InputError(loc, str(exc)) from None
     except uploads.UploadError:
         raise InputError(loc, "not a decodable PNG or JPEG image") from None

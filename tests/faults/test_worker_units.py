@@ -26,6 +26,17 @@ def test_connection_errors_are_outages_and_others_are_not():
     assert not outage.is_store_outage(ValueError("bad spec"))
 
 
+def test_a_full_disk_is_not_a_store_outage():
+    import errno
+    import sqlite3
+
+    full = OperationalError("DELETE ...", {}, sqlite3.OperationalError("database or disk is full"))
+    assert not outage.is_store_outage(full)  # it fails the job, never waits for the store
+    checkpoint = RuntimeError("epoch 3")
+    checkpoint.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert not outage.is_store_outage(checkpoint)
+
+
 def test_a_task_hands_the_job_back_only_after_the_store_answers(monkeypatch):
     from worker import tasks
 
