@@ -58,7 +58,10 @@ class Settings(KernelSettings):
         None, description="a file of keys (same syntax, also one a line), re-read when it changes"
     )
     auth_failure_limit: int = Field(
-        30, ge=1, description="wrong keys from one client address per window before 429"
+        30,
+        ge=1,
+        description="wrong keys from one client address per window before 429 (for requests "
+        "without a valid key: a valid key is served)",
     )
     auth_failure_window_s: float = 60.0
 
