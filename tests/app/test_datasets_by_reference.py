@@ -3,6 +3,7 @@ and .npz files under HETSERVE_DATASET_ROOTS), validated in place, recorded as a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -71,6 +72,9 @@ def test_image_folder_registers_with_its_manifest(service, roots):
     train = manifest["splits"]["train"]
     assert train["paths"][0] == "train/cat/0.png" and train["labels"][:4] == [0, 0, 0, 1]
     assert len(train["sizes"]) == len(train["mtimes_ns"]) == 9
+    # What size and mtime cannot pin down: each image's content, read at registration.
+    first = roots[0] / "pets" / "train" / "cat" / "0.png"
+    assert train["sha256"][0] == hashlib.sha256(first.read_bytes()).hexdigest()
     check_manifest(manifest)  # unchanged: passes
     # Grayscale: one channel.
     r = register(client, f"file://{folder}", image_size=8, grayscale=True)
