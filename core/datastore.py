@@ -560,11 +560,13 @@ class ImageFiles:
         *,
         sizes: list[int] | None = None,
         stamps: list[int | str | None] | None = None,
-        digests: list[str] | None = None,
+        digests: Sequence[str] | np.ndarray | None = None,
     ):
         self.store = root if isinstance(root, DataStore) else LocalStore(str(root))
         self.paths = list(paths)
-        self.sizes, self.stamps, self.digests = sizes, stamps, digests
+        self.sizes, self.stamps = sizes, stamps
+        # Fixed-width bytes, not a million str objects (copied into every loader process).
+        self.digests = None if digests is None else np.asarray(digests, dtype="S64")
         self.size, self.grayscale = size, grayscale
         self.num_workers = 0  # the worker sets its DataLoader processes
 
@@ -585,7 +587,7 @@ class ImageFiles:
             with f:
                 if self.digests is None:
                     return decode_image(f, self.size, self.grayscale, rel)
-                data = self.store.check_content(rel, f.read(), self.digests[i])
+                data = self.store.check_content(rel, f.read(), self.digests[i].decode())
             return decode_image(io.BytesIO(data), self.size, self.grayscale, rel)
         except OSError as exc:  # e.g. the object changed between its head and its read
             raise DatasetError(f"dataset file {rel} under {self.store.uri}: {exc}") from None
@@ -606,7 +608,7 @@ class ImageFiles:
             self.grayscale,
             sizes=None if self.sizes is None else [self.sizes[i] for i in picked],
             stamps=None if self.stamps is None else [self.stamps[i] for i in picked],
-            digests=None if self.digests is None else [self.digests[i] for i in picked],
+            digests=None if self.digests is None else self.digests[picked],
         )
         subset.num_workers = self.num_workers
         return subset
