@@ -185,6 +185,24 @@ class DataStore:
         return data
 
 
+def opened_path(fd: int, path: str) -> str | None:
+    """The real path of the file open as ``fd`` (opened by ``path``): on Linux the
+    kernel's (``/proc/self/fd``: one readlink, no window between the open and the
+    answer); elsewhere ``realpath(path)`` if it is still the opened file (same device
+    and inode), else None (replaced meanwhile)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    real = os.path.realpath(path)
+    opened = os.fstat(fd)
+    try:
+        there = os.stat(real)
+    except FileNotFoundError:
+        return None
+    return real if (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino) else None
+
+
 class LocalStore(DataStore):
     """A folder on disk: fsspec's LocalFileSystem lists it; a file's stamp is its
     mtime_ns; a symlink is followed only if it stays within ``roots`` (the real paths of
@@ -196,33 +214,31 @@ class LocalStore(DataStore):
         self.roots = roots if roots is not None else [Path(os.path.realpath(self.root))]
 
     def open(self, rel: str) -> IO[bytes]:
-        """The file, opened and then confined: NotAllowed naming ``rel`` unless what was
-        opened is the file at its real path (same device and inode) and that path lies
-        under ``roots``. Checked after the open, on the opened file's identity, so a
-        symlink swapped in before, during or after the check cannot be read; a symlink that
-        stays within the roots (as registration allows) still opens."""
+        """The file, opened and then confined: NotAllowed naming ``rel`` unless the real
+        path of what was opened lies under ``roots``. Checked after the open, on the
+        opened file, so a symlink swapped in before, during or after the check cannot be
+        read; a symlink that stays within the roots (as registration allows) still opens."""
         path = self.full(rel)
         f = open(path, "rb")  # noqa: SIM115 (returned open; closed here on refusal)
         try:
-            real = os.path.realpath(path)
-            opened = os.fstat(f.fileno())
-            try:
-                there = os.stat(real)
-            except FileNotFoundError:
-                there = None
-            if not within_roots(real, self.roots):
+            real = opened_path(f.fileno(), path)
+            if real is None:
+                raise NotAllowed(
+                    f"dataset file {rel} under {self.uri} was replaced as it was opened"
+                )
+            if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self._roots):
                 raise NotAllowed(
                     f"dataset file {rel} under {self.uri} now leads to {real}, outside the "
                     "allowed dataset roots (replaced by a symlink since it was registered?)"
-                )
-            if there is None or (there.st_dev, there.st_ino) != (opened.st_dev, opened.st_ino):
-                raise NotAllowed(
-                    f"dataset file {rel} under {self.uri} was replaced as it was opened"
                 )
         except BaseException:
             f.close()
             raise
         return f
+
+    @property
+    def _roots(self) -> list[str]:
+        return [str(r) for r in self.roots or ()]
 
     @property
     def fs(self) -> Any:
