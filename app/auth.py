@@ -15,8 +15,13 @@ A key is never logged: log lines name it by ``fingerprint(key)``, the first 8 he
 of its sha256.
 
 Failed attempts (a key presented but wrong) are throttled per client address: after
-``auth_failure_limit`` within ``auth_failure_window_s`` the address gets 429 with
-``Retry-After`` until the window has passed. The count lives in the memory of each API
+``auth_failure_limit`` within ``auth_failure_window_s`` a request from the address
+without a valid key gets 429 with ``Retry-After`` until the window has passed. A valid
+key is served all the same, so clients sharing an address (NAT, a proxy, one host) with
+a misconfigured one are not locked out. What this costs: a guess that hits is answered
+even from a throttled address, so the throttle bounds the log and CPU a flood of wrong
+keys costs, not the guessing of a key; that rests on the keys' strength (a generated key
+is 256 random bits: ``generate_key``). The count lives in the memory of each API
 process (``--workers N`` multiplies the allowance by N; a restart forgets it).
 """
 

@@ -25,6 +25,12 @@ from app.settings import Settings
 TRAIN_QUEUE = "train"
 TRAIN_TASK = "hetserve.train_job"
 PING_TIMEOUT_S = 3.0
+# Redis: a running worker looks for messages whose visibility timeout has passed (their
+# worker died unacknowledged) every this many seconds. kombu's default looks every 10 s
+# but scans only every 10th time (unacked_restore_throttle), so a SIGKILLed worker's job
+# waited up to ~100 s past the timeout; here each look scans (one ZRANGE, under kombu's
+# mutex, per worker per interval).
+REDIS_RESTORE_INTERVAL_S = 10
 
 
 class EmbeddedSQLTransport(kombu_sql.Transport):
@@ -66,8 +72,13 @@ def broker_config(settings: Settings) -> dict[str, Any]:
         transport_options = {"polling_interval": settings.broker_polling_interval_s}
         if broker_url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-    elif broker_url.startswith(("redis", "rediss")) and settings.broker_key_prefix:
-        transport_options["global_keyprefix"] = settings.broker_key_prefix
+    elif broker_url.startswith(("redis", "rediss")):
+        transport_options |= {
+            "unacked_restore_interval": REDIS_RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+        }
+        if settings.broker_key_prefix:
+            transport_options["global_keyprefix"] = settings.broker_key_prefix
     elif broker_url.startswith("filesystem"):
         transport_options["polling_interval"] = settings.broker_polling_interval_s
     return {

@@ -9,19 +9,28 @@ A store that cannot be reached is a 503 ``{"detail": "the store is unavailable; 
 with ``Retry-After``, not a plain-text 500. A full data volume (ENOSPC writing a file,
 SQLite's "database or disk is full") is a 507 ``{"detail": "no space left on the data
 volume; ..."}``: the request changed nothing, and deleting datasets or models frees room.
+
+A 405 says in ``Allow`` every method the OpenAPI document lists for the path (Starlette's
+names only the methods of the one route object it tried, while FastAPI makes one per
+method).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+from functools import lru_cache
 from typing import Any
 
 from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.disk_space import NO_SPACE, is_disk_full
 
@@ -55,6 +64,33 @@ async def validation_failed(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=422, content={"detail": [json_safe_error(e) for e in exc.errors()]}
     )
+
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+@lru_cache(maxsize=256)
+def _path_regex(template: str) -> re.Pattern[str]:
+    return compile_path(template)[0]
+
+
+def documented_methods(openapi: dict[str, Any], path: str) -> list[str]:
+    """The methods the OpenAPI document lists for the path template ``path`` matches
+    (upper case, sorted); empty when none matches."""
+    for template, operations in openapi.get("paths", {}).items():
+        if _path_regex(template).match(path):
+            return sorted(m.upper() for m in operations if m in HTTP_METHODS)
+    return []
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, with a 405's ``Allow`` made whole."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        methods = documented_methods(request.app.openapi(), request.scope["path"])
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+    return await http_exception_handler(request, exc)
 
 
 async def concurrent_change(_request: Request, exc: Exception) -> JSONResponse:

@@ -4,9 +4,10 @@ route (or Starlette's form parser) reads a byte of the body.
 For each HTTP request, in order:
 
 1. ``/v1`` and ``/v2/models`` (the Open Inference Protocol's model routes; its health
-   routes stay open): the client address is refused with 429 (``Retry-After``) while it is
-   throttled for wrong keys; the bearer key is checked (401 when missing or wrong; a wrong
-   one counts against the address); a ``predict`` key asking for anything else gets 403.
+   routes stay open): the bearer key is checked: a valid one passes; otherwise 429
+   (``Retry-After``) while the client address is throttled for wrong keys, else 401 (a
+   wrong key counts against the address, a missing one does not); a ``predict`` key
+   asking for anything else gets 403.
    The key is left in ``request.state.api_key`` for ``app.deps.require_api_key``.
    ``/metrics`` takes an optional key: with a valid one it lists per-model series.
 2. The body limit of the route (``body_limit``): a declared ``Content-Length`` over it is
@@ -175,6 +176,10 @@ class RequestGate:
         address = (scope.get("client") or ("unknown",))[0]
         path = scope["path"]
         throttle: FailureThrottle = app_state.auth_throttle
+        token = bearer_token(headers)
+        key = None if token is None else app_state.key_ring.match(token)
+        if key is not None:  # a valid key is served even from a throttled address
+            return None, key
         wait = throttle.retry_after(address)
         if wait is not None:
             return error(
@@ -183,7 +188,6 @@ class RequestGate:
                 {"Retry-After": str(wait)},
                 path,
             ), None
-        token = bearer_token(headers)
         if token is None:
             return error(
                 401,
@@ -191,11 +195,8 @@ class RequestGate:
                 {"WWW-Authenticate": "Bearer"},
                 path,
             ), None
-        key = app_state.key_ring.match(token)
-        if key is None:
-            throttle.failed(address)
-            return error(401, "invalid API key", {"WWW-Authenticate": "Bearer"}, path), None
-        return None, key
+        throttle.failed(address)
+        return error(401, "invalid API key", {"WWW-Authenticate": "Bearer"}, path), None
 
 
 def audit(scope: Scope, who: str, status: int, body: bytes) -> None:

@@ -23,17 +23,25 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import db, disk_space, gate
 from app.auth import KeyRing
 from app.deps import require_api_key
-from app.errors import concurrent_change, disk_full, store_unavailable, validation_failed
+from app.errors import (
+    concurrent_change,
+    disk_full,
+    http_error,
+    store_unavailable,
+    validation_failed,
+)
 from app.logs import configure_logging
 from app.routers import (
     aliases,
     dataset_corrections,
     dataset_items,
     datasets,
+    document_body_errors,
     health,
     jobs,
     kserve,
@@ -89,8 +97,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        # FastAPI's document (generated once, then cached on the app), with the 400 any
+        # body may get: documented where it happens, in every operation that takes one.
+        return app.openapi_schema or document_body_errors(generate_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(IntegrityError, concurrent_change)
     app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # a 405's whole Allow
     app.add_exception_handler(DBAPIError, store_unavailable)  # IntegrityError: its own, above
     app.add_exception_handler(SATimeoutError, store_unavailable)
     app.add_exception_handler(OSError, disk_full)  # ENOSPC: 507; any other OSError: 500

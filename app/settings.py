@@ -58,7 +58,10 @@ class Settings(KernelSettings):
         None, description="a file of keys (same syntax, also one a line), re-read when it changes"
     )
     auth_failure_limit: int = Field(
-        30, ge=1, description="wrong keys from one client address per window before 429"
+        30,
+        ge=1,
+        description="wrong keys from one client address per window before 429 (for requests "
+        "without a valid key: a valid key is served)",
     )
     auth_failure_window_s: float = 60.0
 
@@ -97,7 +100,12 @@ class Settings(KernelSettings):
     )
     job_time_limit_s: int = 6 * 3600
     max_job_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
-    broker_visibility_timeout_s: int = 12 * 3600  # must exceed job_time_limit_s (celery#5935)
+    # Must exceed job_time_limit_s (celery#5935). Redis: the job of a worker killed
+    # outright (SIGKILL, a lost host) is redelivered only after it, plus up to
+    # app.broker.REDIS_RESTORE_INTERVAL_S (10 s) for a running worker to look; the sweeper
+    # leaves it (an unacknowledged message names no worker, so it cannot tell a dead
+    # worker's from one still training). A SIGTERMed worker hands its job back at once.
+    broker_visibility_timeout_s: int = 12 * 3600
     broker_key_prefix: str | None = Field(
         None, description="Redis broker: prefix of every key (several deployments, one Redis)"
     )

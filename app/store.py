@@ -297,6 +297,17 @@ class JobStore:
         self.session.add(JobHistory(job_id=job_id, epoch=epoch, payload=payload))
         self.session.flush()
 
+    def record_epoch(self, job_id: str, epoch: int, payload: dict) -> None:
+        """Add an epoch's history row after removing the rows of the same phase
+        (``payload["phase"]``) from that epoch on: a run that starts again from an
+        earlier epoch (a restored job whose checkpoint is older than its history, or
+        gone) replaces what it reruns, so each epoch of a phase is listed once."""
+        phase = payload.get("phase")
+        for row in self.history(job_id):
+            if row.epoch >= epoch and row.payload.get("phase") == phase:
+                self.session.delete(row)
+        self.add_history(job_id, epoch, payload)
+
     def history(self, job_id: str) -> builtins.list[JobHistory]:
         query = select(JobHistory).where(JobHistory.job_id == job_id).order_by(JobHistory.id)
         return list(self.session.scalars(query))

@@ -3,15 +3,20 @@ local disk or in object storage (``s3://``, the s3 extra), read through one file
 interface (``DataStore``: fsspec's local or S3 filesystem under a root).
 
 ``scan_reference`` walks and validates a reference once and returns its manifest (every
-file with its size and stamp); ``check_manifest`` tells whether the files changed since;
-``open_manifest`` opens it as an ``ArrayDataset`` whose image splits are ``ImageFiles``,
-decoded on access with ``core.dataset_files.decode_image``. The API (registration,
+file with its size and stamp, and the sha256 of what a backend's stamp does not pin down:
+an ``.npz``, and each image of a folder on disk); ``check_manifest`` tells whether the
+files changed since; ``open_manifest`` opens it as an ``ArrayDataset`` whose image splits
+are ``ImageFiles``, decoded on access with ``core.dataset_files.decode_image``. On disk
+every open is confined to the allowed roots again (``LocalStore.open``): a file swapped
+for a symlink after registration is refused, not read. The API (registration,
 ``app/dataset_refs.py``) and the worker (training) share these functions. numpy, Pillow
 and fsspec only: no torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -35,7 +40,9 @@ from core.dataset_files import (
     read_npz,
 )
 
-MANIFEST_VERSION = 1
+# 2: the sha256 of an .npz ("file"), and of every image of a folder on disk (the split's
+# "sha256" column); a version-1 manifest has neither and is checked by size and stamp only.
+MANIFEST_VERSION = 2
 DEFAULT_SAMPLE_DECODE = 32
 MAX_FOLDER_FILES = 10_000_000
 # check_manifest in object storage: a HEAD per object up to this many, else one listing
@@ -74,6 +81,11 @@ class Entry:
     kind: str
     size: int = 0
     stamp: int | str | None = None
+
+
+def content_digest(data: bytes) -> str:
+    """What a manifest records of a file's bytes: their sha256, hex."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class DataStore:
@@ -162,14 +174,72 @@ class DataStore:
             "register it again"
         )
 
+    def check_content(self, rel: str, data: bytes, digest: str | None) -> bytes:
+        """``data``, or DatasetError naming ``rel`` if its sha256 is not ``digest`` (None:
+        the manifest recorded none, nothing to compare)."""
+        if digest is not None and content_digest(data) != digest:
+            raise DatasetError(
+                f"dataset file {rel} under {self.uri} changed since the dataset was registered "
+                "(same size and stamp, different content: its sha256 is not the manifest's): "
+                "register it again"
+            )
+        return data
+
+
+def opened_path(fd: int, path: str) -> str | None:
+    """The real path of the file open as ``fd`` (opened by ``path``): on Linux the
+    kernel's (``/proc/self/fd``: one readlink, no window between the open and the
+    answer); elsewhere ``realpath(path)`` if it is still the opened file (same device
+    and inode), else None (replaced meanwhile)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    real = os.path.realpath(path)
+    opened = os.fstat(fd)
+    try:
+        there = os.stat(real)
+    except FileNotFoundError:
+        return None
+    return real if (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino) else None
+
 
 class LocalStore(DataStore):
     """A folder on disk: fsspec's LocalFileSystem lists it; a file's stamp is its
-    mtime_ns; a symlink is followed only if it stays within ``roots`` (else NotAllowed)."""
+    mtime_ns; a symlink is followed only if it stays within ``roots`` (the real paths of
+    the allowed roots; by default the folder itself), else NotAllowed, when it is listed
+    and again whenever a file is opened."""
 
     def __init__(self, root: str, roots: list[Path] | None = None):
         super().__init__(root)
-        self.roots = roots
+        self.roots = roots if roots is not None else [Path(os.path.realpath(self.root))]
+
+    def open(self, rel: str) -> IO[bytes]:
+        """The file, opened and then confined: NotAllowed naming ``rel`` unless the real
+        path of what was opened lies under ``roots``. Checked after the open, on the
+        opened file, so a symlink swapped in before, during or after the check cannot be
+        read; a symlink that stays within the roots (as registration allows) still opens."""
+        path = self.full(rel)
+        f = open(path, "rb")  # noqa: SIM115 (returned open; closed here on refusal)
+        try:
+            real = opened_path(f.fileno(), path)
+            if real is None:
+                raise NotAllowed(
+                    f"dataset file {rel} under {self.uri} was replaced as it was opened"
+                )
+            if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self._roots):
+                raise NotAllowed(
+                    f"dataset file {rel} under {self.uri} now leads to {real}, outside the "
+                    "allowed dataset roots (replaced by a symlink since it was registered?)"
+                )
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    @property
+    def _roots(self) -> list[str]:
+        return [str(r) for r in self.roots or ()]
 
     @property
     def fs(self) -> Any:
@@ -293,11 +363,15 @@ def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
 
 
-def store_for_root(root: str, s3_endpoint_url: str | None = None) -> DataStore:
-    """The store of a manifest's ``root``."""
+def store_for_root(
+    root: str, s3_endpoint_url: str | None = None, roots: Sequence[str | Path] = ()
+) -> DataStore:
+    """The store of a manifest's ``root``; on disk confined to the local ``roots`` (the
+    allowed dataset roots), or to ``root`` itself when none is given."""
     if is_s3(root):
         return S3Store(s3_key(root), s3_endpoint_url)
-    return LocalStore(root)
+    local = [Path(os.path.realpath(r)) for r in roots if not is_s3(r)]
+    return LocalStore(root, local or None)
 
 
 def locate(
@@ -368,7 +442,12 @@ def _scan_npz(store: DataStore, name: str, max_expanded_bytes: int) -> dict[str,
         "version": MANIFEST_VERSION,
         "format": "npz-ref",
         "root": store.uri,
-        "file": {"path": name, "size": entry.size, store.stamp_key: entry.stamp},
+        "file": {
+            "path": name,
+            "size": entry.size,
+            store.stamp_key: entry.stamp,
+            "sha256": content_digest(data),
+        },
         "class_names": ds.class_names,
         "task": ds.task,
         "input_shape": ds.input_shape,
@@ -387,6 +466,10 @@ def _scan_folder(store: DataStore, size: int, grayscale: bool, sample: int) -> d
         raise DatasetError(f"{store.uri} holds {unknown}: only train/, val/ and test/ are read")
     splits: dict[str, dict[str, Any]] = {}
     total = 0
+    # On disk an mtime can be set back (os.utime): each image's sha256 is recorded, one
+    # read of the folder (no decode) at registration. In object storage the ETag, which
+    # every read is made conditional on (If-Match), stands for the content.
+    hashed = isinstance(store, LocalStore)
     class_names: list[str] = []
     for split in SPLITS:
         if split not in top:
@@ -405,6 +488,8 @@ def _scan_folder(store: DataStore, size: int, grayscale: bool, sample: int) -> d
                 raise DatasetError(f"need at least 2 classes, train/ has {len(class_names)}")
         index = {name: i for i, name in enumerate(class_names)}
         cols: dict[str, list[Any]] = {"paths": [], "labels": [], "sizes": [], store.stamps_key: []}
+        if hashed:
+            cols["sha256"] = []
         for e in classes:
             if e.name not in index:
                 raise DatasetError(f"{split}/ has a class not in train/: {e.name!r}")
@@ -421,6 +506,9 @@ def _scan_folder(store: DataStore, size: int, grayscale: bool, sample: int) -> d
                 cols["labels"].append(index[e.name])
                 cols["sizes"].append(image.size)
                 cols[store.stamps_key].append(image.stamp)
+                if hashed:
+                    with store.open(rel) as f:
+                        cols["sha256"].append(content_digest(f.read()))
         total += len(cols["paths"])
         if total > MAX_FOLDER_FILES:
             raise DatasetError(f"more than {MAX_FOLDER_FILES} images: not accepted")
@@ -480,7 +568,8 @@ class ImageFiles:
     """Images in a DataStore, decoded on demand, standing in for an [N, C, H, W] array:
     ``x[i:j]`` decodes those rows (float32 in [0, 1], resized as at predict), ``x[index
     array]`` is a lazy subset, ``x.load(i)`` one image. Given the manifest's ``sizes``
-    and ``stamps``, each file is checked as it is opened (DatasetError naming it)."""
+    and ``stamps`` (and ``digests``, the sha256 of each), each file is checked as it is
+    opened and read (DatasetError naming it)."""
 
     ndim = 4
 
@@ -493,10 +582,13 @@ class ImageFiles:
         *,
         sizes: list[int] | None = None,
         stamps: list[int | str | None] | None = None,
+        digests: Sequence[str] | np.ndarray | None = None,
     ):
         self.store = root if isinstance(root, DataStore) else LocalStore(str(root))
         self.paths = list(paths)
         self.sizes, self.stamps = sizes, stamps
+        # Fixed-width bytes, not a million str objects (copied into every loader process).
+        self.digests = None if digests is None else np.asarray(digests, dtype="S64")
         self.size, self.grayscale = size, grayscale
         self.num_workers = 0  # the worker sets its DataLoader processes
 
@@ -515,7 +607,10 @@ class ImageFiles:
             f = self.store.open_checked(rel, self.sizes[i], self.stamps[i])
         try:
             with f:
-                return decode_image(f, self.size, self.grayscale, rel)
+                if self.digests is None:
+                    return decode_image(f, self.size, self.grayscale, rel)
+                data = self.store.check_content(rel, f.read(), self.digests[i].decode())
+            return decode_image(io.BytesIO(data), self.size, self.grayscale, rel)
         except OSError as exc:  # e.g. the object changed between its head and its read
             raise DatasetError(f"dataset file {rel} under {self.store.uri}: {exc}") from None
 
@@ -535,6 +630,7 @@ class ImageFiles:
             self.grayscale,
             sizes=None if self.sizes is None else [self.sizes[i] for i in picked],
             stamps=None if self.stamps is None else [self.stamps[i] for i in picked],
+            digests=None if self.digests is None else self.digests[picked],
         )
         subset.num_workers = self.num_workers
         return subset
@@ -557,16 +653,23 @@ class ImageFiles:
         return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
-def open_manifest(manifest: dict[str, Any], s3_endpoint_url: str | None = None) -> ArrayDataset:
+def open_manifest(
+    manifest: dict[str, Any],
+    s3_endpoint_url: str | None = None,
+    roots: Sequence[str | Path] = (),
+) -> ArrayDataset:
     """The dataset a manifest describes, after check_manifest: an ``.npz`` is read
-    whole; an image folder becomes ImageFiles (decoded as training streams it, each
-    file checked against the manifest as it is opened)."""
+    whole (and its sha256 compared); an image folder becomes ImageFiles (decoded as
+    training streams it, each file checked against the manifest as it is opened and
+    read). On disk every open is confined to ``roots`` (the allowed dataset roots; the
+    dataset's own folder when none is given)."""
     check_manifest(manifest, s3_endpoint_url)
-    store = store_for_root(manifest["root"], s3_endpoint_url)
+    store = store_for_root(manifest["root"], s3_endpoint_url, roots)
     if manifest["format"] == "npz-ref":
         f = manifest["file"]
         with store.open_checked(f["path"], f["size"], f[store.stamp_key]) as opened:
-            return load_dataset(opened.read(), "npz")
+            data = store.check_content(f["path"], opened.read(), f.get("sha256"))
+        return load_dataset(data, "npz")
     arrays: dict[str, Any] = {}
     for split, cols in manifest["splits"].items():
         arrays[f"x_{split}"] = ImageFiles(
@@ -576,6 +679,7 @@ def open_manifest(manifest: dict[str, Any], s3_endpoint_url: str | None = None) 
             manifest["grayscale"],
             sizes=cols["sizes"],
             stamps=cols[store.stamps_key],
+            digests=cols.get("sha256"),
         )
         arrays[f"y_{split}"] = np.asarray(cols["labels"], dtype=np.int64)
     return ArrayDataset(**arrays, class_names=list(manifest["class_names"]))

@@ -72,7 +72,11 @@ def load_job_data(ctx: JobContext, settings: Settings) -> ArrayDataset:
     image folder is not read here: training streams it (models.streaming)."""
     if ctx.dataset_format not in REFERENCE_FORMATS:
         return load_dataset(ctx.dataset_path)
-    data = open_manifest(json.loads(ctx.dataset_path.read_text()), settings.s3_endpoint_url)
+    data = open_manifest(
+        json.loads(ctx.dataset_path.read_text()),
+        settings.s3_endpoint_url,
+        settings.dataset_root_list,  # every open confined to them again
+    )
     for x in (data.x_train, data.x_val, data.x_test):
         if isinstance(x, ImageFiles):
             x.num_workers = settings.loader_workers

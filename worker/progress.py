@@ -70,7 +70,7 @@ class StoreCallbacks:
         payload = history_payload(self.phase, entry)
         with session_scope(self.settings) as session:
             store = JobStore(session)
-            store.add_history(self.ctx.job_id, entry["epoch"], payload)
+            store.record_epoch(self.ctx.job_id, entry["epoch"], payload)
             self.epochs_done = len(store.history(self.ctx.job_id))
             store.set_progress(self.ctx.job_id, self._progress(entry))
         log.info(

@@ -52,7 +52,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     print(
         f"backed up {redact(settings.resolved_database_url)} ({manifest['store']}, revision "
         f"{manifest['revision']}) and {manifest['artifact_files']} artifact file(s), "
-        f"{manifest['artifact_bytes']} bytes, to {args.dir}"
+        f"{manifest['artifact_bytes']} bytes, and {manifest['checkpoint_files']} checkpoint "
+        f"file(s) of jobs under way, to {args.dir}"
     )
     return 0
 
@@ -68,7 +69,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print(
         f"restored {redact(settings.resolved_database_url)} from {args.dir} (backup of "
         f"{result['created_at']}) and {result['restored_artifact_files']} artifact file(s) "
-        f"into {settings.data_dir}"
+        f"and {result['restored_checkpoint_files']} checkpoint file(s) into {settings.data_dir}"
     )
     if result["missing_artifacts"]:
         print(

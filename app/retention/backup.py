@@ -1,6 +1,6 @@
 """Backup and restore: what ``hetserve backup DIR`` and ``hetserve restore DIR`` do (the
-store, then the artifacts; SQLite through the sqlite3 backup API, PostgreSQL through
-pg_dump / pg_restore).
+store, then the artifacts, then the checkpoints of the jobs under way; SQLite through
+the sqlite3 backup API, PostgreSQL through pg_dump / pg_restore).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ MANIFEST = "manifest.json"
 SQLITE_FILE = "store.sqlite3"
 PG_DUMP_FILE = "store.pgdump"
 KEY_FILE = "api_key"
+CHECKPOINTS = "checkpoints"
 BACKUP_FORMAT = 1
 
 
@@ -106,6 +107,28 @@ def _copy_tree(source: Path, target: Path, *, verify: bool) -> tuple[int, int]:
     return files, size
 
 
+def _copy_checkpoints(source: Path, target: Path) -> int:
+    """Copy every checkpoint folder under ``source`` to ``target``, replacing what is
+    there; a file that goes while it is copied (its job ended) is skipped. Each file is
+    written whole before it is renamed into place, as the worker writes it. Returns the
+    files copied."""
+    files = 0
+    for path in sorted(files_under(source)):
+        if is_temporary(path.name):
+            continue
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(f"{TMP_PREFIX}{destination.name}")
+        try:
+            shutil.copy2(path, partial)
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            continue
+        os.replace(partial, destination)
+        files += 1
+    return files
+
+
 def _present(root: Path, paths: set[str]) -> set[str]:
     return {p for p in paths if (root / p).is_file()}
 
@@ -120,7 +143,12 @@ def backup(settings: Settings, dest: Path) -> dict:
     it is copied is detected (the dump's references are checked against the copy) and
     the backup fails: run it again. SQLite: the sqlite3 online backup API; PostgreSQL:
     ``pg_dump --format=custom`` on a snapshot whose references are read in the same
-    snapshot. Returns the manifest written to ``dest/manifest.json``."""
+    snapshot. Then the checkpoints of the jobs under way, taken after the store, so
+    each is at or past the epochs its job's dumped history lists (a worker checkpoints
+    an epoch before it records it): a restored running job resumes from it, and its
+    history keeps each epoch once (the worker records an epoch by replacing that
+    epoch's row and any later one of the same phase). Returns the manifest written to
+    ``dest/manifest.json``."""
     backend = _backend(settings)
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -169,6 +197,7 @@ def backup(settings: Settings, dest: Path) -> dict:
             f"({', '.join(missing[:5])}): deleted while the backup ran? Run it again into "
             "a new folder"
         )
+    checkpoint_files = _copy_checkpoints(data_dir / CHECKPOINTS, dest / CHECKPOINTS)
     if (data_dir / KEY_FILE).is_file():
         shutil.copy2(data_dir / KEY_FILE, dest / KEY_FILE)
     manifest = {
@@ -180,6 +209,7 @@ def backup(settings: Settings, dest: Path) -> dict:
         "artifact_files": files,
         "artifact_bytes": size,
         "referenced_artifacts": len(referenced),
+        "checkpoint_files": checkpoint_files,
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -188,8 +218,10 @@ def backup(settings: Settings, dest: Path) -> dict:
 def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
     """Restore a ``backup`` folder into the configured store and data folder; the
     service (API and workers) must be stopped. The store first, then the artifacts
-    (each checked against its sha256 name), then the API key file (when the data folder
-    has none), then the migrations (a backup of an older version comes up to date).
+    (each checked against its sha256 name), then the checkpoints (replacing those in
+    the data folder: a job the backup holds as running resumes from the epoch it had
+    reached), then the API key file (when the data folder has none), then the
+    migrations (a backup of an older version comes up to date).
     An existing store is refused unless ``force`` (it is then replaced).
     Returns the backup's manifest with what was restored."""
     source = Path(source)
@@ -247,6 +279,7 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
     engine.dispose()
 
     files, size = _copy_tree(source / "artifacts", data_dir / "artifacts", verify=True)
+    checkpoint_files = _copy_checkpoints(source / CHECKPOINTS, data_dir / CHECKPOINTS)
     key = data_dir / KEY_FILE
     if (source / KEY_FILE).is_file() and not key.exists():
         shutil.copy2(source / KEY_FILE, key)
@@ -258,6 +291,7 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
     return manifest | {
         "restored_artifact_files": files,
         "restored_artifact_bytes": size,
+        "restored_checkpoint_files": checkpoint_files,
         "missing_artifacts": missing,
     }
 

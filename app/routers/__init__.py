@@ -25,6 +25,22 @@ Responses = dict[int | str, dict[str, Any]]
 
 AUTH_ERRORS: Responses = {401: {"description": "missing or invalid API key"}}
 MODEL_NOT_FOUND: Responses = {404: {"description": "no model with that id or alias"}}
+# FastAPI answers 400 when it cannot parse a body at all (JSON that is not UTF-8, a
+# broken multipart form), before any route runs.
+BODY_UNPARSEABLE: Responses = {
+    400: {"description": "the body could not be parsed (JSON that is not UTF-8, a broken form)"}
+}
+
+
+def document_body_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """``openapi`` with BODY_UNPARSEABLE among the responses of every operation that
+    takes a body (one that documents its own 400 keeps it)."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", BODY_UNPARSEABLE[400])
+    return openapi
 
 
 def operation_id(route: APIRoute) -> str:

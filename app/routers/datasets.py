@@ -65,10 +65,20 @@ ERRORS: Responses = {
 REFERENCE_BODY = {
     "requestBody": {
         "content": {
+            # Two bodies share the route, so `file` is optional in its signature; a
+            # multipart upload without one is a 422: the schema says it is required.
+            "multipart/form-data": {
+                "schema": {
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "contentMediaType": "application/octet-stream"}
+                    },
+                }
+            },
             "application/json": {
                 "schema": DatasetReference.model_json_schema(),
                 "example": {"uri": "file:///data/products", "image_size": 64},
-            }
+            },
         }
     }
 }

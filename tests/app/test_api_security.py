@@ -40,10 +40,14 @@ def test_failed_authentication_is_throttled_per_address(tmp_path):
     with TestClient(create_app(settings)) as client:
         for _ in range(3):
             assert client.get("/v1/jobs", headers=bearer("wrong")).status_code == 401
-        for headers in (bearer("wrong"), bearer(settings.api_keys)):
+        for headers in (bearer("wrong"), bearer("another wrong one"), {}):
             r = client.get("/v1/jobs", headers=headers)
             assert r.status_code == 429, r.text
             assert 0 < int(r.headers["retry-after"]) <= 61 and "detail" in r.json()
+        # The failures are throttled, not the address: the valid key from the same
+        # address is served, and does not lift the throttle for wrong keys.
+        assert client.get("/v1/jobs", headers=bearer(settings.api_keys)).status_code == 200
+        assert client.get("/v1/jobs", headers=bearer("wrong")).status_code == 429
         assert client.get("/healthz").status_code == 200
         # Missing keys are not guesses: they do not count.
     with TestClient(create_app(settings)) as client:

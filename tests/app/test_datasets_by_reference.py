@@ -3,11 +3,13 @@ and .npz files under HETSERVE_DATASET_ROOTS), validated in place, recorded as a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import pytest
 
+from core import datastore
 from core.dataset_files import DatasetError
 from core.datastore import check_manifest
 from tests.app.service_client import (
@@ -71,6 +73,9 @@ def test_image_folder_registers_with_its_manifest(service, roots):
     train = manifest["splits"]["train"]
     assert train["paths"][0] == "train/cat/0.png" and train["labels"][:4] == [0, 0, 0, 1]
     assert len(train["sizes"]) == len(train["mtimes_ns"]) == 9
+    # What size and mtime cannot pin down: each image's content, read at registration.
+    first = roots[0] / "pets" / "train" / "cat" / "0.png"
+    assert train["sha256"][0] == hashlib.sha256(first.read_bytes()).hexdigest()
     check_manifest(manifest)  # unchanged: passes
     # Grayscale: one channel.
     r = register(client, f"file://{folder}", image_size=8, grayscale=True)
@@ -195,3 +200,42 @@ def test_changed_or_missing_files_are_named(service, roots):
     os.remove(target)
     with pytest.raises(DatasetError, match="train/dog/1.png is missing"):
         check_manifest(manifest)
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc-fd", "realpath-and-inode"])
+def test_a_file_swapped_for_a_symlink_out_of_the_roots_is_refused_when_opened(
+    service, roots, monkeypatch, proc
+):
+    """Whichever way the opened file's real path is found (Linux's /proc/self/fd, or
+    realpath checked against the opened inode elsewhere), a symlink leading out of the
+    roots is refused on open, and one within them still opens."""
+    client, settings = service
+    folder = image_folder(roots[0] / "pets")
+    assert register(client, f"file://{folder}").status_code == 201
+    (stored,) = files_under(settings.data_dir / "artifacts")
+    manifest = json.loads(stored.read_text())
+    if not proc:
+        readlink = os.readlink
+
+        def no_proc(path, *args, **kwargs):
+            if str(path).startswith("/proc/self/fd/"):
+                raise OSError("no /proc here")
+            return readlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(datastore.os, "readlink", no_proc)
+    data = datastore.open_manifest(manifest, roots=settings.dataset_root_list)
+    index = data.x_train.paths.index("train/dog/1.png")
+    target = folder / "train" / "dog" / "1.png"
+    inside = roots[0] / "copy.png"
+    inside.write_bytes(target.read_bytes())
+    os.utime(inside, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns))
+    target.unlink()
+    target.symlink_to(inside)
+    assert data.x_train.load(index).shape == (3, 32, 32)  # within the roots: read
+    roots[1].mkdir()
+    outside = roots[1] / "copy.png"
+    os.replace(inside, outside)
+    target.unlink()
+    target.symlink_to(outside)
+    with pytest.raises(datastore.NotAllowed, match="train/dog/1.png .*outside the allowed"):
+        data.x_train.load(index)
