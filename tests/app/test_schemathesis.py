@@ -49,6 +49,13 @@ parameters = { "path.model_id" = "fuzz" }
 include-path-regex = "^/v1/jobs$|^/v1/aliases/\\\\{name\\\\}$|^/v[12]/models/\\\\{model_id\\\\}/(predict|infer)$"
 include-method-regex = "^(POST|PUT)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+# An item as an image of a dataset of vectors (or its values of one of images): whether a
+# dataset holds images is data, not schema.
+[[operations]]
+include-path-regex = "^/v1/datasets/\\\\{dataset_id\\\\}/items/\\\\{index\\\\}$"
+include-method-regex = "^GET$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 """
 
 
