@@ -1,0 +1,80 @@
+"""The adaptive batching rule of app/serving/batching.py on a made-up clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.serving.batching import GAP_WEIGHT, MAX_GAP_DELAYS, PAUSE_GAPS, Arrivals, closes_at
+
+D = 0.005  # max_queue_delay, s
+
+
+def arrivals_at(times: list[float]) -> Arrivals:
+    arrivals = Arrivals(D)
+    for t in times:
+        arrivals.observe(t)
+    return arrivals
+
+
+def test_a_first_request_closes_at_once():
+    arrivals = arrivals_at([10.0])
+    assert arrivals.gap == MAX_GAP_DELAYS * D  # nothing seen before: nobody is expected
+    assert closes_at(arrivals, oldest=10.0, now=10.0) is None
+
+
+def test_in_light_traffic_a_request_closes_at_once():
+    """Once the load drops to one request a second, the third lone one no longer waits."""
+    busy = [i * 1e-4 for i in range(200)]  # 10 000 requests/s, then one a second
+    arrivals = arrivals_at(busy)
+    assert arrivals.gap == pytest.approx(1e-4)
+    for t in [1.0, 2.0]:
+        arrivals.observe(t)  # gaps of 1 s, counted as 2 D
+        assert closes_at(arrivals, oldest=t, now=t) is not None  # the estimate lags
+    for t in [3.0, 4.0, 5.0, 100.0]:
+        arrivals.observe(t)
+        assert closes_at(arrivals, oldest=t, now=t) is None
+
+
+def test_a_steady_stream_fills_up_to_the_delay():
+    """Every 0.5 ms: the next one is always due, so the batch waits until D."""
+    gap = 5e-4
+    arrivals = arrivals_at([i * gap for i in range(100)])
+    assert arrivals.gap == pytest.approx(gap, rel=1e-3)
+    oldest = 100 * gap
+    t = oldest
+    while (wake := closes_at(arrivals, oldest, t)) is not None:
+        t += gap  # the next request arrives before the timer fires
+        assert wake >= t - gap
+        arrivals.observe(t)
+    assert t == pytest.approx(oldest + D - gap, abs=gap)  # 10 requests, about D after the first
+
+
+def test_a_burst_closes_two_gaps_after_its_last_request():
+    """Bursts of 16 every 10 ms (closed-loop clients): the mean gap is small, and a
+    burst closes 2 gaps after its last request, long before D."""
+    times = [c * 0.01 + i * 2e-5 for c in range(30) for i in range(16)]
+    arrivals = arrivals_at(times)
+    last = times[-1]
+    wake = closes_at(arrivals, oldest=times[-16], now=last)
+    assert wake == pytest.approx(last + PAUSE_GAPS * arrivals.gap)
+    assert wake - times[-16] < D / 4, wake - times[-16]
+    assert closes_at(arrivals, oldest=times[-16], now=wake) is None  # no arrival meanwhile
+
+
+def test_the_delay_caps_the_wait():
+    arrivals = arrivals_at([i * 1e-4 for i in range(100)])
+    oldest = 0.0099 - D / 2
+    assert closes_at(arrivals, oldest, now=oldest + D) is None
+    assert closes_at(arrivals, oldest, now=oldest + 2 * D) is None
+    wake = closes_at(arrivals, oldest=0.0099, now=0.0099)
+    assert wake is not None and wake <= 0.0099 + D
+
+
+def test_a_gap_never_counts_for_more_than_twice_the_delay():
+    arrivals = arrivals_at([i * 1e-4 for i in range(100)])
+    before = arrivals.gap
+    arrivals.observe(1e6)  # an idle spell of days moves the estimate by alpha (2 D - gap)
+    assert arrivals.gap == pytest.approx(before + GAP_WEIGHT * (MAX_GAP_DELAYS * D - before))
+    for hour in range(1, 100):
+        arrivals.observe(1e6 + 3600.0 * hour)
+    assert arrivals.gap == pytest.approx(MAX_GAP_DELAYS * D)
