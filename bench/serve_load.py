@@ -1,6 +1,7 @@
 """Closed-loop load on hetserve as shipped and on the servers users would pick instead.
 
     .venv/bin/python bench/serve_load.py [--seconds 6] [--passes 3] [--json var/serve_load.json]
+    .venv/bin/python bench/serve_load.py --from-json var/serve_load.json [same knobs]
 
 For a HET MLP model at K = 10 and K = 100 (S = 1000 samples per prediction, fresh draws
 on every call), on one exported ONNX file per K, these servers run one at a time on
@@ -183,6 +184,7 @@ class Target:
     pid: int
     processes: int
     headers: dict[str, str] = field(default_factory=dict)
+    model_id: str | None = None  # hetserve: /metrics tells its rows per onnxruntime call
 
 
 def ensure_venv(name: str) -> Path:
@@ -299,6 +301,7 @@ def start(name: str, model: Path, args, work: Path):
                 pid,
                 processes,
                 {"Authorization": f"Bearer {API_KEY}"},
+                model_id,
             )
         return
     port = free_port()
@@ -372,25 +375,45 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds so far of process ``root`` and all its descendants (/proc)."""
-    parents, ticks = {}, {}
+def tree_pids(root: int) -> set[int]:
+    """Process ``root`` and all its descendants (/proc)."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:  # exited meanwhile
             continue
-        parents[int(entry)] = int(fields[1])
-        ticks[int(entry)] = int(fields[11]) + int(fields[12])
     tree, grew = {root}, True
     while grew:
         more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
         tree |= more
         grew = bool(more)
-    return sum(ticks.get(pid, 0) for pid in tree) / TICK
+    return tree
+
+
+def tree_runqueue_wait_s(root: int) -> float:
+    """Seconds the threads of ``root``'s process tree have spent runnable but waiting for
+    a CPU (/proc/<pid>/task/<tid>/schedstat, second field): what a busy machine costs it."""
+    waited = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    waited += int(f.read().split()[1])
+    return waited / 1e9
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds so far of process ``root`` and all its descendants (/proc)."""
+    ticks = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / TICK
 
 
 def own_cpu_s() -> float:
@@ -443,8 +466,26 @@ def wrk(target: Target, rows: list, clients: int, seconds: float, work: Path) ->
     }
 
 
+def batch_rows(target: Target) -> tuple[float, float]:
+    """hetserve's (rows, onnxruntime calls) so far for the model, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{target.url}/metrics", headers=target.headers, timeout=10).text
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("hetserve_batch_rows_sum", "hetserve_batch_rows_count")
+        and sample.labels.get("model") == target.model_id
+    }
+    return values.get("hetserve_batch_rows_sum", 0.0), values.get("hetserve_batch_rows_count", 0.0)
+
+
 def measured_round(target: Target, rows: list, args, work: Path) -> dict:
     """One measured wrk run with the machine's, the server's and our own CPU around it."""
+    calls = batch_rows(target) if target.model_id else None
+    waited = tree_runqueue_wait_s(target.pid)
     busy, server, own, wall = (
         machine_busy_s(),
         tree_cpu_s(target.pid),
@@ -459,6 +500,12 @@ def measured_round(target: Target, rows: list, args, work: Path) -> dict:
     result["server_cpu_ms_per_request"] = server * 1000 / max(result["requests"], 1)
     result["other_cores"] = max(0.0, busy - server - own) / wall
     result["server_cores"] = server / wall
+    # threads that exited meanwhile drop out of the sum: a lower bound
+    waited = max(0.0, tree_runqueue_wait_s(target.pid) - waited)
+    result["runqueue_wait_ms_per_request"] = waited * 1000 / max(result["requests"], 1)
+    if calls is not None:
+        after = batch_rows(target)
+        result["rows_per_call"] = (after[0] - calls[0]) / max(after[1] - calls[1], 1)
     return result
 
 
@@ -521,13 +568,22 @@ def report(results: dict, args) -> str:
             f"K = {k}, {n} row(s) per request:",
             "",
             "| server | processes | requests/s per pass | p99 ms per pass | others' CPU (cores) per pass "
-            "| median requests/s | median p99 ms | server CPU ms per request |",
-            "|---|---|---|---|---|---|---|---|",
+            "| median requests/s | median p99 ms | server CPU ms per request "
+            "| waited for a CPU, ms per request | rows per onnxruntime call |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, rounds in servers.items():
             mark = ["!" if r["other_cores"] > flag else "" for r in rounds]
             errors = sum(r["non_2xx"] for r in rounds)
             procs = " / ".join(sorted({str(r["processes"]) for r in rounds}))
+            waited = (
+                f"{median_of(rounds, 'runqueue_wait_ms_per_request', flag):.2f}"
+                if all("runqueue_wait_ms_per_request" in r for r in rounds)
+                else ""
+            )
+            per_call = " / ".join(
+                f"{r['rows_per_call']:.1f}" for r in rounds if "rows_per_call" in r
+            )
             rps = " / ".join(f"{r['rps']:.0f}" for r in rounds)
             p99 = " / ".join(f"{r['p99']:.1f}" for r in rounds)
             others = " / ".join(
@@ -537,7 +593,8 @@ def report(results: dict, args) -> str:
                 f"| {name}{f' ({errors} non-2xx)' if errors else ''} | {procs} | {rps} | {p99} "
                 f"| {others} "
                 f"| {median_of(rounds, 'rps', flag):.0f} | {median_of(rounds, 'p99', flag):.1f} "
-                f"| {median_of(rounds, 'server_cpu_ms_per_request', flag):.2f} |"
+                f"| {median_of(rounds, 'server_cpu_ms_per_request', flag):.2f} | {waited} "
+                f"| {per_call} |"
             )
         anchors = {a: servers[a] for a in args.anchors if a in servers}
         if "hetserve" in servers and anchors:
@@ -580,6 +637,9 @@ def main() -> None:
     parser.add_argument("--hetserve-env", action="append", default=[], metavar="NAME:VAR=V,...")
     parser.add_argument("--max-other-cores", type=float, default=0.2)
     parser.add_argument("--json", type=Path, help="also write every round here")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the tables of a run's --json (give its knobs)"
+    )
     args = parser.parse_args()
     args.intra_op_threads = default_intra_op_threads(os.cpu_count() or 1, default_api_workers())
     args.hetserve_variants = {"hetserve": (ROOT, {})}
@@ -591,6 +651,14 @@ def main() -> None:
     for text in args.hetserve_env:
         name, extra = parse_variant(text)
         args.hetserve_variants[name] = (ROOT, extra)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        results = {
+            tuple(int(part.split("=")[1]) for part in key.split()): rounds
+            for key, rounds in saved.items()
+        }
+        print(report(results, args))
+        return
     results = run(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
