@@ -13,8 +13,9 @@ key; a lane's drain task runs the waiting requests as one batch as soon as
     rows >= max_batch_size
     or the oldest waiting request arrived while the previous batch ran
     or waiting longer will not add a request: with gap the key's mean time between
-       arrivals (an exponential average, alpha = 1/4, of the gaps, each capped at 2 D,
-       D = max_queue_delay) and t_last the latest arrival, the batch closes at
+       arrivals that join a waiting batch (an exponential average, alpha = 1/4, of those
+       gaps, each capped at 2 D, D = max_queue_delay) and t_last the latest arrival, the
+       batch closes at
 
            now                           if t_last + gap >= t_oldest + D  (none due in time)
            min(t_oldest + D, t_last + 2 gap)                              otherwise
@@ -23,9 +24,13 @@ key; a lane's drain task runs the waiting requests as one batch as soon as
 
 concatenates their rows, runs ``fn`` once in a worker thread (onnxruntime releases
 the GIL, so the event loop keeps serving) and hands every request its own slice of each
-output. A first request, or one in light traffic (gap >= D), runs at once; a steady
-stream fills batches up to the delay; a burst (closed-loop clients whose answers came
-back together) closes about two gaps after its last request instead of waiting out D.
+output. Only gaps inside a forming batch count: the gap before a request that finds the
+lane empty spans the lane's idle time, which for closed-loop clients is the batcher's own
+doing (they send again only once answered), so counting it would make a lone client
+wait for itself. A first request (nothing seen: gap = 2 D) runs at once, a lone request
+waits at most two of the gaps seen inside batches, a steady stream fills batches up to
+the delay, and a burst (closed-loop clients whose answers came back together) closes
+about two gaps after its last request instead of waiting out D.
 While a batch runs, new requests queue in the lane and form the next batch, which runs
 as soon as the first is back, so under load batches grow by themselves. The estimate
 outlives the lane (kept per key, the most recent ``MAX_TRACKED_KEYS``).
@@ -74,20 +79,20 @@ MAX_TRACKED_KEYS = 1024  # arrival estimates kept (keys with a seed are many)
 
 
 class Arrivals:
-    """The mean gap between a key's arrivals: ``gap += alpha (min(t - t_last, 2 D) - gap)``.
-
-    The cap keeps one idle spell from outweighing the traffic after it, and lets light
-    traffic settle above D (a lone request then never waits). Starts at 2 D (no arrivals
-    seen: nobody is expected) with ``last`` = -inf."""
+    """The mean gap between a key's arrivals that join a waiting batch:
+    ``gap += alpha (min(t - t_last, 2 D) - gap)``, ``t_last`` = the latest arrival of any
+    kind. The cap keeps one long wait from outweighing the traffic after it. Starts at
+    2 D (none seen: nobody is expected) with ``last`` = -inf."""
 
     def __init__(self, max_delay_s: float):
         self.max_delay_s = max_delay_s
         self.gap = MAX_GAP_DELAYS * max_delay_s
         self.last = -math.inf
 
-    def observe(self, now: float) -> None:
-        gap = min(now - self.last, MAX_GAP_DELAYS * self.max_delay_s)
-        self.gap += GAP_WEIGHT * (gap - self.gap)
+    def observe(self, now: float, joins_waiting: bool = True) -> None:
+        if joins_waiting:
+            gap = min(now - self.last, MAX_GAP_DELAYS * self.max_delay_s)
+            self.gap += GAP_WEIGHT * (gap - self.gap)
         self.last = now
 
 
@@ -169,7 +174,7 @@ class DynamicBatcher:
             lane.task = loop.create_task(self._drain(lane_key, lane, label, fn))
         now = loop.time()
         assert lane.arrivals is not None
-        lane.arrivals.observe(now)
+        lane.arrivals.observe(now, joins_waiting=bool(lane.pending))
         waiting = _Waiting(x, loop.create_future(), now)
         lane.pending.append(waiting)
         lane.rows += len(x)

@@ -10,6 +10,7 @@ D = 0.005  # max_queue_delay, s
 
 
 def arrivals_at(times: list[float]) -> Arrivals:
+    """An estimate that saw these arrivals, each joining a waiting batch."""
     arrivals = Arrivals(D)
     for t in times:
         arrivals.observe(t)
@@ -22,17 +23,22 @@ def test_a_first_request_closes_at_once():
     assert closes_at(arrivals, oldest=10.0, now=10.0) is None
 
 
-def test_in_light_traffic_a_request_closes_at_once():
-    """Once the load drops to one request a second, the third lone one no longer waits."""
-    busy = [i * 1e-4 for i in range(200)]  # 10 000 requests/s, then one a second
-    arrivals = arrivals_at(busy)
-    assert arrivals.gap == pytest.approx(1e-4)
-    for t in [1.0, 2.0]:
-        arrivals.observe(t)  # gaps of 1 s, counted as 2 D
-        assert closes_at(arrivals, oldest=t, now=t) is not None  # the estimate lags
-    for t in [3.0, 4.0, 5.0, 100.0]:
-        arrivals.observe(t)
+def test_a_lone_closed_loop_client_never_waits_for_itself():
+    """One client that sends again 0.6 ms after each answer: every request finds the
+    lane empty, so its gaps (the batcher's own doing) never count and it never waits."""
+    arrivals = Arrivals(D)
+    t = 0.0
+    for _ in range(200):
+        arrivals.observe(t, joins_waiting=False)
         assert closes_at(arrivals, oldest=t, now=t) is None
+        t += 6e-4
+
+
+def test_a_lone_request_waits_at_most_two_gaps_seen_inside_batches():
+    arrivals = arrivals_at([i * 1e-4 for i in range(200)])  # 10 000 requests/s
+    assert arrivals.gap == pytest.approx(1e-4)
+    arrivals.observe(5.0, joins_waiting=False)  # then one alone, after a pause
+    assert closes_at(arrivals, oldest=5.0, now=5.0) == pytest.approx(5.0 + PAUSE_GAPS * 1e-4)
 
 
 def test_a_steady_stream_fills_up_to_the_delay():
@@ -50,15 +56,18 @@ def test_a_steady_stream_fills_up_to_the_delay():
 
 
 def test_a_burst_closes_two_gaps_after_its_last_request():
-    """Bursts of 16 every 10 ms (closed-loop clients): the mean gap is small, and a
-    burst closes 2 gaps after its last request, long before D."""
-    times = [c * 0.01 + i * 2e-5 for c in range(30) for i in range(16)]
-    arrivals = arrivals_at(times)
-    last = times[-1]
-    wake = closes_at(arrivals, oldest=times[-16], now=last)
+    """Bursts of 16 every 10 ms (closed-loop clients): the gaps inside a burst are
+    small, and a burst closes 2 of them after its last request, long before D."""
+    arrivals = Arrivals(D)
+    for c in range(30):
+        for i in range(16):
+            last = c * 0.01 + i * 2e-5
+            arrivals.observe(last, joins_waiting=i > 0)  # the first finds the lane empty
+    oldest = 29 * 0.01
+    wake = closes_at(arrivals, oldest=oldest, now=last)
+    assert arrivals.gap == pytest.approx(2e-5, rel=0.01)
     assert wake == pytest.approx(last + PAUSE_GAPS * arrivals.gap)
-    assert wake - times[-16] < D / 4, wake - times[-16]
-    assert closes_at(arrivals, oldest=times[-16], now=wake) is None  # no arrival meanwhile
+    assert closes_at(arrivals, oldest=oldest, now=wake) is None  # no arrival meanwhile
 
 
 def test_the_delay_caps_the_wait():
