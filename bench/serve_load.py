@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import resource
@@ -451,8 +452,8 @@ def wrk(target: Target, rows: list, clients: int, seconds: float, work: Path) ->
     text = out.stdout
 
     def latency(pct: str) -> float:
-        value, unit = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
-        return float(value) * UNITS[unit]
+        found = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(found[1]) * UNITS[found[2]] if found else math.nan  # no answer at all
 
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: (.*)", text)
@@ -530,13 +531,20 @@ def run(args) -> dict:
                 with start(name, models[k], args, work) as target:
                     for n in args.rows:
                         warm = wrk(target, payloads[n], args.clients, args.warmup, work)
-                        if warm["non_2xx"] or not warm["requests"]:
+                        if warm["non_2xx"]:  # (none at all: slower than the warm-up)
                             raise RuntimeError(f"{name} answered {warm} during the warm-up")
                         got = measured_round(target, payloads[n], args, work)
                         got["processes"] = target.processes
                         results.setdefault((k, n), {}).setdefault(name, []).append(got)
                         log(f"  {n:>2} rows: {json.dumps(got)}")
+                        if args.json:  # after every round: a run cut short keeps its rounds
+                            save(results, args.json)
     return results
+
+
+def save(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"K={k} rows={n}": v for (k, n), v in results.items()}, indent=1))
 
 
 def median_of(rounds: list[dict], key: str, max_other: float) -> float:
@@ -659,13 +667,7 @@ def main() -> None:
         }
         print(report(results, args))
         return
-    results = run(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({f"K={k} rows={n}": v for (k, n), v in results.items()}, indent=1)
-        )
-    print(report(results, args))
+    print(report(run(args), args))
 
 
 if __name__ == "__main__":
