@@ -6,7 +6,8 @@
 
 Configured by the environment (children spawned by a framework inherit it):
 BENCH_MODEL_PATH, BENCH_INTRA_OP_THREADS, BENCH_NUM_SAMPLES, BENCH_WORKERS,
-BENCH_MAX_ROWS (rows per batched call), BENCH_DELAY_MS (batching delay), BENCH_PORT.
+BENCH_MAX_ROWS (rows per batched call), BENCH_DELAY_MS (batching delay), BENCH_PORT,
+BENCH_WORKSPACE (Triton's working folder, removed by the caller).
 
 Each runs onnxruntime on the same file with the same session options (``intra_op``
 threads, one inter-op thread), passes ``num_samples`` = S and a fresh 63-bit seed from
@@ -129,7 +130,9 @@ def serve_triton() -> None:
         allow_metrics=False,
         allow_grpc=False,
     )
-    with Triton(config=config) as triton:
+    # A workspace of the caller's: PyTriton leaves its own (a copy of tritonserver)
+    # behind when it is stopped by a signal.
+    with Triton(config=config, workspace=os.environ.get("BENCH_WORKSPACE")) as triton:
         triton.bind(
             model_name="het",
             infer_func=[instance() for _ in range(env_int("WORKERS"))],

@@ -348,19 +348,24 @@ def start(name: str, model: Path, args, work: Path):
     tries = [processes] * 3 + ([1] if name == "triton" and processes > 1 else [])
     for attempt, workers in enumerate(tries):
         env["BENCH_WORKERS"] = str(workers)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+        env["BENCH_WORKSPACE"] = str(scratch / "workspace")  # must not exist yet (PyTriton)
         ctx = process(argv, env, ready, ROOT, 180)
         try:
-            pid = ctx.__enter__()
-        except RuntimeError as exc:
-            if attempt == len(tries) - 1:
-                raise
-            log(f"{name} failed to start, retrying: {str(exc)[-300:]}")
-            continue
-        try:
-            yield Target(url, path, body, pid, workers)
+            try:
+                pid = ctx.__enter__()
+            except RuntimeError as exc:
+                if attempt == len(tries) - 1:
+                    raise
+                log(f"{name} failed to start, retrying: {str(exc)[-300:]}")
+                continue
+            try:
+                yield Target(url, path, body, pid, workers)
+            finally:
+                ctx.__exit__(None, None, None)
+            return
         finally:
-            ctx.__exit__(None, None, None)
-        return
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 # -- CPU accounting ---------------------------------------------------------------------
@@ -522,24 +527,27 @@ def run(args) -> dict:
     rng = np.random.default_rng(1)
     payloads = {n: rng.normal(size=(n, D)).round(4).tolist() for n in args.rows}
     results: dict = {}
-    names = [*args.hetserve_variants, *args.anchors]
-    for pass_ in range(args.passes):
-        order = names[pass_ % len(names) :] + names[: pass_ % len(names)]
-        for k in args.classes:
-            for name in order:
-                log(f"pass {pass_ + 1}/{args.passes}, K = {k}: {name}")
-                with start(name, models[k], args, work) as target:
-                    for n in args.rows:
-                        warm = wrk(target, payloads[n], args.clients, args.warmup, work)
-                        if warm["non_2xx"]:  # (none at all: slower than the warm-up)
-                            raise RuntimeError(f"{name} answered {warm} during the warm-up")
-                        got = measured_round(target, payloads[n], args, work)
-                        got["processes"] = target.processes
-                        results.setdefault((k, n), {}).setdefault(name, []).append(got)
-                        log(f"  {n:>2} rows: {json.dumps(got)}")
-                        if args.json:  # after every round: a run cut short keeps its rounds
-                            save(results, args.json)
-    return results
+    try:
+        names = [*args.hetserve_variants, *args.anchors]
+        for pass_ in range(args.passes):
+            order = names[pass_ % len(names) :] + names[: pass_ % len(names)]
+            for k in args.classes:
+                for name in order:
+                    log(f"pass {pass_ + 1}/{args.passes}, K = {k}: {name}")
+                    with start(name, models[k], args, work) as target:
+                        for n in args.rows:
+                            warm = wrk(target, payloads[n], args.clients, args.warmup, work)
+                            if warm["non_2xx"]:  # (none at all: slower than the warm-up)
+                                raise RuntimeError(f"{name} answered {warm} during the warm-up")
+                            got = measured_round(target, payloads[n], args, work)
+                            got["processes"] = target.processes
+                            results.setdefault((k, n), {}).setdefault(name, []).append(got)
+                            log(f"  {n:>2} rows: {json.dumps(got)}")
+                            if args.json:  # after every round: a run cut short keeps its rounds
+                                save(results, args.json)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def save(results: dict, path: Path) -> None:
