@@ -137,7 +137,7 @@ class Settings(KernelSettings):
     max_batch_rows: int = 1024
     max_mc_samples: int = 10_000
     session_cache_size: int = 8
-    ort_intra_op_threads: int = 0  # 0: onnxruntime's default
+    ort_intra_op_threads: int = 0  # 0: max(1, cores // API processes - 1)
     ort_inter_op_threads: int = 1
     batching: bool = True
     max_batch_size: int = 64

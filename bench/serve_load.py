@@ -1,28 +1,38 @@
-"""Closed-loop load on /predict: dynamic batching on and off against a minimal endpoint.
+"""Closed-loop load on hetserve as shipped and on the servers users would pick instead.
 
-    .venv/bin/python bench/serve_load.py [--clients 32] [--requests 3000] [--max-seconds 15]
+    .venv/bin/python bench/serve_load.py [--seconds 6] [--passes 3] [--json var/serve_load.json]
+    .venv/bin/python bench/serve_load.py --from-json var/serve_load.json [same knobs]
 
-For a HET MLP model at K = 10 and K = 100 (S = 1000 samples per prediction, one row per
-request, fresh draws), servers on loopback, each uvicorn serving one exported model,
-measured in interleaved rounds:
+For a HET MLP model at K = 10 and K = 100 (S = 1000 samples per prediction, fresh draws
+on every call), on one exported ONNX file per K, these servers run one at a time on
+loopback, started afresh for each K in each pass, the passes interleaved (each pass
+visits the servers in another order), at 1 and 16 rows per request:
 
-- ``minimal``: the baseline, a bare endpoint that runs one onnxruntime call per request
-  (``OnnxModel.run`` in a thread) and returns the probabilities;
-- ``hetserve, batching off``: the real API (auth, store lookup, validation, every uncertainty
-  field), one onnxruntime call per request;
-- ``hetserve, batching on``: the same with dynamic batching (settings defaults);
-- with ``--workers N`` (default 2) also batching-on hetserve and the minimal endpoint as
-  N uvicorn processes each (``hetserve up`` starts ``HETSERVE_API_WORKERS``, by default
-  one per two cores: the header line says how many that is here).
+- ``hetserve``: ``hetserve up`` exactly as ``make run`` starts it (its API processes, its
+  worker, no tuning variable; only the data dir, port and API key are set), predicting
+  through ``POST /v1/models/{id}/predict`` with every uncertainty field per row;
+- the anchors of bench/serve_anchors.py, same file, same onnxruntime session options
+  and the same number of processes / model instances as hetserve's API processes:
+  ``triton`` (Triton's C++ front end and dynamic batcher through PyTriton), ``litserve``,
+  ``bentoml`` (adaptive batching), each installed on first use into its own virtualenv
+  under var/bench-venvs/<name> (a benchmark-only step, like bench/head_speed.py's
+  edward2), and ``fastapi``: FastAPI + onnxruntime, one call per request, in this venv;
+- with ``--baseline-tree DIR`` also ``hetserve up`` from another checkout (e.g. ``git
+  archive main``), as shipped there; ``--hetserve-env NAME:VAR=V,...`` adds hetserve
+  with those settings (e.g. ``ort-per-core:HETSERVE_ORT_INTRA_OP_THREADS=2``).
 
-``--clients`` connections each send a request, wait for the answer, send the next
-(closed loop), until ``--requests`` answers or ``--max-seconds`` have passed, after a
-short warm-up. Prints a markdown table: requests/s, p50 and p99 latency, their ratios
-to the minimal endpoint with the same number of processes measured in the same run, the
-mean rows per onnxruntime call, and the server's CPU time per request (all its processes
-and threads, from /proc: what bounds requests/s on a machine whose cores are all busy).
-The load generator is a few lines of raw HTTP/1.1 over asyncio streams, so the client
-costs little of the shared CPU.
+Every anchor gets the onnxruntime intra-op threads that hetserve's default picks on this
+machine (app/serving/runtime.py: ``max(1, cores // API processes - 1)``).
+
+Load: wrk (``apt-get install -y wrk``), ``--clients`` connections, each sending a request
+and waiting for its answer (closed loop), ``--warmup`` seconds unmeasured, then
+``--seconds`` measured. Per round it records requests/s, p50 and p99 (wrk's), the
+server's CPU per request (its whole process tree, from /proc) and the CPU the *other*
+processes of the machine used meanwhile: busy time from /proc/stat less the server's,
+wrk's and this script's, in cores; a round where others used more than
+``--max-other-cores`` (0.2) is flagged (!) and left out of the medians when a clean
+round of that line exists. Prints one markdown table per K and request size, and the
+ratio of hetserve's requests/s to the best anchor's, with both p99s.
 """
 
 from __future__ import annotations
@@ -31,10 +41,19 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import venv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,45 +61,50 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.settings import default_api_workers  # noqa: E402  (after the path fix above)
-from tests.app.serving_support import (  # noqa: E402  (after the path fix above)
-    API_KEY,
-    live_server,
-    make_settings,
-    register,
-    settings_env,
-)
-
 D = 64  # input features (the size of sklearn's digits)
 HIDDEN = [256, 256]
 FACTORS = {10: 4, 100: 10}  # R per K (R = 10 at K = 100: the cost example of docs/models.md)
-S = 1000  # stated, not the model's default: both sides of every line run this S
-WARMUP_S = 2.0
-MINIMAL = "minimal (1 onnxruntime call per request)"
+S = 1000  # the model's eval S, and the num_samples every anchor passes
+MAX_ROWS = 64  # rows per batched call, every server (hetserve's HETSERVE_MAX_BATCH_SIZE)
+API_KEY = "bench-serve-load-key"
+VENVS = ROOT / "var" / "bench-venvs"
+ANCHOR_REQUIREMENTS = {  # with this venv's onnxruntime
+    "triton": ["nvidia-pytriton==0.7.0"],
+    "litserve": ["litserve==0.2.19"],
+    "bentoml": ["bentoml==1.4.40"],
+}
+ANCHORS = ("triton", "litserve", "bentoml", "fastapi")
 
 
-# -- the baseline server ------------------------------------------------------------------
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def minimal_app():
-    """One onnxruntime call per request, nothing else (uvicorn --factory)."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
+# -- models ---------------------------------------------------------------------------
 
-    from app.serving.onnx_model import OnnxModel
 
-    model = OnnxModel(
-        os.environ["BENCH_MODEL_PATH"], intra_op_threads=int(os.environ["BENCH_INTRA_OP_THREADS"])
+def export_het_mlp(path: Path, num_classes: int) -> Path:
+    import torch
+
+    from core.spec import BackboneSpec, HeadSpec, RunSpec
+    from models.classifier import build_classifier
+    from models.export import export_onnx
+
+    torch.manual_seed(0)
+    spec = RunSpec(
+        head=HeadSpec(
+            kind="het", num_factors=FACTORS[num_classes], temperature=1.5, eval_mc_samples=S
+        ),
+        backbone=BackboneSpec(hidden=HIDDEN),
     )
-
-    async def predict(request):
-        x = np.asarray((await request.json())["inputs"], dtype=np.float32)
-        outputs = await run_in_threadpool(model.run, x)
-        return JSONResponse({"probs": outputs["probs"].tolist()})
-
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    model = build_classifier(
+        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
+    )
+    parity = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
+    export_onnx(
+        model.eval(), path, class_names=[str(k) for k in range(num_classes)], parity_inputs=parity
+    )
+    return path
 
 
 # -- the load ---------------------------------------------------------------------------
@@ -148,242 +172,510 @@ def summarize(latencies: list[float], elapsed: float) -> dict:
     }
 
 
-def mean_batch_rows(url: str, model_id: str) -> float:
+# -- the servers ------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A running server: where to send what, and the root of its process tree."""
+
+    url: str
+    path: str
+    body: object  # rows (list of lists) -> bytes
+    pid: int
+    processes: int
+    headers: dict[str, str] = field(default_factory=dict)
+    model_id: str | None = None  # hetserve: /metrics tells its rows per onnxruntime call
+
+
+def ensure_venv(name: str) -> Path:
+    """The python of var/bench-venvs/<name>, holding the anchor and this venv's
+    onnxruntime, created on first use."""
+    import onnxruntime
+
+    path = VENVS / name
+    python, marker = path / "bin" / "python", path / ".installed"
+    wanted = [*ANCHOR_REQUIREMENTS[name], f"onnxruntime=={onnxruntime.__version__}"]
+    if python.exists() and marker.exists() and marker.read_text() == "\n".join(wanted):
+        return python
+    log(f"installing {' '.join(wanted)} into {path} (once)")
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+    marker.write_text("\n".join(wanted))
+    return python
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def json_rows(rows: list) -> bytes:
+    return json.dumps({"inputs": rows}).encode()
+
+
+def kserve_rows(rows: list) -> bytes:
+    data = [v for row in rows for v in row]
+    tensor = {"name": "input", "shape": [len(rows), D], "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str], ready_url: str, cwd: Path, timeout: float):
+    """Start ``argv`` in its own process group; yield its pid once ``ready_url`` answers
+    200; stop the whole group after."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
 
-    values = {}
-    # Per-model series need the key (app/serving/metrics.py).
-    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name.startswith("hetserve_batch_rows_")
-                and sample.labels.get("model") == model_id
-            ):
-                values[sample.name] = sample.value
-    return values.get("hetserve_batch_rows_sum", 0) / max(
-        values.get("hetserve_batch_rows_count", 0), 1
+    out = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe stalls it
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                out.seek(0)
+                raise RuntimeError(
+                    f"{argv[:3]} exited with {proc.returncode}:\n{out.read()[-3000:]}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[:3]} not ready in {timeout:.0f} s")
+            time.sleep(0.3)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        time.sleep(0.5)  # let the group's other processes go before the next server
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out.close()
 
 
-def server_cpu_seconds(port: int) -> float:
-    """CPU time (user + system) so far of the uvicorn listening on ``port`` and of every
-    process under it (its workers), from /proc."""
-    stats, root = {}, None
+def hetserve_target(tree: Path, model: Path, extra_env: dict[str, str], work: Path):
+    """``hetserve up`` from ``tree`` with the model registered; (context, model id)."""
+    from tests.app.serving_support import make_settings, register
+
+    data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
+    model_id = register(make_settings(data), model)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HETSERVE_")}
+    env.update(
+        PYTHONPATH=str(tree),
+        HETSERVE_DATA_DIR=str(data),
+        HETSERVE_PORT=str(port),
+        HETSERVE_API_KEYS=API_KEY,
+        HETSERVE_LOG_LEVEL="WARNING",
+        **extra_env,
+    )
+    hetserve = Path(sys.executable).parent / "hetserve"
+    url = f"http://127.0.0.1:{port}"
+    return url, model_id, process([str(hetserve), "up"], env, f"{url}/healthz", tree, 120)
+
+
+@contextlib.contextmanager
+def start(name: str, model: Path, args, work: Path):
+    """Yield a Target for server ``name`` serving ``model``."""
+    from app.settings import default_api_workers
+
+    processes = default_api_workers()
+    if name.startswith("hetserve"):
+        tree, extra = args.hetserve_variants[name]
+        url, model_id, ctx = hetserve_target(tree, model, extra, work)
+        with ctx as pid:
+            yield Target(
+                url,
+                f"/v1/models/{model_id}/predict",
+                json_rows,
+                pid,
+                processes,
+                {"Authorization": f"Bearer {API_KEY}"},
+                model_id,
+            )
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HETSERVE_", "BENCH_"))}
+    env.update(
+        BENCH_MODEL_PATH=str(model),
+        BENCH_INTRA_OP_THREADS=str(args.intra_op_threads),
+        BENCH_NUM_SAMPLES=str(S),
+        BENCH_WORKERS=str(processes),
+        BENCH_MAX_ROWS=str(MAX_ROWS),
+        BENCH_DELAY_MS=str(args.anchor_delay_ms),
+        BENCH_PORT=str(port),
+        PYTHONPATH=str(ROOT),
+    )
+    anchors = ROOT / "bench" / "serve_anchors.py"
+    if name == "fastapi":
+        argv = [sys.executable, "-m", "uvicorn", "bench.serve_anchors:fastapi_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(processes),
+                "--log-level", "warning"]  # fmt: skip
+        ready, path, body = f"{url}/docs", "/predict", json_rows
+    elif name == "triton":
+        python = ensure_venv(name)
+        # Its Python backend stub loads libpython: the venv interpreter's, not the system's.
+        env["LD_LIBRARY_PATH"] = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        argv = [str(python), str(anchors), "triton"]
+        ready, path, body = f"{url}/v2/models/het/ready", "/v2/models/het/infer", kserve_rows
+    elif name == "litserve":
+        argv = [str(ensure_venv(name)), str(anchors), "litserve"]
+        ready, path, body = f"{url}/health", "/predict", json_rows
+    elif name == "bentoml":
+        bentoml = ensure_venv(name).parent / "bentoml"
+        argv = [str(bentoml), "serve", "bench.serve_anchors:HetBento", "--host", "127.0.0.1",
+                "--port", str(port)]  # fmt: skip
+        ready, path, body = f"{url}/readyz", "/predict", json_rows
+    else:
+        raise ValueError(f"unknown server {name!r}")
+    # PyTriton's second model instance waits 1 s for the first one's handshake and fails
+    # to load past it (often, on a busy machine): three tries, then one instance.
+    tries = [processes] * 3 + ([1] if name == "triton" and processes > 1 else [])
+    for attempt, workers in enumerate(tries):
+        env["BENCH_WORKERS"] = str(workers)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+        env["BENCH_WORKSPACE"] = str(scratch / "workspace")  # must not exist yet (PyTriton)
+        ctx = process(argv, env, ready, ROOT, 180)
+        try:
+            try:
+                pid = ctx.__enter__()
+            except RuntimeError as exc:
+                if attempt == len(tries) - 1:
+                    raise
+                log(f"{name} failed to start, retrying: {str(exc)[-300:]}")
+                continue
+            try:
+                yield Target(url, path, body, pid, workers)
+            finally:
+                ctx.__exit__(None, None, None)
+            return
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- CPU accounting ---------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used (/proc/stat: all but idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def tree_pids(root: int) -> set[int]:
+    """Process ``root`` and all its descendants (/proc)."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:  # exited meanwhile
             continue
-        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, ticks
-        if b"--port" in argv and argv[argv.index(b"--port") + 1 :][:1] == [str(port).encode()]:
-            root = int(entry)
-    tree, ticks = {root}, 0
-    for _ in range(4):  # workers are children of the parent (or of its spawn helper)
-        tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
-    ticks = sum(stats[pid][1] for pid in tree if pid in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
 
 
-# -- models -----------------------------------------------------------------------------
+def tree_runqueue_wait_s(root: int) -> float:
+    """Seconds the threads of ``root``'s process tree have spent runnable but waiting for
+    a CPU (/proc/<pid>/task/<tid>/schedstat, second field): what a busy machine costs it."""
+    waited = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    waited += int(f.read().split()[1])
+    return waited / 1e9
 
 
-def export_het_mlp(path: Path, num_classes: int) -> Path:
-    import torch
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds so far of process ``root`` and all its descendants (/proc)."""
+    ticks = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / TICK
 
-    from core.spec import BackboneSpec, HeadSpec, RunSpec
-    from models.classifier import build_classifier
-    from models.export import export_onnx
 
-    torch.manual_seed(0)
-    spec = RunSpec(
-        head=HeadSpec(
-            kind="het", num_factors=FACTORS[num_classes], temperature=1.5, eval_mc_samples=S
-        ),
-        backbone=BackboneSpec(hidden=HIDDEN),
+def own_cpu_s() -> float:
+    """This script's CPU and its waited-for children's (wrk) so far."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
     )
-    model = build_classifier(
-        spec, [D], num_classes, np.zeros(D, np.float32), np.ones(D, np.float32)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+# -- the load: wrk ------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = io.open(os.getenv("BENCH_BODY_FILE"), "rb"):read()
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+"""
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(target: Target, rows: list, clients: int, seconds: float, work: Path) -> dict:
+    body, script = work / "body.json", work / "post.lua"
+    body.write_bytes(target.body(rows))
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
+    script.write_text(WRK_SCRIPT.format(headers=headers))
+    argv = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
+            "--timeout", "10s", "-s", str(script), target.url + target.path]  # fmt: skip
+    out = subprocess.run(
+        argv, env={**os.environ, "BENCH_BODY_FILE": str(body)}, capture_output=True, text=True
     )
-    parity = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
-    export_onnx(
-        model.eval(), path, class_names=[str(k) for k in range(num_classes)], parity_inputs=parity
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed: {out.stderr}")
+    text = out.stdout
+
+    def latency(pct: str) -> float:
+        found = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(found[1]) * UNITS[found[2]] if found else math.nan  # no answer at all
+
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "requests": int(re.search(r"(\d+) requests in", text)[1]),
+        "non_2xx": int(bad[1]) if bad else 0,
+        "socket_errors": errors[1].strip() if errors else "",
+    }
+
+
+def batch_rows(target: Target) -> tuple[float, float]:
+    """hetserve's (rows, onnxruntime calls) so far for the model, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{target.url}/metrics", headers=target.headers, timeout=10).text
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("hetserve_batch_rows_sum", "hetserve_batch_rows_count")
+        and sample.labels.get("model") == target.model_id
+    }
+    return values.get("hetserve_batch_rows_sum", 0.0), values.get("hetserve_batch_rows_count", 0.0)
+
+
+def measured_round(target: Target, rows: list, args, work: Path) -> dict:
+    """One measured wrk run with the machine's, the server's and our own CPU around it."""
+    calls = batch_rows(target) if target.model_id else None
+    waited = tree_runqueue_wait_s(target.pid)
+    busy, server, own, wall = (
+        machine_busy_s(),
+        tree_cpu_s(target.pid),
+        own_cpu_s(),
+        time.monotonic(),
     )
-    return path
+    result = wrk(target, rows, args.clients, args.seconds, work)
+    wall = time.monotonic() - wall
+    server = tree_cpu_s(target.pid) - server
+    own = own_cpu_s() - own
+    busy = machine_busy_s() - busy
+    result["server_cpu_ms_per_request"] = server * 1000 / max(result["requests"], 1)
+    result["other_cores"] = max(0.0, busy - server - own) / wall
+    result["server_cores"] = server / wall
+    # threads that exited meanwhile drop out of the sum: a lower bound
+    waited = max(0.0, tree_runqueue_wait_s(target.pid) - waited)
+    result["runqueue_wait_ms_per_request"] = waited * 1000 / max(result["requests"], 1)
+    if calls is not None:
+        after = batch_rows(target)
+        result["rows_per_call"] = (after[0] - calls[0]) / max(after[1] - calls[1], 1)
+    return result
 
 
-def onnxruntime_rows_per_second(path: Path, batch: int, intra_op_threads: int) -> float:
-    """The runtime alone, in this process: rows/s of OnnxModel.run at one batch size."""
-    from app.serving.onnx_model import OnnxModel
-
-    model = OnnxModel(path, intra_op_threads=intra_op_threads)
-    x = np.random.default_rng(2).normal(size=(batch, D)).astype(np.float32)
-    for _ in range(3):
-        model.run(x)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 1.0:
-        model.run(x)
-        calls += 1
-    return calls * batch / (time.perf_counter() - start)
+# -- the run ------------------------------------------------------------------------------
 
 
-def run(args) -> str:
-    work = Path(tempfile.mkdtemp(prefix="hetserve-bench-"))
-    row = np.random.default_rng(1).normal(size=(1, D)).round(4).tolist()
+def run(args) -> dict:
+    """{(K, rows): {server: [round results]}} over ``args.passes`` interleaved passes."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    work = Path(tempfile.mkdtemp(prefix="hetserve-serve-load-"))
+    models = {k: export_het_mlp(work / f"het_k{k}.onnx", k) for k in args.classes}
+    rng = np.random.default_rng(1)
+    payloads = {n: rng.normal(size=(n, D)).round(4).tolist() for n in args.rows}
+    results: dict = {}
+    try:
+        names = [*args.hetserve_variants, *args.anchors]
+        for pass_ in range(args.passes):
+            order = names[pass_ % len(names) :] + names[: pass_ % len(names)]
+            for k in args.classes:
+                for name in order:
+                    log(f"pass {pass_ + 1}/{args.passes}, K = {k}: {name}")
+                    with start(name, models[k], args, work) as target:
+                        for n in args.rows:
+                            warm = wrk(target, payloads[n], args.clients, args.warmup, work)
+                            if warm["non_2xx"]:  # (none at all: slower than the warm-up)
+                                raise RuntimeError(f"{name} answered {warm} during the warm-up")
+                            got = measured_round(target, payloads[n], args, work)
+                            got["processes"] = target.processes
+                            results.setdefault((k, n), {}).setdefault(name, []).append(got)
+                            log(f"  {n:>2} rows: {json.dumps(got)}")
+                            if args.json:  # after every round: a run cut short keeps its rounds
+                                save(results, args.json)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def save(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"K={k} rows={n}": v for (k, n), v in results.items()}, indent=1))
+
+
+def median_of(rounds: list[dict], key: str, max_other: float) -> float:
+    clean = [r[key] for r in rounds if r["other_cores"] <= max_other] or [r[key] for r in rounds]
+    return statistics.median(clean)
+
+
+def report(results: dict, args) -> str:
+    import onnxruntime
+
+    from app.settings import default_api_workers
+
+    flag = args.max_other_cores
     lines = [
-        f"Closed loop, {args.clients} clients on loopback, one row per request, S = {S}, "
-        f"HET MLP {D}-{'-'.join(map(str, HIDDEN))}-K, onnxruntime intra-op threads "
-        f"{args.intra_op_threads}; per line up to {args.requests} requests or "
-        f"{args.max_seconds:.0f} s, measured in {args.rounds} interleaved rounds after "
-        f"{WARMUP_S:.0f} s warm-up; CPU cores: {os.cpu_count()} (`hetserve up` starts "
-        f"{default_api_workers()} API process(es) here). Ratios: to the minimal endpoint "
-        "with the same number of processes.",
-        "",
-        "| K | server | processes | requests/s | p50 ms | p99 ms | throughput vs minimal "
-        "| p99 vs minimal | mean rows per onnxruntime call | server CPU ms per request |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Closed loop (wrk, {args.clients} connections) on loopback, HET MLP "
+        f"{D}-{'-'.join(map(str, HIDDEN))}-K, S = {S}, fresh draws per call, "
+        f"{args.passes} interleaved passes of {args.warmup:.0f} s warm-up + "
+        f"{args.seconds:.0f} s per line, each server alone; {os.cpu_count()} CPU cores, "
+        f"{default_api_workers()} processes / instances per server, onnxruntime "
+        f"{onnxruntime.__version__} with {args.intra_op_threads} intra-op thread(s) per call "
+        f"for the anchors, batches of at most {MAX_ROWS} rows (LitServe: requests), anchors' "
+        f"batching delay {args.anchor_delay_ms:g} ms (their default). Per pass: requests/s, "
+        f"p99 ms, and the CPU other processes used meanwhile, in cores (! over {flag}); "
+        "medians over the clean passes (all, if none is clean).",
     ]
-    runtime_lines = []
-    for k in args.classes:
-        path = export_het_mlp(work / f"het_k{k}.onnx", k)
-        minimal_env = {
-            "BENCH_MODEL_PATH": str(path),
-            "BENCH_INTRA_OP_THREADS": str(args.intra_op_threads),
-        }
-        with contextlib.ExitStack() as servers:
-            # name -> (url, predict path, model id or None, processes); all up at once,
-            # measured in interleaved rounds so a change in background load hits each alike.
-            minimal_url = servers.enter_context(
-                live_server(minimal_env, app=["bench.serve_load:minimal_app", "--factory"])
+    for (k, n), servers in sorted(results.items()):
+        lines += [
+            "",
+            f"K = {k}, {n} row(s) per request:",
+            "",
+            "| server | processes | requests/s per pass | p99 ms per pass | others' CPU (cores) per pass "
+            "| median requests/s | median p99 ms | server CPU ms per request "
+            "| waited for a CPU, ms per request | rows per onnxruntime call |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, rounds in servers.items():
+            mark = ["!" if r["other_cores"] > flag else "" for r in rounds]
+            errors = sum(r["non_2xx"] for r in rounds)
+            procs = " / ".join(sorted({str(r["processes"]) for r in rounds}))
+            waited = (
+                f"{median_of(rounds, 'runqueue_wait_ms_per_request', flag):.2f}"
+                if all("runqueue_wait_ms_per_request" in r for r in rounds)
+                else ""
             )
-            targets = {MINIMAL: (minimal_url, "/predict", None, 1)}
-            variants = [(False, 1), (True, 1)] + (
-                [(True, args.workers)] if args.workers > 1 else []
+            per_call = " / ".join(
+                f"{r['rows_per_call']:.1f}" for r in rounds if "rows_per_call" in r
             )
-            for batching, workers in variants:
-                data = work / f"data_k{k}_{batching}_{workers}"
-                model_id = register(make_settings(data), path)
-                env = settings_env(
-                    data, batching=batching, ort_intra_op_threads=args.intra_op_threads
-                )
-                if workers > 1:  # /metrics then sums the processes
-                    (data / "prometheus").mkdir()
-                    env["PROMETHEUS_MULTIPROC_DIR"] = str(data / "prometheus")
-                url = servers.enter_context(live_server(env, workers=workers))
-                name = f"hetserve, batching {'on' if batching else 'off'}"
-                if workers > 1:
-                    name += f", {workers} processes"
-                targets[name] = (url, f"/v1/models/{model_id}/predict", model_id, workers)
-            if args.workers > 1:
-                url = servers.enter_context(
-                    live_server(
-                        minimal_env,
-                        workers=args.workers,
-                        app=["bench.serve_load:minimal_app", "--factory"],
-                    )
-                )
-                targets[f"minimal, {args.workers} processes"] = (
-                    url,
-                    "/predict",
-                    None,
-                    args.workers,
-                )
-            latencies = {name: [] for name in targets}
-            elapsed = dict.fromkeys(targets, 0.0)
-            cpu = dict.fromkeys(targets, 0.0)
-            for round_ in range(args.rounds):
-                for name, (url, predict_path, _, _) in targets.items():
-                    port = int(url.rsplit(":", 1)[1])
-                    if round_ == 0:  # the warm-up is not counted
-                        asyncio.run(
-                            closed_loop(
-                                port,
-                                predict_path,
-                                {"inputs": row},
-                                args.clients,
-                                10**9,
-                                WARMUP_S,
-                                0,
-                            )
-                        )
-                    cpu_before = server_cpu_seconds(port)
-                    got, seconds = asyncio.run(
-                        closed_loop(
-                            int(url.rsplit(":", 1)[1]),
-                            predict_path,
-                            {"inputs": row},
-                            args.clients,
-                            args.requests // args.rounds,
-                            args.max_seconds / args.rounds,
-                            0.0,
-                        )
-                    )
-                    cpu[name] += server_cpu_seconds(port) - cpu_before
-                    latencies[name] += got
-                    elapsed[name] += seconds
-            results = {
-                name: (
-                    summarize(latencies[name], elapsed[name]),
-                    None if model_id is None else mean_batch_rows(url, model_id),
-                    processes,
-                    cpu[name] * 1000 / max(len(latencies[name]), 1),
-                )
-                for name, (url, _, model_id, processes) in targets.items()
-            }
-        single = onnxruntime_rows_per_second(path, 1, args.intra_op_threads)
-        batched = onnxruntime_rows_per_second(path, args.clients, args.intra_op_threads)
-        runtime_lines.append(f"| {k} | {single:.0f} | {batched:.0f} | {batched / single:.1f}x |")
-        minimal = {  # the minimal endpoint per number of processes
-            processes: stats
-            for name, (stats, _, processes, _) in results.items()
-            if name.startswith("minimal")
-        }
-        for name, (stats, rows, processes, cpu_ms) in results.items():
-            base = minimal[processes]
+            rps = " / ".join(f"{r['rps']:.0f}" for r in rounds)
+            p99 = " / ".join(f"{r['p99']:.1f}" for r in rounds)
+            others = " / ".join(
+                f"{r['other_cores']:.2f}{m}" for r, m in zip(rounds, mark, strict=True)
+            )
             lines.append(
-                f"| {k} | {name} | {processes} | {stats['rps']:.0f} | {stats['p50']:.1f} | "
-                f"{stats['p99']:.1f} | {stats['rps'] / base['rps']:.2f}x | "
-                f"{stats['p99'] / base['p99']:.2f}x | {'' if rows is None else f'{rows:.1f}'} | "
-                f"{cpu_ms:.2f} |"
+                f"| {name}{f' ({errors} non-2xx)' if errors else ''} | {procs} | {rps} | {p99} "
+                f"| {others} "
+                f"| {median_of(rounds, 'rps', flag):.0f} | {median_of(rounds, 'p99', flag):.1f} "
+                f"| {median_of(rounds, 'server_cpu_ms_per_request', flag):.2f} | {waited} "
+                f"| {per_call} |"
             )
-            print(f"K={k} {name}: {stats}, {cpu_ms:.2f} ms CPU", file=sys.stderr, flush=True)
-    lines += [
-        "",
-        f"The runtime alone (OnnxModel.run in this process, no HTTP), rows/s at batch 1 "
-        f"and {args.clients}:",
-        "",
-        f"| K | rows/s, batch 1 | rows/s, batch {args.clients} | gain |",
-        "|---|---|---|---|",
-        *runtime_lines,
-    ]
+        anchors = {a: servers[a] for a in args.anchors if a in servers}
+        if "hetserve" in servers and anchors:
+            best = max(anchors, key=lambda a: median_of(anchors[a], "rps", flag))
+            het_rps = median_of(servers["hetserve"], "rps", flag)
+            het_p99 = median_of(servers["hetserve"], "p99", flag)
+            best_rps = median_of(anchors[best], "rps", flag)
+            best_p99 = median_of(anchors[best], "p99", flag)
+            lines += [
+                "",
+                f"hetserve / best anchor ({best}): {het_rps / best_rps:.2f}x requests/s, "
+                f"p99 {het_p99:.1f} vs {best_p99:.1f} ms.",
+            ]
     return "\n".join(lines)
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    return f"hetserve, {name}", dict(a.split("=", 1) for a in assignments.split(",") if a)
+
+
 def main() -> None:
+    from app.serving.runtime import default_intra_op_threads
+    from app.settings import default_api_workers
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured, per line")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--passes", type=int, default=3, help="interleaved passes")
     parser.add_argument(
         "--classes", type=lambda s: [int(k) for k in s.split(",")], default=[10, 100]
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
+    parser.add_argument("--rows", type=lambda s: [int(n) for n in s.split(",")], default=[1, 16])
     parser.add_argument(
-        "--workers", type=int, default=2, help="also both servers with this many processes"
+        "--anchors", type=lambda s: [a for a in s.split(",") if a], default=list(ANCHORS)
     )
+    parser.add_argument("--anchor-delay-ms", type=float, default=0.0)
+    parser.add_argument("--baseline-tree", type=Path, help="also `hetserve up` from this checkout")
+    parser.add_argument("--hetserve-env", action="append", default=[], metavar="NAME:VAR=V,...")
+    parser.add_argument("--max-other-cores", type=float, default=0.2)
+    parser.add_argument("--json", type=Path, help="also write every round here")
     parser.add_argument(
-        "--intra-op-threads",
-        type=int,
-        default=1,
-        help="onnxruntime threads per call, all servers (0: one per core, spin-waiting)",
+        "--from-json", type=Path, help="print the tables of a run's --json (give its knobs)"
     )
-    print(run(parser.parse_args()))
+    args = parser.parse_args()
+    args.intra_op_threads = default_intra_op_threads(os.cpu_count() or 1, default_api_workers())
+    args.hetserve_variants = {"hetserve": (ROOT, {})}
+    if args.baseline_tree:
+        args.hetserve_variants[f"hetserve @ {args.baseline_tree.name}"] = (
+            args.baseline_tree.resolve(),
+            {},
+        )
+    for text in args.hetserve_env:
+        name, extra = parse_variant(text)
+        args.hetserve_variants[name] = (ROOT, extra)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        results = {
+            tuple(int(part.split("=")[1]) for part in key.split()): rounds
+            for key, rounds in saved.items()
+        }
+        print(report(results, args))
+        return
+    print(report(run(args), args))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,32 @@ rows ``x [N, ...]`` to a dict of outputs whose leading axis is N (arrays or list
 requests with equal ``key`` (work that may share one call of any of their ``fn``) are
 batched; ``label`` names them in /metrics. The serving runtime (app/serving/runtime.py)
 keys by (model, num_samples, seed, per-batch step). Requests wait in a *lane*, one per
-key; a lane's drain task collects requests until
+key; a lane's drain task runs the waiting requests as one batch as soon as
 
-    rows >= max_batch_size   or   the oldest waiting request has waited max_queue_delay
-                             or   it arrived while the previous batch ran,
+    rows >= max_batch_size
+    or the oldest waiting request arrived while the previous batch ran
+    or waiting longer will not add a request: with gap the key's mean time between
+       arrivals that join a waiting batch (an exponential average, alpha = 1/4, of those
+       gaps, each capped at 2 D, D = max_queue_delay) and t_last the latest arrival, the
+       batch closes at
+
+           now                           if t_last + gap >= t_oldest + D  (none due in time)
+           min(t_oldest + D, t_last + 2 gap)                              otherwise
+
+       (the stream has paused when twice the usual gap passes with no arrival),
 
 concatenates their rows, runs ``fn`` once in a worker thread (onnxruntime releases
 the GIL, so the event loop keeps serving) and hands every request its own slice of each
-output. While a batch runs, new requests queue in the lane and form the next batch, which
-runs as soon as the first is back, so under load batches grow by themselves and the delay
-is paid only when traffic is light.
+output. Only gaps inside a forming batch count: the gap before a request that finds the
+lane empty spans the lane's idle time, which for closed-loop clients is the batcher's own
+doing (they send again only once answered), so counting it would make a lone client
+wait for itself. A first request (nothing seen: gap = 2 D) runs at once, a lone request
+waits at most two of the gaps seen inside batches, a steady stream fills batches up to
+the delay, and a burst (closed-loop clients whose answers came back together) closes
+about two gaps after its last request instead of waiting out D.
+While a batch runs, new requests queue in the lane and form the next batch, which runs
+as soon as the first is back, so under load batches grow by themselves. The estimate
+outlives the lane (kept per key, the most recent ``MAX_TRACKED_KEYS``).
 
 Why only equal (num_samples, seed) are merged: the graph draws one noise matrix
 eps (S x (K + R)) per call, a pure function of (seed, S), shared by every row, and each
@@ -39,7 +55,8 @@ rows different draws).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import math
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -54,6 +71,40 @@ from app.serving.metrics import BATCH_REQUESTS, QUEUE_DEPTH, child
 Outputs = dict[str, Any]
 BatchFn = Callable[[np.ndarray], Outputs]
 LaneKey = tuple[int, Hashable]  # (id of the event loop, the caller's key)
+
+GAP_WEIGHT = 1 / 4  # alpha of the mean gap between arrivals
+MAX_GAP_DELAYS = 2.0  # a gap counts for at most this many max_queue_delays
+PAUSE_GAPS = 2.0  # this many mean gaps with no arrival: the stream has paused
+MAX_TRACKED_KEYS = 1024  # arrival estimates kept (keys with a seed are many)
+
+
+class Arrivals:
+    """The mean gap between a key's arrivals that join a waiting batch:
+    ``gap += alpha (min(t - t_last, 2 D) - gap)``, ``t_last`` = the latest arrival of any
+    kind. The cap keeps one long wait from outweighing the traffic after it. Starts at
+    2 D (none seen: nobody is expected) with ``last`` = -inf."""
+
+    def __init__(self, max_delay_s: float):
+        self.max_delay_s = max_delay_s
+        self.gap = MAX_GAP_DELAYS * max_delay_s
+        self.last = -math.inf
+
+    def observe(self, now: float, joins_waiting: bool = True) -> None:
+        if joins_waiting:
+            gap = min(now - self.last, MAX_GAP_DELAYS * self.max_delay_s)
+            self.gap += GAP_WEIGHT * (gap - self.gap)
+        self.last = now
+
+
+def closes_at(arrivals: Arrivals, oldest: float, now: float) -> float | None:
+    """When a batch whose oldest request arrived at ``oldest`` should close: None for
+    now, else the time to look again (the module docstring's rule, less the full-batch
+    and arrived-during-a-run cases, which the caller checks)."""
+    deadline = oldest + arrivals.max_delay_s
+    if now >= deadline or arrivals.last + arrivals.gap >= deadline:
+        return None
+    wake = min(deadline, arrivals.last + PAUSE_GAPS * arrivals.gap)
+    return None if wake <= now else wake
 
 
 @dataclass
@@ -73,6 +124,7 @@ class _Lane:
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
     ran_until: float = float("-inf")  # loop.time() when the last batch came back
     task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
+    arrivals: Arrivals | None = None  # the key's, shared with DynamicBatcher._arrivals
 
 
 def split_rows(outputs: Outputs, sizes: list[int]) -> list[Outputs]:
@@ -108,6 +160,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max(0.0, max_queue_delay_ms) / 1000
         self._lanes: dict[LaneKey, _Lane] = {}
+        self._arrivals: OrderedDict[LaneKey, Arrivals] = OrderedDict()
 
     async def run(self, key: Hashable, label: str, fn: BatchFn, x: np.ndarray) -> Outputs:
         """``fn(x)``, run in one call with the other waiting requests of equal ``key``
@@ -117,9 +170,12 @@ class DynamicBatcher:
         lane_key: LaneKey = (id(loop), key)
         lane = self._lanes.get(lane_key)
         if lane is None:
-            lane = self._lanes[lane_key] = _Lane()
+            lane = self._lanes[lane_key] = _Lane(arrivals=self._arrivals_of(lane_key))
             lane.task = loop.create_task(self._drain(lane_key, lane, label, fn))
-        waiting = _Waiting(x, loop.create_future(), loop.time())
+        now = loop.time()
+        assert lane.arrivals is not None
+        lane.arrivals.observe(now, joins_waiting=bool(lane.pending))
+        waiting = _Waiting(x, loop.create_future(), now)
         lane.pending.append(waiting)
         lane.rows += len(x)
         if lane.full is not None and lane.rows >= self.max_batch_size and not lane.full.done():
@@ -164,27 +220,35 @@ class DynamicBatcher:
                 if not w.future.done():
                     w.future.cancel()
 
-    async def _fill(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait until the lane holds a full batch or its oldest request's delay is up.
+    def _arrivals_of(self, key: LaneKey) -> Arrivals:
+        arrivals = self._arrivals.get(key)
+        if arrivals is None:
+            arrivals = self._arrivals[key] = Arrivals(self.max_queue_delay_s)
+            while len(self._arrivals) > MAX_TRACKED_KEYS:
+                self._arrivals.popitem(last=False)
+        else:
+            self._arrivals.move_to_end(key)
+        return arrivals
 
-        One timer per batch, woken early only when the batch fills: arrivals in between
-        cost nothing here (no wake-up per request). Requests that arrived while the last
-        batch ran waited for it already: they go at once (under load batches run back to
-        back and the delay is paid only when traffic is light)."""
-        remaining = lane.pending[0].arrived + self.max_queue_delay_s - loop.time()
-        if (
-            lane.rows >= self.max_batch_size
-            or remaining <= 0
-            or lane.pending[0].arrived <= lane.ran_until
-        ):
-            return
-        lane.full = loop.create_future()
-        timer = loop.call_later(remaining, _resolve, lane.full)
-        try:
-            await lane.full
-        finally:
-            timer.cancel()
-            lane.full = None
+    async def _fill(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until the batch should close (the module docstring's rule).
+
+        One timer at a time, woken early only when the batch fills: arrivals in between
+        cost a few float operations (no wake-up per request); when the timer fires the
+        rule is asked again with the arrivals seen meanwhile. Requests that arrived while
+        the last batch ran waited for it already: they go at once."""
+        assert lane.arrivals is not None
+        while lane.rows < self.max_batch_size and lane.pending[0].arrived > lane.ran_until:
+            wake = closes_at(lane.arrivals, lane.pending[0].arrived, loop.time())
+            if wake is None:
+                return
+            lane.full = loop.create_future()
+            timer = loop.call_at(wake, _resolve, lane.full)
+            try:
+                await lane.full
+            finally:
+                timer.cancel()
+                lane.full = None
 
     def _take(self, lane: _Lane) -> list[_Waiting]:
         """The oldest requests whose rows fit in max_batch_size (at least one)."""

@@ -100,9 +100,9 @@ def test_batch_never_exceeds_max_rows_and_big_requests_run_alone(model):
     assert bucket4 == 3  # every call but the oversized one held <= 4 rows
 
 
-def test_the_delay_is_paid_when_idle_not_by_requests_that_waited_for_a_run():
-    """A lone request waits max_queue_delay for company; one that arrives while a batch
-    runs has waited already and goes as soon as that batch is back."""
+def test_a_lone_request_is_not_held_and_one_that_waited_for_a_run_goes_next():
+    """A lone request (no company due) runs at once, not after max_queue_delay; one that
+    arrives while a batch runs has waited already and goes as soon as that batch is back."""
     batcher = DynamicBatcher(ThreadPoolExecutor(1), max_batch_size=64, max_queue_delay_ms=1000)
 
     def slow(x):  # any fn: the batcher knows nothing of models
@@ -117,13 +117,41 @@ def test_the_delay_is_paid_when_idle_not_by_requests_that_waited_for_a_run():
             out = await batcher.run("k", "delay-test", slow, x)
             return out["y"], time.perf_counter() - start
 
-        return await asyncio.gather(one(np.ones((1, 2)), 0), one(np.full((2, 2), 3.0), 1.1))
+        return await asyncio.gather(one(np.ones((1, 2)), 0), one(np.full((2, 2), 3.0), 0.1))
 
     (first, first_done), (second, second_done) = asyncio.run(scenario())
     assert first.tolist() == [[2, 2]] and second.tolist() == [[6, 6], [6, 6]]
-    assert first_done >= 1.2  # waited the delay (1 s), then ran (0.2 s)
-    # arrived at 1.1 during the first run: runs at ~1.2, not after its own delay (2.1)
-    assert second_done < 1.9, second_done
+    assert first_done < 0.7, first_done  # ran at once (0.2 s), not after the delay (1.2 s)
+    # arrived at 0.1 during the first run: runs at ~0.2, done ~0.4, not after 1.1 s
+    assert second_done < 0.9, second_done
+
+
+def test_repeated_bursts_close_soon_after_their_last_request():
+    """Closed-loop clients send in bursts: once the batcher has seen a few, a burst runs
+    about two mean gaps after its last request, not after max_queue_delay."""
+    delay_s = 0.6
+    batcher = DynamicBatcher(
+        ThreadPoolExecutor(1), max_batch_size=64, max_queue_delay_ms=delay_s * 1000
+    )
+    sizes = []
+
+    def record(x):
+        sizes.append(len(x))
+        return {"y": x}
+
+    async def burst():
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(batcher.run("k", "burst-test", record, np.ones((1, 2))) for _ in range(8))
+        )
+        return time.perf_counter() - start
+
+    async def bursts():
+        return [await burst() for _ in range(6)]
+
+    took = asyncio.run(bursts())
+    assert sizes == [8] * 6  # every burst is one batch
+    assert max(took[-2:]) < delay_s / 3, took  # learnt: the mean gap is a fraction of it
 
 
 def test_unseeded_calls_draw_fresh_noise(model):
