@@ -382,11 +382,13 @@ class Client:
         the noise std by class."""
         return cast(NoiseReport, self._json("GET", f"/v1/models/{_id(model_id)}/noise"))
 
-    def label_issues(self, model_id: str, limit: int | None = None) -> LabelIssues:
+    def label_issues(self, model_id: str, limit: int | None = None, offset: int = 0) -> LabelIssues:
         """Training rows the model thinks are mislabeled, most likely first; ``index``
         is the row of the uploaded ``x_train``. ``limit`` caps the ``issues`` listed
-        (``num_flagged`` counts them all)."""
-        params = {} if limit is None else {"limit": limit}
+        (``num_flagged`` counts them all), from entry ``offset`` (the next page)."""
+        params: dict[str, int] = {} if limit is None else {"limit": limit}
+        if offset:
+            params["offset"] = offset
         return cast(
             LabelIssues,
             self._json("GET", f"/v1/models/{_id(model_id)}/label-issues", params=params),

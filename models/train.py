@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
 from models.data import ArrayDataset, ImageFiles, standardisation, with_validation_split
+from models.image_cache import DecodedImages, decode_once
 from models.metrics import evaluate, reliability_diagram
 from models.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
 from models.streaming import streamed_batches
@@ -100,7 +101,8 @@ def train(
 ) -> TrainResult:
     """Train per spec; "auto" temperature sweeps spec.head.temperature_grid."""
     callbacks = callbacks or Callbacks()
-    data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
+    # An image folder that fits in memory is decoded once here, for every run below.
+    data = decode_once(with_validation_split(data, spec.train.val_fraction, spec.train.seed))
     run = train_run
     if spec.train.devices > 1:
         check_devices(spec.train.devices, resolve_device(spec.train.device))
@@ -339,8 +341,11 @@ def train_run(
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # parameter init (the same on every rank) and dropout
     streaming = isinstance(data.x_train, ImageFiles)
+    decoded = isinstance(data.x_train, DecodedImages)  # uint8 pixels, batched as uint8
     if streaming:  # an image folder on disk: stats from a sample, batches streamed
         mean, std = data.x_train.standardisation(seed=cfg.seed)
+    elif decoded:
+        mean, std = data.x_train.standardisation()
     else:
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
@@ -353,7 +358,7 @@ def train_run(
     if streaming:
         x_train, y_train = data.x_train, data.y_train
     else:
-        x_train = torch.as_tensor(data.x_train, device=device)
+        x_train = torch.as_tensor(data.x_train.pixels if decoded else data.x_train, device=device)
         y_train = torch.as_tensor(data.y_train, device=device)
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -427,6 +432,8 @@ def train_run(
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
             if images and spec.backbone.augment:
                 xb = augment_images(xb, hflip=spec.backbone.hflip, generator=aug_gen)
+            if decoded:  # crop and flip move uint8 pixels; the float copy is made here
+                xb = xb.float().div_(255)
             loss = step_loss(xb.contiguous(memory_format=layout), yb, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

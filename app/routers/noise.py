@@ -88,6 +88,7 @@ def get_label_issues(
     session: SessionDep,
     artifacts: ArtifactsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_ISSUES)] = 100,
+    offset: Annotated[int, Query(ge=0, description="entries to skip: the next page")] = 0,
 ) -> LabelIssuesOut:
     model = find_model(session, model_id)
     request.state.model_id = model.id
@@ -104,5 +105,5 @@ def get_label_issues(
     assert job is not None  # a model's job outlives it (models.job_id references jobs.id)
     dataset_id = job.dataset_id
     return LabelIssuesOut(
-        model_id=model.id, dataset_id=dataset_id, **label_issues_file.read_head(path, limit)
+        model_id=model.id, dataset_id=dataset_id, **label_issues_file.read_head(path, limit, offset)
     )
