@@ -66,6 +66,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# As the worker does (worker/celery_app.py), before torch loads: OpenMP threads that
+# sleep rather than spin while they wait, on cores shared with other processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

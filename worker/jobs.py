@@ -57,7 +57,7 @@ from models.backbones import resolve_weights
 from models.data import ArrayDataset, ImageFiles, load_dataset, open_manifest
 from models.export import export_onnx
 from models.heads import LinearHead
-from models.label_issues import find_label_issues, noise_free_probs
+from models.label_issues import find_label_issues_in_chunks, noise_free_probs
 from models.noise_report import NoNoiseModel, noise_report
 from models.spec import RunSpec, temperature_label, validate_run
 from models.train import Callbacks, Cancelled, TrainResult, select_temperature, train
@@ -683,7 +683,7 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
     upload.
 
     A registered image folder is read from disk again, a batch of images at a time
-    (two passes: label issues, then the noise report).
+    (the flag rule's passes over the rows, then the noise report's).
 
     Multilabel: (None, None), neither is defined. A softmax baseline: no noise report
     (None), but label issues from its own softmax (cheap, and a useful comparison). A
@@ -693,20 +693,17 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> tuple[dict | None, 
         return None, None
     start = time.perf_counter()
     x, y = data.x_train, np.asarray(data.y_train, dtype=np.int64)
-    # The default flag rule and score are per row: chunks give the same answer as one
-    # call, and no N x K array of probabilities exists at once.
-    scores, flagged, suggested = [], [], []
-    for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
-        chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
-        # A streamed image folder: a lazy subset, decoded a batch at a time.
-        rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
-        probs = noise_free_probs(model, rows)
-        chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
-        scores.append(chunk_scores)
-        flagged.append(chunk_flagged)
-        suggested.append(probs.argmax(1))
-    flagged = np.concatenate(flagged)
-    issues = label_issues_file.encode(np.concatenate(scores), flagged, y, np.concatenate(suggested))
+
+    def chunks():
+        # No N x K array of probabilities exists at once: each pass of the flag rule
+        # recomputes them a chunk at a time (a streamed image folder: a lazy subset).
+        for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
+            chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
+            rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
+            yield noise_free_probs(model, rows), y[chunk]
+
+    scores, flagged, suggested = find_label_issues_in_chunks(chunks, data.num_classes)
+    issues = label_issues_file.encode(scores, flagged, y, suggested)
     try:
         report = noise_report(model, x, num_samples=noise_report_samples(len(x)), seed=seed)
     except NoNoiseModel as exc:
