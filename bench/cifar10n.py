@@ -552,6 +552,9 @@ def run_seed(args, client, service: Service, tree: Tree, dataset_id: str, seed: 
             tree, spec, args.folds, seed
         )
     result["label_issues"] = detections
+    # what the rules above were applied to, to compare rules again without retraining
+    result["het_noise_free_train_probs"] = np.round(probs, 5).tolist()
+    result["train_given"], result["train_clean"] = tree.given.tolist(), tree.clean.tolist()
     result["model_ids"] = {"het": job["model_id"], "softmax": job["baseline_model_id"]}
     return result
 
@@ -681,13 +684,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: training", file=sys.stderr, flush=True)
                 runs.append(run_seed(args, client, service, tree, dataset["id"], seed))
                 print(json.dumps(runs[-1]["test"]), file=sys.stderr, flush=True)
+                report(args, runs, tree, noise, len(test_rows), started)  # so far
+    return 0
+
+
+def report(args, runs: list[dict], tree: Tree, noise: float, num_test: int, started: str) -> None:
+    """Print the table of ``runs``; with --json also write every measurement there."""
     truth = true_pairs(tree.given, tree.clean)
     header = (
         f"CIFAR-10N `{args.labels}` ({noise:.1%} of these rows noisy): {len(tree.rows)} "
-        f"training images, {len(test_rows)} clean test images; backbone `{args.backbone}` "
+        f"training images, {num_test} clean test images; backbone `{args.backbone}` "
         f"(crop + flip), {args.epochs} epochs, HET R={args.factors} τ={args.temperature}"
         + (f" over {{{args.temperature_grid}}}" if args.temperature == "auto" else "")
-        + f", `compare_baseline`; {args.seeds} seed(s), mean ± std; {started}"
+        + f", `compare_baseline`; {len(runs)} seed(s), mean ± std; {started}"
     )
     text = table(runs, truth, header)
     print(text)
@@ -704,7 +713,6 @@ def main(argv: list[str] | None = None) -> int:
                 indent=1,
             )
         )
-    return 0
 
 
 if __name__ == "__main__":

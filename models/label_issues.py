@@ -160,7 +160,7 @@ def find_label_issues_in_chunks(
     # 4. prune by noise rate (pass 3): for each (i, j), the prune[i, j] rows labelled i
     # with the largest margin p_j - p_i, ties to the lower row; kept as a running top set
     pairs = list(zip(*np.nonzero(prune), strict=True))
-    best: dict[tuple, tuple[np.ndarray, np.ndarray]] = {
+    best: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {
         pair: (np.zeros(0), np.zeros(0, dtype=np.int64)) for pair in pairs
     }
     start = 0

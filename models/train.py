@@ -9,6 +9,9 @@
 - Every epoch: validation metrics at the head's eval sample count (noise from a fixed
   seed, so epochs are compared on the same draws), a checkpoint, a progress callback.
   The model kept is the epoch with the best validation NLL.
+- A registered image folder whose decoded pixels fit in memory is decoded once, as uint8
+  (models.image_cache), and batched, cropped and flipped as uint8; one that does not fit
+  is streamed (models.streaming).
 - Cancellation is cooperative: ``should_cancel`` is polled between steps.
 - ``temperature: "auto"`` trains one run per grid value and keeps the best validation NLL.
 - CUDA: the backbone under bf16 autocast, image backbones channels-last; the head's
