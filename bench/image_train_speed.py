@@ -14,12 +14,13 @@ the service's settings). Per backbone, in interleaved rounds:
   size, AdamW and augmentation (random crop + flip, ``augment_images``) over a uint8
   tensor decoded before the clock starts; training steps only;
 - ``product``: ``models.train.train`` on the opened folder, as a job runs it (the
-  folder decoded once into memory when it fits, models/image_cache.py), from the call to
-  its return: decoding, per-epoch validation and the final evaluations included;
+  folder decoded once into memory when it fits, models/image_cache.py): timed over the
+  whole call (decoding, per-epoch validation and the final evaluations included) and
+  per epoch after the first (one epoch's end to the next: its steps and validation);
 - ``product, streamed``: the same with the in-memory cache turned off (every epoch
   decodes every image in the loader processes: a folder too large for memory).
 
-images/s = training rows x epochs / seconds. Each round also prints the CPU that other
+images/s = training rows x epochs / seconds (per epoch: training rows / seconds). Each round also prints the CPU that other
 processes used meanwhile (/proc/stat busy time minus this process tree's, in cores):
 a round where others used more than half a core is marked busy. The ratio to the plain
 loop is of the medians over rounds.
@@ -52,7 +53,7 @@ from models.backbones import augment_images  # noqa: E402
 from models.classifier import build_classifier  # noqa: E402
 from models.data import open_manifest, scan_reference  # noqa: E402
 from models.spec import RunSpec  # noqa: E402
-from models.train import train  # noqa: E402
+from models.train import Callbacks, train  # noqa: E402
 
 BUSY_CORES = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -101,15 +102,18 @@ def plain_loop(spec: RunSpec, pixels: torch.Tensor, labels: torch.Tensor) -> flo
     return time.perf_counter() - start
 
 
-def product(spec: RunSpec, manifest: dict, loader_workers: int, cache: bool) -> float:
+def product(spec: RunSpec, manifest: dict, loader_workers: int, cache: bool) -> tuple:
+    """(seconds of the whole train() call, seconds of each epoch after the first: from
+    one epoch's end to the next, its validation included)."""
     data = open_manifest(manifest)
     data.x_train.num_workers = loader_workers
     fraction = image_cache.MEMORY_FRACTION
     image_cache.MEMORY_FRACTION = fraction if cache else 0.0
+    ends: list[float] = []
     try:
         start = time.perf_counter()
-        train(spec, data)
-        return time.perf_counter() - start
+        train(spec, data, Callbacks(on_epoch_end=lambda _: ends.append(time.perf_counter())))
+        return time.perf_counter() - start, list(np.diff(ends))
     finally:
         image_cache.MEMORY_FRACTION = fraction
 
@@ -158,27 +162,38 @@ def main() -> int:
                     product, spec, manifest, loader_workers, cache=False
                 )
             rates: dict[str, list[float]] = {name: [] for name in variants}
+            steady: dict[str, list[float]] = {name: [] for name in variants}
             print(f"\n{backbone}: {n} images ({n_train} training rows), {len(tree.rows)} files")
             for r in range(args.rounds):
                 for name, run in variants.items():
                     busy0, own0, t0 = cpu_busy_s(), own_cpu_s(), time.perf_counter()
-                    seconds = run()
+                    measured = run()
                     elapsed = time.perf_counter() - t0
                     others = max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0)) / elapsed
-                    rate = n_train * args.epochs / seconds
-                    rates[name].append(rate)
+                    seconds, epochs = measured if isinstance(measured, tuple) else (measured, [])
+                    rates[name].append(n_train * args.epochs / seconds)
+                    # the plain loop has no fixed costs: its whole rate is its steady rate
+                    steady[name].append(
+                        n_train / statistics.median(epochs) if epochs else rates[name][-1]
+                    )
                     flag = "  BUSY" if others > BUSY_CORES else ""
                     print(
-                        f"  round {r + 1} {name:<18} {rate:7.1f} images/s  "
+                        f"  round {r + 1} {name:<18} {rates[name][-1]:7.1f} images/s whole call, "
+                        f"{steady[name][-1]:7.1f} per epoch after the first "
                         f"(others used {others:.2f} cores){flag}",
                         flush=True,
                     )
             plain = statistics.median(rates["plain loop"])
-            print(f"\n| {backbone} | images/s (median of {args.rounds}) | × plain loop |")
-            print("|---|---|---|")
-            for name, values in rates.items():
-                med = statistics.median(values)
-                print(f"| {name} | {med:.1f} | {med / plain:.2f} |")
+            print(
+                f"\n| {backbone} (median of {args.rounds}) | images/s, whole call | × plain "
+                "| images/s, epochs after the first | × plain |\n|---|---|---|---|---|"
+            )
+            for name in variants:
+                whole, per_epoch = statistics.median(rates[name]), statistics.median(steady[name])
+                print(
+                    f"| {name} | {whole:.1f} | {whole / plain:.2f} | {per_epoch:.1f} | "
+                    f"{per_epoch / plain:.2f} |"
+                )
     return 0
 
 

@@ -8,13 +8,12 @@ class of a flipped example, and one training run is enough (no out-of-fold refit
 ``find_label_issues(probs, labels)`` returns, row for row in the given order:
 
 - ``scores``: how unlikely the given label is, 1 - p_y (self-confidence; higher = more
-  likely mislabeled; sort by it descending for "most likely mislabeled first"). On the
-  noisy-digits benchmark it ranks flips at least as well as the normalised margin
-  p_y - max_{k != y} p_k; the margin is available as ``score="normalized_margin"``,
-  reported as (1 - margin) / 2 so that higher still means more suspect.
+  likely mislabeled; sort by it descending for "most likely mislabeled first"); or the
+  normalised margin p_y - max_{k != y} p_k (``score="normalized_margin"``), reported as
+  (1 - margin) / 2 so that higher still means more suspect.
 - ``flagged``: by default every example whose noise-free argmax is not its given label
-  (``rule="predicted_neq_given"``); or the set confident learning (Northcutt, Jiang, Chuang, JAIR 2021) flags,
-  implemented here:
+  (``rule="predicted_neq_given"``); or the set confident learning (Northcutt, Jiang,
+  Chuang, JAIR 2021) flags, implemented here:
 
   1. per-class thresholds t_j = mean of p_j over the examples labelled j;
   2. the confident joint C: an example with given label i counts in C[i, j] where j is
@@ -31,19 +30,20 @@ class of a flipped example, and one training run is enough (no out-of-fold refit
   step 5 applied too; ``rule="predicted_neq_given"`` flags every example whose argmax
   is not its given label (no thresholds).
 
-Measured on noisy digits (bench/quality.py, MLP, HET R=4 tau=2, 3 seeds, every training
-row; cleanlab's 5-fold out-of-fold recipe: F1 0.745 / 0.749 / 0.791): on the HET
-noise-free probabilities ``prune_by_noise_rate`` has F1 0.884 / 0.686 / 0.905 (precision
-0.95-0.98; it under-flags when the per-class thresholds are high: seed 1 flags 185 of
-325 flips), ``predicted_neq_given`` 0.913 / 0.774 / 0.922, ``confident_joint``
-0.835 / 0.615 / 0.883. The score's AUROC is 0.984 / 0.931 / 0.991 with self-confidence
-and within 0.001 of that with the normalised margin. The default is
-``predicted_neq_given``: the best F1, above cleanlab's on every seed; confident learning
-(``prune_by_noise_rate``) gives the more precise, smaller set when precision matters more.
-The argmax rule works here because the noise-free predictive is not fitted to the flips:
-the learned noise absorbed them during training.
+The default is ``predicted_neq_given``: flag y_r != argmax_k p_rk. It needs no
+estimate of the noise rate, and the noise-free predictive it reads is not fitted to the
+flips (the learned noise absorbed them in training), so where the model is accurate its
+disagreements are the flips. ``prune_by_noise_rate`` flags a subset of those rows (the
+calibrated confident joint's count per pair, largest margins first): the smaller, more
+precise set, for when a person reviews every flag. docs/cifar10n.md compares the rules
+on real annotator noise, bench/quality.py on injected noise.
 
-Both are equivariant under a permutation of the rows, up to exact ties in the margins.
+``find_label_issues_in_chunks`` gives the same answer over rows that arrive in chunks
+(the worker's training set, read a batch at a time): one pass for the default rule, up
+to three for confident learning, never an N x K array.
+
+Every rule is equivariant under a permutation of the rows, up to exact ties in the
+margins.
 """
 
 from __future__ import annotations
