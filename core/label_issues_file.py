@@ -55,8 +55,8 @@ def encode(scores: ArrayLike, flagged: ArrayLike, given: ArrayLike, suggested: A
     return buffer.getvalue()
 
 
-def _read(archive: zipfile.ZipFile, name: str, limit: int | None) -> np.ndarray:
-    """The first ``limit`` entries (all when None) of one 1-d member array."""
+def _read(archive: zipfile.ZipFile, name: str, limit: int | None, offset: int = 0) -> np.ndarray:
+    """``limit`` entries (all when None) of one 1-d member array, from entry ``offset``."""
     with archive.open(f"{name}.npy") as fp:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -65,16 +65,19 @@ def _read(archive: zipfile.ZipFile, name: str, limit: int | None) -> np.ndarray:
             shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
         if len(shape) != 1 or dtype.hasobject:
             raise ValueError(f"label issues: {name} is not a flat numeric array")
-        count = shape[0] if limit is None else min(limit, shape[0])
+        offset = min(offset, shape[0])
+        count = shape[0] - offset if limit is None else min(limit, shape[0] - offset)
+        fp.read(offset * dtype.itemsize)  # a stored member: skipped, never inflated
         return np.frombuffer(fp.read(count * dtype.itemsize), dtype=dtype, count=count)
 
 
-def read_head(path: str | Path, limit: int) -> dict[str, Any]:
+def read_head(path: str | Path, limit: int, offset: int = 0) -> dict[str, Any]:
     """``{"num_examples", "num_flagged", "issues": [{"index", "given_label",
-    "suggested_label", "score", "flagged"}, ...]}``: the first ``limit`` entries."""
+    "suggested_label", "score", "flagged"}, ...]}``: ``limit`` entries from entry
+    ``offset`` of the most-suspect-first order (a page)."""
     with zipfile.ZipFile(path) as archive:
         flagged = _read(archive, "flagged", None)
-        head = {name: _read(archive, name, limit) for name in ARRAYS if name != "flagged"}
+        head = {name: _read(archive, name, limit, offset) for name in ARRAYS if name != "flagged"}
     issues = [
         {
             "index": int(i),
@@ -88,7 +91,7 @@ def read_head(path: str | Path, limit: int) -> dict[str, Any]:
             head["given"],
             head["suggested"],
             head["score"],
-            flagged[:limit],
+            flagged[offset : offset + limit],
             strict=True,
         )
     ]

@@ -8,13 +8,12 @@ class of a flipped example, and one training run is enough (no out-of-fold refit
 ``find_label_issues(probs, labels)`` returns, row for row in the given order:
 
 - ``scores``: how unlikely the given label is, 1 - p_y (self-confidence; higher = more
-  likely mislabeled; sort by it descending for "most likely mislabeled first"). On the
-  noisy-digits benchmark it ranks flips at least as well as the normalised margin
-  p_y - max_{k != y} p_k; the margin is available as ``score="normalized_margin"``,
-  reported as (1 - margin) / 2 so that higher still means more suspect.
+  likely mislabeled; sort by it descending for "most likely mislabeled first"); or the
+  normalised margin p_y - max_{k != y} p_k (``score="normalized_margin"``), reported as
+  (1 - margin) / 2 so that higher still means more suspect.
 - ``flagged``: by default every example whose noise-free argmax is not its given label
-  (``rule="predicted_neq_given"``); or the set confident learning (Northcutt, Jiang, Chuang, JAIR 2021) flags,
-  implemented here:
+  (``rule="predicted_neq_given"``); or the set confident learning (Northcutt, Jiang,
+  Chuang, JAIR 2021) flags, implemented here:
 
   1. per-class thresholds t_j = mean of p_j over the examples labelled j;
   2. the confident joint C: an example with given label i counts in C[i, j] where j is
@@ -31,29 +30,32 @@ class of a flipped example, and one training run is enough (no out-of-fold refit
   step 5 applied too; ``rule="predicted_neq_given"`` flags every example whose argmax
   is not its given label (no thresholds).
 
-Measured on noisy digits (bench/quality.py, MLP, HET R=4 tau=2, 3 seeds, every training
-row; cleanlab's 5-fold out-of-fold recipe: F1 0.745 / 0.749 / 0.791): on the HET
-noise-free probabilities ``prune_by_noise_rate`` has F1 0.884 / 0.686 / 0.905 (precision
-0.95-0.98; it under-flags when the per-class thresholds are high: seed 1 flags 185 of
-325 flips), ``predicted_neq_given`` 0.913 / 0.774 / 0.922, ``confident_joint``
-0.835 / 0.615 / 0.883. The score's AUROC is 0.984 / 0.931 / 0.991 with self-confidence
-and within 0.001 of that with the normalised margin. The default is
-``predicted_neq_given``: the best F1, above cleanlab's on every seed; confident learning
-(``prune_by_noise_rate``) gives the more precise, smaller set when precision matters more.
-The argmax rule works here because the noise-free predictive is not fitted to the flips:
-the learned noise absorbed them during training.
+The default is ``predicted_neq_given``: flag y_r != argmax_k p_rk. It needs no
+estimate of the noise rate, and the noise-free predictive it reads is not fitted to the
+flips (the learned noise absorbed them in training), so where the model is accurate its
+disagreements are the flips. ``prune_by_noise_rate`` flags a subset of those rows (the
+calibrated confident joint's count per pair, largest margins first): the smaller, more
+precise set, for when a person reviews every flag. docs/cifar10n.md compares the rules
+on real annotator noise, bench/quality.py on injected noise.
 
-Both are equivariant under a permutation of the rows, up to exact ties in the margins.
+``find_label_issues_in_chunks`` gives the same answer over rows that arrive in chunks
+(the worker's training set, read a batch at a time): one pass for the default rule, up
+to three for confident learning, never an N x K array.
+
+Every rule is equivariant under a permutation of the rows, up to exact ties in the
+margins.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 SCORES = ("self_confidence", "normalized_margin")
 RULES = ("prune_by_noise_rate", "confident_joint", "predicted_neq_given")
+DEFAULT_RULE = "predicted_neq_given"
 
 
 def find_label_issues(
@@ -61,59 +63,81 @@ def find_label_issues(
     labels: np.ndarray,
     *,
     score: str = "self_confidence",
-    rule: str = "predicted_neq_given",
+    rule: str = DEFAULT_RULE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N,) float64, flagged (N,) bool) for probs (N, K) and integer labels (N,)."""
     probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
     if probs.ndim != 2:
         raise ValueError(f"probs must be (N, K), got shape {probs.shape}")
-    if labels.ndim != 1 or len(labels) != len(probs):
-        raise ValueError(
-            "labels must be one integer class per row of probs (multilabel is not supported)"
-        )
+    scores, flagged, _ = find_label_issues_in_chunks(
+        lambda: iter([(probs, labels)]), probs.shape[1], score=score, rule=rule
+    )
+    return scores, flagged
+
+
+def find_label_issues_in_chunks(
+    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    num_classes: int,
+    *,
+    score: str = "self_confidence",
+    rule: str = DEFAULT_RULE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``find_label_issues`` over rows that come in chunks: ``chunks()`` yields
+    (probs (n, K), labels (n,)) in row order, the same rows on every call. It is called
+    once for ``predicted_neq_given``, twice for ``confident_joint`` (thresholds, then
+    the joint) and three times for ``prune_by_noise_rate`` (then the margins), so no
+    N x K array need exist. Returns (scores, flagged, suggested = argmax), equal to
+    one call on all the rows."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    n, k = probs.shape
-    if n == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    labels = labels.astype(np.int64)
-    if labels.min() < 0 or labels.max() >= k:
-        raise ValueError(f"labels must lie in [0, {k})")
-    rows = np.arange(n)
-    p_given = probs[rows, labels]
+    k = num_classes
+    # pass 1: scores, argmax, and what the thresholds need
+    scores_, suggested_, labels_ = [], [], []
+    label_count = np.zeros(k, dtype=np.int64)
+    p_given_sum = np.zeros(k)
+    for probs, labels in chunks():
+        probs, labels = _checked(probs, labels, k)
+        rows = np.arange(len(labels))
+        p_given = probs[rows, labels]
+        if score == "self_confidence":
+            scores_.append(1.0 - p_given)
+        else:
+            others = probs.copy()
+            others[rows, labels] = -np.inf
+            scores_.append((1.0 - (p_given - others.max(1))) / 2.0)
+        suggested_.append(probs.argmax(1))
+        labels_.append(labels)
+        label_count += np.bincount(labels, minlength=k)
+        p_given_sum += np.bincount(labels, weights=p_given, minlength=k)
+    scores = np.concatenate(scores_) if scores_ else np.zeros(0)
+    suggested = np.concatenate(suggested_) if suggested_ else np.zeros(0, dtype=np.int64)
+    labels = np.concatenate(labels_) if labels_ else np.zeros(0, dtype=np.int64)
+    n = len(labels)
+    argmax_is_label = suggested == labels
+    if rule == "predicted_neq_given" or n == 0:
+        return scores, ~argmax_is_label if n else np.zeros(0, dtype=bool), suggested
 
-    if score == "self_confidence":
-        scores = 1.0 - p_given
-    else:
-        others = probs.copy()
-        others[rows, labels] = -np.inf
-        scores = (1.0 - (p_given - others.max(1))) / 2.0
-
-    argmax_is_label = probs.argmax(1) == labels
-    if rule == "predicted_neq_given":
-        return scores, ~argmax_is_label
-
-    label_count = np.bincount(labels, minlength=k)
     # 1. thresholds: mean p_j over examples labelled j (a class nobody has: never confident)
     thresholds = np.full(k, np.inf)
     present = label_count > 0
-    thresholds[present] = (
-        np.bincount(labels, weights=p_given, minlength=k)[present] / label_count[present]
-    )
+    thresholds[present] = p_given_sum[present] / label_count[present]
 
-    # 2. confident joint
-    above = probs >= thresholds - 1e-6
-    confident = above.any(1)
-    guess = np.where(above, probs, -np.inf).argmax(1)
+    # 2. confident joint (pass 2)
     joint = np.zeros((k, k), dtype=np.int64)
-    np.add.at(joint, (labels[confident], guess[confident]), 1)
-
+    off_diagonal = np.zeros(n, dtype=bool)
+    start = 0
+    for probs, chunk_labels in chunks():
+        probs, chunk_labels = _checked(probs, chunk_labels, k)
+        above = probs >= thresholds - 1e-6
+        confident = above.any(1)
+        guess = np.where(above, probs, -np.inf).argmax(1)
+        np.add.at(joint, (chunk_labels[confident], guess[confident]), 1)
+        off_diagonal[start : start + len(chunk_labels)] = confident & (guess != chunk_labels)
+        start += len(chunk_labels)
     if rule == "confident_joint":
-        flagged = confident & (guess != labels) & ~argmax_is_label
-        return scores, flagged
+        return scores, off_diagonal & ~argmax_is_label, suggested
 
     # 3. calibrate: rows to the label counts, total to N
     row_sums = joint.sum(1)
@@ -133,18 +157,43 @@ def find_label_issues(
             prune[i, j] -= take
             excess -= take
 
-    # 4. prune by noise rate
+    # 4. prune by noise rate (pass 3): for each (i, j), the prune[i, j] rows labelled i
+    # with the largest margin p_j - p_i, ties to the lower row; kept as a running top set
+    pairs = list(zip(*np.nonzero(prune), strict=True))
+    best: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {
+        pair: (np.zeros(0), np.zeros(0, dtype=np.int64)) for pair in pairs
+    }
+    start = 0
+    for probs, chunk_labels in chunks():
+        probs, chunk_labels = _checked(probs, chunk_labels, k)
+        for i, j in pairs:
+            members = np.flatnonzero(chunk_labels == i)
+            margins = np.concatenate([best[i, j][0], probs[members, j] - probs[members, i]])
+            rows = np.concatenate([best[i, j][1], members + start])
+            top = np.lexsort((rows, -margins))[: prune[i, j]]
+            best[i, j] = (margins[top], rows[top])
+        start += len(chunk_labels)
     flagged = np.zeros(n, dtype=bool)
-    by_label = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(label_count)])
-    for i, j in zip(*np.nonzero(prune), strict=True):
-        members = by_label[bounds[i] : bounds[i + 1]]
-        margin = probs[members, j] - probs[members, i]
-        worst = np.argsort(-margin, kind="stable")[: prune[i, j]]
-        flagged[members[worst]] = True
+    for _, rows in best.values():
+        flagged[rows] = True
     # 5. never flag an example the model agrees with
     flagged &= ~argmax_is_label
-    return scores, flagged
+    return scores, flagged, suggested
+
+
+def _checked(probs: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 2 or probs.shape[1] != k:
+        raise ValueError(f"probs must be (N, {k}), got shape {probs.shape}")
+    if labels.ndim != 1 or len(labels) != len(probs):
+        raise ValueError(
+            "labels must be one integer class per row of probs (multilabel is not supported)"
+        )
+    labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k})")
+    return probs, labels
 
 
 def noise_free_probs(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

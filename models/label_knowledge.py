@@ -6,7 +6,7 @@ worker calls them once per registered model and stores the result
 Both run over every row of the dataset's uploaded ``x_train`` in upload order, the
 validation hold-out that train() split off included (``data`` is the dataset as stored,
 never split), so a row index is a row of the upload. A registered image folder is read
-from disk again, a batch of images at a time (two passes: label issues, then the noise
+from disk again, a batch of images at a time (the flag rule's passes over the rows, then the noise
 report).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from core.dataset_files import ArrayDataset
 from core.datastore import ImageFiles
 from models.heads import LinearHead
-from models.label_issues import find_label_issues, noise_free_probs
+from models.label_issues import find_label_issues_in_chunks, noise_free_probs
 from models.noise_report import NoNoiseModel, noise_report
 
 log = logging.getLogger("hetserve.worker")  # its callers' log, as before the move
@@ -70,21 +70,17 @@ def label_knowledge(model, data: ArrayDataset, seed: int) -> LabelKnowledge:
         return LabelKnowledge(None, None)
     start = time.perf_counter()
     x, y = data.x_train, np.asarray(data.y_train, dtype=np.int64)
-    # The default flag rule and score are per row: chunks give the same answer as one
-    # call, and no N x K array of probabilities exists at once.
-    scores, flagged, suggested = [], [], []
-    for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
-        chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
-        # A streamed image folder: a lazy subset, decoded a batch at a time.
-        rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
-        probs = noise_free_probs(model, rows)
-        chunk_scores, chunk_flagged = find_label_issues(probs, y[chunk])
-        scores.append(chunk_scores)
-        flagged.append(chunk_flagged)
-        suggested.append(probs.argmax(1))
-    issues = LabelIssues(
-        np.concatenate(scores), np.concatenate(flagged), y, np.concatenate(suggested)
-    )
+
+    def chunks():
+        # No N x K array of probabilities exists at once: each pass of the flag rule
+        # recomputes them a chunk at a time (a streamed image folder: a lazy subset).
+        for row in range(0, len(x), LABEL_ISSUE_CHUNK_ROWS):
+            chunk = slice(row, row + LABEL_ISSUE_CHUNK_ROWS)
+            rows = x[np.arange(len(x))[chunk]] if isinstance(x, ImageFiles) else x[chunk]
+            yield noise_free_probs(model, rows), y[chunk]
+
+    scores, flagged, suggested = find_label_issues_in_chunks(chunks, data.num_classes)
+    issues = LabelIssues(scores, flagged, y, suggested)
     report: dict[str, Any] | None
     try:
         report = noise_report(model, x, num_samples=noise_report_samples(len(x)), seed=seed)

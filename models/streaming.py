@@ -1,4 +1,6 @@
-"""Streaming an image folder through a ``torch.utils.data.DataLoader``.
+"""Streaming an image folder through a ``torch.utils.data.DataLoader``: the path of a
+folder whose decoded pixels do not fit in memory (models.image_cache decodes the others
+once, through ``ImageFilesDataset`` too).
 
 The dataset a registered image folder becomes (``core.datastore.ImageFiles``) holds paths,
 not pixels: each item is opened through the folder's fsspec store (a local folder, or

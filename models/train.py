@@ -9,6 +9,9 @@
 - Every epoch: validation metrics at the head's eval sample count (noise from a fixed
   seed, so epochs are compared on the same draws), a checkpoint, a progress callback.
   The model kept is the epoch with the best validation NLL.
+- A registered image folder whose decoded pixels fit in memory is decoded once, as uint8
+  (models.image_cache), and batched, cropped and flipped as uint8; one that does not fit
+  is streamed (models.streaming).
 - Cancellation is cooperative: ``should_cancel`` is polled between steps.
 - ``temperature: "auto"`` trains one run per grid value and keeps the best validation NLL.
 - CUDA: the backbone under bf16 autocast, image backbones channels-last; the head's
@@ -48,6 +51,7 @@ from core.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_lab
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
 from models.heads import MULTICLASS, noise_free_log_likelihood
+from models.image_cache import DecodedImages, decode_once
 from models.metrics import evaluate, reliability_diagram
 from models.streaming import streamed_batches
 
@@ -110,7 +114,8 @@ def train(
 ) -> TrainResult:
     """Train per spec; "auto" temperature sweeps spec.head.temperature_grid."""
     callbacks = callbacks or Callbacks()
-    data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
+    # An image folder that fits in memory is decoded once here, for every run below.
+    data = decode_once(with_validation_split(data, spec.train.val_fraction, spec.train.seed))
     run: Callable[..., TrainResult | None] = train_run
     if spec.train.devices > 1:
         check_devices(spec.train.devices, resolve_device(spec.train.device))
@@ -384,8 +389,12 @@ def train_run(
     torch.manual_seed(cfg.seed)  # parameter init (the same on every rank) and dropout
     x_images = data.x_train if isinstance(data.x_train, ImageFiles) else None
     streaming = x_images is not None
+    x_decoded = data.x_train if isinstance(data.x_train, DecodedImages) else None
+    decoded = x_decoded is not None  # uint8 pixels, batched as uint8
     if x_images is not None:  # an image folder on disk: stats from a sample, batches streamed
         mean, std = x_images.standardisation(seed=cfg.seed)
+    elif x_decoded is not None:
+        mean, std = x_decoded.standardisation()
     else:
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
@@ -400,7 +409,8 @@ def train_run(
     if streaming:
         x_train, y_train = data.x_train, data.y_train
     else:
-        x_train = torch.as_tensor(data.x_train, device=device)
+        pixels = x_decoded.pixels if x_decoded is not None else data.x_train
+        x_train = torch.as_tensor(pixels, device=device)
         y_train = torch.as_tensor(data.y_train, device=device)
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -471,6 +481,8 @@ def train_run(
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
             if images and spec.backbone.augment:
                 xb = augment_images(xb, hflip=spec.backbone.hflip, generator=aug_gen)
+            if decoded:  # crop and flip move uint8 pixels; the float copy is made here
+                xb = xb.float().div_(255)
             loss = step_loss(xb.contiguous(memory_format=layout), yb, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -28,12 +28,17 @@ import fcntl
 import logging
 import os
 
-from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_ready
+# torch's OpenMP threads spin while they wait for work; on cores shared with other
+# processes (loader processes, other services) the spinning made training steps 2-4x
+# slower. libgomp reads this once, when torch loads: so here, before anything imports it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from app.broker import TRAIN_QUEUE, broker_config
-from app.logs import configure_logging
-from app.settings import get_settings
+from celery import Celery  # noqa: E402
+from celery.signals import setup_logging, worker_init, worker_ready  # noqa: E402
+
+from app.broker import TRAIN_QUEUE, broker_config  # noqa: E402
+from app.logs import configure_logging  # noqa: E402
+from app.settings import get_settings  # noqa: E402
 
 log = logging.getLogger("hetserve.worker")
 

@@ -32,6 +32,11 @@ def test_sorted_most_suspect_first_deterministic_and_read_in_part(tmp_path):
     assert first["score"] == scores[order[0]] and first["given_label"] == given[order[0]]
     assert first["flagged"] == bool(flagged[order[0]])
     assert len(label_issues_file.read_head(path, 5000)["issues"]) == n
+    # pages of 300 from offset 0, 300, ... put together are the whole order
+    pages = [label_issues_file.read_head(path, 300, offset) for offset in range(0, n + 300, 300)]
+    assert [i["index"] for p in pages for i in p["issues"]] == order.tolist()
+    assert [i["flagged"] for p in pages for i in p["issues"]] == flagged[order].tolist()
+    assert pages[-1]["issues"] == [] and pages[-1]["num_flagged"] == int(flagged.sum())
 
 
 def test_an_empty_training_set_reads_back_empty(tmp_path):

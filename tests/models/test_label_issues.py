@@ -10,7 +10,7 @@ from core.spec import HeadSpec
 from models.backbones import MLP
 from models.classifier import Classifier
 from models.heads import HetHead, LinearHead
-from models.label_issues import find_label_issues, noise_free_probs
+from models.label_issues import find_label_issues, find_label_issues_in_chunks, noise_free_probs
 
 
 def clear_example(seed: int = 0, n: int = 300, k: int = 3, num_wrong: int = 15):
@@ -120,3 +120,30 @@ def test_the_default_rule_flags_where_the_argmax_is_not_the_given_label():
     labels = np.array([1, 1, 2, 2])
     _, flagged = find_label_issues(probs, labels)
     np.testing.assert_array_equal(flagged, [True, False, True, False])
+
+
+@pytest.mark.parametrize("rule", ["prune_by_noise_rate", "confident_joint", "predicted_neq_given"])
+def test_chunks_give_what_one_call_gives(rule):
+    """Rows in chunks (the worker streams a training set): the same scores, flags and
+    suggestions as one call on all rows, ties in the margins included."""
+    rng = np.random.default_rng(3)
+    n, k = 700, 6
+    truth = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.5 * np.eye(k)[truth]
+    probs = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2)  # ties
+    labels = np.where(rng.random(n) < 0.25, rng.integers(0, k, n), truth)
+    scores, flagged = find_label_issues(probs, labels, rule=rule)
+    assert 0 < flagged.sum() < n / 2
+    calls = []
+    for size in (1, 97, 350, n):
+
+        def chunks(size=size):
+            calls.append(size)
+            return ((probs[s : s + size], labels[s : s + size]) for s in range(0, n, size))
+
+        c_scores, c_flagged, suggested = find_label_issues_in_chunks(chunks, k, rule=rule)
+        np.testing.assert_array_equal(c_scores, scores)
+        np.testing.assert_array_equal(c_flagged, flagged)
+        np.testing.assert_array_equal(suggested, probs.argmax(1))
+    passes = {"predicted_neq_given": 1, "confident_joint": 2, "prune_by_noise_rate": 3}[rule]
+    assert len(calls) == 4 * passes

@@ -1,0 +1,99 @@
+"""Short recipe runs on a CIFAR-10N subset, judged on a validation split of the NOISY
+training labels only (never the test set): what limits the image model (epochs,
+learning rate, HET's τ and R)?
+
+    .venv/bin/python bench/cifar10n_recipe.py --labels worse --train-subset 4000 \\
+        --runs "softmax lr=1e-3 epochs=8" "softmax lr=3e-3 epochs=8" "het tau=1 r=4 epochs=8"
+
+Each run: models.train.train (the worker's training loop) on the decoded images of the
+subset (bench/cifar10n.py's stratified subset and hard-linked tree), the `cnn` backbone
+with crop + flip, train.val_fraction = 0.1 of the subset as the noisy validation split;
+prints the validation accuracy and NLL (noisy labels) of the kept epoch, the epoch
+kept, and the seconds it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# As the worker does (worker/celery_app.py), before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from bench.cifar10n import (  # noqa: E402
+    CLASS_NAMES,
+    build_tree,
+    from_shared,
+    shared_dir,
+    stratified_subset,
+)
+
+
+def parse_run(text: str) -> dict:
+    """'het tau=1 r=4 lr=1e-3 epochs=8 backbone=cnn' -> a job spec's head/backbone/train."""
+    kind, *pairs = text.split()
+    opts = dict(pair.split("=", 1) for pair in pairs)
+    head: dict = {"kind": kind}
+    if kind == "het":
+        head |= {"temperature": float(opts.get("tau", 1)), "num_factors": int(opts.get("r", 4))}
+    return {
+        "head": head,
+        "backbone": {"kind": opts.get("backbone", "cnn"), "augment": True, "hflip": True},
+        "train": {
+            "epochs": int(opts.get("epochs", 8)),
+            "lr": float(opts.get("lr", 1e-3)),
+            "batch_size": int(opts.get("batch", 128)),
+            "seed": int(opts.get("seed", 0)),
+            "device": "cpu",
+        },
+    }
+
+
+def main() -> int:
+    from core.dataset_files import ArrayDataset
+    from core.datastore import ImageFiles
+    from core.spec import RunSpec
+    from models.image_cache import decode_files
+    from models.train import train
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--labels", default="worse")
+    p.add_argument("--train-subset", type=int, default=4000)
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--cache", type=Path, default=ROOT / "var" / "cifar10n")
+    args = p.parse_args()
+    data_dir = shared_dir()
+    if data_dir is None:
+        raise SystemExit("no shared/data/cifar10n found (set HETSERVE_CIFAR10N_DIR)")
+    data = from_shared(data_dir, args.cache)
+    rows = stratified_subset(data.labels[args.labels], args.train_subset, seed=0)
+    with tempfile.TemporaryDirectory(prefix="recipe-", dir=args.cache) as tmp:
+        tree = build_tree(data, args.labels, Path(tmp), rows, test_rows=np.arange(0))
+        files = ImageFiles(tmp, [str(f.relative_to(tmp)) for f in tree.files], 32, False)
+        x = decode_files(files)
+    print(f"| run ({args.labels}, {len(rows)} images) | noisy val accuracy | noisy val NLL "
+          "| epoch kept | s |\n|---|---|---|---|---|")  # fmt: skip
+    for text in args.runs:
+        spec = RunSpec.model_validate(parse_run(text))
+        ds = ArrayDataset(x_train=x, y_train=tree.given, class_names=list(CLASS_NAMES))
+        start = time.perf_counter()
+        result = train(spec, ds)  # type: ignore[arg-type]
+        m = result.metrics
+        print(
+            f"| {text} | {m['val_accuracy']:.3f} | {m['val_nll']:.3f} | "
+            f"{result.best_epoch}/{spec.train.epochs} | {time.perf_counter() - start:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
