@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.store import Dataset, JobStore, ModelStore, referenced_artifacts
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes
 
 ROUNDS = 16
 

@@ -25,7 +25,7 @@ from app.cli.jobs import build_spec, metrics_table
 from app.cli.output import redact
 from app.cli.parser import build_parser
 from app.cli.up import api_process
-from tests.waiting import free_port, wait_until
+from tests.support.waiting import free_port, wait_until
 
 HETSERVE = Path(sys.executable).with_name("hetserve")
 

@@ -16,8 +16,8 @@ from app.store import JobStore, ModelStore
 from core import label_issues_file
 from core.dataset_files import load_dataset
 from core.datastore import open_manifest
-from tests.app.service_client import AUTH, client_for, files_under, make_settings, npz_bytes
-from tests.app.test_datasets_by_reference import image_folder
+from tests.support.folder_datasets import image_folder
+from tests.support.service_client import AUTH, client_for, files_under, make_settings, npz_bytes
 
 NAMES = ["cat", "dog", "fox"]
 N = 12

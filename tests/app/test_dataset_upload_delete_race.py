@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 import pytest
 
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes
 
 ROUNDS = 40
 

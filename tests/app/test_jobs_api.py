@@ -12,7 +12,7 @@ import pytest
 
 from app.db import session_scope
 from app.store import JobStore
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
 
 @pytest.fixture

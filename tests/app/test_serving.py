@@ -22,7 +22,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import uploads
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     AUTH,
     EVAL_S,
     IMAGE_SHAPE,
@@ -315,7 +315,7 @@ def test_moving_an_alias_under_load_drops_no_request(server, client):
 
 
 def test_serving_path_imports_no_torch(server, client):
-    """Every server here runs with torch made unimportable (serving_support.NO_TORCH_UVICORN):
+    """Every server here runs with torch made unimportable (model_serving.NO_TORCH_UVICORN):
     check that the guard really blocks it, then serve vectors and images through it."""
     guard = NO_TORCH_UVICORN.split("import uvicorn")[0] + "import torch\n"
     blocked = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True)

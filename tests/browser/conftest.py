@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import API_KEY, Stack
-from tests.waiting import free_port, wait_until
+from tests.support.browser_pages import CLASS_NAMES, SCREENSHOTS
+from tests.support.service_stack import API_KEY, Stack
+from tests.support.waiting import free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-CLASS_NAMES = ["cat", "dog", "fox", "owl"]
 JOB = {
     "head": {
         "kind": "het",

@@ -25,8 +25,9 @@ from PIL import Image
 from app.artifacts import ArtifactStore, sha256_file
 from app.db import session_scope
 from app.store import ModelStore
-from tests.app.service_client import zip_bytes
-from tests.waiting import wait_until
+from tests.support.e2e_jobs import job, submit, wait_for_status
+from tests.support.service_client import zip_bytes
+from tests.support.waiting import wait_until
 
 TINY = {
     "head": {
@@ -52,27 +53,6 @@ SLOW = {
     "train": {"batch_size": 8, "device": "cpu"},
 }
 REPORTED = ("test_accuracy", "test_nll", "test_ece", "test_brier")
-
-
-def submit(client, dataset_id: str, spec: dict, **overrides) -> dict:
-    body = {"dataset_id": dataset_id, **spec, **overrides}
-    r = client.post("/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def job(client, job_id: str) -> dict:
-    r = client.get(f"/v1/jobs/{job_id}")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_for_status(client, job_id: str, statuses: set[str], timeout: float) -> dict:
-    def reached():
-        current = job(client, job_id)
-        return current if current["status"] in statuses else None
-
-    return wait_until(reached, timeout, f"job {job_id} to reach {statuses}", interval=0.2)
 
 
 def models_of(stack, job_id: str) -> dict[str, object]:

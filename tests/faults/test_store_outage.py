@@ -13,7 +13,10 @@ from app import broker
 from app.db import session_scope
 from app.store import JobStore, ModelStore
 from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import (
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from tests.support.worker_process import (
     add_dataset,
     add_job,
     base_env,
@@ -21,9 +24,6 @@ from tests.faults.support import (
     start_worker,
     stop,
 )
-from tests.scratch_stores import scratch_redis_postgres
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
 
 OUTAGE_S = 5
 EPOCHS = {"first": 10, "queued": 3}

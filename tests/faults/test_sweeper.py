@@ -14,9 +14,9 @@ from app import broker
 from app.db import session_scope
 from app.store import JobStore, ModelStore
 from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import add_dataset, add_job, base_env, prepare, start_worker, stop
-from tests.scratch_stores import scratch_redis_postgres
-from tests.waiting import wait_until
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.waiting import wait_until
+from tests.support.worker_process import add_dataset, add_job, base_env, prepare, start_worker, stop
 
 
 @pytest.mark.parametrize("backend", ["embedded", "redis-postgres"])

@@ -1,5 +1,5 @@
 """Fault tests: a real Celery worker process against stores the test can break (the
-PostgreSQL outage goes through ``tests.tcp_proxy.TcpProxy``)."""
+PostgreSQL outage goes through ``tests.support.tcp_proxy.TcpProxy``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from app.db import migrate, session_scope
 from app.settings import Settings
 from app.store import DatasetStore, JobStore
 from app.uploads import validate_arrays
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

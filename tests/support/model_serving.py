@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.waiting import free_port
+from tests.support.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-serving-key"
