@@ -24,7 +24,16 @@ from tests.support.scratch_stores import scratch_redis_postgres
 from tests.support.service_stack import API_KEY, Stack
 from tests.support.waiting import free_port
 
+HERE = Path(__file__).resolve().parent
 BACKENDS = ("embedded", "redis-postgres")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e is marked ``e2e`` (the hook sees the whole session's
+    items, so only those below this folder)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def redis_postgres_env(session_id: str) -> Iterator[dict[str, str]]:
