@@ -33,6 +33,7 @@ from tests.support.model_serving import (
     make_settings,
     register,
     settings_env,
+    without_noise_free_output,
 )
 
 MAX_ROWS = 100
@@ -54,16 +55,6 @@ def with_extra_metadata(path: Path, out: Path) -> Path:
     onnx.helper.set_model_props(
         proto, {**{p.key: p.value for p in proto.metadata_props}, "copy": "1"}
     )
-    onnx.save(proto, out)
-    return out
-
-
-def without_noise_free_output(path: Path, out: Path) -> Path:
-    """The same model as a file exported before the graph had a noise_free_probs output."""
-    proto = onnx.load(path)
-    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(kept)
     onnx.save(proto, out)
     return out
 

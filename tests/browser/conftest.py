@@ -88,12 +88,8 @@ def service(tmp_path_factory) -> Iterator[Stack]:
         "OMP_NUM_THREADS": "1",
     }
     stack = Stack("embedded", env, root / "data", port)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")

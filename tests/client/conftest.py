@@ -26,12 +26,8 @@ def service(tmp_path_factory) -> Iterator[Stack]:
     }
     port = free_port()
     stack = Stack("embedded", env | {"HETSERVE_PORT": str(port)}, root / "data", port)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 import hetserve
 from hetserve import Client
-from tests.support.client_jobs import FAST_TRAIN, blobs_npz
+from tests.support.blob_datasets import FAST_TRAIN, blobs_npz
 from tests.support.service_stack import API_KEY
 
 

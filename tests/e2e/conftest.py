@@ -71,11 +71,9 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
     port = free_port()
     stack = Stack(request.param, env | extra | {"HETSERVE_PORT": str(port)}, root / "data", port)
     try:
-        stack.start_api()
-        stack.start_worker()
-        yield stack
+        with stack.running():
+            yield stack
     finally:
-        stack.stop()
         next(backend_env, None)  # drop the database and the Redis keys
 
 

@@ -13,17 +13,15 @@ import io
 
 import numpy as np
 
-from tests.support.e2e_jobs import BLOBS_SPEC, blobs, submit, upload, wait_for_status
+from tests.support.e2e_jobs import BLOBS_SPEC, blobs, submit, swap_ant_bee, upload, wait_for_status
 
 N = 240
 
 
 def test_flag_relabel_retrain(stack):
     x, clean = blobs(N, 0)
-    labels = clean.copy()
     rng = np.random.default_rng(1)
-    flipped = rng.choice(np.flatnonzero(clean < 2), size=N // 8, replace=False)
-    labels[flipped] = 1 - clean[flipped]  # ant <-> bee
+    labels, flipped = swap_ant_bee(clean, N // 8, rng)
     x_test, y_test = blobs(60, 2)
 
     with stack.client() as client:

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.support.e2e_jobs import BLOBS_SPEC, D, K, blobs, submit, upload, wait_for_status
+from tests.support.e2e_jobs import (
+    BLOBS_SPEC,
+    D,
+    K,
+    blobs,
+    submit,
+    swap_ant_bee,
+    upload,
+    wait_for_status,
+)
 
 N = 240
 
@@ -32,10 +41,8 @@ def flagged_rows(client, model_id: str) -> tuple[dict, set[int]]:
 
 def test_noise_free_predict_noise_report_and_label_issues_of_a_shuffled_upload(stack):
     x, clean = blobs(N, 0)
-    labels = clean.copy()
     rng = np.random.default_rng(1)
-    flipped = rng.choice(np.flatnonzero(clean < 2), size=N // 10, replace=False)
-    labels[flipped] = 1 - clean[flipped]  # ant <-> bee
+    labels, flipped = swap_ant_bee(clean, N // 10, rng)
     x_test, y_test = blobs(60, 2)
     perm = rng.permutation(N)  # shuffled upload: its row i is original row perm[i]
 

@@ -25,7 +25,7 @@ from PIL import Image
 from app.artifacts import ArtifactStore, sha256_file
 from app.db import session_scope
 from app.store import ModelStore
-from tests.support.e2e_jobs import job, submit, wait_for_status
+from tests.support.e2e_jobs import SLOW, job, submit, wait_for_status
 from tests.support.service_client import zip_bytes
 from tests.support.waiting import wait_until
 
@@ -39,18 +39,6 @@ TINY = {
     },
     "backbone": {"kind": "mlp", "hidden": [32]},
     "train": {"epochs": 3, "batch_size": 32, "device": "cpu"},
-}
-# ~0.4 s per epoch on one core: long enough to cancel or kill mid-way.
-SLOW = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.0,
-        "train_mc_samples": 128,
-        "eval_mc_samples": 64,
-    },
-    "backbone": {"kind": "mlp", "hidden": [256, 256]},
-    "train": {"batch_size": 8, "device": "cpu"},
 }
 REPORTED = ("test_accuracy", "test_nll", "test_ece", "test_brier")
 

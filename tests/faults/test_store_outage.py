@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from app import broker
 from app.db import session_scope
 from app.store import JobStore, ModelStore
-from core.statuses import TERMINAL_STATUSES, JobStatus
+from core.statuses import JobStatus
 from tests.support.scratch_stores import scratch_redis_postgres
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
@@ -23,6 +23,7 @@ from tests.support.worker_process import (
     prepare,
     start_worker,
     stop,
+    wait_all_ended,
 )
 
 OUTAGE_S = 5
@@ -59,12 +60,7 @@ def test_store_outage_mid_job_loses_no_job(tmp_path):
             time.sleep(OUTAGE_S)
             proxy.restore()
 
-            def all_ended():
-                with session_scope(settings) as session:
-                    store = JobStore(session)
-                    return all(store.get(j).status in TERMINAL_STATUSES for j in ids)
-
-            wait_until(all_ended, 120, "every job to end")
+            wait_all_ended(settings, ids)
         finally:
             stop(worker)
             proxy.cut()

@@ -11,6 +11,18 @@ import numpy as np
 from tests.support.waiting import wait_until
 
 K, D = 3, 4
+# ~0.4 s per epoch on one core: long enough to cancel or kill mid-way.
+SLOW = {
+    "head": {
+        "kind": "het",
+        "num_factors": 2,
+        "temperature": 1.0,
+        "train_mc_samples": 128,
+        "eval_mc_samples": 64,
+    },
+    "backbone": {"kind": "mlp", "hidden": [256, 256]},
+    "train": {"batch_size": 8, "device": "cpu"},
+}
 BLOBS_SPEC = {
     "head": {
         "kind": "het",
@@ -29,6 +41,17 @@ def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     y = np.arange(n) % K
     centers = 4.0 * np.eye(D)[:K]
     return (rng.normal(size=(n, D)) + centers[y]).astype(np.float32), y
+
+
+def swap_ant_bee(
+    clean: np.ndarray, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``clean`` with ``count`` rows of class 0 or 1 (ant, bee), drawn by
+    ``rng``, given the other of the two; and those rows."""
+    labels = clean.copy()
+    flipped = rng.choice(np.flatnonzero(clean < 2), size=count, replace=False)
+    labels[flipped] = 1 - clean[flipped]
+    return labels, flipped
 
 
 def upload(client, **arrays) -> str:

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +108,16 @@ class Stack:
     def kill_worker(self, worker: subprocess.Popen) -> None:
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
+
+    @contextmanager
+    def running(self) -> Iterator[Stack]:
+        """The API and one worker started; everything stopped on the way out."""
+        try:
+            self.start_api()
+            self.start_worker()
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for proc in [*self.workers, self.api]:

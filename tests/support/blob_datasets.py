@@ -1,5 +1,5 @@
-"""A small dataset file and a fast training spec for the client tests against a real
-service."""
+"""A small dataset file of Gaussian blobs and a fast training spec, for the tests that
+upload a file and train on it (the CLI, the client)."""
 
 from __future__ import annotations
 
