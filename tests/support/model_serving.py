@@ -99,7 +99,8 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
     from app import db
     from app.artifacts import ArtifactStore
     from app.serving.onnx_model import OnnxModel
-    from app.store import DatasetStore, JobStore, ModelStore
+    from app.store import DatasetStore, JobStore
+    from tests.support.finished_jobs import model_row
 
     db.migrate(settings)
     meta = OnnxModel(onnx_file).metadata
@@ -121,19 +122,7 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
         )
         jobs = JobStore(session)
         job = jobs.create(dataset.id, {"head": {"kind": "het"}})
-        model = ModelStore(session).register(
-            job.id,
-            "model",
-            head="het",
-            task=meta["task"],
-            input_shape=meta["input_shape"],
-            num_classes=len(meta["class_names"]),
-            class_names=meta["class_names"],
-            metrics={"test_accuracy": 0.5, "test_nll": 1.0, "test_ece": 0.1, "test_brier": 0.6},
-            baseline_metrics=baseline_metrics,
-            onnx_path=relative,
-            onnx_sha256=sha256,
-        )
+        model = model_row(session, job.id, meta, relative, sha256, baseline_metrics)
         jobs.finish(job.id, "succeeded", metrics={}, model_id=model.id)
         return model.id
 

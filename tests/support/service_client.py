@@ -47,6 +47,14 @@ def client_on_store(
             yield client, settings
 
 
+def uploaded(client: TestClient, filename: str, arrays: dict) -> dict:
+    """The dataset created by uploading ``arrays`` as the ``.npz`` file ``filename`` (201
+    asserted)."""
+    r = client.post("/v1/datasets", files={"file": (filename, npz_bytes(**arrays))}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 def npz_bytes(**arrays) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
