@@ -35,6 +35,7 @@ import pytest
 from tests.support.compose import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_binary
 from tests.support.docker_bridge import bridge_address, serve_index
 from tests.support.engine_images import API_IMAGE, SIZES, TIMES, WORKER_IMAGE, timed
+from tests.support.processes import stop_process
 from tests.support.waiting import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -242,9 +243,4 @@ def engine(tmp_path_factory):
             server.terminate()
             server.wait(timeout=10)
         if started is not None:
-            started.terminate()
-            try:
-                started.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                started.kill()
-                started.wait()
+            stop_process(started, 60)

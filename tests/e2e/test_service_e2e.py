@@ -25,18 +25,12 @@ from PIL import Image
 from app.artifacts import ArtifactStore, sha256_file
 from app.db import session_scope
 from app.store import ModelStore
-from tests.support.e2e_jobs import SLOW, job, submit, wait_for_status
+from tests.support.e2e_jobs import SLOW, SMALL_HET_HEAD, job, submit, wait_for_status
 from tests.support.service_client import zip_bytes
 from tests.support.waiting import wait_until
 
 TINY = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.5,
-        "train_mc_samples": 16,
-        "eval_mc_samples": 64,
-    },
+    "head": SMALL_HET_HEAD,
     "backbone": {"kind": "mlp", "hidden": [32]},
     "train": {"epochs": 3, "batch_size": 32, "device": "cpu"},
 }

@@ -11,6 +11,14 @@ import numpy as np
 from tests.support.waiting import wait_until
 
 K, D = 3, 4
+# The head of the small jobs that train in seconds (e2e, browser).
+SMALL_HET_HEAD = {
+    "kind": "het",
+    "num_factors": 2,
+    "temperature": 1.5,
+    "train_mc_samples": 16,
+    "eval_mc_samples": 64,
+}
 # ~0.4 s per epoch on one core: long enough to cancel or kill mid-way.
 SLOW = {
     "head": {

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.support.processes import stop_process
 from tests.support.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,12 +171,7 @@ def live_server(
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         log.close()
 
 

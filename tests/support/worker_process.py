@@ -4,7 +4,6 @@ PostgreSQL outage goes through ``tests.support.tcp_proxy.TcpProxy``)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from app.store import DatasetStore, JobStore
 from app.uploads import validate_arrays
 from core.statuses import TERMINAL_STATUSES
 from tests.support.e2e_jobs import SLOW as E2E_SLOW
+from tests.support.processes import stop_process
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,13 +105,7 @@ def start_worker(env: dict[str, str], log: Path, wait_ready: bool = True) -> sub
 
 
 def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    stop_process(worker, 20)
 
 
 def prepare(env: dict[str, str]) -> Settings:
