@@ -266,7 +266,7 @@ def process(argv: list[str], env: dict[str, str], ready_url: str, cwd: Path, tim
 
 def hetserve_target(tree: Path, model: Path, extra_env: dict[str, str], work: Path):
     """``hetserve up`` from ``tree`` with the model registered; (context, model id)."""
-    from tests.app.serving_support import make_settings, register
+    from tests.support.model_serving import make_settings, register
 
     data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
     model_id = register(make_settings(data), model)

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.serve_load import D, S, export_het_mlp  # noqa: E402  (after the path fix above)
-from tests.app.serving_support import API_KEY, make_settings, register  # noqa: E402
-from tests.waiting import free_port  # noqa: E402
+from tests.support.model_serving import API_KEY, make_settings, register  # noqa: E402
+from tests.support.waiting import free_port  # noqa: E402
 
 CLIENTS = 32
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from core.dataset_files import DatasetError
-from core.datastore import ImageFiles, store_for_root
+from core.datastore import ImageFiles, split_images, store_for_root
 
 THUMBNAIL_SIDE = 128  # the largest side of an item's PNG
 # The formats of a dataset registered by reference: its artifact is a manifest.
@@ -46,15 +46,7 @@ def train_images(manifest: dict[str, Any], s3_endpoint_url: str | None = None) -
     """The ``train`` split of an image-folder manifest as ``ImageFiles``: each file's
     size and stamp are checked against the manifest as it is opened."""
     store = store_for_root(manifest["root"], s3_endpoint_url)
-    cols = manifest["splits"]["train"]
-    return ImageFiles(
-        store,
-        cols["paths"],
-        manifest["image_size"],
-        manifest["grayscale"],
-        sizes=cols["sizes"],
-        stamps=cols[store.stamps_key],
-    )
+    return split_images(store, manifest, "train", digests=False)
 
 
 def npz_row(source: IO[bytes], name: str, index: int) -> np.ndarray:

@@ -653,6 +653,24 @@ class ImageFiles:
         return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
+def split_images(
+    store: DataStore, manifest: dict[str, Any], split: str, *, digests: bool
+) -> ImageFiles:
+    """One split of an image-folder manifest as ImageFiles on ``store``: each file's size
+    and stamp (with ``digests``, also its sha256 where the manifest has one) checked
+    against the manifest as it is opened."""
+    cols = manifest["splits"][split]
+    return ImageFiles(
+        store,
+        cols["paths"],
+        manifest["image_size"],
+        manifest["grayscale"],
+        sizes=cols["sizes"],
+        stamps=cols[store.stamps_key],
+        digests=cols.get("sha256") if digests else None,
+    )
+
+
 def open_manifest(
     manifest: dict[str, Any],
     s3_endpoint_url: str | None = None,
@@ -672,14 +690,6 @@ def open_manifest(
         return load_dataset(data, "npz")
     arrays: dict[str, Any] = {}
     for split, cols in manifest["splits"].items():
-        arrays[f"x_{split}"] = ImageFiles(
-            store,
-            cols["paths"],
-            manifest["image_size"],
-            manifest["grayscale"],
-            sizes=cols["sizes"],
-            stamps=cols[store.stamps_key],
-            digests=cols.get("sha256"),
-        )
+        arrays[f"x_{split}"] = split_images(store, manifest, split, digests=True)
         arrays[f"y_{split}"] = np.asarray(cols["labels"], dtype=np.int64)
     return ArrayDataset(**arrays, class_names=list(manifest["class_names"]))

@@ -13,12 +13,13 @@ for bad corrections, and nothing is written.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.artifacts import ArtifactStore
 from app.dataset_corrections import csv_lineage, store_corrected
 from app.db import session_scope
 from app.deps import ArtifactsDep, SettingsDep
@@ -30,7 +31,7 @@ from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
 from app.store import Dataset, DatasetStore, Job
 from core import label_issues_file
-from core.corrections import CorrectionError, Corrections, from_findings, parse_csv
+from core.corrections import CorrectionError, from_findings, parse_csv
 from core.dataset_files import DatasetError
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=InstrumentedRoute)
@@ -87,16 +88,12 @@ def multiclass_parent(settings: Settings, dataset_id: str) -> Dataset:
     return parent
 
 
-def stored(
-    parent: Dataset,
-    corrections: Corrections,
-    lineage: DatasetLineage,
-    name: str | None,
-    settings: Settings,
-    artifacts: ArtifactStore,
-) -> DatasetOut:
+@contextmanager
+def correction_errors(parent: Dataset) -> Iterator[None]:
+    """store_corrected's errors as answers: nothing left to train on 422, a file by
+    reference changed 409, the parent's data missing 404."""
     try:
-        return store_corrected(parent, corrections, lineage, name, settings, artifacts)
+        yield
     except CorrectionError as exc:
         raise HTTPException(422, str(exc)) from None
     except DatasetError as exc:  # a file by reference changed since it was registered
@@ -146,7 +143,8 @@ def correct_from_model(
         num_relabelled=len(corrections.relabel),
         num_dropped=len(corrections.drop),
     )
-    return stored(parent, corrections, lineage, body.name, settings, artifacts)
+    with correction_errors(parent):
+        return store_corrected(parent, corrections, lineage, body.name, settings, artifacts)
 
 
 @router.post(
@@ -174,4 +172,5 @@ def correct_from_csv(
     except CorrectionError as exc:
         raise HTTPException(422, str(exc)) from None
     lineage = csv_lineage(parent.id, data, corrections)
-    return stored(parent, corrections, lineage, name, settings, artifacts)
+    with correction_errors(parent):
+        return store_corrected(parent, corrections, lineage, name, settings, artifacts)

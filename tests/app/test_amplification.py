@@ -18,8 +18,7 @@ from PIL import Image
 
 from app.uploads import decode_slot
 from core.dataset_files import MAX_IMAGE_PIXELS
-from tests.app.service_client import client_for
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     API_KEY,
     AUTH,
     exported,
@@ -28,6 +27,7 @@ from tests.app.serving_support import (
     register,
     settings_env,
 )
+from tests.support.service_client import client_for
 
 pytestmark = pytest.mark.slow  # the module's two exported models: ~40 s (more on a busy machine)
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from app.main import create_app
-from tests.app.service_client import API_KEY, make_settings
+from tests.support.service_client import API_KEY, make_settings
 
 OPEN_PATHS = {
     "/ui",

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from app.auth import fingerprint, generated_key
 from app.main import create_app
 from app.settings import Settings
-from tests.app.service_client import npz_bytes, tiny_arrays
-from tests.app.serving_support import D, exported, make_settings, register
+from tests.support.model_serving import D, exported, make_settings, register
+from tests.support.service_client import npz_bytes, tiny_arrays
 
 FULL, PREDICT = "full-key-0123456789", "predict-key-0123456789"
 

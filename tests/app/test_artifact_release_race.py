@@ -6,7 +6,6 @@ table, so nothing referenced is deleted and nothing unreferenced is left."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import numpy as np
 import pytest
@@ -14,23 +13,15 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.store import Dataset, JobStore, ModelStore, referenced_artifacts
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH, client_on_store, npz_bytes
 
 ROUNDS = 16
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def service(request, tmp_path):
-    if request.param == "sqlite":
-        settings = make_settings(tmp_path / "data")
-        with client_for(settings) as client:
-            yield client, settings
-        return
-    with scratch_redis_postgres(f"release_{uuid.uuid4().hex[:8]}") as env:
-        settings = make_settings(tmp_path / "data", database_url=env["HETSERVE_DATABASE_URL"])
-        with client_for(settings) as client:
-            yield client, settings
+    with client_on_store(request.param, tmp_path / "data", "release") as service:
+        yield service
 
 
 def upload(client, data: bytes) -> str:

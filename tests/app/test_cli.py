@@ -25,7 +25,8 @@ from app.cli.jobs import build_spec, metrics_table
 from app.cli.output import redact
 from app.cli.parser import build_parser
 from app.cli.up import api_process
-from tests.waiting import free_port, wait_until
+from tests.support.blob_datasets import blobs_npz
+from tests.support.waiting import free_port, wait_until
 
 HETSERVE = Path(sys.executable).with_name("hetserve")
 
@@ -48,21 +49,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def tiny_dataset(path: Path) -> Path:
-    """3 well-separated Gaussian classes in 4 dimensions."""
-    rng = np.random.default_rng(0)
-    centres = 4.0 * np.eye(3, 4)
-
-    def split(n):
-        y = rng.integers(0, 3, n)
-        return (centres[y] + rng.normal(size=(n, 4))).astype(np.float32), y
-
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = split(90), split(30), split(30)
-    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
-             x_test=x_test, y_test=y_test, class_names=np.array(["a", "b", "c"]))  # fmt: skip
-    return path
 
 
 def run_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -93,9 +79,7 @@ def test_up_serves_trains_through_the_cli_and_stops_cleanly_on_sigterm(tmp_path)
         assert f"API key  {key}" in out.read_text()
 
         # the CLI finds URL (HETSERVE_PORT) and key (the data folder's key file) by itself
-        uploaded = run_cli(
-            env, "datasets", "upload", str(tiny_dataset(tmp_path / "t.npz")), "--json"
-        )
+        uploaded = run_cli(env, "datasets", "upload", str(blobs_npz(tmp_path / "t.npz")), "--json")
         assert uploaded.returncode == 0, uploaded.stderr
         dataset = json.loads(uploaded.stdout)
         assert (dataset["num_train"], dataset["num_classes"]) == (90, 3)

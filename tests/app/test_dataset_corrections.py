@@ -16,8 +16,15 @@ from app.store import JobStore, ModelStore
 from core import label_issues_file
 from core.dataset_files import load_dataset
 from core.datastore import open_manifest
-from tests.app.service_client import AUTH, client_for, files_under, make_settings, npz_bytes
-from tests.app.test_datasets_by_reference import image_folder
+from tests.support.folder_datasets import image_folder
+from tests.support.service_client import (
+    AUTH,
+    client_for,
+    files_under,
+    make_settings,
+    npz_bytes,
+    uploaded,
+)
 
 NAMES = ["cat", "dog", "fox"]
 N = 12
@@ -58,11 +65,7 @@ SCORES[[7, 4, 10]] = [0.9, 0.8, 0.7]
 def ctx(tmp_path):
     settings = make_settings(tmp_path / "data")
     with client_for(settings) as client:
-        r = client.post(
-            "/v1/datasets", files={"file": ("pets.npz", npz_bytes(**arrays()))}, headers=AUTH
-        )
-        assert r.status_code == 201, r.text
-        parent = r.json()
+        parent = uploaded(client, "pets.npz", arrays())
         model_id = add_model(settings, parent["id"], SUGGESTED, SCORES)
         yield client, settings, parent, model_id
 

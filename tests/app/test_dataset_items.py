@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.service_client import (
+from tests.support.folder_datasets import COLORS, image_folder
+from tests.support.service_client import (
     AUTH,
     client_for,
     make_settings,
@@ -18,7 +19,6 @@ from tests.app.service_client import (
     png_bytes,
     zip_bytes,
 )
-from tests.app.test_datasets_by_reference import COLORS, image_folder
 
 
 @pytest.fixture

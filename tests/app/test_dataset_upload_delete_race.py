@@ -4,28 +4,19 @@ delete must never remove the file a concurrent upload's new row refers to."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import numpy as np
 import pytest
 
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH, client_on_store, npz_bytes
 
 ROUNDS = 40
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def service(request, tmp_path):
-    if request.param == "sqlite":
-        settings = make_settings(tmp_path / "data")
-        with client_for(settings) as client:
-            yield client, settings
-        return
-    with scratch_redis_postgres(f"race_{uuid.uuid4().hex[:8]}") as env:
-        settings = make_settings(tmp_path / "data", database_url=env["HETSERVE_DATABASE_URL"])
-        with client_for(settings) as client:
-            yield client, settings
+    with client_on_store(request.param, tmp_path / "data", "race") as service:
+        yield service
 
 
 def test_concurrent_upload_and_delete_of_identical_bytes_keep_every_file(service):

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.app.service_client import (
+from tests.support.service_client import (
     AUTH,
     client_for,
     files_under,
@@ -215,7 +215,7 @@ def test_missing_or_wrong_key_is_401(service, headers):
 
 def test_generated_key_is_stored_0600_and_reused(tmp_path):
     from app.settings import Settings
-    from tests.app.service_client import client_for as make_client
+    from tests.support.service_client import client_for as make_client
 
     settings = Settings(data_dir=tmp_path / "data")
     with make_client(settings) as client:

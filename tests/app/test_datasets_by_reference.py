@@ -12,7 +12,8 @@ import pytest
 from core import datastore
 from core.dataset_files import DatasetError
 from core.datastore import check_manifest
-from tests.app.service_client import (
+from tests.support.folder_datasets import image_folder
+from tests.support.service_client import (
     AUTH,
     client_for,
     files_under,
@@ -21,18 +22,6 @@ from tests.app.service_client import (
     png_bytes,
     tiny_arrays,
 )
-
-COLORS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
-
-
-def image_folder(root, per_class=3, splits=("train", "test")):
-    for split in splits:
-        for name, color in COLORS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                (folder / f"{i}.png").write_bytes(png_bytes(color, size=12))
-    return root
 
 
 @pytest.fixture

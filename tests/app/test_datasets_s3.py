@@ -22,7 +22,13 @@ from app.db import session_scope  # noqa: E402
 from app.store import JobStore  # noqa: E402
 from core.dataset_files import DatasetError  # noqa: E402
 from core.datastore import check_manifest, open_manifest  # noqa: E402
-from tests.app.service_client import (  # noqa: E402
+from tests.support.folder_datasets import (  # noqa: E402
+    COLORS,  # noqa: E402
+    FOLDER_SPEC,
+    job_row,
+    synthetic_folder,
+)
+from tests.support.service_client import (  # noqa: E402
     AUTH,
     client_for,
     files_under,
@@ -31,8 +37,6 @@ from tests.app.service_client import (  # noqa: E402
     png_bytes,
     tiny_arrays,
 )
-from tests.app.test_datasets_by_reference import COLORS  # noqa: E402
-from tests.faults.test_dataset_by_reference_jobs import SPEC, job_row, synthetic_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +230,7 @@ def test_training_streams_an_s3_folder_and_a_job_names_a_changed_object(service,
     dataset_id = r.json()["id"]
     data = open_manifest(stored_manifest(settings), settings.s3_endpoint_url)
     data.x_train.num_workers = 1
-    spec = SPEC | {"train": SPEC["train"] | {"epochs": 1}}
+    spec = FOLDER_SPEC | {"train": FOLDER_SPEC["train"] | {"epochs": 1}}
     result = train(
         RunSpec.model_validate({k: spec[k] for k in ("head", "backbone", "train")}), data
     )
@@ -235,7 +239,7 @@ def test_training_streams_an_s3_folder_and_a_job_names_a_changed_object(service,
 
     fs.pipe(f"{prefix}/train/green/00003.png", png_bytes((1, 2, 3), size=9))
     with session_scope(settings) as session:
-        job_id = JobStore(session).create(dataset_id, SPEC | {"dataset_id": dataset_id}).id
+        job_id = JobStore(session).create(dataset_id, FOLDER_SPEC | {"dataset_id": dataset_id}).id
     assert jobs.run_job(job_id, settings) == "failed"
     status, error, _ = job_row(settings, job_id)
     assert "train/green/00003.png" in error and "changed since the dataset was registered" in error

@@ -20,6 +20,7 @@ from core.onnx_contract import rank_pairs
 from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import export_onnx
+from tests.support.model_serving import without_noise_free_output
 
 D, K = 5, 12
 CLASS_NAMES = [f"class-{i}" for i in range(K)]
@@ -49,16 +50,6 @@ def model_path(tmp_path_factory, torch_model):
     path = tmp_path_factory.mktemp("onnx") / "het.onnx"
     export_onnx(torch_model, path, class_names=CLASS_NAMES, parity_inputs=inputs(16, seed=1))
     return path
-
-
-def without_noise_free_output(path, out):
-    """The same file as exported before the graph had a noise_free_probs output."""
-    proto = onnx.load(path)
-    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(kept)
-    onnx.save(proto, out)
-    return out
 
 
 def test_metadata_is_parsed(model_path):

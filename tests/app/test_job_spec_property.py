@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.spec import SpecMismatch, validate_run
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
 
 @pytest.fixture(scope="module")

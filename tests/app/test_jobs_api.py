@@ -12,18 +12,21 @@ import pytest
 
 from app.db import session_scope
 from app.store import JobStore
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
+from tests.support.service_client import (
+    AUTH,
+    client_for,
+    make_settings,
+    npz_bytes,
+    tiny_arrays,
+    uploaded,
+)
 
 
 @pytest.fixture
 def service(tmp_path):
     settings = make_settings(tmp_path / "data")
     with client_for(settings) as client:
-        r = client.post(
-            "/v1/datasets", files={"file": ("t.npz", npz_bytes(**tiny_arrays()))}, headers=AUTH
-        )
-        assert r.status_code == 201
-        yield client, settings, r.json()["id"]
+        yield client, settings, uploaded(client, "t.npz", tiny_arrays())["id"]
 
 
 def job_count(settings) -> int:

@@ -18,7 +18,7 @@ from google.protobuf import text_format
 from tritonclient.utils import InferenceServerException
 
 from core.onnx_contract import OUTPUT_NAMES
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     API_KEY,
     IMAGE_SHAPE,
     D,

@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy import inspect, text
 
 from app import db
-from tests.app.service_client import make_settings
+from tests.support.service_client import make_settings
 
 
 def test_0002_adds_nullable_noise_columns_to_existing_models_and_downgrades(tmp_path):

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.serving import sessions
-from tests.app.serving_support import AUTH, D, exported, make_settings, register
+from tests.support.model_serving import AUTH, D, exported, make_settings, register
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from app.artifacts import ArtifactStore
 from app.main import create_app
 from app.store import DatasetStore, JobStore, ModelStore
 from core import label_issues_file
-from tests.app.service_client import AUTH, make_settings
+from tests.support.service_client import AUTH, make_settings
 
 NAMES = ["cat", "dog", "fox"]
 REPORT = {

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from app.main import create_app
-from tests.app.service_client import make_settings
+from tests.support.service_client import make_settings
 
 PUBLISHED = {
     "health-healthz",

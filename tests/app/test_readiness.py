@@ -7,7 +7,7 @@ import os
 
 from app import disk_space
 from app.routers import health
-from tests.app.service_client import client_for, make_settings
+from tests.support.service_client import client_for, make_settings
 
 
 def test_readyz_is_503_while_the_data_folder_is_read_only(tmp_path, monkeypatch):

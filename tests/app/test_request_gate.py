@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.serving_support import AUTH, live_server, settings_env
+from tests.support.model_serving import AUTH, live_server, settings_env
 
 MAX_UPLOAD = 2 * 1024 * 1024
 MAX_JSON = 1024 * 1024

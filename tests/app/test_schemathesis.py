@@ -10,7 +10,7 @@ import sys
 
 import httpx
 
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     API_KEY,
     AUTH,
     exported,

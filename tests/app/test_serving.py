@@ -22,7 +22,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import uploads
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     AUTH,
     EVAL_S,
     IMAGE_SHAPE,
@@ -33,6 +33,7 @@ from tests.app.serving_support import (
     make_settings,
     register,
     settings_env,
+    without_noise_free_output,
 )
 
 MAX_ROWS = 100
@@ -54,16 +55,6 @@ def with_extra_metadata(path: Path, out: Path) -> Path:
     onnx.helper.set_model_props(
         proto, {**{p.key: p.value for p in proto.metadata_props}, "copy": "1"}
     )
-    onnx.save(proto, out)
-    return out
-
-
-def without_noise_free_output(path: Path, out: Path) -> Path:
-    """The same model as a file exported before the graph had a noise_free_probs output."""
-    proto = onnx.load(path)
-    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(kept)
     onnx.save(proto, out)
     return out
 
@@ -315,7 +306,7 @@ def test_moving_an_alias_under_load_drops_no_request(server, client):
 
 
 def test_serving_path_imports_no_torch(server, client):
-    """Every server here runs with torch made unimportable (serving_support.NO_TORCH_UVICORN):
+    """Every server here runs with torch made unimportable (model_serving.NO_TORCH_UVICORN):
     check that the guard really blocks it, then serve vectors and images through it."""
     guard = NO_TORCH_UVICORN.split("import uvicorn")[0] + "import torch\n"
     blocked = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True)

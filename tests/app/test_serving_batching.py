@@ -16,7 +16,7 @@ from app.serving.batching import DynamicBatcher
 from app.serving.onnx_model import OnnxModel
 from app.serving.runtime import infer
 from app.serving.sessions import SessionCache
-from tests.app.serving_support import D, exported
+from tests.support.model_serving import D, exported
 
 S = 200
 
@@ -183,7 +183,7 @@ def test_model_directory_caches_for_ttl_and_invalidates(tmp_path):
     from app.db import session_scope
     from app.serving.directory import ModelDirectory
     from app.store import ModelStore
-    from tests.app.serving_support import make_settings, register
+    from tests.support.model_serving import make_settings, register
 
     settings = make_settings(tmp_path, model_lookup_ttl_s=0.3)
     first, second = register(settings, exported("het")), register(settings, exported("het"))
@@ -216,7 +216,7 @@ def test_runtime_built_before_a_fork_serves_in_the_child(tmp_path):
     import signal
 
     from app.serving.runtime import ServingRuntime
-    from tests.app.serving_support import make_settings
+    from tests.support.model_serving import make_settings
 
     runtime = ServingRuntime(make_settings(tmp_path, max_queue_delay_ms=1))
     path, x = exported("het"), rows(3, 5)

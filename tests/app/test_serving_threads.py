@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.serving.runtime import ServingRuntime, default_intra_op_threads, intra_op_threads
-from tests.app.serving_support import make_settings
+from tests.support.model_serving import make_settings
 
 
 @pytest.mark.parametrize(

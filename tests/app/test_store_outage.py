@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.app.serving_support import (
+from tests.support.model_serving import (
     AUTH,
     D,
     exported,
@@ -19,9 +19,9 @@ from tests.app.serving_support import (
     register,
     settings_env,
 )
-from tests.scratch_stores import scratch_redis_postgres
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

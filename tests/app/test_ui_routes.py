@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.routers.ui import REDOC, STATIC_DIR, SWAGGER
-from tests.app.service_client import client_for, make_settings
+from tests.support.service_client import client_for, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 URL_ATTR = re.compile(r"""(?:src|href)\s*=\s*["']([^"'#]+)["']""")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.uploads import decode_slot
-from tests.app.service_client import AUTH, client_for, files_under, make_settings, npz_bytes
+from tests.support.service_client import AUTH, client_for, files_under, make_settings, npz_bytes
 
 
 def upload(client, name: str, data: bytes):
@@ -105,7 +105,7 @@ def test_uploads_wait_for_a_decode_slot_then_503(small_limit):
 
 
 def test_model_too_large_to_train_is_422(tmp_path):
-    from tests.app.service_client import tiny_arrays
+    from tests.support.service_client import tiny_arrays
 
     with client_for(make_settings(tmp_path / "data")) as client:
         r = upload(client, "t.npz", npz_bytes(**tiny_arrays(n=40, d=8)))

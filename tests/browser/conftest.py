@@ -20,20 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import API_KEY, Stack
-from tests.waiting import free_port, wait_until
+from tests.support.browser_pages import CLASS_NAMES, SCREENSHOTS
+from tests.support.e2e_jobs import SMALL_HET_HEAD, submit, wait_for_status
+from tests.support.service_stack import API_KEY, Stack
+from tests.support.waiting import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-CLASS_NAMES = ["cat", "dog", "fox", "owl"]
 JOB = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.5,
-        "train_mc_samples": 16,
-        "eval_mc_samples": 64,
-    },
+    "head": SMALL_HET_HEAD,
     "backbone": {"kind": "mlp", "hidden": [32]},
     "train": {"epochs": 12, "batch_size": 32, "lr": 0.01, "device": "cpu"},
     "compare_baseline": True,
@@ -90,12 +83,8 @@ def service(tmp_path_factory) -> Iterator[Stack]:
         "OMP_NUM_THREADS": "1",
     }
     stack = Stack("embedded", env, root / "data", port)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")
@@ -106,15 +95,8 @@ def trained(service, tmp_path_factory) -> dict:
         r = client.post("/v1/datasets", files={"file": ("animals.npz", f)})
         assert r.status_code == 201, r.text
         dataset_id = r.json()["id"]
-        r = client.post("/v1/jobs", json={"dataset_id": dataset_id, **JOB})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-
-        def done():
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job = wait_until(done, 240, "the HET job to finish", interval=0.5)
+        job_id = submit(client, dataset_id, JOB)["id"]
+        job = wait_for_status(client, job_id, {"succeeded", "failed", "cancelled"}, 240)
     assert job["status"] == "succeeded", job["error"]
     return {"dataset_id": dataset_id, "job": job}
 
@@ -157,13 +139,7 @@ def browser(service):
 
 
 IMAGE_JOB = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.5,
-        "train_mc_samples": 16,
-        "eval_mc_samples": 64,
-    },
+    "head": SMALL_HET_HEAD,
     "backbone": {"kind": "cnn"},
     "train": {"epochs": 10, "batch_size": 32, "lr": 0.005, "device": "cpu"},
 }
@@ -233,14 +209,7 @@ def trained_images(service) -> dict:
         )
         assert r.status_code == 201, r.text
         dataset_id = r.json()["id"]
-        r = client.post("/v1/jobs", json={"dataset_id": dataset_id, **IMAGE_JOB})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-
-        def done():
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job = wait_until(done, 300, "the image job to finish", interval=0.5)
+        job_id = submit(client, dataset_id, IMAGE_JOB)["id"]
+        job = wait_for_status(client, job_id, {"succeeded", "failed", "cancelled"}, 300)
     assert job["status"] == "succeeded", job["error"]
     return {"dataset_id": dataset_id, "job": job, "flips": flips}

@@ -11,9 +11,8 @@ from __future__ import annotations
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.browser.conftest import SCREENSHOTS
-from tests.browser.test_dashboard import check_page, css, goto, wait, wait_css
-from tests.e2e.conftest import API_KEY
+from tests.support.browser_pages import SCREENSHOTS, check_page, css, goto, wait, wait_css
+from tests.support.service_stack import API_KEY
 
 PAGE_SIZE = 12  # app/static/ui/js/pages/issues.js
 

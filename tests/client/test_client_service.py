@@ -11,8 +11,8 @@ import pytest
 
 import hetserve
 from hetserve import Client
-from tests.client.conftest import FAST_TRAIN, blobs_npz
-from tests.e2e.conftest import API_KEY
+from tests.support.blob_datasets import FAST_TRAIN, blobs_npz
+from tests.support.service_stack import API_KEY
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.e2e.conftest import API_KEY
+from tests.support.service_stack import API_KEY
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 BLOCK = re.compile(r"(?:<!-- test: needs (\w+) -->\n)?```python\n(.*?)```", re.S)

@@ -24,9 +24,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.app.serving_support import API_KEY, D, exported, make_settings, register
-from tests.deploy.conftest import REPO
-from tests.waiting import free_port
+from tests.support.compose import REPO
+from tests.support.model_serving import API_KEY, D, exported, make_settings, register
+from tests.support.waiting import free_port
 
 
 def build_context() -> list[str]:

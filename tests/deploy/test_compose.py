@@ -9,7 +9,7 @@ import re
 import pytest
 
 from app.settings import Settings
-from tests.deploy.conftest import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_config, run_compose
+from tests.support.compose import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_config, run_compose
 
 HETSERVE_SERVICES = ("migrate", "api", "worker")
 

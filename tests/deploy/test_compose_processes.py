@@ -25,9 +25,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.deploy.conftest import REPO, compose_config
-from tests.scratch_stores import scratch_redis_postgres
-from tests.waiting import free_port, wait_until
+from tests.support.compose import REPO, compose_config
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.waiting import free_port, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120

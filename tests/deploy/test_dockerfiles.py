@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import REPO
+from tests.support.compose import REPO
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 

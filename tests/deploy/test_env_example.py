@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from app.settings import Settings
-from tests.deploy.conftest import REPO
+from tests.support.compose import REPO
 
 LINE = re.compile(r"^#?\s*(HETSERVE_[A-Z0-9_]+)=(.*)$")
 

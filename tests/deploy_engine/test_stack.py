@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.deploy_engine.conftest import API_IMAGE, SIZES, TIMES, WORKER_IMAGE, timed
-from tests.waiting import wait_until
+from tests.support.engine_images import API_IMAGE, SIZES, TIMES, WORKER_IMAGE, timed
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.deploy_engine
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from core.spec import BackboneSpec
 from models.backbones import build_backbone
-from tests.faults.test_dataset_by_reference_jobs import synthetic_folder
-from tests.waiting import wait_until
+from tests.support.folder_datasets import synthetic_folder
+from tests.support.waiting import wait_until
 
 SPEC = {
     "head": {"kind": "het", "num_factors": 2, "train_mc_samples": 16, "eval_mc_samples": 64},

@@ -13,24 +13,21 @@ import io
 
 import numpy as np
 
-from tests.e2e.test_label_knowledge_e2e import SPEC, blobs, upload
-from tests.e2e.test_service_e2e import submit, wait_for_status
+from tests.support.e2e_jobs import BLOBS_SPEC, blobs, submit, swap_ant_bee, upload, wait_for_status
 
 N = 240
 
 
 def test_flag_relabel_retrain(stack):
     x, clean = blobs(N, 0)
-    labels = clean.copy()
     rng = np.random.default_rng(1)
-    flipped = rng.choice(np.flatnonzero(clean < 2), size=N // 8, replace=False)
-    labels[flipped] = 1 - clean[flipped]  # ant <-> bee
+    labels, flipped = swap_ant_bee(clean, N // 8, rng)
     x_test, y_test = blobs(60, 2)
 
     with stack.client() as client:
         noisy = upload(client, x_train=x, y_train=labels, x_test=x_test, y_test=y_test)
         job = wait_for_status(
-            client, submit(client, noisy, SPEC)["id"], {"succeeded", "failed"}, 180
+            client, submit(client, noisy, BLOBS_SPEC)["id"], {"succeeded", "failed"}, 180
         )
         assert job["status"] == "succeeded", job["error"]
         model_id = job["model_id"]
@@ -58,7 +55,7 @@ def test_flag_relabel_retrain(stack):
 
         # -- retrain on the corrected labels: fewer flips left to find -----------------
         job = wait_for_status(
-            client, submit(client, fixed["id"], SPEC)["id"], {"succeeded", "failed"}, 180
+            client, submit(client, fixed["id"], BLOBS_SPEC)["id"], {"succeeded", "failed"}, 180
         )
         assert job["status"] == "succeeded", job["error"]
         assert job["dataset_id"] == fixed["id"]

@@ -10,39 +10,20 @@ the original's, and both are the flipped rows.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from tests.e2e.test_service_e2e import submit, wait_for_status
+from tests.support.e2e_jobs import (
+    BLOBS_SPEC,
+    D,
+    K,
+    blobs,
+    submit,
+    swap_ant_bee,
+    upload,
+    wait_for_status,
+)
 
-N, K, D = 240, 3, 4
-SPEC = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.0,
-        "train_mc_samples": 16,
-        "eval_mc_samples": 64,
-    },
-    "backbone": {"kind": "mlp", "hidden": [16]},
-    "train": {"epochs": 10, "batch_size": 32, "lr": 0.01, "device": "cpu"},
-}
-
-
-def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % K
-    centers = 4.0 * np.eye(D)[:K]
-    return (rng.normal(size=(n, D)) + centers[y]).astype(np.float32), y
-
-
-def upload(client, **arrays) -> str:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays, class_names=np.array(["ant", "bee", "cow"]))
-    r = client.post("/v1/datasets", files={"file": ("labels.npz", buffer.getvalue())})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
+N = 240
 
 
 def flagged_rows(client, model_id: str) -> tuple[dict, set[int]]:
@@ -60,10 +41,8 @@ def flagged_rows(client, model_id: str) -> tuple[dict, set[int]]:
 
 def test_noise_free_predict_noise_report_and_label_issues_of_a_shuffled_upload(stack):
     x, clean = blobs(N, 0)
-    labels = clean.copy()
     rng = np.random.default_rng(1)
-    flipped = rng.choice(np.flatnonzero(clean < 2), size=N // 10, replace=False)
-    labels[flipped] = 1 - clean[flipped]  # ant <-> bee
+    labels, flipped = swap_ant_bee(clean, N // 10, rng)
     x_test, y_test = blobs(60, 2)
     perm = rng.permutation(N)  # shuffled upload: its row i is original row perm[i]
 
@@ -73,8 +52,8 @@ def test_noise_free_predict_noise_report_and_label_issues_of_a_shuffled_upload(s
             client, x_train=x[perm], y_train=labels[perm], x_test=x_test, y_test=y_test
         )
         jobs = {
-            "original": submit(client, original, SPEC, compare_baseline=True)["id"],
-            "shuffled": submit(client, shuffled, SPEC)["id"],
+            "original": submit(client, original, BLOBS_SPEC, compare_baseline=True)["id"],
+            "shuffled": submit(client, shuffled, BLOBS_SPEC)["id"],
         }
         done = {
             name: wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=150)

@@ -25,54 +25,16 @@ from PIL import Image
 from app.artifacts import ArtifactStore, sha256_file
 from app.db import session_scope
 from app.store import ModelStore
-from tests.app.service_client import zip_bytes
-from tests.waiting import wait_until
+from tests.support.e2e_jobs import SLOW, SMALL_HET_HEAD, job, submit, wait_for_status
+from tests.support.service_client import zip_bytes
+from tests.support.waiting import wait_until
 
 TINY = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.5,
-        "train_mc_samples": 16,
-        "eval_mc_samples": 64,
-    },
+    "head": SMALL_HET_HEAD,
     "backbone": {"kind": "mlp", "hidden": [32]},
     "train": {"epochs": 3, "batch_size": 32, "device": "cpu"},
 }
-# ~0.4 s per epoch on one core: long enough to cancel or kill mid-way.
-SLOW = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.0,
-        "train_mc_samples": 128,
-        "eval_mc_samples": 64,
-    },
-    "backbone": {"kind": "mlp", "hidden": [256, 256]},
-    "train": {"batch_size": 8, "device": "cpu"},
-}
 REPORTED = ("test_accuracy", "test_nll", "test_ece", "test_brier")
-
-
-def submit(client, dataset_id: str, spec: dict, **overrides) -> dict:
-    body = {"dataset_id": dataset_id, **spec, **overrides}
-    r = client.post("/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def job(client, job_id: str) -> dict:
-    r = client.get(f"/v1/jobs/{job_id}")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_for_status(client, job_id: str, statuses: set[str], timeout: float) -> dict:
-    def reached():
-        current = job(client, job_id)
-        return current if current["status"] in statuses else None
-
-    return wait_until(reached, timeout, f"job {job_id} to reach {statuses}", interval=0.2)
 
 
 def models_of(stack, job_id: str) -> dict[str, object]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from app.db import session_scope
 from app.store import JobStore, ModelStore
 from core.statuses import JobStatus
-from tests.faults.support import add_dataset, add_job, base_env, prepare
+from tests.support.worker_process import add_dataset, add_job, base_env, prepare
 
 
 def test_cancel_during_export_ends_the_job_cancelled(tmp_path, monkeypatch):

@@ -13,31 +13,9 @@ from PIL import Image
 
 from app.db import session_scope
 from app.store import JobStore, ModelStore
-from tests.app.service_client import AUTH, client_for, make_settings
+from tests.support.folder_datasets import FOLDER_SPEC, job_row, synthetic_folder
+from tests.support.service_client import AUTH, client_for, make_settings
 from worker import jobs
-
-SPEC = {
-    "head": {"kind": "het", "num_factors": 2, "train_mc_samples": 16, "eval_mc_samples": 16},
-    "backbone": {"kind": "cnn", "augment": True, "hflip": True},
-    "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "lr": 3e-3},
-    "task": "multiclass",
-}
-
-
-def synthetic_folder(root, per_class: int, size: int = 12, seed: int = 0):
-    """Three classes told apart by colour, with noise: learnable in a couple of epochs."""
-    rng = np.random.default_rng(seed)
-    colours = {"red": (220, 40, 40), "green": (40, 220, 40), "blue": (40, 40, 220)}
-    for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
-        for name, colour in colours.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(
-                    np.asarray(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255
-                ).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:05d}.png")
-    return root
 
 
 @pytest.fixture
@@ -56,13 +34,7 @@ def setup(tmp_path):
 
 def submit(settings, dataset_id) -> str:
     with session_scope(settings) as session:
-        return JobStore(session).create(dataset_id, SPEC | {"dataset_id": dataset_id}).id
-
-
-def job_row(settings, job_id):
-    with session_scope(settings) as session:
-        job = JobStore(session).get(job_id)
-        return job.status, job.error, job.model_id
+        return JobStore(session).create(dataset_id, FOLDER_SPEC | {"dataset_id": dataset_id}).id
 
 
 def test_an_image_folder_streams_and_trains(setup):
@@ -109,7 +81,7 @@ def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
         r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
         assert r.status_code == 201, r.text
         dataset_id = r.json()["id"]
-    spec = SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
+    spec = FOLDER_SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
     with session_scope(settings) as session:
         job_id = JobStore(session).create(dataset_id, spec).id
     assert jobs.run_job(job_id, settings) == "succeeded", job_row(settings, job_id)
@@ -192,7 +164,7 @@ def test_an_npz_with_every_label_flipped_and_its_mtime_restored_fails_the_job(tm
     np.savez(path, x_train=x, y_train=1 - y)
     restore_times(path, before)
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-    spec = SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
+    spec = FOLDER_SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
     with session_scope(settings) as session:
         job_id = JobStore(session).create(dataset_id, spec).id
     assert jobs.run_job(job_id, settings) == "failed"

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from app import disk_space
-from tests.app.service_client import AUTH as CLIENT_AUTH
-from tests.app.service_client import client_for, make_settings, npz_bytes, tiny_arrays
-from tests.app.serving_support import API_KEY, AUTH, live_server
-from tests.faults.support import SLOW, base_env, start_worker, stop
-from tests.scratch_stores import scratch_redis_postgres
-from tests.waiting import wait_until
+from tests.support.model_serving import API_KEY, AUTH, live_server
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH as CLIENT_AUTH
+from tests.support.service_client import client_for, make_settings, npz_bytes, tiny_arrays
+from tests.support.waiting import wait_until
+from tests.support.worker_process import SLOW, base_env, start_worker, stop
 
 VOLUME = "40m"
 UPLOAD_ROWS, UPLOAD_FEATURES = 400, 2000  # 3.2 MB of float32 per upload, incompressible

@@ -15,9 +15,9 @@ from app.broker import REDIS_RESTORE_INTERVAL_S
 from app.db import session_scope
 from app.store import JobStore
 from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import add_dataset, add_job, base_env, prepare, start_worker, stop
-from tests.scratch_stores import scratch_redis_postgres
-from tests.waiting import wait_until
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.waiting import wait_until
+from tests.support.worker_process import add_dataset, add_job, base_env, prepare, start_worker, stop
 
 VISIBILITY_S = 22
 EPOCHS = 8

@@ -12,18 +12,19 @@ from sqlalchemy.engine import make_url
 from app import broker
 from app.db import session_scope
 from app.store import JobStore, ModelStore
-from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import (
+from core.statuses import JobStatus
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from tests.support.worker_process import (
     add_dataset,
     add_job,
     base_env,
     prepare,
     start_worker,
     stop,
+    wait_all_ended,
 )
-from tests.scratch_stores import scratch_redis_postgres
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
 
 OUTAGE_S = 5
 EPOCHS = {"first": 10, "queued": 3}
@@ -59,12 +60,7 @@ def test_store_outage_mid_job_loses_no_job(tmp_path):
             time.sleep(OUTAGE_S)
             proxy.restore()
 
-            def all_ended():
-                with session_scope(settings) as session:
-                    store = JobStore(session)
-                    return all(store.get(j).status in TERMINAL_STATUSES for j in ids)
-
-            wait_until(all_ended, 120, "every job to end")
+            wait_all_ended(settings, ids)
         finally:
             stop(worker)
             proxy.cut()

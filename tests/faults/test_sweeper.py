@@ -13,10 +13,17 @@ import pytest
 from app import broker
 from app.db import session_scope
 from app.store import JobStore, ModelStore
-from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import add_dataset, add_job, base_env, prepare, start_worker, stop
-from tests.scratch_stores import scratch_redis_postgres
-from tests.waiting import wait_until
+from core.statuses import JobStatus
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.worker_process import (
+    add_dataset,
+    add_job,
+    base_env,
+    prepare,
+    start_worker,
+    stop,
+    wait_all_ended,
+)
 
 
 @pytest.mark.parametrize("backend", ["embedded", "redis-postgres"])
@@ -49,12 +56,7 @@ def test_sweeper_requeues_stranded_jobs(backend, tmp_path):
             ids.append(add_job(settings, dataset, 2))
             broker.send_train_job(settings, ids[-1])
 
-            def all_ended():
-                with session_scope(settings) as session:
-                    store = JobStore(session)
-                    return all(store.get(j).status in TERMINAL_STATUSES for j in ids)
-
-            wait_until(all_ended, 120, "every job to end")
+            wait_all_ended(settings, ids)
         finally:
             stop(worker)
         with session_scope(settings) as session:

@@ -16,7 +16,7 @@ from models.export import export_onnx
 from models.heads import HetHead
 from models.noise_report import noise_report
 from models.train import TrainingLoss, mixed_precision, predict_proba, train
-from tests.models.device_guard import DeviceGuard
+from tests.support.device_guard import DeviceGuard
 
 pytestmark = [
     pytest.mark.cuda,

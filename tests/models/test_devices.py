@@ -1,6 +1,6 @@
 """The paths that only run on a GPU, made to fail on a CPU where they would fail there.
 
-``DeviceGuard`` (tests/models/device_guard.py) requires every draw from a generator to be
+``DeviceGuard`` (tests/support/device_guard.py) requires every draw from a generator to be
 made on the generator's device and, on the ``meta`` device, every op's tensors to share a
 device: the CUDA-only mistakes (a CUDA generator filling a CPU tensor; a tensor created
 without ``device=``) fail here. docs/models.md "GPU readiness" lists what is checked how.
@@ -20,7 +20,7 @@ from models.classifier import build_classifier
 from models.heads import HetHead
 from models.noise_report import noise_report
 from models.train import TrainingLoss, predict_proba, train
-from tests.models.device_guard import DeviceGuard, DeviceMismatch
+from tests.support.device_guard import DeviceGuard, DeviceMismatch
 
 
 def blobs(n=96, d=4, k=3, seed=0) -> ArrayDataset:

@@ -16,10 +16,10 @@ from sqlalchemy.engine import make_url
 from app import cli
 from app.db import get_engine
 from app.serving.onnx_model import OnnxModel
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
-from tests.app.serving_support import D, exported
-from tests.retention.support import finished_job
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.finished_jobs import finished_job
+from tests.support.model_serving import D, exported
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

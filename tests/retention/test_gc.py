@@ -16,9 +16,9 @@ from app.artifacts import ArtifactStore
 from app.db import migrate, session_scope
 from app.retention.gc import collect_garbage
 from app.store import DatasetStore, JobStore
-from tests.app.service_client import make_settings
-from tests.retention.support import finished_job
-from tests.scratch_stores import scratch_redis_postgres
+from tests.support.finished_jobs import finished_job
+from tests.support.scratch_stores import scratch_redis_postgres
+from tests.support.service_client import make_settings
 
 HOUR = 3600
 

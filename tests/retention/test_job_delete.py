@@ -11,8 +11,8 @@ import pytest
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.store import JobHistory, JobStore, ModelStore
-from tests.app.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
-from tests.retention.support import finished_job
+from tests.support.finished_jobs import finished_job
+from tests.support.service_client import AUTH, client_for, make_settings, npz_bytes, tiny_arrays
 
 PREDICT_KEY = "predict-only-key-0123"
 

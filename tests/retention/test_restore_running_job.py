@@ -14,8 +14,8 @@ from app import cli
 from app.db import get_engine, session_scope
 from app.store import JobStore
 from core.statuses import TERMINAL_STATUSES, JobStatus
-from tests.faults.support import add_dataset, add_job, base_env, prepare, start_worker, stop
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
+from tests.support.worker_process import add_dataset, add_job, base_env, prepare, start_worker, stop
 
 EPOCHS = 12
 BACKED_UP_AT = 4  # epochs in the history when the backup starts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.waiting import free_port
+from tests.support.waiting import free_port
 
 
 class TcpProxy:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from app.artifacts import ArtifactStore
 from app.db import session_scope
 from app.settings import Settings
-from app.store import JobStore, ModelStore
+from app.store import JobStore, Model, ModelStore
 
 
 def finished_job(
@@ -41,17 +43,31 @@ def finished_job(
         relative, sha256 = artifacts.put_bytes(onnx, ".onnx")
     meta = meta or {"task": "multiclass", "input_shape": [3], "class_names": ["a", "b"]}
     with session_scope(settings) as session:
-        model = ModelStore(session).register(
-            job.id,
-            "model",
-            head="het",
-            task=meta["task"],
-            input_shape=meta["input_shape"],
-            num_classes=len(meta["class_names"]),
-            class_names=meta["class_names"],
-            metrics={"test_accuracy": 0.5, "test_nll": 1.0, "test_ece": 0.1, "test_brier": 0.6},
-            onnx_path=relative,
-            onnx_sha256=sha256,
-        )
+        model = model_row(session, job.id, meta, relative, sha256)
         JobStore(session).finish(job.id, status, metrics={}, model_id=model.id)
     return job.id, model.id, relative
+
+
+def model_row(
+    session: Session,
+    job_id: str,
+    meta: dict,
+    onnx_path: str,
+    onnx_sha256: str,
+    baseline_metrics: dict | None = None,
+) -> Model:
+    """Job ``job_id``'s HET model registered with the task, shape and classes of ``meta``
+    (an ONNX file's metadata) and fixed test metrics."""
+    return ModelStore(session).register(
+        job_id,
+        "model",
+        head="het",
+        task=meta["task"],
+        input_shape=meta["input_shape"],
+        num_classes=len(meta["class_names"]),
+        class_names=meta["class_names"],
+        metrics={"test_accuracy": 0.5, "test_nll": 1.0, "test_ece": 0.1, "test_brier": 0.6},
+        baseline_metrics=baseline_metrics,
+        onnx_path=onnx_path,
+        onnx_sha256=onnx_sha256,
+    )

@@ -4,7 +4,10 @@ and small dataset files built in memory."""
 from __future__ import annotations
 
 import io
+import uuid
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.scratch_stores import scratch_redis_postgres
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -24,6 +28,31 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
 
 def client_for(settings: Settings) -> TestClient:
     return TestClient(create_app(settings))
+
+
+@contextmanager
+def client_on_store(
+    store: str, data_dir: Path, prefix: str
+) -> Iterator[tuple[TestClient, Settings]]:
+    """A client and its settings on ``store``: ``sqlite`` (the default) or ``postgresql``
+    (a scratch database named ``prefix_<random>``, skipped without one)."""
+    if store == "sqlite":
+        settings = make_settings(data_dir)
+        with client_for(settings) as client:
+            yield client, settings
+        return
+    with scratch_redis_postgres(f"{prefix}_{uuid.uuid4().hex[:8]}") as env:
+        settings = make_settings(data_dir, database_url=env["HETSERVE_DATABASE_URL"])
+        with client_for(settings) as client:
+            yield client, settings
+
+
+def uploaded(client: TestClient, filename: str, arrays: dict) -> dict:
+    """The dataset created by uploading ``arrays`` as the ``.npz`` file ``filename`` (201
+    asserted)."""
+    r = client.post("/v1/datasets", files={"file": (filename, npz_bytes(**arrays))}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return r.json()
 
 
 def npz_bytes(**arrays) -> bytes:

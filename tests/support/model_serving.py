@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.waiting import free_port
+from tests.support.processes import stop_process
+from tests.support.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-serving-key"
@@ -99,7 +100,8 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
     from app import db
     from app.artifacts import ArtifactStore
     from app.serving.onnx_model import OnnxModel
-    from app.store import DatasetStore, JobStore, ModelStore
+    from app.store import DatasetStore, JobStore
+    from tests.support.finished_jobs import model_row
 
     db.migrate(settings)
     meta = OnnxModel(onnx_file).metadata
@@ -121,19 +123,7 @@ def register(settings, onnx_file: Path, *, baseline_metrics: dict | None = None)
         )
         jobs = JobStore(session)
         job = jobs.create(dataset.id, {"head": {"kind": "het"}})
-        model = ModelStore(session).register(
-            job.id,
-            "model",
-            head="het",
-            task=meta["task"],
-            input_shape=meta["input_shape"],
-            num_classes=len(meta["class_names"]),
-            class_names=meta["class_names"],
-            metrics={"test_accuracy": 0.5, "test_nll": 1.0, "test_ece": 0.1, "test_brier": 0.6},
-            baseline_metrics=baseline_metrics,
-            onnx_path=relative,
-            onnx_sha256=sha256,
-        )
+        model = model_row(session, job.id, meta, relative, sha256, baseline_metrics)
         jobs.finish(job.id, "succeeded", metrics={}, model_id=model.id)
         return model.id
 
@@ -181,10 +171,17 @@ def live_server(
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         log.close()
+
+
+def without_noise_free_output(path: Path, out: Path) -> Path:
+    """The same model as a file exported before the graph had a noise_free_probs output."""
+    import onnx  # the training side's package, imported only where a file is rewritten
+
+    proto = onnx.load(path)
+    kept = [o for o in proto.graph.output if o.name != "noise_free_probs"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, out)
+    return out

@@ -1,10 +1,9 @@
 """Fault tests: a real Celery worker process against stores the test can break (the
-PostgreSQL outage goes through ``tests.tcp_proxy.TcpProxy``)."""
+PostgreSQL outage goes through ``tests.support.tcp_proxy.TcpProxy``)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -17,24 +16,15 @@ from app.db import migrate, session_scope
 from app.settings import Settings
 from app.store import DatasetStore, JobStore
 from app.uploads import validate_arrays
-from tests.waiting import wait_until
+from core.statuses import TERMINAL_STATUSES
+from tests.support.e2e_jobs import SLOW as E2E_SLOW
+from tests.support.processes import stop_process
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-# ~0.4 s per epoch on one core (tests/e2e/test_service_e2e.py).
-SLOW = {
-    "head": {
-        "kind": "het",
-        "num_factors": 2,
-        "temperature": 1.0,
-        "train_mc_samples": 128,
-        "eval_mc_samples": 64,
-    },
-    "backbone": {"kind": "mlp", "hidden": [256, 256]},
-    "train": {"batch_size": 8, "device": "cpu"},
-    "task": "multiclass",
-}
+SLOW = E2E_SLOW | {"task": "multiclass"}  # ~0.4 s per epoch on one core
 
 
 def add_dataset(settings: Settings, n: int = 2000, seed: int = 0) -> str:
@@ -115,16 +105,21 @@ def start_worker(env: dict[str, str], log: Path, wait_ready: bool = True) -> sub
 
 
 def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    stop_process(worker, 20)
 
 
 def prepare(env: dict[str, str]) -> Settings:
     settings = settings_of(env)
     migrate(settings)
     return settings
+
+
+def wait_all_ended(settings: Settings, job_ids: list[str], timeout: float = 120) -> None:
+    """Until every job in ``job_ids`` has a terminal status (AssertionError after ``timeout``)."""
+
+    def all_ended():
+        with session_scope(settings) as session:
+            store = JobStore(session)
+            return all(store.get(j).status in TERMINAL_STATUSES for j in job_ids)
+
+    wait_until(all_ended, timeout, "every job to end")

@@ -1,5 +1,5 @@
-"""Shared pieces of the deployment checks: the real Docker Compose binary and the parsed
-compose configuration. No container engine is involved anywhere in tests/deploy."""
+"""The real Docker Compose binary and the parsed compose configuration, for the deployment
+checks (no container engine involved)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,6 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
 # Interpolation needs a password; everything else keeps its compose default.
 CONFIG_ENV = {"POSTGRES_PASSWORD": "deploy-check-password"}
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "slow: over half a minute (a fresh venv install); .ci/run runs it, -m 'not slow' skips it",
-    )
 
 
 def compose_binary() -> Path:
