@@ -21,7 +21,7 @@ from bench.cifar10n import (
     shared_dir,
     stratified_subset,
 )
-from tests.e2e.conftest import API_KEY
+from tests.support.service_stack import API_KEY
 
 DATA = shared_dir()
 pytestmark = pytest.mark.skipif(
