@@ -2,6 +2,9 @@
 torch here): the API validates uploads with these same functions before it stores
 them, and the worker loads the stored file with them again.
 
+Why one module of ~540 lines: each format's reader and the one validator it feeds
+(``from_arrays``), with the limits they share.
+
 Formats:
 - ``.npz`` with ``x_train``, ``y_train`` and optional ``x_val``, ``y_val``, ``x_test``,
   ``y_test``, ``class_names``; read with ``allow_pickle=False`` so a pickle inside is

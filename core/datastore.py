@@ -2,6 +2,9 @@
 local disk or in object storage (``s3://``, the s3 extra), read through one filesystem
 interface (``DataStore``: fsspec's local or S3 filesystem under a root).
 
+Why one module of ~700 lines: the layout walk, the manifest and the checked reads are
+one contract for both backends (local and s3); each check is where the read it guards is.
+
 ``scan_reference`` walks and validates a reference once and returns its manifest (every
 file with its size and stamp, and the sha256 of what a backend's stamp does not pin down:
 an ``.npz``, and each image of a folder on disk); ``check_manifest`` tells whether the

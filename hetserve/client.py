@@ -1,5 +1,8 @@
 """``hetserve.Client``: the Python client of the hetserve REST API.
 
+Why one module of ~580 lines: one method per route, kept in the order of the API's
+routers, so a route and its method are found by the same name.
+
 One method per route; answers are the API's JSON objects (typed as TypedDicts in
 ``hetserve._types``), predictions a :class:`PredictResult` with numpy arrays. Every
 failure raises: :class:`ApiError` (and its subclasses per status) for an error answer,

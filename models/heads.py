@@ -1,5 +1,8 @@
 """Classification heads: the heteroscedastic (HET) head and the linear baseline.
 
+Why one module of ~650 lines: the formula, its reference estimator and both heads are
+read together (the fast estimators live apart, in het_fast.py).
+
 The HET head (Collier et al., CVPR 2021; edward2's ``MCSoftmaxDenseFA`` /
 ``MCSigmoidDenseFA``) puts a Gaussian on the logits of a backbone feature ``h``::
 

@@ -1,5 +1,9 @@
 """The training loop: a plain function (no Celery, no HTTP).
 
+Why one module of ~700 lines: one training run's steps (split, seed, loop, validation,
+checkpoint, temperature sweep, DDP ranks) share its state; split apart they would
+pass it around.
+
     result = train(spec, dataset, callbacks=Callbacks(...), checkpoint_dir=...)
 
 - AdamW (decay on matrices only) with a per-step cosine schedule.
