@@ -70,6 +70,8 @@ sys.path.insert(0, str(ROOT))
 # sleep rather than spin while they wait, on cores shared with other processes.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from bench.label_scoring import detection  # noqa: E402
+
 CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -414,23 +416,6 @@ def noise_free_train_probs(client, model_id: str, files: list[Path]) -> np.ndarr
 
 
 # -- scoring --------------------------------------------------------------------------
-
-
-def detection(flagged: np.ndarray, scores: np.ndarray, is_issue: np.ndarray) -> dict:
-    """Precision / recall / F1 of a flagged set, AUROC of a score, against the truth."""
-    from sklearn.metrics import roc_auc_score
-
-    tp = int((flagged & is_issue).sum())
-    precision = tp / max(int(flagged.sum()), 1)
-    recall = tp / max(int(is_issue.sum()), 1)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "auroc": float(roc_auc_score(is_issue, scores)),
-        "flagged": int(flagged.sum()),
-    }
 
 
 def out_of_fold_probs(tree: Tree, spec: dict, folds: int, seed: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from dataclasses import replace  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.label_scoring import detection  # noqa: E402
 from core.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec  # noqa: E402
 from models.benchmarks import DIGIT_PAIRS, noisy_blobs, noisy_digits  # noqa: E402
 from models.label_issues import find_label_issues, noise_free_probs  # noqa: E402
@@ -65,22 +66,6 @@ def digits_clean_train_labels(seed: int, data, test_fraction: float = 0.3) -> np
     if not np.array_equal(digits.data[train_rows].astype(np.float32), data.x_train):
         raise RuntimeError("noisy_digits' split changed: update digits_clean_train_labels")
     return digits.target[train_rows].astype(np.int64)
-
-
-def detection(flagged: np.ndarray, scores: np.ndarray, is_flip: np.ndarray) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    tp = int((flagged & is_flip).sum())
-    precision = tp / max(int(flagged.sum()), 1)
-    recall = tp / max(int(is_flip.sum()), 1)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "auroc": float(roc_auc_score(is_flip, scores)),
-        "flagged": float(flagged.sum()),
-    }
 
 
 def out_of_fold_probs(args, data, seed: int, folds: int) -> np.ndarray:
