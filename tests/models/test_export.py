@@ -460,7 +460,7 @@ def test_forked_processes_do_not_repeat_each_other(exported):
 
 
 def confident_model(classes=10, mu0=10.0, scale=0.01):
-    """Every input gets z = u / tau ~ N((mu0, 0, ..., 0), scale^2 I) (R = 0): issue 21's
+    """Every input gets z = u / tau ~ N((mu0, 0, ..., 0), scale^2 I) (R = 0): the cancellation
     case, p_0 ~ 1 - 4e-4 with a prob_std of a few 1e-6."""
     model = make_model(num_factors=0, classes=classes)
     head = model.head
@@ -475,7 +475,7 @@ def confident_model(classes=10, mu0=10.0, scale=0.01):
 
 
 def reference_moments_by_raw_second_moment(latent, eps_r, eps_k, task, groups=None):
-    """The formula the export traced before issue 21: E[p^2] - E[p]^2 in float32."""
+    """The formula the export traced before the two-pass form: E[p^2] - E[p]^2 in float32."""
     m = reference_moments(latent, eps_r, eps_k, task, groups)
     p = torch.softmax(latent.sample(eps_r, eps_k), -1)
     num = torch.ones_like(p[:, :, :1]).sum(1)

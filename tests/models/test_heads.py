@@ -385,7 +385,7 @@ def confident_latent(dtype=torch.float32, k=10, mu0=10.0, scale=0.01) -> LogitGa
 
 
 def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
-    """K = 10, mu0 = 10, d = 0.01, S = 1000 (issue 21): the float32 reference (what the
+    """K = 10, mu0 = 10, d = 0.01, S = 1000: the float32 reference (what the
     export traces) gives the sample std of the same draws in float64 to 1e-3, and that
     is within MC error of the population std (float64, 2^20 draws). E[p^2] - E[p]^2 gave
     exactly 0 for class 0 here."""
