@@ -68,10 +68,11 @@ def test_a_changed_or_missing_file_fails_the_job_naming_it(setup, change):
     assert status == "failed" and "train/green/00003.png" in error and word in error, error
 
 
-def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
+def registered_npz(tmp_path, seed: int):
+    """A 60-row .npz under a dataset root, registered by URI: (settings, path, x, y, id)."""
     roots = tmp_path / "roots"
     roots.mkdir()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     y = np.arange(60) % 2
     x = (rng.normal(size=(60, 4)) + 2.0 * y[:, None]).astype(np.float32)
     path = roots / "points.npz"
@@ -80,15 +81,24 @@ def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
     with client_for(settings) as client:
         r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
         assert r.status_code == 201, r.text
-        dataset_id = r.json()["id"]
+    return settings, path, x, y, r.json()["id"]
+
+
+def run_npz_job(settings, dataset_id: str) -> tuple[str, str]:
+    """A small MLP job on the dataset, run in this process: (its final status, its id)."""
     spec = FOLDER_SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
     with session_scope(settings) as session:
         job_id = JobStore(session).create(dataset_id, spec).id
-    assert jobs.run_job(job_id, settings) == "succeeded", job_row(settings, job_id)
+    return jobs.run_job(job_id, settings), job_id
+
+
+def test_an_npz_by_reference_trains_and_fails_once_changed(tmp_path):
+    settings, path, x, y, dataset_id = registered_npz(tmp_path, seed=0)
+    status, job_id = run_npz_job(settings, dataset_id)
+    assert status == "succeeded", job_row(settings, job_id)
     np.savez(path, x_train=x[:50], y_train=y[:50])
-    with session_scope(settings) as session:
-        job_id = JobStore(session).create(dataset_id, spec).id
-    assert jobs.run_job(job_id, settings) == "failed"
+    status, job_id = run_npz_job(settings, dataset_id)
+    assert status == "failed"
     _, error, _ = job_row(settings, job_id)
     assert "points.npz" in error and "changed since the dataset was registered" in error
 
@@ -148,25 +158,12 @@ def test_an_image_rewritten_with_its_size_and_mtime_restored_fails_the_job(tmp_p
 
 
 def test_an_npz_with_every_label_flipped_and_its_mtime_restored_fails_the_job(tmp_path):
-    roots = tmp_path / "roots"
-    roots.mkdir()
-    rng = np.random.default_rng(1)
-    y = np.arange(60) % 2
-    x = (rng.normal(size=(60, 4)) + 2.0 * y[:, None]).astype(np.float32)
-    path = roots / "points.npz"
-    np.savez(path, x_train=x, y_train=y)
-    settings = make_settings(tmp_path / "data", dataset_roots=str(roots))
-    with client_for(settings) as client:
-        r = client.post("/v1/datasets", json={"uri": f"file://{path}"}, headers=AUTH)
-        assert r.status_code == 201, r.text
-        dataset_id = r.json()["id"]
+    settings, path, x, y, dataset_id = registered_npz(tmp_path, seed=1)
     before = path.stat()
     np.savez(path, x_train=x, y_train=1 - y)
     restore_times(path, before)
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-    spec = FOLDER_SPEC | {"backbone": {"kind": "mlp", "hidden": [8]}, "dataset_id": dataset_id}
-    with session_scope(settings) as session:
-        job_id = JobStore(session).create(dataset_id, spec).id
-    assert jobs.run_job(job_id, settings) == "failed"
+    status, job_id = run_npz_job(settings, dataset_id)
+    assert status == "failed"
     _, error, _ = job_row(settings, job_id)
     assert "points.npz" in error and "different content" in error, error
