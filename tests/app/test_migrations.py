@@ -9,35 +9,44 @@ from sqlalchemy import inspect, text
 from app import db
 from tests.support.service_client import make_settings
 
+NOW = "2026-11-01 00:00:00"
 
-def test_0002_adds_nullable_noise_columns_to_existing_models_and_downgrades(tmp_path):
+
+def store_at(tmp_path, revision: str):
+    """A store migrated to ``revision`` holding dataset 'd' and its succeeded job 'j':
+    (settings, alembic config, engine)."""
     settings = make_settings(tmp_path / "data")
     settings.data_dir.mkdir(parents=True)
     config = db.alembic_config(settings)
-    command.upgrade(config, "0001")
+    command.upgrade(config, revision)
     engine = db.make_engine(settings.resolved_database_url)
-    now = "2026-11-01 00:00:00"
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO datasets VALUES ('d', 'n', 'npz', 'multiclass', 1, 0, 0, '[2]', 2,"
                 " '[\"a\", \"b\"]', :sha, 1, 'p', :now)"
             ),
-            {"sha": "0" * 64, "now": now},
+            {"sha": "0" * 64, "now": NOW},
         )
         conn.execute(
             text(
                 "INSERT INTO jobs (id, dataset_id, status, spec, progress, cancel_requested,"
                 " attempts, created_at) VALUES ('j', 'd', 'succeeded', '{}', '{}', 0, 1, :now)"
             ),
-            {"now": now},
+            {"now": NOW},
         )
+    return settings, config, engine
+
+
+def test_0002_adds_nullable_noise_columns_to_existing_models_and_downgrades(tmp_path):
+    settings, config, engine = store_at(tmp_path, "0001")
+    with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO models VALUES ('m', 'j', 'model', 'het', 'multiclass', '[2]', 2,"
                 " '[\"a\", \"b\"]', '{}', NULL, 'x.onnx', :sha, :now)"
             ),
-            {"sha": "0" * 64, "now": now},
+            {"sha": "0" * 64, "now": NOW},
         )
     db.migrate(settings)
     columns = {c["name"] for c in inspect(engine).get_columns("models")}
@@ -54,27 +63,7 @@ def test_0002_adds_nullable_noise_columns_to_existing_models_and_downgrades(tmp_
 
 
 def test_0003_adds_a_null_lineage_to_existing_datasets_and_downgrades(tmp_path):
-    settings = make_settings(tmp_path / "data")
-    settings.data_dir.mkdir(parents=True)
-    config = db.alembic_config(settings)
-    command.upgrade(config, "0002")
-    engine = db.make_engine(settings.resolved_database_url)
-    now = "2026-11-01 00:00:00"
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO datasets VALUES ('d', 'n', 'npz', 'multiclass', 1, 0, 0, '[2]', 2,"
-                " '[\"a\", \"b\"]', :sha, 1, 'p', :now)"
-            ),
-            {"sha": "0" * 64, "now": now},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO jobs (id, dataset_id, status, spec, progress, cancel_requested,"
-                " attempts, created_at) VALUES ('j', 'd', 'succeeded', '{}', '{}', 0, 1, :now)"
-            ),
-            {"now": now},
-        )
+    settings, config, engine = store_at(tmp_path, "0002")
     db.migrate(settings)
     assert "lineage" in {c["name"] for c in inspect(engine).get_columns("datasets")}
     with engine.connect() as conn:
