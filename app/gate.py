@@ -60,9 +60,7 @@ def needs_key(path: str) -> bool:
     return path in ("/v1", "/v2/models") or path.startswith(("/v1/", "/v2/models/"))
 
 
-def body_limit(
-    settings: Settings, method: str, path: str, content_type: str = ""
-) -> tuple[int, int]:
+def body_limit(settings: Settings, method: str, path: str, content_type: str) -> tuple[int, int]:
     """(bytes the route may receive, the limit its 413 names): what the route needs. The
     upload cap only for a multipart dataset upload (a JSON registration by reference gets
     the JSON cap), the request cap for serving POSTs, the JSON cap for the rest."""

@@ -74,10 +74,9 @@ def _read(archive: zipfile.ZipFile, name: str, limit: int | None, offset: int = 
 def read_head(path: str | Path, limit: int, offset: int = 0) -> dict[str, Any]:
     """``{"num_examples", "num_flagged", "issues": [{"index", "given_label",
     "suggested_label", "score", "flagged"}, ...]}``: ``limit`` entries from entry
-    ``offset`` of the most-suspect-first order (a page)."""
-    with zipfile.ZipFile(path) as archive:
-        flagged = _read(archive, "flagged", None)
-        head = {name: _read(archive, name, limit, offset) for name in ARRAYS if name != "flagged"}
+    ``offset`` of the most-suspect-first order (a page; ``read_selection`` unfiltered)."""
+    selection = read_selection(path, offset=offset, limit=limit)
+    arrays = selection["arrays"]
     issues = [
         {
             "index": int(i),
@@ -87,15 +86,19 @@ def read_head(path: str | Path, limit: int, offset: int = 0) -> dict[str, Any]:
             "flagged": bool(f),
         }
         for i, g, s, sc, f in zip(
-            head["index"],
-            head["given"],
-            head["suggested"],
-            head["score"],
-            flagged[offset : offset + limit],
+            arrays["index"],
+            arrays["given"],
+            arrays["suggested"],
+            arrays["score"],
+            arrays["flagged"],
             strict=True,
         )
     ]
-    return {"num_examples": len(flagged), "num_flagged": int(flagged.sum()), "issues": issues}
+    return {
+        "num_examples": selection["num_examples"],
+        "num_flagged": selection["num_flagged"],
+        "issues": issues,
+    }
 
 
 def read_selection(

@@ -237,14 +237,14 @@ async def infer(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
     else:
         x, num_samples, seed = decode_inputs(parsed, binary, model, settings)
     wanted = requested_outputs(parsed, model)
-    outputs = await runtime.predict(model, resolved_id, x, num_samples, seed)
-    parameters = {"num_samples": num_samples, **({"seed": seed} if seed is not None else {})}
     in_json = [name for name, as_binary in wanted if not as_binary]
-    if UNDEFINED_AT_ONE_SAMPLE in in_json and num_samples == 1:
+    if UNDEFINED_AT_ONE_SAMPLE in in_json and num_samples == 1:  # refused before inference
         raise ProtocolError(
             f"{UNDEFINED_AT_ONE_SAMPLE} is undefined from one draw (NaN, which JSON cannot "
             "carry): ask for num_samples >= 2, for the other outputs only, or for it as binary"
         )
+    outputs = await runtime.predict(model, resolved_id, x, num_samples, seed)
+    parameters = {"num_samples": num_samples, **({"seed": seed} if seed is not None else {})}
     overflow = first_non_finite_row(outputs, in_json) if in_json else None
     if overflow is not None:
         raise ProtocolError(

@@ -118,13 +118,13 @@ class _Waiting:
 class _Lane:
     """Requests of one key, oldest first."""
 
+    arrivals: Arrivals  # the key's, shared with DynamicBatcher._arrivals
     pending: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
     full: asyncio.Future[None] | None = None  # set while the drain task waits for rows
     running: list[_Waiting] = field(default_factory=list)  # the batch in onnxruntime now
     ran_until: float = float("-inf")  # loop.time() when the last batch came back
     task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
-    arrivals: Arrivals | None = None  # the key's, shared with DynamicBatcher._arrivals
 
 
 def split_rows(outputs: Outputs, sizes: list[int]) -> list[Outputs]:
@@ -173,7 +173,6 @@ class DynamicBatcher:
             lane = self._lanes[lane_key] = _Lane(arrivals=self._arrivals_of(lane_key))
             lane.task = loop.create_task(self._drain(lane_key, lane, label, fn))
         now = loop.time()
-        assert lane.arrivals is not None
         lane.arrivals.observe(now, joins_waiting=bool(lane.pending))
         waiting = _Waiting(x, loop.create_future(), now)
         lane.pending.append(waiting)
@@ -237,7 +236,6 @@ class DynamicBatcher:
         cost a few float operations (no wake-up per request); when the timer fires the
         rule is asked again with the arrivals seen meanwhile. Requests that arrived while
         the last batch ran waited for it already: they go at once."""
-        assert lane.arrivals is not None
         while lane.rows < self.max_batch_size and lane.pending[0].arrived > lane.ran_until:
             wake = closes_at(lane.arrivals, lane.pending[0].arrived, loop.time())
             if wake is None:
