@@ -16,7 +16,6 @@ naming the row); the child is then written as an upload is (``store_dataset``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -28,7 +27,7 @@ from app.store import Dataset
 from app.uploads import CanonicalDataset
 from core.corrections import Corrections, corrected_arrays, corrected_manifest
 from core.dataset_files import load_dataset
-from core.datastore import open_manifest
+from core.datastore import content_digest, open_manifest
 
 MAX_NAME = 255
 
@@ -71,7 +70,9 @@ def corrected_content(
         data = json.dumps(child, sort_keys=True, separators=(",", ":")).encode()
         return data, ".manifest.json", {"format": "imagefolder", **child["counts"]}
     if parent.format == "npz-ref":
-        arrays = open_manifest(json.loads(path.read_text()), settings.s3_endpoint_url)
+        arrays = open_manifest(
+            json.loads(path.read_text()), settings.s3_endpoint_url, settings.dataset_root_list
+        )
         fmt = "npz"
     else:
         arrays, fmt = load_dataset(path, "npz"), parent.format
@@ -93,7 +94,7 @@ def csv_lineage(parent_id: str, data: bytes, corrections: Corrections) -> Datase
     return DatasetLineage(
         parent_dataset_id=parent_id,
         rule="csv",
-        csv_sha256=hashlib.sha256(data).hexdigest(),
+        csv_sha256=content_digest(data),
         num_relabelled=len(corrections.relabel),
         num_dropped=len(corrections.drop),
     )

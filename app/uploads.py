@@ -37,7 +37,6 @@ __all__ = [
     "decode_slot",
     "decode_image",
     "parse_upload",
-    "stored_limit",
     "read_image_zip",
     "validate_arrays",
 ]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -42,11 +44,14 @@ def train_locations(manifest: dict[str, Any]) -> list[str] | None:
     return [f"{root}/{rel}" for rel in train["paths"]]
 
 
-def train_images(manifest: dict[str, Any], s3_endpoint_url: str | None = None) -> ImageFiles:
-    """The ``train`` split of an image-folder manifest as ``ImageFiles``: each file's
-    size and stamp are checked against the manifest as it is opened."""
-    store = store_for_root(manifest["root"], s3_endpoint_url)
-    return split_images(store, manifest, "train", digests=False)
+def train_images(
+    manifest: dict[str, Any], s3_endpoint_url: str | None = None, roots: Sequence[str | Path] = ()
+) -> ImageFiles:
+    """The ``train`` split of an image-folder manifest as ``ImageFiles``, checked as
+    training checks it (``open_manifest``): each file's size, stamp and sha256 against the
+    manifest as it is opened, and its real path under the dataset ``roots``."""
+    store = store_for_root(manifest["root"], s3_endpoint_url, roots)
+    return split_images(store, manifest, "train", digests=True)
 
 
 def npz_row(source: IO[bytes], name: str, index: int) -> np.ndarray:
@@ -74,7 +79,10 @@ def npz_row(source: IO[bytes], name: str, index: int) -> np.ndarray:
 
 
 def read_train_item(
-    manifest_or_file: dict[str, Any] | IO[bytes], index: int, s3_endpoint_url: str | None = None
+    manifest_or_file: dict[str, Any] | IO[bytes],
+    index: int,
+    s3_endpoint_url: str | None = None,
+    roots: Sequence[str | Path] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(``x_train[index]``, ``y_train[index]``) of a manifest (``imagefolder`` or
     ``npz-ref``, checked as the module docstring says) or of an open canonical ``.npz``.
@@ -85,9 +93,9 @@ def read_train_item(
         )
     manifest = manifest_or_file
     if manifest["format"] == "imagefolder":
-        pixels = train_images(manifest, s3_endpoint_url).load(index)
+        pixels = train_images(manifest, s3_endpoint_url, roots).load(index)
         return pixels, np.asarray(manifest["splits"]["train"]["labels"][index])
-    store = store_for_root(manifest["root"], s3_endpoint_url)
+    store = store_for_root(manifest["root"], s3_endpoint_url, roots)
     f = manifest["file"]
     # The checked file itself, seekable (a local file, an S3 object read by range): only
     # the two rows' bytes are read, not the whole archive.

@@ -97,7 +97,9 @@ def get_dataset_item(
     manifest = _manifest(path) if fmt in REFERENCE_FORMATS else None
     try:
         if manifest is not None:
-            x, y = read_train_item(manifest, index, settings.s3_endpoint_url)
+            x, y = read_train_item(
+                manifest, index, settings.s3_endpoint_url, settings.dataset_root_list
+            )
         else:
             with path.open("rb") as f:
                 x, y = read_train_item(f, index)
