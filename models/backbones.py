@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.datastore import within_roots
+from models.generators import generator_device
 
 
 class MLP(nn.Module):
@@ -261,7 +262,7 @@ def augment_images(
     The offsets are drawn on ``generator``'s device (the CPU without one) and moved to x's."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    at = torch.device("cpu") if generator is None else generator.device
+    at = generator_device(generator)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=at).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=at).to(x.device)
     rows = dy.view(n, 1) + torch.arange(h, device=x.device)  # (N, H)

@@ -54,6 +54,7 @@ from torch import nn
 
 from core.spec import HeadSpec
 from models import het_fast, qmc
+from models.generators import generator_device
 
 MULTICLASS = "multiclass"
 MULTILABEL = "multilabel"
@@ -240,12 +241,6 @@ def grouped_stderr(
     spread = (weights * (group_means - probs.unsqueeze(1))).square().sum(1)
     stderr = (spread * (filled / (filled - 1).clamp_min(1))).sqrt()
     return torch.where(filled > 1, stderr, torch.full_like(stderr, math.nan))
-
-
-def generator_device(generator: torch.Generator | None) -> torch.device:
-    """Where a draw from ``generator`` must be made: its own device (torch refuses a CUDA
-    generator for a CPU tensor and vice versa); the CPU for the global generator."""
-    return torch.device("cpu") if generator is None else generator.device
 
 
 def independent_stderr(prob_std: torch.Tensor, num_samples: int) -> torch.Tensor:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from models import het_kernel
+from models.generators import generator_device
 
 CLASS_MAJOR_MAX_CLASSES = 32  # multiclass draws are laid out class-major up to this many classes
 CPU_CHUNK_ELEMENTS = 1 << 20
@@ -166,7 +167,7 @@ class SeededNoise(NamedTuple):
     def draw(cls, num_samples: int, generator: torch.Generator | None = None) -> SeededNoise:
         """A fresh seed from torch's generator (``generator``, else the global one), so
         torch.manual_seed and seeded generators reproduce the draws as before."""
-        device = torch.device("cpu") if generator is None else generator.device
+        device = generator_device(generator)
         seed = int(
             torch.randint(
                 -(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator, device=device
