@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -640,20 +640,36 @@ class ImageFiles:
 
     def standardisation(self, limit: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std (C, 1, 1) over up to ``limit`` images, one at a time."""
-        rows = np.arange(len(self))
-        if len(rows) > limit:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
         c = self.shape[1]
-        total, sq, count = np.zeros(c), np.zeros(c), 0
-        for i in rows:
-            pixels = self.load(int(i)).reshape(c, -1).astype(np.float64)
-            total += pixels.sum(1)
-            sq += (pixels**2).sum(1)
-            count += pixels.shape[1]
-        mean = total / count
-        std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
-        std = np.where(std < 1e-6, 1.0, std)
-        return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
+        rows = standardisation_rows(len(self), limit, seed)
+        return channel_stats(self.load(int(i)).reshape(c, -1) for i in rows)
+
+
+def standardisation_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """The images an image split's standardisation is taken over: all of them, or
+    ``limit`` chosen with ``seed`` (the same rows however the split is held)."""
+    rows = np.arange(n)
+    if n > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return rows
+
+
+def channel_stats(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (C, 1, 1), float32, of images given as (C, pixels) arrays
+    of values in [0, 1]; a constant channel gets std 1."""
+    total = sq = None
+    count = 0
+    for image in images:
+        values = image.astype(np.float64)
+        total = values.sum(1) if total is None else total + values.sum(1)
+        sq = (values**2).sum(1) if sq is None else sq + (values**2).sum(1)
+        count += values.shape[1]
+    if total is None or sq is None:
+        raise ValueError("no images to standardise over")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)
+    return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
 def split_images(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.dataset_files import ArrayDataset
-from core.datastore import ImageFiles
+from core.datastore import ImageFiles, channel_stats, standardisation_rows
 
 MEMORY_FRACTION = 0.25
 DECODE_BATCH = 256
@@ -56,20 +56,13 @@ class DecodedImages:
             return self.pixels[key].astype(np.float32) / np.float32(255)
         return DecodedImages(self.pixels[np.asarray(key)])
 
-    def standardisation(self, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std (C, 1, 1) of the float pixels, over every image."""
+    def standardisation(self, limit: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std (C, 1, 1) over the same images ``ImageFiles`` takes
+        them over (``standardisation_rows``): a folder gets the same statistics whether
+        it is streamed or decoded once."""
         c = self.shape[1]
-        total, sq, count = np.zeros(c), np.zeros(c), 0
-        for start in range(0, len(self), chunk):
-            block = self.pixels[start : start + chunk].transpose(1, 0, 2, 3).reshape(c, -1)
-            values = block.astype(np.float64) / 255.0
-            total += values.sum(1)
-            sq += (values**2).sum(1)
-            count += values.shape[1]
-        mean = total / max(count, 1)
-        std = np.sqrt(np.maximum(sq / max(count, 1) - mean**2, 0.0))
-        std = np.where(std < 1e-6, 1.0, std)
-        return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
+        rows = standardisation_rows(len(self), limit, seed)
+        return channel_stats(self.pixels[int(i)].reshape(c, -1) / 255.0 for i in rows)
 
 
 def available_memory() -> int | None:

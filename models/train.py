@@ -398,7 +398,7 @@ def train_run(
     if x_images is not None:  # an image folder on disk: stats from a sample, batches streamed
         mean, std = x_images.standardisation(seed=cfg.seed)
     elif x_decoded is not None:
-        mean, std = x_decoded.standardisation()
+        mean, std = x_decoded.standardisation(seed=cfg.seed)
     else:
         mean, std = standardisation(data.x_train)
     model = build_classifier(spec, data.input_shape, data.num_classes, mean, std).to(device)
