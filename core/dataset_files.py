@@ -156,6 +156,15 @@ def read_upload(
     return fmt, from_arrays(arrays, names)
 
 
+def read_npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy array whose file ``fp`` is at, read from
+    its header alone; ``fp`` is left at the first byte of the data."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fp)
+    return np.lib.format.read_array_header_2_0(fp)
+
+
 def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
     """Bytes the arrays of a .npz take once read and made canonical, from each member's
     npy header alone (a few hundred bytes decompressed per member, never the data):
@@ -169,13 +178,7 @@ def npz_declared_bytes(npz: np.lib.npyio.NpzFile) -> int:
         name = info.filename.removesuffix(".npy")
         try:
             with archive.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _fortran, dtype = read_header(f)
+                shape, _fortran, dtype = read_npy_header(f)
         except Exception as exc:
             raise DatasetError(f"array {name!r} has no readable npy header: {exc}") from None
         if any(int(dim) < 0 for dim in shape):

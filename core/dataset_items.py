@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from core.dataset_files import DatasetError
+from core.dataset_files import DatasetError, read_npy_header
 from core.datastore import ImageFiles, split_images, store_for_root
 
 THUMBNAIL_SIDE = 128  # the largest side of an item's PNG
@@ -59,11 +59,7 @@ def npz_row(source: IO[bytes], name: str, index: int) -> np.ndarray:
     that row is read from a stored (uncompressed) member, a C-ordered array."""
     try:
         with zipfile.ZipFile(source) as archive, archive.open(f"{name}.npy") as fp:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            shape, fortran, dtype = read_npy_header(fp)
             if not shape or not 0 <= index < shape[0] or dtype.hasobject:
                 raise DatasetError(f"{name} has no row {index}")
             if fortran:  # rows are not contiguous: read the whole array

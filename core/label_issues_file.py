@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from core.dataset_files import read_npy_header
+
 ARRAYS = ("index", "given", "suggested", "score", "flagged")
 
 
@@ -58,11 +60,7 @@ def encode(scores: ArrayLike, flagged: ArrayLike, given: ArrayLike, suggested: A
 def _read(archive: zipfile.ZipFile, name: str, limit: int | None, offset: int = 0) -> np.ndarray:
     """``limit`` entries (all when None) of one 1-d member array, from entry ``offset``."""
     with archive.open(f"{name}.npy") as fp:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        else:
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        shape, _fortran, dtype = read_npy_header(fp)
         if len(shape) != 1 or dtype.hasobject:
             raise ValueError(f"label issues: {name} is not a flat numeric array")
         offset = min(offset, shape[0])
