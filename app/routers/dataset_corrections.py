@@ -26,6 +26,7 @@ from app.deps import ArtifactsDep, SettingsDep
 from app.routers import AUTH_ERRORS, Responses
 from app.routers.datasets import read_limited
 from app.routers.models import find_model
+from app.routers.noise import label_issues_path
 from app.schemas import DatasetLineage, DatasetOut
 from app.serving.metrics import InstrumentedRoute
 from app.settings import Settings
@@ -38,7 +39,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=Instrum
 
 ERRORS: Responses = {
     **AUTH_ERRORS,
-    404: {"description": "no such dataset (or model)"},
+    404: {"description": "no such dataset or model, or its label-issues file is gone"},
     409: {"description": "the model has no label issues, or a file by reference changed"},
     422: {
         "description": "bad corrections; the detail names the row",
@@ -125,12 +126,7 @@ def correct_from_model(
                 f"model {model.id} was trained on dataset {job.dataset_id}, not {parent.id}: "
                 "its findings index another dataset's rows",
             )
-        if model.label_issues_path is None:
-            raise HTTPException(409, f"model {model.id} has no label issues")
-        model_id, issues_path = model.id, model.label_issues_path
-    path = artifacts.resolve(issues_path)
-    if not path.is_file():
-        raise HTTPException(409, f"the label issues of model {model_id} are missing")
+        model_id, path = model.id, label_issues_path(model, artifacts)
     selection = label_issues_file.read_selection(path, limit=body.top, flagged_only=True)
     if selection["num_matching"] == 0:
         raise HTTPException(422, f"model {model_id} flags no rows: nothing to correct")

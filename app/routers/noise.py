@@ -13,11 +13,13 @@ neither, and models trained before they were computed have neither.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from app.artifacts import ArtifactStore
 from app.deps import ArtifactsDep, SessionDep
 from app.label_issues_csv import CSV_RESPONSE, csv_response
 from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND, Responses
@@ -39,6 +41,18 @@ def not_computed(model: Model, what: str) -> HTTPException:
         f"model {model.id} has no {what}: it was trained before {what}s were computed; "
         "train it again to get one",
     )
+
+
+def label_issues_path(model: Model, artifacts: ArtifactStore) -> Path:
+    """The model's label-issues file: 409 when none was computed, 404 when it is gone."""
+    if model.label_issues_path is None:
+        raise not_computed(model, "label issue")
+    path = artifacts.resolve(model.label_issues_path)
+    if not path.is_file():
+        raise HTTPException(
+            404, f"the label issues of model {model.id} are missing from the artifact store"
+        )
+    return path
 
 
 def multilabel(model: Model, what: str) -> HTTPException:
@@ -114,13 +128,7 @@ def get_label_issues(
             raise HTTPException(
                 422, f"{name}={value} is not a class of the model (0 to {model.num_classes - 1})"
             )
-    if model.label_issues_path is None:
-        raise not_computed(model, "label issue")
-    path = artifacts.resolve(model.label_issues_path)
-    if not path.is_file():
-        raise HTTPException(
-            404, f"the label issues of model {model.id} are missing from the artifact store"
-        )
+    path = label_issues_path(model, artifacts)
     job = session.get(Job, model.job_id)
     assert job is not None  # a model's job outlives it (models.job_id references jobs.id)
     selection = label_issues_file.read_selection(

@@ -142,7 +142,7 @@ def test_from_a_model_of_another_dataset_or_without_issues(ctx):
     assert r.status_code == 422 and "was trained on dataset" in r.json()["detail"]
     bare = add_model(settings, parent["id"], SUGGESTED, SCORES, issues=False)
     r = from_model(client, parent["id"], model_id=bare, action="relabel")
-    assert r.status_code == 409 and "no label issues" in r.json()["detail"]
+    assert r.status_code == 409 and f"model {bare} has no label issue" in r.json()["detail"]
     r = from_model(client, parent["id"], model_id="nope", action="relabel")
     assert r.status_code == 404
     r = from_model(client, "nope", model_id=bare, action="relabel")
