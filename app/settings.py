@@ -12,6 +12,11 @@ from pydantic_settings import SettingsConfigDict
 from core.settings import KernelSettings
 
 
+def default_ort_intra_op_threads(cores: int, api_processes: int) -> int:
+    """onnxruntime threads per call: the process's share of the cores less its event loop."""
+    return max(1, cores // max(1, api_processes) - 1)
+
+
 def default_api_workers() -> int:
     """API processes by default: one per two cores (under load each keeps about two busy,
     its event loop and its onnxruntime call), but two on two cores, where a single event
@@ -154,6 +159,13 @@ class Settings(KernelSettings):
     @property
     def resolved_api_workers(self) -> int:
         return self.api_workers or default_api_workers()
+
+    @property
+    def resolved_ort_intra_op_threads(self) -> int:
+        """``HETSERVE_ORT_INTRA_OP_THREADS``, or for 0 the default for this machine."""
+        return self.ort_intra_op_threads or default_ort_intra_op_threads(
+            os.cpu_count() or 1, self.resolved_api_workers
+        )
 
     @property
     def resolved_database_url(self) -> str:

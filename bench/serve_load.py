@@ -633,8 +633,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def main() -> None:
-    from app.serving.runtime import default_intra_op_threads
-    from app.settings import default_api_workers
+    from app.settings import default_api_workers, default_ort_intra_op_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -657,7 +656,7 @@ def main() -> None:
         "--from-json", type=Path, help="print the tables of a run's --json (give its knobs)"
     )
     args = parser.parse_args()
-    args.intra_op_threads = default_intra_op_threads(os.cpu_count() or 1, default_api_workers())
+    args.intra_op_threads = default_ort_intra_op_threads(os.cpu_count() or 1, default_api_workers())
     args.hetserve_variants = {"hetserve": (ROOT, {})}
     if args.baseline_tree:
         args.hetserve_variants[f"hetserve @ {args.baseline_tree.name}"] = (

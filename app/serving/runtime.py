@@ -13,7 +13,7 @@ onnxruntime threads. ``HETSERVE_ORT_INTRA_OP_THREADS=0`` (the default) picks the
 the machine: each of the P API processes gets an equal share of the C cores, less one
 for its event loop, at least one:
 
-    intra_op_threads = max(1, C // P - 1)
+    intra_op_threads = max(1, C // P - 1)    (Settings.resolved_ort_intra_op_threads)
 
 onnxruntime's own default (one thread per core, spin-waiting between ops) has every
 process's pool spin on the cores the event loops need: on 2 cores and 2 processes it
@@ -66,18 +66,6 @@ def infer(
     return outputs if then is None else then(model, outputs, num_samples)
 
 
-def default_intra_op_threads(cores: int, api_processes: int) -> int:
-    """onnxruntime threads per call: the process's share of the cores less its event loop."""
-    return max(1, cores // max(1, api_processes) - 1)
-
-
-def intra_op_threads(settings: Settings) -> int:
-    """``HETSERVE_ORT_INTRA_OP_THREADS``, or for 0 the default for this machine."""
-    return settings.ort_intra_op_threads or default_intra_op_threads(
-        os.cpu_count() or 1, settings.resolved_api_workers
-    )
-
-
 class ServingRuntime:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -89,7 +77,7 @@ class ServingRuntime:
         self.directory = ModelDirectory(settings)
         self.sessions = SessionCache(
             settings.session_cache_size,
-            intra_op_threads(settings),
+            settings.resolved_ort_intra_op_threads,
             settings.ort_inter_op_threads,
         )
         self.executor = ThreadPoolExecutor(
