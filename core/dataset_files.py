@@ -2,7 +2,7 @@
 torch here): the API validates uploads with these same functions before it stores
 them, and the worker loads the stored file with them again.
 
-Why one module of ~540 lines: each format's reader and the one validator it feeds
+Why one module of ~570 lines: each format's reader and the one validator it feeds
 (``from_arrays``), with the limits they share.
 
 Formats:
@@ -28,6 +28,7 @@ import io
 import posixpath
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -535,6 +536,33 @@ def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if x_train.ndim == 4:
         mean, std = mean[:, None, None], std[:, None, None]
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardisation_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """The images an image split's standardisation is taken over: all of them, or
+    ``limit`` chosen with ``seed`` (the same rows however the split is held)."""
+    rows = np.arange(n)
+    if n > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return rows
+
+
+def channel_stats(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (C, 1, 1), float32, of images given as (C, pixels) arrays
+    of values in [0, 1]; a constant channel gets std 1."""
+    total = sq = None
+    count = 0
+    for image in images:
+        values = image.astype(np.float64)
+        total = values.sum(1) if total is None else total + values.sum(1)
+        sq = (values**2).sum(1) if sq is None else sq + (values**2).sum(1)
+        count += values.shape[1]
+    if total is None or sq is None:
+        raise ValueError("no images to standardise over")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)
+    return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
 def save_npz(ds: ArrayDataset, path: str | Path) -> None:

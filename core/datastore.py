@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,10 +37,12 @@ from core.dataset_files import (
     ArrayDataset,
     DatasetError,
     TooLarge,
+    channel_stats,
     decode_image,
     from_arrays,
     load_dataset,
     read_npz,
+    standardisation_rows,
 )
 
 # 2: the sha256 of an .npz ("file"), and of every image of a folder on disk (the split's
@@ -643,33 +645,6 @@ class ImageFiles:
         c = self.shape[1]
         rows = standardisation_rows(len(self), limit, seed)
         return channel_stats(self.load(int(i)).reshape(c, -1) for i in rows)
-
-
-def standardisation_rows(n: int, limit: int, seed: int) -> np.ndarray:
-    """The images an image split's standardisation is taken over: all of them, or
-    ``limit`` chosen with ``seed`` (the same rows however the split is held)."""
-    rows = np.arange(n)
-    if n > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
-    return rows
-
-
-def channel_stats(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (C, 1, 1), float32, of images given as (C, pixels) arrays
-    of values in [0, 1]; a constant channel gets std 1."""
-    total = sq = None
-    count = 0
-    for image in images:
-        values = image.astype(np.float64)
-        total = values.sum(1) if total is None else total + values.sum(1)
-        sq = (values**2).sum(1) if sq is None else sq + (values**2).sum(1)
-        count += values.shape[1]
-    if total is None or sq is None:
-        raise ValueError("no images to standardise over")
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
-    std = np.where(std < 1e-6, 1.0, std)
-    return mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32)
 
 
 def split_images(

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from core.dataset_files import ArrayDataset
-from core.datastore import ImageFiles, channel_stats, standardisation_rows
+from core.dataset_files import ArrayDataset, channel_stats, standardisation_rows
+from core.datastore import ImageFiles
 
 MEMORY_FRACTION = 0.25
 DECODE_BATCH = 256
