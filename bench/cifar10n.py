@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 # sleep rather than spin while they wait, on cores shared with other processes.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from bench import cifar10n_loop as loop  # noqa: E402
 from bench.label_scoring import detection  # noqa: E402
 
 CLASS_NAMES = (
@@ -447,16 +448,18 @@ def out_of_fold_probs(tree: Tree, spec: dict, folds: int, seed: int) -> np.ndarr
     return probs
 
 
-def cleanlab_oof(tree: Tree, spec: dict, folds: int, seed: int) -> dict:
+def cleanlab_oof(tree: Tree, spec: dict, folds: int, seed: int) -> tuple[dict, np.ndarray]:
+    """cleanlab's ``find_label_issues`` on out-of-fold softmax probabilities: its
+    detection scores, and the rows it flagged."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
 
     start = time.perf_counter()
     oof = out_of_fold_probs(tree, spec, folds, seed)
-    flagged = cleanlab_issues(tree.given, oof)
+    flagged = np.asarray(cleanlab_issues(tree.given, oof), dtype=bool)
     scores = 1.0 - oof[np.arange(len(tree.given)), tree.given]
     out = detection(flagged, scores, tree.given != tree.clean)
     out["wall_s"] = time.perf_counter() - start
-    return out
+    return out, flagged
 
 
 # -- one seed -------------------------------------------------------------------------
@@ -534,9 +537,9 @@ def run_seed(args, client, service: Service, tree: Tree, dataset_id: str, seed: 
         scores, flagged = find_label_issues(probs, tree.given, rule=rule)
         detections[f"HET noise-free: {rule}"] = detection(flagged, scores, is_issue)
     if args.folds:
-        detections[f"cleanlab, softmax out-of-fold ({args.folds} folds)"] = cleanlab_oof(
-            tree, spec, args.folds, seed
-        )
+        anchor, flagged = cleanlab_oof(tree, spec, args.folds, seed)
+        detections[f"cleanlab, softmax out-of-fold ({args.folds} folds)"] = anchor
+        result["cleanlab_flagged"] = flagged.tolist()
     result["label_issues"] = detections
     # what the rules above were applied to, to compare rules again without retraining
     result["het_noise_free_train_probs"] = np.round(probs, 5).tolist()
@@ -622,6 +625,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "var" / "cifar10n")
     p.add_argument("--job-timeout", type=float, default=6 * 3600)
     p.add_argument("--json", type=Path, default=None, help="write every measurement here")
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="then one round of corrections and a retrain per seed (bench/cifar10n_loop.py)",
+    )
+    p.add_argument(
+        "--loop-top", default="all", help='rows each round corrects: "all" flagged, or N, or both'
+    )
     args = p.parse_args(argv)
 
     if args.folds:
@@ -663,18 +674,32 @@ def main(argv: list[str] | None = None) -> int:
         )
         from hetserve import Client
 
-        runs = []
+        runs: list[dict] = []
+        loops: list[dict] = []
         with hetserve_up(work, roots) as service, Client(service.url, key=API_KEY) as client:
             dataset = client.register_dataset(tree.uri)
+
+            def make_tree(rows: np.ndarray) -> str:
+                """A tree of these training examples (same test images), registered."""
+                sub = build_tree(data, args.labels, roots / f"subset-{len(loops)}", rows, test_rows)
+                return client.register_dataset(sub.uri)["id"]
+
             for seed in range(args.seeds):
                 print(f"seed {seed}: training", file=sys.stderr, flush=True)
                 runs.append(run_seed(args, client, service, tree, dataset["id"], seed))
                 print(json.dumps(runs[-1]["test"]), file=sys.stderr, flush=True)
-                report(args, runs, tree, noise, len(test_rows), started)  # so far
+                if args.loop:
+                    print(f"seed {seed}: corrections and retrains", file=sys.stderr, flush=True)
+                    loops.append(
+                        loop.run_loop(args, client, tree, dataset["id"], runs[-1], make_tree)
+                    )
+                report(args, runs, loops, tree, noise, len(test_rows), started)  # so far
     return 0
 
 
-def report(args, runs: list[dict], tree: Tree, noise: float, num_test: int, started: str) -> None:
+def report(
+    args, runs: list[dict], loops: list[dict], tree: Tree, noise: float, num_test: int, started: str
+) -> None:
     """Print the table of ``runs``; with --json also write every measurement there."""
     truth = true_pairs(tree.given, tree.clean)
     header = (
@@ -685,6 +710,12 @@ def report(args, runs: list[dict], tree: Tree, noise: float, num_test: int, star
         + f", `compare_baseline`; {len(runs)} seed(s), mean ± std; {started}"
     )
     text = table(runs, truth, header)
+    if loops:
+        text += "\n\n" + loop.table(
+            loops,
+            f"One round of corrections and a retrain (same spec), clean test accuracy; "
+            f"{len(loops)} seed(s), mean ± std",
+        )
     print(text)
     if args.json:
         args.json.write_text(
@@ -694,6 +725,7 @@ def report(args, runs: list[dict], tree: Tree, noise: float, num_test: int, star
                     "noise_rate": noise,
                     "true_pairs": truth,
                     "runs": runs,
+                    "loops": loops,
                     "table": text,
                 },
                 indent=1,

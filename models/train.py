@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import queue
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -273,6 +274,9 @@ def _rank_main(
         result = train_run(spec, data, callbacks, checkpoint_path, candidate, Ranks(rank, world))
         if result is not None:
             _save_atomic(result, result_path)
+        # Every rank leaves the group together: a rank that tears gloo down while rank 0
+        # still evaluates and saves can abort a peer's gloo threads.
+        dist.barrier()
     except BaseException as exc:
         try:
             pickle.dumps(exc)
@@ -281,6 +285,14 @@ def _rank_main(
         events.put(("raised", exc))
     finally:
         dist.destroy_process_group()
+    # A spawned child would now finalise the interpreter, and with it C++ statics that
+    # gloo's threads may still touch ("terminate called without an active exception",
+    # SIGABRT, seen about once in ten runs). Flush what rank 0 queued and leave without it.
+    events.close()
+    events.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def select_temperature(candidates: list[tuple[float, dict]]) -> tuple[int, list[dict]]:
