@@ -9,7 +9,10 @@ Each run: models.train.train (the worker's training loop) on the decoded images 
 subset (bench/cifar10n.py's stratified subset and hard-linked tree), the `cnn` backbone
 with crop + flip, train.val_fraction = 0.1 of the subset as the noisy validation split;
 prints the validation accuracy and NLL (noisy labels) of the kept epoch, the epoch
-kept, and the seconds it took.
+kept, and the seconds it took. With ``--test-subset N`` (a diagnosis, never a choice:
+the choice is made on the noisy validation columns) also the clean test accuracy of
+the MC and the noise-free predictive on N stratified clean test images, to see where
+the noisy validation and the clean test disagree.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ from bench.cifar10n import (  # noqa: E402
 
 
 def parse_run(text: str) -> dict:
-    """'het tau=1 r=4 lr=1e-3 epochs=8 backbone=cnn' -> a job spec's head/backbone/train."""
+    """'het tau=1 r=4 s=200 share=1 lr=1e-3 epochs=8 backbone=cnn' -> a job spec's
+    head/backbone/train."""
     kind, *pairs = text.split()
     opts = dict(pair.split("=", 1) for pair in pairs)
     head: dict = {"kind": kind}
     if kind == "het":
         head |= {"temperature": float(opts.get("tau", 1)), "num_factors": int(opts.get("r", 4))}
+        if "s" in opts:  # S while training
+            head["train_mc_samples"] = int(opts["s"])
+        if "share" in opts:  # one draw of the noise per step for the whole batch, or not
+            head["share_samples_across_batch"] = opts["share"] == "1"
     return {
         "head": head,
         "backbone": {"kind": opts.get("backbone", "cnn"), "augment": True, "hflip": True},
@@ -68,6 +76,7 @@ def main() -> int:
     p.add_argument("--labels", default="worse")
     p.add_argument("--train-subset", type=int, default=4000)
     p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--test-subset", type=int, default=0, help="clean test images (diagnosis)")
     p.add_argument("--cache", type=Path, default=ROOT / "var" / "cifar10n")
     args = p.parse_args()
     data_dir = shared_dir()
@@ -75,21 +84,47 @@ def main() -> int:
         raise SystemExit("no shared/data/cifar10n found (set HETSERVE_CIFAR10N_DIR)")
     data = from_shared(data_dir, args.cache)
     rows = stratified_subset(data.labels[args.labels], args.train_subset, seed=0)
+    test_labels = np.asarray([c for _, c in data.test_files])
+    test_rows = stratified_subset(test_labels, args.test_subset, seed=0)[: args.test_subset]
     with tempfile.TemporaryDirectory(prefix="recipe-", dir=args.cache) as tmp:
-        tree = build_tree(data, args.labels, Path(tmp), rows, test_rows=np.arange(0))
+        tree = build_tree(data, args.labels, Path(tmp), rows, test_rows=test_rows)
         files = ImageFiles(tmp, [str(f.relative_to(tmp)) for f in tree.files], 32, False)
         x = decode_files(files)
+        tests = [data.test_files[j][0] for j in test_rows]
+        test_files = ImageFiles(
+            tmp,
+            [
+                f"test/{CLASS_NAMES[data.test_files[j][1]]}/{p.name}"
+                for j, p in zip(test_rows, tests, strict=True)
+            ],
+            32,
+            False,
+        )
+        x_test = decode_files(test_files) if len(test_rows) else None
+    y_test = test_labels[test_rows] if len(test_rows) else None
+    extra = " | clean test acc, MC | clean test acc, noise-free" if len(test_rows) else ""
     print(f"| run ({args.labels}, {len(rows)} images) | noisy val accuracy | noisy val NLL "
-          "| epoch kept | s |\n|---|---|---|---|---|")  # fmt: skip
+          f"| epoch kept | s{extra} |\n|---|---|---|---|---|" + "---|" * extra.count("|"))  # fmt: skip
     for text in args.runs:
         spec = RunSpec.model_validate(parse_run(text))
-        ds = ArrayDataset(x_train=x, y_train=tree.given, class_names=list(CLASS_NAMES))
+        ds = ArrayDataset(
+            x_train=x,
+            y_train=tree.given,
+            x_test=x_test,
+            y_test=y_test,
+            class_names=list(CLASS_NAMES),
+        )
         start = time.perf_counter()
         result = train(spec, ds)  # type: ignore[arg-type]
         m = result.metrics
         print(
             f"| {text} | {m['val_accuracy']:.3f} | {m['val_nll']:.3f} | "
-            f"{result.best_epoch}/{spec.train.epochs} | {time.perf_counter() - start:.0f} |",
+            f"{result.best_epoch}/{spec.train.epochs} | {time.perf_counter() - start:.0f} |"
+            + (
+                f" {m['test_accuracy']:.3f} | {m.get('noise_free_test_accuracy', float('nan')):.3f} |"
+                if len(test_rows)
+                else ""
+            ),
             flush=True,
         )
     return 0
