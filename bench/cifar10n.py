@@ -679,9 +679,12 @@ def main(argv: list[str] | None = None) -> int:
         with hetserve_up(work, roots) as service, Client(service.url, key=API_KEY) as client:
             dataset = client.register_dataset(tree.uri)
 
-            def make_tree(rows: np.ndarray) -> str:
-                """A tree of these training examples (same test images), registered."""
-                sub = build_tree(data, args.labels, roots / f"subset-{len(loops)}", rows, test_rows)
+            def make_tree(rows: np.ndarray, label_set: str | None) -> str:
+                """A tree of these training examples (same test images) under the given
+                labels, or ``label_set``'s, registered."""
+                labels = label_set or args.labels
+                folder = roots / f"seed{len(loops)}-{labels}-{len(rows)}"
+                sub = build_tree(data, labels, folder, rows, test_rows)
                 return client.register_dataset(sub.uri)["id"]
 
             for seed in range(args.seeds):

@@ -1,6 +1,7 @@
 """From finding to fixing on CIFAR-10N, measured: one round of hetserve's own label
 suggestions (relabel, or drop) and a retrain, before and after, beside cleanlab's
-``CleanLearning`` recipe on the same budget. ``bench/cifar10n.py --loop`` runs it after
+``CleanLearning`` recipe on the same budget and the ceiling of any correction (the same
+rows with their clean labels). ``bench/cifar10n.py --loop`` runs it after
 each seed's first job; this module is the loop alone.
 
 Per seed, through the product as a user would (the Python client):
@@ -114,10 +115,11 @@ def cleanlab_round(
     client, make_tree, tree, flagged: np.ndarray, spec: dict, timeout: float
 ) -> dict:
     """cleanlab's CleanLearning recipe through the product: the rows it flagged out of
-    the tree (``make_tree(kept training examples)`` lays out and registers a new one),
+    the tree (``make_tree(kept training examples, None)`` lays out and registers a new
+    one with the given labels),
     a softmax job with the same backbone, augmentation, epochs and seed on the rest."""
     kept = ~flagged
-    dataset_id = make_tree(tree.rows[kept])
+    dataset_id = make_tree(tree.rows[kept], None)
     softmax_spec = {k: v for k, v in spec.items() if k not in ("head", "compare_baseline")}
     softmax_spec |= {"dataset_id": dataset_id, "head": {"kind": "softmax"}}
     job, wall = train_job(client, softmax_spec, timeout)
@@ -210,6 +212,17 @@ def run_loop(args, client, tree, dataset_id: str, run: dict, make_tree) -> dict:
             rounds[f"hetserve {action}, {which}"] = hetserve_round(
                 client, tree, dataset_id, run["model_ids"]["het"], spec, action, top, timeout
             )
+    # The ceiling of any correction: the same rows with their clean labels.
+    oracle_id = make_tree(tree.rows, "clean")
+    job, wall = train_job(client, spec | {"dataset_id": oracle_id}, timeout)
+    rounds["oracle: every label corrected (the clean labels)"] = {
+        "dataset_id": oracle_id,
+        "rows_changed": int((tree.given != tree.clean).sum()),
+        "flag_precision": 1.0,
+        "labels_right_after": 1.0,
+        "test_accuracy": test_accuracy(job),
+        "wall_s": wall,
+    }
     if "cleanlab_flagged" in run:
         flagged = np.asarray(run["cleanlab_flagged"], dtype=bool)
         rounds[f"cleanlab recipe: out-of-fold issues dropped ({args.folds} folds)"] = (
