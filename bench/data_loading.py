@@ -9,7 +9,8 @@ folder is made once (random 64x64 PNGs, bench/stream_memory.make_folder) and ope
 the way the worker opens a registered folder (scan_reference -> open_manifest). The
 in-memory path's one-off cost, decoding the folder whole, is timed and shown apart.
 Configurations are timed in interleaved rounds (bench/export_speed.time_round_robin);
-medians.
+medians over the quiet rounds, each round on stderr with the CPU other processes used
+meanwhile (bench/quiet.py).
 
     nice .venv/bin/python bench/data_loading.py                  # 2000 images, 3 rounds
     nice .venv/bin/python bench/data_loading.py --images 500 --rounds 1
@@ -76,12 +77,14 @@ def main() -> None:
 
         calls = {"in-memory (decoded beforehand)": in_memory}
         calls |= {f"streamed, {w} loader workers": streamed(w) for w in WORKERS}
-        medians = time_round_robin(calls, repeats=args.rounds, warmup=1)
+        timed = time_round_robin(calls, repeats=args.rounds, warmup=1)
+    medians = timed.medians
 
     anchor = medians["in-memory (decoded beforehand)"]
     print(
         f"{n} PNG images {SIZE}x{SIZE} RGB, batches of {BATCH}, {os.cpu_count()} CPU cores, "
-        f"medians of {args.rounds} interleaved epochs\n"
+        f"medians of {args.rounds} interleaved epochs; others' cores per round, median / max: "
+        f"{timed.others_note()}\n"
     )
     print("| path | epoch s | images/s | vs in-memory |")
     print("|---|---:|---:|---:|")

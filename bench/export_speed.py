@@ -7,8 +7,11 @@ MLP backbone (D=128, hidden [256, 256]), HET with R=10, S=1000 (one draw shared 
 batch), B in {1, 64}, K in {10, 100, 1000}; random weights (speed does not depend on
 training). Each cell is the median wall time of one call computing every output
 (probs, entropies, prob_std, noise_std, top classes and their correlations); the
-variants of one row are timed round-robin, so a load change hits them alike. Prints a
-markdown table; ratios are against baselines measured in the same run.
+variants of one row are timed round-robin, so a load change hits them alike. Each
+round goes to stderr with the CPU other processes used meanwhile (bench/quiet.py, in
+cores); the medians are over the quiet rounds (others at most 0.2 core; every round if
+none is), and each row says how many busy rounds it left out. Prints a markdown table;
+ratios are against baselines measured in the same run.
 
 Columns: "graph" = the exported file (noise drawn in the graph from a seed), "noise in"
 = the same core fed a precomputed noise matrix (the sampler's cost is the difference),
@@ -22,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.quiet import MAX_OTHER_CORES, RoundWindows, mark, others_summary, quiet_rounds
 from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
 from models.export import build_onnx, core_onnx, counter_normals, noise_width
@@ -74,23 +80,44 @@ def session(proto, threads: int) -> ort.InferenceSession:
     )
 
 
-def time_round_robin(calls: dict, repeats: int, warmup: int = 5) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in interleaved rounds."""
+@dataclass
+class RoundRobin:
+    """Medians of interleaved rounds, over the quiet rounds (bench/quiet.py)."""
+
+    medians: dict[str, float]  # seconds per call
+    others: list[float]  # per round: the cores other processes used meanwhile
+
+    def others_note(self) -> str:
+        """Others' cores per round, median / max, and the busy rounds left out."""
+        return others_summary(self.others)
+
+
+def time_round_robin(calls: dict, repeats: int, warmup: int = 5) -> RoundRobin:
+    """Seconds per call of each callable, timed in interleaved rounds: the medians over
+    the rounds where other processes used at most bench/quiet.py's MAX_OTHER_CORES (all
+    rounds if none did). Each round goes to stderr with others' cores beside it."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    windows = RoundWindows()
     for _ in range(repeats):
         for name, fn in calls.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+        windows.round_ended()
+    others = windows.finish()
+    for i, cores in enumerate(others):
+        cells = ", ".join(f"{name} {t[i] * 1e3:.2f} ms" for name, t in times.items())
+        print(f"  round {i + 1}: {cells}; others {mark(cores)} cores", file=sys.stderr)
+    kept = quiet_rounds(others)
+    return RoundRobin({name: statistics.median(kept.pick(t)) for name, t in times.items()}, others)
 
 
 def bench_cell(
     num_classes: int, batch: int, samples: int, threads: int, repeats: int
-) -> dict[str, float]:
+) -> RoundRobin:
     het, base = make_model("het", num_classes, samples), make_model("softmax", num_classes, samples)
     graph = session(build_onnx(het, [D]), threads)
     noise_in = session(core_onnx(het, [D]), threads)
@@ -146,22 +173,25 @@ def main() -> None:
 
     print(
         f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"S={args.samples}, R={R}, MLP {D}-256-256, median of {args.repeats}\n"
+        f"S={args.samples}, R={R}, MLP {D}-256-256, median of {args.repeats} rounds (the quiet "
+        f"ones: others' CPU at most {MAX_OTHER_CORES} core)\n"
     )
     print(
         "| K | B | graph ms | noise in ms | graph / noise in | torch ms | graph / torch "
-        "| softmax ms | torch softmax ms | graph / softmax | row per call / graph |"
+        "| softmax ms | torch softmax ms | graph / softmax | row per call / graph "
+        "| others' cores per round, median / max |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for num_classes in args.classes:
         for batch in args.batches:
-            t = bench_cell(num_classes, batch, args.samples, args.threads, args.repeats)
+            cell = bench_cell(num_classes, batch, args.samples, args.threads, args.repeats)
+            t = cell.medians
             ms = {k: v * 1e3 for k, v in t.items()}
             print(
                 f"| {num_classes} | {batch} | {ms['graph']:.2f} | {ms['noise in']:.2f} "
                 f"| {t['graph'] / t['noise in']:.2f}x | {ms['torch']:.2f} | {t['graph'] / t['torch']:.2f}x "
                 f"| {ms['softmax']:.3f} | {ms['torch softmax']:.3f} | {t['graph'] / t['softmax']:.0f}x "
-                f"| {t['row per call'] / t['graph']:.2f}x |",
+                f"| {t['row per call'] / t['graph']:.2f}x | {cell.others_note()} |",
                 flush=True,
             )
 

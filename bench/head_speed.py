@@ -29,12 +29,19 @@ to 2 threads: torch.set_num_threads(2); TensorFlow intra-op 2, inter-op 1.
 
 Timing: per shape and noise mode, rounds of one call of every case (hetserve and
 edward2, and the bound below in shared mode; fwd+bwd and predict), the side that goes
-first rotating between rounds, so
-that load from other processes hits both alike; median and minimum ms per case over
-the rounds (after two warm-up calls each), and the ratio edward2 / hetserve of the
-medians. Peak memory at the K = 1000 shape: the growth of the peak RSS (VmHWM, reset by
-writing 5 to /proc/self/clear_refs) over one call, each in a fresh process, after a
-2-row call has loaded the kernels.
+first rotating between rounds, so that load from other processes hits both alike; median
+and minimum ms per case over the rounds (after two warm-up calls each), and the ratio
+edward2 / hetserve of the medians. Beside each round (stderr): the CPU other processes
+of the machine used meanwhile (bench/quiet.py, in cores, over windows of one or more
+rounds; the edward2 worker and a --contention load are this script's own); a round over
+bench/quiet.py's MAX_OTHER_CORES is busy (``!``) and left out of the medians unless every
+round is, and the tables say how many were. --runs N repeats the whole measurement N
+times and prints, per shape and noise mode, the min / median / max over the runs of
+every ratio (of each run's medians); --json stores them under "spread".
+
+Peak memory at the K = 1000 shape: the growth of the peak RSS (VmHWM, reset by writing 5
+to /proc/self/clear_refs) over one call, each in a fresh process, after a 2-row call has
+loaded the kernels.
 
 Lower bound (shared noise, per shape): the work no implementation can avoid, done with
 torch at 2 threads and timed as a third side in the same rounds (so that it meets the
@@ -66,6 +73,7 @@ the last CPU unless --no-pin; each side's slowdown = contended median / quiet me
 
     .venv/bin/python bench/head_speed.py                 # all shapes, both modes, memory
     .venv/bin/python bench/head_speed.py --quick         # one shape, 7 rounds, no memory
+    .venv/bin/python bench/head_speed.py --quick --runs 3  # and the spread over 3 runs
     .venv/bin/python bench/head_speed.py --contention --json var/head_speed.json
 """
 
@@ -80,6 +88,7 @@ import subprocess
 import sys
 import time
 import venv
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +96,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.quiet import (  # noqa: E402
+    MAX_OTHER_CORES,
+    RoundWindows,
+    Spread,
+    mark,
+    others_summary,
+    quiet_rounds,
+)
 from core.spec import HeadSpec  # noqa: E402
 from models.heads import HetHead  # noqa: E402
 
@@ -243,9 +260,10 @@ def timed(fn):
     return call
 
 
-def interleaved(shape, mode: str, rounds: int, worker: Edward2Worker, bound) -> dict:
-    """{(side, op): [ms per round]}; each round one call of every case, the side that goes
-    first rotating (the bound is a third side, shared noise only)."""
+def interleaved(shape, mode: str, rounds: int, worker: Edward2Worker, bound) -> tuple:
+    """({(side, op): [ms per round]}, [others' cores per round]); each round one call of
+    every case, the side that goes first rotating (the bound is a third side, shared noise
+    only). Others' cores: bench/quiet.py, over windows of one or more rounds."""
     timers = {
         "hetserve": {op: timed(fn) for op, fn in het_calls(*make_het(shape, mode)).items()},
         "edward2": worker.build(shape, mode),
@@ -258,20 +276,31 @@ def interleaved(shape, mode: str, rounds: int, worker: Edward2Worker, bound) -> 
             for _ in range(2):  # warm-up: graphs, kernels, allocator, caches
                 timers[side][op]()
     times: dict = {(side, op): [] for side in sides for op in OPS}
+    windows = RoundWindows()  # the edward2 worker and a --contention load are ours
     for i in range(rounds):
         first = i % len(sides)
         for side in sides[first:] + sides[:first]:
             for op in OPS:
                 time.sleep(GAP_S)
                 times[side, op].append(timers[side][op]())
-    return times
+        windows.round_ended()
+    return times, windows.finish()
 
 
-def summarise(times: dict) -> dict:
-    return {
-        f"{side} {op}": {"median_ms": statistics.median(t), "min_ms": min(t), "calls": len(t)}
+def summarise(times: dict, others: list[float]) -> dict:
+    """Median and minimum ms per case over the quiet rounds (all if none is quiet), and
+    under "rounds" others' cores per round and how many busy rounds were left out."""
+    kept = quiet_rounds(others)
+    summary: dict = {
+        f"{side} {op}": {
+            "median_ms": statistics.median(kept.pick(t)),
+            "min_ms": min(kept.pick(t)),
+            "calls": len(kept.kept),
+        }
         for (side, op), t in times.items()
     }
+    summary["rounds"] = {"others_cores": others, "busy": kept.busy, "total": kept.total}
+    return summary
 
 
 def run_rounds(shapes, rounds_for, worker, bounds: dict) -> dict:
@@ -281,8 +310,11 @@ def run_rounds(shapes, rounds_for, worker, bounds: dict) -> dict:
             rounds = rounds_for(shape)
             log(f"  {fmt_shape(shape)} {mode}: {rounds} rounds")
             bound = bounds[fmt_shape(shape)] if mode == "shared" else None
-            times = interleaved(shape, mode, rounds, worker, bound)
-            results[fmt_shape(shape), mode] = summarise(times)
+            times, others = interleaved(shape, mode, rounds, worker, bound)
+            for i, cores in enumerate(others):
+                cells = ", ".join(f"{side} {op} {t[i]:.1f}" for (side, op), t in times.items())
+                log(f"    round {i + 1}: {cells} ms; others {mark(cores)} cores")
+            results[fmt_shape(shape), mode] = summarise(times, others)
     return results
 
 
@@ -494,8 +526,9 @@ def speed_table(results: dict) -> list[str]:
     lines = [
         "| shape B/D/K/R | noise | hetserve fwd+bwd ms | edward2 fwd+bwd ms | edward2 / hetserve "
         "fwd+bwd | hetserve predict ms | edward2 predict ms | edward2 / hetserve predict | "
-        "bound fwd+bwd / predict ms | hetserve / bound fwd+bwd / predict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "bound fwd+bwd / predict ms | hetserve / bound fwd+bwd / predict | others' cores per "
+        "round, median / max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (shape, mode), r in results.items():
         if f"{BOUND} predict" in r:
@@ -515,6 +548,7 @@ def speed_table(results: dict) -> list[str]:
             cell(r["edward2 predict"]),
             f"**{ratio(results, (shape, mode), 'predict'):.2f}x**",
             *bound_cells,
+            others_summary(r["rounds"]["others_cores"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -530,8 +564,8 @@ def slowdown_table(quiet: dict, contended: dict) -> list[str]:
     lines = [
         "| shape B/D/K/R | noise | hetserve slowdown fwd+bwd / predict | edward2 slowdown "
         "fwd+bwd / predict | contended ms hetserve / edward2 fwd+bwd | contended ms "
-        "hetserve / edward2 predict |",
-        "|---|---|---|---|---|---|",
+        "hetserve / edward2 predict | others' cores per round, median / max |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in contended.items():
         cells = [
@@ -543,9 +577,123 @@ def slowdown_table(quiet: dict, contended: dict) -> list[str]:
             ),
             f"{r['hetserve fwd+bwd']['median_ms']:.1f} / {r['edward2 fwd+bwd']['median_ms']:.1f}",
             f"{r['hetserve predict']['median_ms']:.1f} / {r['edward2 predict']['median_ms']:.1f}",
+            others_summary(r["rounds"]["others_cores"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def run_ratios(run: dict) -> dict:
+    """{(shape, mode): {name: value}}: every ratio one run's tables print."""
+    quiet, contended = run["quiet"], run["contended"]
+    figures = {}
+    for key, r in quiet.items():
+        row = {f"edward2 / hetserve {op}": ratio(quiet, key, op) for op in OPS}
+        if f"{BOUND} predict" in r:
+            row |= {f"hetserve / bound {op}": bound_ratio(r, op) for op in OPS}
+        if key in contended:
+            row |= {
+                f"{side} slowdown {op}": slowdown(quiet, contended, key, side, op)
+                for side in SIDES
+                for op in OPS
+            }
+        figures[key] = row
+    return figures
+
+
+def spreads(runs: list[dict]) -> dict:
+    """{(shape, mode): {ratio name: Spread of that ratio over the runs}} (each run's ratio
+    is of its medians)."""
+    per_run = [run_ratios(run) for run in runs]
+    return {
+        key: {name: Spread.of([ratios[key][name] for ratios in per_run]) for name in row}
+        for key, row in per_run[0].items()
+    }
+
+
+def spread_table(runs: list[dict], spread: dict) -> list[str]:
+    names = list(dict.fromkeys(name for row in spread.values() for name in row))
+    lines = [
+        f"| shape B/D/K/R | noise | {' | '.join(names)} | busy rounds per run |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for key, row in spread.items():
+        busy = []
+        for part in ("quiet", "contended"):
+            if key in runs[0][part]:
+                counts = " / ".join(str(run[part][key]["rounds"]["busy"]) for run in runs)
+                total = runs[0][part][key]["rounds"]["total"]
+                busy.append(f"{counts} of {total}{' (contended)' if part == 'contended' else ''}")
+        cells = [*key, *(row[n].format(unit="x") if n in row else "" for n in names)]
+        lines.append("| " + " | ".join([*cells, "; ".join(busy)]) + " |")
+    return lines
+
+
+def measure(shapes, rounds_for, worker: Edward2Worker, args) -> dict:
+    """One whole measurement: the bound's pieces chosen afresh, the interleaved rounds,
+    and with --contention the rounds again beside a busy process."""
+    log("lower bound: choosing the fastest way to do each piece")
+    bounds = {fmt_shape(s): LowerBound(s) for s in shapes}
+    log("interleaved rounds")
+    quiet = run_rounds(shapes, rounds_for, worker, bounds)
+    contended, where = {}, None
+    if args.contention:
+        load, where = start_load(args.load, not args.no_pin)
+        try:
+            log(f"interleaved rounds beside a busy process ({args.load}, {where})")
+            time.sleep(0.5)
+            contended = run_rounds(shapes, rounds_for, worker, bounds)
+        finally:
+            load.kill()
+            load.wait()
+    return {"bounds": bounds, "quiet": quiet, "contended": contended, "where": where}
+
+
+def print_run(run: dict, args) -> None:
+    """One run's tables: speed, the bound's pieces, contention."""
+    print()
+    print(
+        "Median ms (min) over the quiet interleaved rounds (others' CPU at most "
+        f"{MAX_OTHER_CORES} core; all rounds if none is); ratios are of the medians; the "
+        "bound (shared noise only) is timed in the same rounds."
+    )
+    print()
+    print("\n".join(speed_table(run["quiet"])))
+    print()
+    print("Lower bound pieces, best of 15 calls (ms), and the way each GEMM was done fastest:")
+    print()
+    print(f"| shape B/D/K/R | {' | '.join(PIECES)} | exp rate G/s | draw GEMM | gradient GEMM |")
+    print("|---|" + "---|" * (len(PIECES) + 3))
+    for shape, bound in run["bounds"].items():
+        pieces = " | ".join(f"{bound.pieces_ms[name]:.2f}" for name in PIECES)
+        print(
+            f"| {shape} | {pieces} | {bound.exp_rate / 1e9:.2f} | {bound.draw_name} | "
+            f"{bound.grad_name} |"
+        )
+    if run["contended"]:
+        print()
+        print(
+            f"Contention ({args.load} process, {run['where']}); slowdown = contended median / "
+            "quiet median:"
+        )
+        print()
+        print("\n".join(slowdown_table(run["quiet"], run["contended"])))
+
+
+def run_json(run: dict) -> dict:
+    return {
+        "quiet": {f"{s} {m}": v for (s, m), v in run["quiet"].items()},
+        "contended": {f"{s} {m}": v for (s, m), v in run["contended"].items()},
+        "bound_pieces": {
+            shape: {
+                "pieces_ms": bound.pieces_ms,
+                "exp_per_s": bound.exp_rate,
+                "draw_gemm": bound.draw_name,
+                "gradient_gemm": bound.grad_name,
+            }
+            for shape, bound in run["bounds"].items()
+        },
+    }
 
 
 def describe_cpu() -> str:
@@ -588,6 +736,12 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the busy process to one CPU"
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat the whole measurement; prints min / median / max of the run medians' ratios",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--edward2-venv", type=Path, default=EDWARD2_VENV)
     parser.add_argument("--peak-child", nargs=3, help=argparse.SUPPRESS)
@@ -618,9 +772,11 @@ def main() -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "samples": SAMPLES,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     print(
-        f"machine: {report['machine']['cpu']}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{report['machine']['date']}, machine: {report['machine']['cpu']}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     e2 = report["edward2"]
     print(
@@ -629,51 +785,31 @@ def main() -> None:
     )
     print(f"S = {SAMPLES}; load average before: {os.getloadavg()[0]:.2f}")
 
+    runs = []
     try:
-        log("lower bound: choosing the fastest way to do each piece")
-        bounds = {fmt_shape(s): LowerBound(s) for s in shapes}
-        log("interleaved rounds")
-        quiet = run_rounds(shapes, rounds_for, worker, bounds)
-        contended = {}
-        if args.contention:
-            load, where = start_load(args.load, not args.no_pin)
-            try:
-                log(f"interleaved rounds beside a busy process ({args.load}, {where})")
-                time.sleep(0.5)
-                contended = run_rounds(shapes, rounds_for, worker, bounds)
-            finally:
-                load.kill()
-                load.wait()
-            report["contention"] = {"load": args.load, "where": where}
+        for i in range(args.runs):
+            if args.runs > 1:
+                log(f"run {i + 1} of {args.runs}")
+            runs.append(measure(shapes, rounds_for, worker, args))
     finally:
         worker.close()
+    if args.contention:
+        report["contention"] = {"load": args.load, "where": runs[-1]["where"]}
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
-    print()
-    print(
-        "Median ms (min) over interleaved rounds; ratios are of the medians; the bound "
-        "(shared noise only) is timed in the same rounds."
-    )
-    print()
-    print("\n".join(speed_table(quiet)))
-    print()
-    print("Lower bound pieces, best of 15 calls (ms), and the way each GEMM was done fastest:")
-    print()
-    print(f"| shape B/D/K/R | {' | '.join(PIECES)} | exp rate G/s | draw GEMM | gradient GEMM |")
-    print("|---|" + "---|" * (len(PIECES) + 3))
-    for shape, bound in bounds.items():
-        pieces = " | ".join(f"{bound.pieces_ms[name]:.2f}" for name in PIECES)
-        print(
-            f"| {shape} | {pieces} | {bound.exp_rate / 1e9:.2f} | {bound.draw_name} | "
-            f"{bound.grad_name} |"
-        )
-    if contended:
+    for i, run in enumerate(runs):
+        if args.runs > 1:
+            print(f"\nRun {i + 1} of {args.runs}:")
+        print_run(run, args)
+    spread = spreads(runs)
+    if args.runs > 1:
         print()
         print(
-            f"Contention ({args.load} process, {report['contention']['where']}); slowdown = contended median / quiet median:"
+            f"Spread over {args.runs} runs: min / median / max of each run's ratio of medians "
+            f"(machine and date above):"
         )
         print()
-        print("\n".join(slowdown_table(quiet, contended)))
+        print("\n".join(spread_table(runs, spread)))
 
     memory = {}
     if args.memory if args.memory is not None else not args.quick:
@@ -695,16 +831,11 @@ def main() -> None:
 
     if args.json:
         report.update(
-            quiet={f"{s} {m}": v for (s, m), v in quiet.items()},
-            contended={f"{s} {m}": v for (s, m), v in contended.items()},
-            bound_pieces={
-                shape: {
-                    "pieces_ms": bound.pieces_ms,
-                    "exp_per_s": bound.exp_rate,
-                    "draw_gemm": bound.draw_name,
-                    "gradient_gemm": bound.grad_name,
-                }
-                for shape, bound in bounds.items()
+            run_json(runs[-1]),  # the last run, where a single run's figures always were
+            runs=[run_json(run) for run in runs],
+            spread={
+                f"{s} {m}": {name: sp.as_dict() for name, sp in row.items()}
+                for (s, m), row in spread.items()
             },
             peak_memory_mb=memory,
         )

@@ -20,10 +20,12 @@ the service's settings). Per backbone, in interleaved rounds:
 - ``product, streamed``: the same with the in-memory cache turned off (every epoch
   decodes every image in the loader processes: a folder too large for memory).
 
-images/s = training rows x epochs / seconds (per epoch: training rows / seconds). Each round also prints the CPU that other
-processes used meanwhile (/proc/stat busy time minus this process tree's, in cores):
-a round where others used more than half a core is marked busy. The ratio to the plain
-loop is of the medians over rounds.
+images/s = training rows x epochs / seconds (per epoch: training rows / seconds). Each
+round also prints the CPU that other processes used meanwhile (bench/quiet.py: /proc/stat
+busy time minus this process tree's, in cores); a round where others used more than
+bench/quiet.py's MAX_OTHER_CORES is marked ``!`` and left out of its variant's median
+when a quiet round of it exists (the table's last column says how many were). The ratio
+to the plain loop is of the medians.
 """
 
 from __future__ import annotations
@@ -48,26 +50,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from bench.cifar10n import CLASS_NAMES, build_tree, from_shared, shared_dir  # noqa: E402
+from bench.quiet import OtherCores, mark, quiet_rounds  # noqa: E402
 from core.datastore import open_manifest, scan_reference  # noqa: E402
 from core.spec import RunSpec  # noqa: E402
 from models import image_cache  # noqa: E402
 from models.backbones import augment_images  # noqa: E402
 from models.classifier import build_classifier  # noqa: E402
 from models.train import Callbacks, train  # noqa: E402
-
-BUSY_CORES = 0.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_busy_s() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle, iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
-
-
-def own_cpu_s() -> float:
-    t = os.times()  # this process and its reaped children (the loader processes)
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def run_spec(backbone: str, epochs: int) -> RunSpec:
@@ -163,36 +152,38 @@ def main() -> int:
                 )
             rates: dict[str, list[float]] = {name: [] for name in variants}
             steady: dict[str, list[float]] = {name: [] for name in variants}
+            others: dict[str, list[float]] = {name: [] for name in variants}
             print(f"\n{backbone}: {n} images ({n_train} training rows), {len(tree.rows)} files")
             for r in range(args.rounds):
                 for name, run in variants.items():
-                    busy0, own0, t0 = cpu_busy_s(), own_cpu_s(), time.perf_counter()
-                    measured = run()
-                    elapsed = time.perf_counter() - t0
-                    others = max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0)) / elapsed
+                    with OtherCores() as meter:
+                        measured = run()
+                    others[name].append(meter.cores)
                     seconds, epochs = measured if isinstance(measured, tuple) else (measured, [])
                     rates[name].append(n_train * args.epochs / seconds)
                     # the plain loop has no fixed costs: its whole rate is its steady rate
                     steady[name].append(
                         n_train / statistics.median(epochs) if epochs else rates[name][-1]
                     )
-                    flag = "  BUSY" if others > BUSY_CORES else ""
                     print(
                         f"  round {r + 1} {name:<18} {rates[name][-1]:7.1f} images/s whole call, "
                         f"{steady[name][-1]:7.1f} per epoch after the first "
-                        f"(others used {others:.2f} cores){flag}",
+                        f"(others used {mark(meter.cores)} cores)",
                         flush=True,
                     )
-            plain = statistics.median(rates["plain loop"])
+            kept = {name: quiet_rounds(others[name]) for name in variants}
+            plain = statistics.median(kept["plain loop"].pick(rates["plain loop"]))
             print(
-                f"\n| {backbone} (median of {args.rounds}) | images/s, whole call | × plain "
-                "| images/s, epochs after the first | × plain |\n|---|---|---|---|---|"
+                f"\n| {backbone} (median of {args.rounds}, quiet rounds) | images/s, whole call "
+                "| × plain | images/s, epochs after the first | × plain | rounds |"
+                "\n|---|---|---|---|---|---|"
             )
             for name in variants:
-                whole, per_epoch = statistics.median(rates[name]), statistics.median(steady[name])
+                whole = statistics.median(kept[name].pick(rates[name]))
+                per_epoch = statistics.median(kept[name].pick(steady[name]))
                 print(
                     f"| {name} | {whole:.1f} | {whole / plain:.2f} | {per_epoch:.1f} | "
-                    f"{per_epoch / plain:.2f} |"
+                    f"{per_epoch / plain:.2f} | {kept[name].note()} |"
                 )
     return 0
 

@@ -5,7 +5,8 @@ softmax baseline on the same backbone, both through onnxruntime.
 
 MLP backbone (D=128, hidden [256, 256]), K = 100, B = 64, R = 10, random weights (speed
 does not depend on training). Variants, timed round-robin in interleaved rounds so a
-load change hits them alike (median ms per call):
+load change hits them alike (median ms per call over the quiet rounds, the CPU other
+processes used in each round beside it on stderr: bench/export_speed.time_round_robin):
 
 - "het S=0": the HET file with num_samples = 0, every output fetched (noise_free_probs,
   noise_std, top classes and correlations exact; the sampled outputs are zeros);
@@ -64,7 +65,7 @@ def main() -> None:
         }
 
     zero, default, before = feeds(0), feeds(s), feeds(before_s)
-    t = time_round_robin(
+    timed = time_round_robin(
         {
             "het S=0": lambda: het.run(None, zero),
             "het S=0, noise_free_probs only": lambda: het.run(["noise_free_probs"], zero),
@@ -76,9 +77,11 @@ def main() -> None:
         },
         args.repeats,
     )
+    t = timed.medians
     print(
         f"onnxruntime {ort.__version__}, {args.threads} thread(s), K={k}, B={args.batch}, "
-        f"R={R}, MLP {D}-256-256, median of {args.repeats} interleaved rounds\n"
+        f"R={R}, MLP {D}-256-256, median of {args.repeats} interleaved rounds; others' cores "
+        f"per round, median / max: {timed.others_note()}\n"
     )
     print("| call | ms | vs softmax |")
     print("|---|---:|---:|")

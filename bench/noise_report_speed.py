@@ -4,7 +4,8 @@ One report over N = 2000 random inputs of a HET head (K = 1000, R = 15, D = 256)
 bare linear backbone with random weights, S = 100 draws, batch 256, torch at 2 threads,
 after a warm-up call on 8 rows. Prints the wall time, the growth of the process's peak
 RSS over the call (VmHWM, reset by writing 5 to /proc/self/clear_refs; Linux only) and
-the top class pair.
+the top class pair, and the CPU other processes used during the call (bench/quiet.py,
+in cores; ``!`` when over its MAX_OTHER_CORES: the time is then not a quiet figure).
 
     PYTHONPATH=. .venv/bin/python bench/noise_report_speed.py
 """
@@ -16,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from bench.quiet import OtherCores, mark
 from core.spec import HeadSpec
 from models.backbones import MLP
 from models.classifier import Classifier
@@ -44,11 +46,13 @@ def main() -> None:
     model = Classifier(MLP(d, []), HetHead(HeadSpec(num_factors=r), d, k), np.zeros(d), np.ones(d))
     x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
     noise_report(model, x[:8], num_samples=2)  # warm up kernels and the allocator
-    start = time.perf_counter()
-    report, growth = peak_rss_growth_kb(lambda: noise_report(model, x, num_samples=s))
-    seconds = time.perf_counter() - start
+    with OtherCores() as others:
+        start = time.perf_counter()
+        report, growth = peak_rss_growth_kb(lambda: noise_report(model, x, num_samples=s))
+        seconds = time.perf_counter() - start
     print(
-        f"K={k} R={r} D={d} N={n} S={s}: {seconds:.2f} s, peak RSS growth {growth / 1024:.0f} MB, "
+        f"K={k} R={r} D={d} N={n} S={s}: {seconds:.2f} s (others used {mark(others.cores)} "
+        f"cores meanwhile), peak RSS growth {growth / 1024:.0f} MB, "
         f"top pair {report['class_pairs'][0]}"
     )
 

@@ -28,11 +28,12 @@ Load: wrk (``apt-get install -y wrk``), ``--clients`` connections, each sending 
 and waiting for its answer (closed loop), ``--warmup`` seconds unmeasured, then
 ``--seconds`` measured. Per round it records requests/s, p50 and p99 (wrk's), the
 server's CPU per request (its whole process tree, from /proc) and the CPU the *other*
-processes of the machine used meanwhile: busy time from /proc/stat less the server's,
-wrk's and this script's, in cores; a round where others used more than
-``--max-other-cores`` (0.2) is flagged (!) and left out of the medians when a clean
-round of that line exists. Prints one markdown table per K and request size, and the
-ratio of hetserve's requests/s to the best anchor's, with both p99s.
+processes of the machine used meanwhile (bench/quiet.py: busy time from /proc/stat less
+the server's, wrk's and this script's, in cores); a round where others used more than
+``--max-other-cores`` (bench/quiet.py's MAX_OTHER_CORES, 0.2) is flagged (!) and left
+out of the medians when a clean round of that line exists. Prints one markdown table per
+K and request size, and the ratio of hetserve's requests/s to the best anchor's, with
+both p99s.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -60,6 +60,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.quiet import (  # noqa: E402
+    MAX_OTHER_CORES,
+    OtherCores,
+    mark,
+    quiet_rounds,
+    tree_cpu_s,
+    tree_pids,
+)
 
 D = 64  # input features (the size of sklearn's digits)
 HIDDEN = [256, 256]
@@ -368,36 +377,7 @@ def start(name: str, model: Path, args, work: Path):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-# -- CPU accounting ---------------------------------------------------------------------
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds every process of the machine has used (/proc/stat: all but idle)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
-def tree_pids(root: int) -> set[int]:
-    """Process ``root`` and all its descendants (/proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:  # exited meanwhile
-            continue
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return tree
+# -- CPU accounting: bench/quiet.py; the server's own wait for a CPU here ----------------
 
 
 def tree_runqueue_wait_s(root: int) -> float:
@@ -410,25 +390,6 @@ def tree_runqueue_wait_s(root: int) -> float:
                 with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                     waited += int(f.read().split()[1])
     return waited / 1e9
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds so far of process ``root`` and all its descendants (/proc)."""
-    ticks = 0
-    for pid in tree_pids(root):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / TICK
-
-
-def own_cpu_s() -> float:
-    """This script's CPU and its waited-for children's (wrk) so far."""
-    me, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 # -- the load: wrk ------------------------------------------------------------------------
@@ -492,20 +453,15 @@ def measured_round(target: Target, rows: list, args, work: Path) -> dict:
     """One measured wrk run with the machine's, the server's and our own CPU around it."""
     calls = batch_rows(target) if target.model_id else None
     waited = tree_runqueue_wait_s(target.pid)
-    busy, server, own, wall = (
-        machine_busy_s(),
-        tree_cpu_s(target.pid),
-        own_cpu_s(),
-        time.monotonic(),
-    )
-    result = wrk(target, rows, args.clients, args.seconds, work)
-    wall = time.monotonic() - wall
+    server = tree_cpu_s(target.pid)
+    # ours: this script, wrk (a reaped child) and the server's tree, named in case a
+    # server's processes leave this one's
+    with OtherCores(target.pid) as others:
+        result = wrk(target, rows, args.clients, args.seconds, work)
     server = tree_cpu_s(target.pid) - server
-    own = own_cpu_s() - own
-    busy = machine_busy_s() - busy
     result["server_cpu_ms_per_request"] = server * 1000 / max(result["requests"], 1)
-    result["other_cores"] = max(0.0, busy - server - own) / wall
-    result["server_cores"] = server / wall
+    result["other_cores"] = others.cores
+    result["server_cores"] = server / others.reading.wall_s
     # threads that exited meanwhile drop out of the sum: a lower bound
     waited = max(0.0, tree_runqueue_wait_s(target.pid) - waited)
     result["runqueue_wait_ms_per_request"] = waited * 1000 / max(result["requests"], 1)
@@ -556,8 +512,9 @@ def save(results: dict, path: Path) -> None:
 
 
 def median_of(rounds: list[dict], key: str, max_other: float) -> float:
-    clean = [r[key] for r in rounds if r["other_cores"] <= max_other] or [r[key] for r in rounds]
-    return statistics.median(clean)
+    """The median of ``key`` over the quiet rounds (all of them if none is quiet)."""
+    kept = quiet_rounds([r["other_cores"] for r in rounds], max_other)
+    return statistics.median(kept.pick([r[key] for r in rounds]))
 
 
 def report(results: dict, args) -> str:
@@ -589,7 +546,6 @@ def report(results: dict, args) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, rounds in servers.items():
-            mark = ["!" if r["other_cores"] > flag else "" for r in rounds]
             errors = sum(r["non_2xx"] for r in rounds)
             procs = " / ".join(sorted({str(r["processes"]) for r in rounds}))
             waited = (
@@ -602,9 +558,7 @@ def report(results: dict, args) -> str:
             )
             rps = " / ".join(f"{r['rps']:.0f}" for r in rounds)
             p99 = " / ".join(f"{r['p99']:.1f}" for r in rounds)
-            others = " / ".join(
-                f"{r['other_cores']:.2f}{m}" for r, m in zip(rounds, mark, strict=True)
-            )
+            others = " / ".join(mark(r["other_cores"], flag) for r in rounds)
             lines.append(
                 f"| {name}{f' ({errors} non-2xx)' if errors else ''} | {procs} | {rps} | {p99} "
                 f"| {others} "
@@ -650,7 +604,7 @@ def main() -> None:
     parser.add_argument("--anchor-delay-ms", type=float, default=0.0)
     parser.add_argument("--baseline-tree", type=Path, help="also `hetserve up` from this checkout")
     parser.add_argument("--hetserve-env", action="append", default=[], metavar="NAME:VAR=V,...")
-    parser.add_argument("--max-other-cores", type=float, default=0.2)
+    parser.add_argument("--max-other-cores", type=float, default=MAX_OTHER_CORES)
     parser.add_argument("--json", type=Path, help="also write every round here")
     parser.add_argument(
         "--from-json", type=Path, help="print the tables of a run's --json (give its knobs)"
