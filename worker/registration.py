@@ -3,19 +3,27 @@ and the job ended ``succeeded`` (or ``cancelled``, when a cancel arrived meanwhi
 
 Registration is idempotent (UNIQUE(job_id, role)), so a redelivered job that reaches it
 again registers nothing twice.
+
+The files are written before the transaction that adds the rows referring to them (an
+export takes seconds; a transaction should not). Artifacts are content-addressed, so a
+delete of another row with the same bytes (two identical trainings give identical label
+issues) may remove the file in between; the rows are therefore added under
+``lock_artifact`` of each path, the lock every delete takes, and a file found missing
+under it is written again from what made it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from app.artifact_release import change_then_remove_unreferenced
 from app.artifacts import ArtifactStore
 from app.settings import Settings
-from app.store import Job, JobStore, ModelStore
+from app.store import Job, JobStore, ModelStore, lock_artifact
 from core import label_issues_file
 from core.dataset_files import ArrayDataset
 from core.statuses import JobStatus
@@ -58,10 +66,29 @@ class Artifacts:
     onnx_sha256: str
     noise_report: dict | None
     label_issues_path: str | None
+    onnx_source: Path | None = None  # the exported file, kept until the job's checkpoints go
+    label_issues_bytes: bytes | None = None
 
     @property
     def paths(self) -> list[str]:
         return [p for p in (self.onnx_path, self.label_issues_path) if p]
+
+    def rewrite_missing(self, artifacts: ArtifactStore) -> list[str]:
+        """Write each of this model's files again if it is not there (a delete of the
+        same bytes removed it after it was written); the caller holds their locks.
+        Returns the paths written again."""
+        written = []
+        if self.onnx_source is not None and not artifacts.resolve(self.onnx_path).exists():
+            artifacts.put_file(self.onnx_source, ".onnx")
+            written.append(self.onnx_path)
+        if (
+            self.label_issues_path
+            and self.label_issues_bytes is not None
+            and not artifacts.resolve(self.label_issues_path).exists()
+        ):
+            artifacts.put_bytes(self.label_issues_bytes, ".issues.npz")
+            written.append(self.label_issues_path)
+        return written
 
 
 def register_trained(
@@ -99,6 +126,13 @@ def register_trained(
             JobStore(session).finish(ctx.job_id, JobStatus.CANCELLED)
             # The files exported for nothing, unless another row refers to the same bytes.
             return [p for a in stored.values() for p in a.paths]
+        # The lock a delete of the same bytes takes (sorted: no deadlock with another
+        # registration), then each file is there before a row refers to it.
+        for relative in sorted({p for a in stored.values() for p in a.paths}):
+            lock_artifact(session, relative)
+        for files in stored.values():
+            if rewritten := files.rewrite_missing(artifacts):
+                log.warning("job %s: wrote %s again (removed meanwhile)", ctx.job_id, rewritten)
         register_models(session, ctx, trained, stored, job_metrics, data)
         return []
 
@@ -122,9 +156,9 @@ def register_trained(
 
 def export(
     ctx: JobContext, role: str, trained: TrainedModel, data: ArrayDataset, settings: Settings
-) -> tuple[str, str]:
+) -> tuple[str, str, Path]:
     """Export the model to ONNX (checked: models.export) into the artifact store; return
-    (relative path, sha256)."""
+    (relative path, sha256, the exported file in the unit's checkpoint folder)."""
     held_out = next(x for x in (data.x_test, data.x_val, data.x_train) if x is not None)
     path = unit_checkpoint_dir(settings, ctx.job_id, trained.unit) / "model.onnx"
     export_onnx(
@@ -134,7 +168,7 @@ def export(
         parity_inputs=held_out[:PARITY_ROWS],
         extra_metadata={"job_id": ctx.job_id, "role": role},
     )
-    return ArtifactStore(settings.data_dir).put_file(path, ".onnx")
+    return (*ArtifactStore(settings.data_dir).put_file(path, ".onnx"), path)
 
 
 def store_label_knowledge(
@@ -144,15 +178,18 @@ def store_label_knowledge(
     settings: Settings,
     onnx_path: str,
     onnx_sha256: str,
+    onnx_source: Path | None = None,
 ) -> Artifacts:
     """The model's label knowledge (models.label_knowledge), its label issues put in the
     artifact store; with the exported file, everything its row refers to."""
     knowledge = label_knowledge(trained.model, data, ctx.run_spec.train.seed)
-    issues_path = None
+    issues_path, encoded = None, None
     if knowledge.issues is not None:
         encoded = label_issues_file.encode(*knowledge.issues)
         issues_path = ArtifactStore(settings.data_dir).put_bytes(encoded, ".issues.npz")[0]
-    return Artifacts(onnx_path, onnx_sha256, knowledge.noise_report, issues_path)
+    return Artifacts(
+        onnx_path, onnx_sha256, knowledge.noise_report, issues_path, onnx_source, encoded
+    )
 
 
 def register_models(
