@@ -66,11 +66,12 @@ def parse_run(text: str) -> dict:
 
 
 def main() -> int:
+    from bench.label_scoring import detection
     from core.dataset_files import ArrayDataset
     from core.datastore import ImageFiles
     from core.spec import RunSpec
     from models.image_cache import decode_files
-    from models.train import train
+    from models.train import predict_proba, train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--labels", default="worse")
@@ -102,7 +103,12 @@ def main() -> int:
         )
         x_test = decode_files(test_files) if len(test_rows) else None
     y_test = test_labels[test_rows] if len(test_rows) else None
-    extra = " | clean test acc, MC | clean test acc, noise-free" if len(test_rows) else ""
+    extra = (
+        " | clean test acc, MC | clean test acc, noise-free | label issues F1, noise-free "
+        "| label issues F1, MC"
+        if len(test_rows)
+        else ""
+    )
     print(f"| run ({args.labels}, {len(rows)} images) | noisy val accuracy | noisy val NLL "
           f"| epoch kept | s{extra} |\n|---|---|---|---|---|" + "---|" * extra.count("|"))  # fmt: skip
     for text in args.runs:
@@ -117,11 +123,21 @@ def main() -> int:
         start = time.perf_counter()
         result = train(spec, ds)  # type: ignore[arg-type]
         m = result.metrics
+        f1 = {}
+        if len(test_rows):  # argmax != given on every training row, each predictive
+            is_issue = tree.given != tree.clean
+            for name, noise_free in (("noise-free", True), ("MC", False)):
+                probs = predict_proba(result.model, x, noise_free=noise_free)
+                flagged = probs.argmax(1) != tree.given
+                f1[name] = detection(flagged, 1 - probs[np.arange(len(x)), tree.given], is_issue)[
+                    "f1"
+                ]
         print(
             f"| {text} | {m['val_accuracy']:.3f} | {m['val_nll']:.3f} | "
             f"{result.best_epoch}/{spec.train.epochs} | {time.perf_counter() - start:.0f} |"
             + (
                 f" {m['test_accuracy']:.3f} | {m.get('noise_free_test_accuracy', float('nan')):.3f} |"
+                f" {f1['noise-free']:.3f} | {f1['MC']:.3f} |"
                 if len(test_rows)
                 else ""
             ),
