@@ -41,8 +41,8 @@ from bench.cifar10n import (  # noqa: E402
 
 
 def parse_run(text: str) -> dict:
-    """'het tau=1 r=4 s=200 share=1 lr=1e-3 epochs=8 backbone=cnn' -> a job spec's
-    head/backbone/train."""
+    """'het tau=1 r=4 s=200 share=1 lr=1e-3 epochs=8 backbone=cnn aug=1' -> a job
+    spec's head/backbone/train (aug=0: no crop nor flip)."""
     kind, *pairs = text.split()
     opts = dict(pair.split("=", 1) for pair in pairs)
     head: dict = {"kind": kind}
@@ -54,7 +54,11 @@ def parse_run(text: str) -> dict:
             head["share_samples_across_batch"] = opts["share"] == "1"
     return {
         "head": head,
-        "backbone": {"kind": opts.get("backbone", "cnn"), "augment": True, "hflip": True},
+        "backbone": {
+            "kind": opts.get("backbone", "cnn"),
+            "augment": opts.get("aug", "1") == "1",
+            "hflip": opts.get("aug", "1") == "1",
+        },
         "train": {
             "epochs": int(opts.get("epochs", 8)),
             "lr": float(opts.get("lr", 1e-3)),
