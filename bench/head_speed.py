@@ -97,6 +97,7 @@ MEMORY_SHAPE = (64, 2048, 1000, 15)
 MODES = ("shared", "per-example")
 OPS = ("fwd+bwd", "predict")
 SIDES = ("hetserve", "edward2")
+STATIC = "hetserve static dense"  # hetserve with torch's own dense-layer GEMMs (--static-dense)
 BOUND = "bound"  # the lower bound, timed as a third side (shared noise)
 PIECES = ("dense forward", "dense backward", "draw GEMM", "gradient GEMM", "B*S*K exps")
 THREADS = 2
@@ -199,7 +200,9 @@ class Edward2Worker:
 # --- hetserve: in this process -----------------------------------------------------------
 
 
-def make_het(shape, mode: str) -> tuple[HetHead, torch.Tensor, torch.Tensor]:
+def make_het(
+    shape, mode: str, dynamic_dense: bool = True
+) -> tuple[HetHead, torch.Tensor, torch.Tensor]:
     b, d, k, r = shape
     torch.manual_seed(0)
     spec = HeadSpec(
@@ -211,7 +214,7 @@ def make_het(shape, mode: str) -> tuple[HetHead, torch.Tensor, torch.Tensor]:
         parameter_efficient=False,
         share_samples_across_batch=mode == "shared",
     )
-    head = HetHead(spec, d, k)
+    head = HetHead(spec, d, k, dynamic_dense=dynamic_dense)
     h = torch.randn(b, d, requires_grad=True)
     y = torch.randint(0, k, (b,))
     return head, h, y
@@ -243,13 +246,19 @@ def timed(fn):
     return call
 
 
-def interleaved(shape, mode: str, rounds: int, worker: Edward2Worker, bound) -> dict:
+def interleaved(
+    shape, mode: str, rounds: int, worker: Edward2Worker, bound, static_dense: bool
+) -> dict:
     """{(side, op): [ms per round]}; each round one call of every case, the side that goes
-    first rotating (the bound is a third side, shared noise only)."""
+    first rotating (the bound is a third side, shared noise only; hetserve with static
+    dense layers another with --static-dense)."""
     timers = {
         "hetserve": {op: timed(fn) for op, fn in het_calls(*make_het(shape, mode)).items()},
         "edward2": worker.build(shape, mode),
     }
+    if static_dense:
+        calls = het_calls(*make_het(shape, mode, dynamic_dense=False))
+        timers[STATIC] = {op: timed(fn) for op, fn in calls.items()}
     if bound is not None:
         timers[BOUND] = {op: timed(fn) for op, fn in bound.calls().items()}
     sides = list(timers)
@@ -274,14 +283,14 @@ def summarise(times: dict) -> dict:
     }
 
 
-def run_rounds(shapes, rounds_for, worker, bounds: dict) -> dict:
+def run_rounds(shapes, rounds_for, worker, bounds: dict, static_dense: bool) -> dict:
     results = {}
     for shape in shapes:
         for mode in MODES:
             rounds = rounds_for(shape)
             log(f"  {fmt_shape(shape)} {mode}: {rounds} rounds")
             bound = bounds[fmt_shape(shape)] if mode == "shared" else None
-            times = interleaved(shape, mode, rounds, worker, bound)
+            times = interleaved(shape, mode, rounds, worker, bound, static_dense)
             results[fmt_shape(shape), mode] = summarise(times)
     return results
 
@@ -527,11 +536,18 @@ def slowdown(quiet: dict, contended: dict, key, side: str, op: str) -> float:
 
 
 def slowdown_table(quiet: dict, contended: dict) -> list[str]:
+    """Each side's slowdown (with --static-dense, hetserve's old path as a third), and
+    the contended medians."""
+    sides = [s for s in (*SIDES, STATIC) if f"{s} predict" in next(iter(contended.values()))]
     lines = [
-        "| shape B/D/K/R | noise | hetserve slowdown fwd+bwd / predict | edward2 slowdown "
-        "fwd+bwd / predict | contended ms hetserve / edward2 fwd+bwd | contended ms "
-        "hetserve / edward2 predict |",
-        "|---|---|---|---|---|---|",
+        "| shape B/D/K/R | noise | "
+        + " | ".join(f"{side} slowdown fwd+bwd / predict" for side in sides)
+        + " | contended ms "
+        + " / ".join(sides)
+        + " fwd+bwd | contended ms "
+        + " / ".join(sides)
+        + " predict |",
+        "|---|---|" + "---|" * (len(sides) + 2),
     ]
     for key, r in contended.items():
         cells = [
@@ -539,10 +555,25 @@ def slowdown_table(quiet: dict, contended: dict) -> list[str]:
             *(
                 f"{slowdown(quiet, contended, key, side, 'fwd+bwd'):.2f}x / "
                 f"{slowdown(quiet, contended, key, side, 'predict'):.2f}x"
-                for side in SIDES
+                for side in sides
             ),
-            f"{r['hetserve fwd+bwd']['median_ms']:.1f} / {r['edward2 fwd+bwd']['median_ms']:.1f}",
-            f"{r['hetserve predict']['median_ms']:.1f} / {r['edward2 predict']['median_ms']:.1f}",
+            *(" / ".join(f"{r[f'{side} {op}']['median_ms']:.1f}" for side in sides) for op in OPS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def static_table(results: dict) -> list[str]:
+    """hetserve's medians with its dense layers as dynamic GEMM tasks (the default) and
+    with torch's static ones (--static-dense), same rounds."""
+    lines = [
+        "| shape B/D/K/R | noise | fwd+bwd ms dynamic / static | predict ms dynamic / static |",
+        "|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        cells = [
+            *key,
+            *(f"{cell(r[f'hetserve {op}'])} / {cell(r[f'{STATIC} {op}'])}" for op in OPS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -585,6 +616,11 @@ def main() -> None:
         "--contention", action="store_true", help="rerun the rounds beside a busy process"
     )
     parser.add_argument("--load", choices=sorted(LOADS), default="spin", help="the busy process")
+    parser.add_argument(
+        "--static-dense",
+        action="store_true",
+        help="also time hetserve with torch's own (statically split) dense-layer GEMMs",
+    )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the busy process to one CPU"
     )
@@ -633,14 +669,14 @@ def main() -> None:
         log("lower bound: choosing the fastest way to do each piece")
         bounds = {fmt_shape(s): LowerBound(s) for s in shapes}
         log("interleaved rounds")
-        quiet = run_rounds(shapes, rounds_for, worker, bounds)
+        quiet = run_rounds(shapes, rounds_for, worker, bounds, args.static_dense)
         contended = {}
         if args.contention:
             load, where = start_load(args.load, not args.no_pin)
             try:
                 log(f"interleaved rounds beside a busy process ({args.load}, {where})")
                 time.sleep(0.5)
-                contended = run_rounds(shapes, rounds_for, worker, bounds)
+                contended = run_rounds(shapes, rounds_for, worker, bounds, args.static_dense)
             finally:
                 load.kill()
                 load.wait()
@@ -667,6 +703,16 @@ def main() -> None:
             f"| {shape} | {pieces} | {bound.exp_rate / 1e9:.2f} | {bound.draw_name} | "
             f"{bound.grad_name} |"
         )
+    if args.static_dense:
+        print()
+        print("hetserve, dense layers as dynamic GEMM tasks / torch's static GEMMs, quiet:")
+        print()
+        print("\n".join(static_table(quiet)))
+        if contended:
+            print()
+            print("The same beside the busy process:")
+            print()
+            print("\n".join(static_table(contended)))
     if contended:
         print()
         print(

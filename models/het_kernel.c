@@ -609,6 +609,33 @@ static float *transpose_shared_noise(const job_t *J) {
     return out;
 }
 
+/* work(arg) on num_threads threads (at most max_threads), the calling thread among them.
+   num_threads > 0: an OpenMP parallel region. Loaded after torch, this library binds to
+   the libgomp torch already loaded (same soname), so the region runs on torch's own
+   intra-op threads: no second pool competing with torch's spinning workers on a busy
+   machine. num_threads < 0: |num_threads| plain pthreads, for a forked child, where
+   libgomp's pool (inherited from the parent) must not be used. */
+static void parallel(void *(*work)(void *), void *arg, int num_threads, int64_t max_threads) {
+    int use_openmp = num_threads > 0;
+    num_threads = num_threads < 0 ? -num_threads : num_threads;
+    if (num_threads > max_threads) num_threads = (int)max_threads;
+    if (num_threads < 1) num_threads = 1;
+    if (num_threads == 1) {
+        work(arg);
+    } else if (use_openmp) {
+#pragma omp parallel num_threads(num_threads)
+        work(arg);
+    } else {
+        pthread_t threads[64];
+        if (num_threads > 64) num_threads = 64;
+        int started = 0;
+        for (int i = 1; i < num_threads; i++)
+            if (pthread_create(&threads[started], NULL, work, arg) == 0) started++;
+        work(arg); /* the calling thread works too; the work of a failed start is taken here */
+        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    }
+}
+
 static int run(job_t *J, int num_threads) {
     float *noise_cm = NULL;
     if (J->K <= CLASS_MAJOR_MAX && J->eps_k && J->eps_k_stride == 0 &&
@@ -617,29 +644,7 @@ static int run(job_t *J, int num_threads) {
         if (!noise_cm) return -1;
         J->noise_cm = noise_cm;
     }
-    /* num_threads > 0: an OpenMP parallel region. Loaded after torch, this library binds to
-       the libgomp torch already loaded (same soname), so the region runs on torch's own
-       intra-op threads: no second pool competing with torch's spinning workers on a busy
-       machine. num_threads < 0: |num_threads| plain pthreads, for a forked child, where
-       libgomp's pool (inherited from the parent) must not be used. */
-    int use_openmp = num_threads > 0;
-    num_threads = num_threads < 0 ? -num_threads : num_threads;
-    if (num_threads > J->B) num_threads = (int)J->B;
-    if (num_threads < 1) num_threads = 1;
-    if (num_threads == 1) {
-        work(J);
-    } else if (use_openmp) {
-#pragma omp parallel num_threads(num_threads)
-        work(J);
-    } else {
-        pthread_t threads[64];
-        if (num_threads > 64) num_threads = 64;
-        int started = 0;
-        for (int i = 1; i < num_threads; i++)
-            if (pthread_create(&threads[started], NULL, work, J) == 0) started++;
-        work(J); /* the calling thread works too; examples of a failed start are taken here */
-        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
-    }
+    parallel(work, J, num_threads, J->B);
     free(noise_cm);
     return J->failed && J->next <= J->B ? -1 : 0;
 }
@@ -665,4 +670,117 @@ int het_moments(int64_t B, int64_t K, int64_t R, int64_t S, const float *mu, con
                .eps_r_stride = eps_r_stride, .eps_k_stride = eps_k_stride, .key = key,
                .shift = shift, .out0 = sum_p, .out1 = sum_sq, .out2 = sum_entropy, .mode = 2};
     return run(&J, num_threads);
+}
+
+/* -- the head's dense layers: BLAS GEMM blocks handed out dynamically -------------------
+
+   The dense layers' GEMMs (models/het_fast.py's _DenseLayers) cut into blocks of rows or
+   columns of their output; the blocks go to the threads by an atomic counter, as the
+   examples above do, and each block's sgemm runs on the thread that took it, on one BLAS
+   thread (it is called inside the parallel region, and set so through the BLAS's local
+   thread count). A BLAS's own 2-thread GEMM splits the work statically: beside a busy
+   process, one thread then waits for the one on the busy core. The sgemm is the one torch
+   carries (found by models/het_kernel.py), so a block's arithmetic is torch's own.
+
+   gemms: G_FIELDS int64 per sgemm (the G_* fields below: BLAS's column-major view,
+   pointers as integers, bias 0 for none). groups: GR_FIELDS int64 per group of
+   consecutive gemms cut alike: the calls of a group share the extent being cut (their m
+   when GR_COLUMNS is 0, their n when 1) and block i of every call of the group is one
+   task, run in order by one thread (so the calls may accumulate into one block). bias:
+   C's n columns start as bias[0, m) and the sgemm accumulates onto them. */
+
+typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *,
+                        const float *, const float *, const int *, const float *, const int *,
+                        const float *, float *, const int *);
+typedef int (*set_local_threads_t)(int);
+
+enum { G_TRANSA, G_TRANSB, G_M, G_N, G_K, G_A, G_LDA, G_B, G_LDB, G_ACCUMULATE, G_C, G_LDC,
+       G_BIAS, G_FIELDS };
+enum { GR_FIRST, GR_COUNT, GR_COLUMNS, GR_BLOCK, GR_FIELDS };
+
+typedef struct {
+    sgemm_t sgemm;
+    set_local_threads_t set_local_threads; /* MKL_Set_Num_Threads_Local */
+    const int64_t *gemms, *groups;
+    int64_t num_groups, *task_end; /* task_end[g]: tasks of groups [0, g] */
+    int64_t next;
+} gemm_job_t;
+
+static void gemm_block(const gemm_job_t *J, const int64_t *f, int columns, int64_t start,
+                       int64_t stop) {
+    int64_t lda = f[G_LDA], ldb = f[G_LDB], ldc = f[G_LDC];
+    const float *a = (const float *)(intptr_t)f[G_A], *b = (const float *)(intptr_t)f[G_B];
+    const float *bias = (const float *)(intptr_t)f[G_BIAS];
+    float *c = (float *)(intptr_t)f[G_C];
+    int64_t m = f[G_M], n = f[G_N];
+    if (columns) { /* op(B) columns [start, stop): B's columns, or its rows if transposed */
+        b += f[G_TRANSB] ? start : start * ldb;
+        c += start * ldc;
+        n = stop - start;
+    } else { /* op(A) rows [start, stop): A's rows, or its columns if transposed */
+        a += f[G_TRANSA] ? start * lda : start;
+        c += start;
+        if (bias) bias += start;
+        m = stop - start;
+    }
+    int mi = (int)m, ni = (int)n, ki = (int)f[G_K], ldai = (int)lda, ldbi = (int)ldb;
+    int ldci = (int)ldc;
+    float alpha = 1.0f, beta = f[G_ACCUMULATE] ? 1.0f : 0.0f;
+    if (m <= 0 || n <= 0) return;
+    if (bias) {
+        for (int64_t j = 0; j < n; j++) memcpy(c + j * ldc, bias, (size_t)m * 4);
+        beta = 1.0f;
+    }
+    if (ki <= 0) {
+        if (beta == 0.0f)
+            for (int64_t j = 0; j < n; j++) memset(c + j * ldc, 0, (size_t)m * 4);
+        return;
+    }
+    J->sgemm(f[G_TRANSA] ? "T" : "N", f[G_TRANSB] ? "T" : "N", &mi, &ni, &ki, &alpha, a, &ldai,
+             b, &ldbi, &beta, c, &ldci);
+}
+
+static void *gemm_work(void *arg) {
+    gemm_job_t *J = arg;
+    int previous = J->set_local_threads(1);
+    int64_t total = J->num_groups ? J->task_end[J->num_groups - 1] : 0, g = 0;
+    for (;;) {
+        int64_t t = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (t >= total) break;
+        g = 0;
+        while (J->task_end[g] <= t) g++;
+        const int64_t *gr = J->groups + g * GR_FIELDS;
+        const int64_t *first = J->gemms + gr[GR_FIRST] * G_FIELDS;
+        int columns = (int)gr[GR_COLUMNS];
+        int64_t extent = first[columns ? G_N : G_M], block = gr[GR_BLOCK];
+        int64_t start = (t - (g ? J->task_end[g - 1] : 0)) * block;
+        int64_t stop = start + block < extent ? start + block : extent;
+        for (int64_t i = 0; i < gr[GR_COUNT]; i++)
+            gemm_block(J, first + i * G_FIELDS, columns, start, stop);
+    }
+    J->set_local_threads(previous);
+    return NULL;
+}
+
+int het_gemm_fields(void) { return G_FIELDS * 100 + GR_FIELDS; }
+
+/* The blocks of every group, on num_threads threads (as run above). -1: out of memory. */
+int het_gemm_blocks(void *sgemm, void *set_local_threads, const int64_t *gemms,
+                    const int64_t *groups, int64_t num_groups, int num_threads) {
+    int64_t *task_end = malloc((size_t)(num_groups > 0 ? num_groups : 1) * 8), total = 0;
+    if (!task_end) return -1;
+    for (int64_t g = 0; g < num_groups; g++) {
+        const int64_t *gr = groups + g * GR_FIELDS;
+        const int64_t *first = gemms + gr[GR_FIRST] * G_FIELDS;
+        int64_t extent = first[gr[GR_COLUMNS] ? G_N : G_M], block = gr[GR_BLOCK];
+        total += block > 0 && extent > 0 ? (extent + block - 1) / block : 0;
+        task_end[g] = total;
+    }
+    gemm_job_t J = {.sgemm = (sgemm_t)sgemm,
+                    .set_local_threads = (set_local_threads_t)set_local_threads,
+                    .gemms = gemms, .groups = groups, .num_groups = num_groups,
+                    .task_end = task_end};
+    parallel(gemm_work, &J, num_threads, total);
+    free(task_end);
+    return 0;
 }

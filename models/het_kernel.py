@@ -16,6 +16,10 @@ check what the C side trusts (float32, contiguous, CPU, shapes). Each call is on
 parallel region of ``torch.get_num_threads()`` threads; the library's libgomp is the one
 torch already loaded (same soname), so these are torch's own intra-op threads (plain
 pthreads in a forked child, see ``_threads``). ctypes releases the GIL during a call.
+
+``gemm_blocks`` runs the HET head's dense-layer GEMMs (``models.het_fast.dense_layers``) in
+such a region, in blocks handed out dynamically, each block an sgemm of the MKL that torch
+carries (``blas``: its address, looked up in libtorch_cpu).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,7 +51,10 @@ _SIGNATURES = {
     "het_loglik": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 5 + [_int],
     "het_moments": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 4 + [_int],
     "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 3,
+    "het_gemm_blocks": [_ptr] * 4 + [_i64, _int],
+    "het_gemm_fields": [],
 }
+_RETURNS = {"het_normals": None}
 
 
 _forked = False  # in a child forked after this module was imported
@@ -157,7 +165,7 @@ def load() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(_build(cc)))
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = argtypes, (None if name == "het_normals" else _int)
+                fn.argtypes, fn.restype = argtypes, _RETURNS.get(name, _int)
         except Exception as exc:  # noqa: BLE001 - any failure means: use the torch path
             if switch == "kernel":
                 raise
@@ -301,3 +309,114 @@ def _noise(eps_r, eps_k, batch, num, k, r):
         return eps, num * width
 
     return one(eps_r, r), one(eps_k, k)
+
+
+# -- the dense layers' GEMMs: blocks handed out dynamically ---------------------------------
+
+GEMM_FIELDS, GROUP_FIELDS = 13, 4  # int64 per sgemm and per group (checked at load)
+
+
+class Gemm(NamedTuple):
+    """One column-major BLAS ``sgemm`` over tensors' memory: C = op(A) op(B) (+ C when
+    ``accumulate``; + ``bias`` (m,) broadcast over C's n columns when given). Offsets are
+    in floats from each tensor's first element; the tensors must be float32, contiguous,
+    on the CPU (``gemm_blocks`` checks them) and outlive the call."""
+
+    transa: bool
+    transb: bool
+    m: int
+    n: int
+    k: int
+    a: torch.Tensor
+    lda: int
+    b: torch.Tensor
+    ldb: int
+    c: torch.Tensor
+    ldc: int
+    accumulate: bool = False
+    bias: torch.Tensor | None = None
+
+
+class GemmGroup(NamedTuple):
+    """GEMMs cut alike into blocks of ``block`` rows of C (or columns, ``columns``): their
+    m (n) must agree; block i of each, in order, is one task for one thread."""
+
+    gemms: list[Gemm]
+    columns: bool
+    block: int
+
+
+_blas_lock = threading.Lock()
+_blas: list[tuple[int, int] | None] = []  # [(sgemm_, MKL_Set_Num_Threads_Local)] once found
+
+
+def blas() -> tuple[int, int] | None:
+    """The addresses of torch's own ``sgemm_`` and ``MKL_Set_Num_Threads_Local`` (the MKL
+    linked into libtorch_cpu, exported by the x86-64 wheels), or None where torch has no
+    MKL or does not export them (the dense layers then stay torch's).
+
+    MKL only: its local thread count makes each call one-threaded for sure, where another
+    BLAS might start its own threads inside the kernel's parallel region."""
+    with _blas_lock:
+        if not _blas:
+            _blas.append(_find_blas())
+        return _blas[0]
+
+
+def _find_blas() -> tuple[int, int] | None:
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        functions = lib.sgemm_, lib.MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    sgemm, set_threads = (ctypes.cast(f, ctypes.c_void_p).value for f in functions)
+    return (sgemm, set_threads) if sgemm and set_threads else None
+
+
+def gemm_blocks(groups: list[GemmGroup]) -> None:
+    """Every block of every group, on torch's intra-op threads: each thread takes the next
+    block from an atomic counter and runs its sgemm calls on one BLAS thread. Callers
+    check ``blas()`` first."""
+    lib, found = _library(), blas()
+    if found is None:
+        raise RuntimeError("no MKL sgemm exported by torch here (check het_kernel.blas())")
+    if lib.het_gemm_fields() != GEMM_FIELDS * 100 + GROUP_FIELDS:
+        raise RuntimeError("het_kernel.c and het_kernel.py disagree on the GEMM fields")
+    gemm_rows: list[int] = []
+    group_rows: list[int] = []
+    for group in groups:
+        extents = {g.n if group.columns else g.m for g in group.gemms}
+        if len(extents) > 1 or group.block < 1:
+            raise ValueError(f"a group's GEMMs cut alike need one extent, got {extents}")
+        group_rows += [len(gemm_rows) // GEMM_FIELDS, len(group.gemms), group.columns, group.block]
+        for gemm in group.gemms:
+            gemm_rows += _gemm_row(gemm)
+    table = torch.tensor(gemm_rows, dtype=torch.int64)
+    group_table = torch.tensor(group_rows, dtype=torch.int64)
+    rc = lib.het_gemm_blocks(
+        *found, table.data_ptr(), group_table.data_ptr(), len(groups), _threads()
+    )
+    if rc != 0:
+        raise MemoryError("het_gemm_blocks: out of memory")
+
+
+def _gemm_row(g: Gemm) -> list[int]:
+    """The G_* fields of het_kernel.c, after checking each operand holds its matrix."""
+
+    def address(t: torch.Tensor, rows: int, cols: int, ld: int) -> int:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise TypeError("GEMM operands are contiguous float32 CPU tensors")
+        if rows and cols and (ld < rows or (cols - 1) * ld + rows > t.numel()):
+            raise ValueError(f"a {rows} x {cols} (ld {ld}) GEMM operand outside {tuple(t.shape)}")
+        return t.data_ptr()
+
+    a_shape = (g.k, g.m) if g.transa else (g.m, g.k)
+    b_shape = (g.n, g.k) if g.transb else (g.k, g.n)
+    bias = 0 if g.bias is None else address(g.bias, g.m, 1, g.m)
+    return [
+        int(g.transa), int(g.transb), g.m, g.n, g.k,
+        address(g.a, *a_shape, g.lda), g.lda, address(g.b, *b_shape, g.ldb), g.ldb,
+        int(g.accumulate), address(g.c, g.m, g.n, g.ldc), g.ldc, bias,
+    ]  # fmt: skip
