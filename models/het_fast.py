@@ -505,9 +505,12 @@ def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
 
 # -- the dense layers ------------------------------------------------------------------
 
-DENSE_TASK_FMAS = 1 << 22  # multiply-adds per GEMM task (~0.1 ms on one thread), at least
-DENSE_TASK_ALIGN = 16  # rows / columns per task: a multiple of this (whole vectors)
-DENSE_TASK_MIN = 128  # and at least this many: thinner blocks cost the BLAS its efficiency
+# How the GEMMs are cut (het_kernel.c's dense-layer section): blocks of at least ~0.1 ms on
+# one thread and 128 rows or columns (thinner ones cost the BLAS its efficiency), a
+# multiple of 16 (whole vectors); passes below ~0.25 ms on the calling thread alone
+DENSE_BLOCKING = het_kernel.Blocking(
+    task_fmas=1 << 22, align=16, min_units=128, parallel_fmas=1 << 23
+)
 
 
 def dense_applies(h: torch.Tensor, layers: list[torch.nn.Linear]) -> bool:
@@ -521,47 +524,24 @@ def dense_applies(h: torch.Tensor, layers: list[torch.nn.Linear]) -> bool:
 
 
 def dense_layers(h: torch.Tensor, layers: list[torch.nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """(layer(h) for layer in layers), forward and backward as GEMM tasks that the threads
-    take dynamically (``het_kernel.gemm_blocks``): beside a busy process, the thread on the
-    free core does most of them, where a 2-thread BLAS GEMM splits the work statically and
-    then waits for the thread on the busy core."""
+    """(layer(h) for layer in layers), forward and backward as GEMM blocks that torch's
+    threads take dynamically (``het_kernel.dense_forward``): beside a busy process, the
+    thread on the free core does most of them, where a 2-thread BLAS GEMM splits the work
+    statically and then waits for the thread on the busy core."""
     flat = [t for m in layers for t in (m.weight, m.bias)]
     return _DenseLayers.apply(h, *flat)
 
 
-def _block(extent: int, fmas_per_unit: int) -> int:
-    """Rows (columns) per task: at least DENSE_TASK_FMAS multiply-adds and DENSE_TASK_MIN
-    units, a multiple of DENSE_TASK_ALIGN, at most the whole extent."""
-    size = max(1, -(-DENSE_TASK_FMAS // max(1, fmas_per_unit)))
-    size = max(DENSE_TASK_MIN, -(-size // DENSE_TASK_ALIGN) * DENSE_TASK_ALIGN)
-    return max(1, min(size, extent))
-
-
 class _DenseLayers(torch.autograd.Function):
-    """y_l = h W_l^T + b_l for each layer l, h (B, D), W_l (N_l, D), as GEMM blocks. Read
-    as BLAS's column-major matrices, a row-major (r, c) tensor is its (c, r) transpose:
-
-        forward   y_l^T (N_l x B) = W_l (N_l x D) h^T (D x B) + b_l   blocks of N_l rows
-        backward  dh^T  (D x B)  = sum_l W_l^T (D x N_l) g_l^T       blocks of D rows, the
-                                                                    layers summed per block
-                  dW_l^T (D x N_l) = h^T (D x B) g_l (B x N_l)       blocks of N_l columns
-                  db_l = sum_b g_l                                  (torch)
-
-    each pass one parallel region (``het_kernel.gemm_blocks``)."""
+    """y_l = h W_l^T + b_l for each layer l, h (B, D), W_l (N_l, D); dh and dW_l by the
+    kernel's GEMM blocks, db_l = sum_b dy_l by torch."""
 
     @staticmethod
     def forward(ctx, h, *flat):
         h = h.contiguous()
-        b, d = h.shape
         weights, biases = flat[0::2], flat[1::2]
-        outputs, groups = [], []
-        for w, bias in zip(weights, biases, strict=True):
-            n = w.shape[0]
-            y = h.new_empty(b, n)
-            gemm = het_kernel.Gemm(True, False, n, b, d, w, d, h, d, y, n, bias=bias)
-            groups.append(het_kernel.GemmGroup([gemm], False, _block(n, b * d)))
-            outputs.append(y)
-        het_kernel.gemm_blocks(groups)
+        outputs = [h.new_empty(h.shape[0], w.shape[0]) for w in weights]
+        het_kernel.dense_forward(h, weights, biases, outputs, DENSE_BLOCKING)
         ctx.save_for_backward(h, *weights)
         ctx.has_bias = [bias is not None for bias in biases]
         return tuple(outputs)
@@ -570,32 +550,18 @@ class _DenseLayers(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
         h, *weights = ctx.saved_tensors
-        b, d = h.shape
         grads = [
-            h.new_zeros(b, w.shape[0]) if g is None else g.contiguous()
+            h.new_zeros(h.shape[0], w.shape[0]) if g is None else g.contiguous()
             for g, w in zip(upstream, weights, strict=True)
         ]
-        groups = []
-        grad_h = None
-        if ctx.needs_input_grad[0]:
-            grad_h = h.new_empty(b, d)
-            gemms = [
-                het_kernel.Gemm(False, False, d, b, n, w, d, g, n, grad_h, d, accumulate=i > 0)
-                for i, (w, g) in enumerate(zip(weights, grads, strict=True))
-                for n in [w.shape[0]]
-            ]
-            total = sum(w.shape[0] for w in weights)
-            groups.append(het_kernel.GemmGroup(gemms, False, _block(d, b * total)))
-        out: list[torch.Tensor | None] = []
-        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
-            n = w.shape[0]
-            grad_w = grad_b = None
-            if ctx.needs_input_grad[1 + 2 * i]:
-                grad_w = torch.empty_like(w)
-                gemm = het_kernel.Gemm(False, True, d, n, b, h, d, g, n, grad_w, d)
-                groups.append(het_kernel.GemmGroup([gemm], True, _block(n, b * d)))
-            if ctx.has_bias[i] and ctx.needs_input_grad[2 + 2 * i]:
-                grad_b = g.sum(0)
-            out += [grad_w, grad_b]
-        het_kernel.gemm_blocks(groups)
-        return (grad_h, *out)
+        wanted = ctx.needs_input_grad
+        grad_h = torch.empty_like(h) if wanted[0] else None
+        grad_weights = [
+            torch.empty_like(w) if wanted[1 + 2 * i] else None for i, w in enumerate(weights)
+        ]
+        het_kernel.dense_backward(h, weights, grads, grad_h, grad_weights, DENSE_BLOCKING)
+        grad_biases = [
+            g.sum(0) if has and wanted[2 + 2 * i] else None
+            for i, (g, has) in enumerate(zip(grads, ctx.has_bias, strict=True))
+        ]
+        return (grad_h, *(t for pair in zip(grad_weights, grad_biases, strict=True) for t in pair))

@@ -674,20 +674,33 @@ int het_moments(int64_t B, int64_t K, int64_t R, int64_t S, const float *mu, con
 
 /* -- the head's dense layers: BLAS GEMM blocks handed out dynamically -------------------
 
-   The dense layers' GEMMs (models/het_fast.py's _DenseLayers) cut into blocks of rows or
-   columns of their output; the blocks go to the threads by an atomic counter, as the
-   examples above do, and each block's sgemm runs on the thread that took it, on one BLAS
-   thread (it is called inside the parallel region, and set so through the BLAS's local
-   thread count). A BLAS's own 2-thread GEMM splits the work statically: beside a busy
-   process, one thread then waits for the one on the busy core. The sgemm is the one torch
-   carries (found by models/het_kernel.py), so a block's arithmetic is torch's own.
+   The dense layers y_l = h W_l^T + b_l (l < L; h (B, D), W_l (N_l, D), y_l (B, N_l), all
+   row-major) of models/het_fast.py's _DenseLayers, forward and backward, as GEMMs cut into
+   blocks of rows or columns of their output. The blocks go to the threads by an atomic
+   counter, as the examples above do, and each block's sgemm runs on the thread that took
+   it, on one BLAS thread (the BLAS's local thread count is set to 1 around the work). A
+   BLAS's own 2-thread GEMM splits the work statically: beside a busy process, one thread
+   then waits for the one on the busy core. The sgemm is the one torch carries (found by
+   models/het_kernel.py), so a block's arithmetic is torch's own.
 
-   gemms: G_FIELDS int64 per sgemm (the G_* fields below: BLAS's column-major view,
-   pointers as integers, bias 0 for none). groups: GR_FIELDS int64 per group of
-   consecutive gemms cut alike: the calls of a group share the extent being cut (their m
-   when GR_COLUMNS is 0, their n when 1) and block i of every call of the group is one
-   task, run in order by one thread (so the calls may accumulate into one block). bias:
-   C's n columns start as bias[0, m) and the sgemm accumulates onto them. */
+   BLAS is column-major: a row-major (r, c) matrix is its (c, r) transpose, so
+
+       forward   y_l^T (N_l x B)  = W_l (N_l x D) h^T (D x B) + b_l   blocks of N_l rows
+       backward  dh^T  (D x B)    = sum_l W_l^T (D x N_l) g_l^T      blocks of D rows, the
+                                                                     layers summed per block
+                 dW_l^T (D x N_l) = h^T (D x B) g_l (B x N_l)        blocks of N_l columns
+
+   (db_l = sum_b g_l is torch's). Block sizes: blocking = {task_fmas, align, min_units,
+   parallel_fmas}: a block of at least task_fmas multiply-adds and min_units rows or
+   columns, a multiple of align; a pass of fewer than parallel_fmas multiply-adds runs on
+   the calling thread alone (a parallel region waits at its end for every thread it woke:
+   beside a busy process, that is the busy core's next time slice, far more than the work).
+
+   Internally, a pass is a list of sgemm calls (G_FIELDS int64 each: BLAS's arguments,
+   pointers as integers, bias 0 for none: C's n columns then start as bias[0, m) and the
+   sgemm adds onto them) in groups (GR_FIELDS each): the calls of a group share the extent
+   cut (their m, or their n with GR_COLUMNS) and block i of every call of a group is one
+   task, run in order by one thread (so the calls may accumulate into one block). */
 
 typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *,
                         const float *, const float *, const int *, const float *, const int *,
@@ -701,9 +714,9 @@ enum { GR_FIRST, GR_COUNT, GR_COLUMNS, GR_BLOCK, GR_FIELDS };
 typedef struct {
     sgemm_t sgemm;
     set_local_threads_t set_local_threads; /* MKL_Set_Num_Threads_Local */
-    const int64_t *gemms, *groups;
-    int64_t num_groups, *task_end; /* task_end[g]: tasks of groups [0, g] */
-    int64_t next;
+    int64_t *gemms, *groups, num_gemms, num_groups;
+    int64_t *task_end; /* task_end[g]: tasks of groups [0, g] */
+    int64_t next, fmas;
 } gemm_job_t;
 
 static void gemm_block(const gemm_job_t *J, const int64_t *f, int columns, int64_t start,
@@ -743,11 +756,10 @@ static void gemm_block(const gemm_job_t *J, const int64_t *f, int columns, int64
 static void *gemm_work(void *arg) {
     gemm_job_t *J = arg;
     int previous = J->set_local_threads(1);
-    int64_t total = J->num_groups ? J->task_end[J->num_groups - 1] : 0, g = 0;
+    int64_t total = J->num_groups ? J->task_end[J->num_groups - 1] : 0;
     for (;;) {
-        int64_t t = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        int64_t t = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED), g = 0;
         if (t >= total) break;
-        g = 0;
         while (J->task_end[g] <= t) g++;
         const int64_t *gr = J->groups + g * GR_FIELDS;
         const int64_t *first = J->gemms + gr[GR_FIRST] * G_FIELDS;
@@ -762,25 +774,109 @@ static void *gemm_work(void *arg) {
     return NULL;
 }
 
-int het_gemm_fields(void) { return G_FIELDS * 100 + GR_FIELDS; }
+static int gemm_job_alloc(gemm_job_t *J, void *sgemm, void *set_local_threads, int64_t L) {
+    memset(J, 0, sizeof *J);
+    J->sgemm = (sgemm_t)sgemm;
+    J->set_local_threads = (set_local_threads_t)set_local_threads;
+    J->gemms = malloc((size_t)(2 * L + 1) * G_FIELDS * 8);
+    J->groups = malloc((size_t)(L + 2) * GR_FIELDS * 8);
+    J->task_end = malloc((size_t)(L + 2) * 8);
+    return J->gemms && J->groups && J->task_end ? 0 : -1;
+}
 
-/* The blocks of every group, on num_threads threads (as run above). -1: out of memory. */
-int het_gemm_blocks(void *sgemm, void *set_local_threads, const int64_t *gemms,
-                    const int64_t *groups, int64_t num_groups, int num_threads) {
-    int64_t *task_end = malloc((size_t)(num_groups > 0 ? num_groups : 1) * 8), total = 0;
-    if (!task_end) return -1;
-    for (int64_t g = 0; g < num_groups; g++) {
-        const int64_t *gr = groups + g * GR_FIELDS;
-        const int64_t *first = gemms + gr[GR_FIRST] * G_FIELDS;
-        int64_t extent = first[gr[GR_COLUMNS] ? G_N : G_M], block = gr[GR_BLOCK];
-        total += block > 0 && extent > 0 ? (extent + block - 1) / block : 0;
-        task_end[g] = total;
+static void add_gemm(gemm_job_t *J, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                         const float *a, int64_t lda, const float *b, int64_t ldb, int accumulate,
+                         float *c, int64_t ldc, const float *bias) {
+    int64_t *f = J->gemms + J->num_gemms++ * G_FIELDS;
+    int64_t v[G_FIELDS] = {ta, tb, m, n, k, (intptr_t)a, lda, (intptr_t)b, ldb, accumulate,
+                           (intptr_t)c, ldc, (intptr_t)bias};
+    memcpy(f, v, sizeof v);
+    J->fmas += m * n * k;
+}
+
+/* Rows (columns) per block of a group, see blocking above; extent >= 1. */
+static int64_t block_size(const int64_t *blocking, int64_t extent, int64_t fmas_per_unit) {
+    int64_t per = fmas_per_unit > 0 ? fmas_per_unit : 1;
+    int64_t size = (blocking[0] + per - 1) / per, align = blocking[1] > 0 ? blocking[1] : 1;
+    size = round_up(size > 0 ? size : 1, align);
+    if (size < blocking[2]) size = blocking[2];
+    return size < extent ? size : extent;
+}
+
+static void add_group(gemm_job_t *J, int64_t first, int columns, const int64_t *blocking,
+                      int64_t fmas_per_unit) {
+    const int64_t *f = J->gemms + first * G_FIELDS;
+    int64_t extent = f[columns ? G_N : G_M];
+    if (extent <= 0 || J->num_gemms == first) return;
+    int64_t *gr = J->groups + J->num_groups++ * GR_FIELDS;
+    gr[GR_FIRST] = first;
+    gr[GR_COUNT] = J->num_gemms - first;
+    gr[GR_COLUMNS] = columns;
+    gr[GR_BLOCK] = block_size(blocking, extent, fmas_per_unit);
+}
+
+static int gemm_job_run(gemm_job_t *J, const int64_t *blocking, int num_threads) {
+    int64_t total = 0;
+    for (int64_t g = 0; g < J->num_groups; g++) {
+        const int64_t *gr = J->groups + g * GR_FIELDS;
+        const int64_t *f = J->gemms + gr[GR_FIRST] * G_FIELDS;
+        total += (f[gr[GR_COLUMNS] ? G_N : G_M] + gr[GR_BLOCK] - 1) / gr[GR_BLOCK];
+        J->task_end[g] = total;
     }
-    gemm_job_t J = {.sgemm = (sgemm_t)sgemm,
-                    .set_local_threads = (set_local_threads_t)set_local_threads,
-                    .gemms = gemms, .groups = groups, .num_groups = num_groups,
-                    .task_end = task_end};
-    parallel(gemm_work, &J, num_threads, total);
-    free(task_end);
+    parallel(gemm_work, J, J->fmas >= blocking[3] ? num_threads : 1, total);
     return 0;
+}
+
+static void gemm_job_free(gemm_job_t *J) {
+    free(J->gemms);
+    free(J->groups);
+    free(J->task_end);
+}
+
+/* y[l] = h W[l]^T + bias[l] (bias[l] NULL: none). -1: out of memory. */
+int het_dense_forward(void *sgemm, void *set_local_threads, int64_t B, int64_t D, int64_t L,
+                      const int64_t *N, const float *const *W, const float *const *bias,
+                      const float *h, float *const *y, const int64_t *blocking,
+                      int num_threads) {
+    gemm_job_t J;
+    int rc = gemm_job_alloc(&J, sgemm, set_local_threads, L);
+    if (rc == 0) {
+        for (int64_t l = 0; l < L; l++) {
+            int64_t first = J.num_gemms;
+            add_gemm(&J, 1, 0, N[l], B, D, W[l], D, h, D, 0, y[l], N[l], bias[l]);
+            add_group(&J, first, 0, blocking, B * D);
+        }
+        rc = gemm_job_run(&J, blocking, num_threads);
+    }
+    gemm_job_free(&J);
+    return rc;
+}
+
+/* From g[l] = dloss/dy[l]: grad_h = sum_l g[l] W[l] (grad_h NULL: skipped) and
+   grad_W[l] = g[l]^T h (grad_W[l] NULL: skipped). -1: out of memory. */
+int het_dense_backward(void *sgemm, void *set_local_threads, int64_t B, int64_t D, int64_t L,
+                       const int64_t *N, const float *const *W, const float *const *g,
+                       const float *h, float *grad_h, float *const *grad_W,
+                       const int64_t *blocking, int num_threads) {
+    gemm_job_t J;
+    int rc = gemm_job_alloc(&J, sgemm, set_local_threads, L);
+    if (rc == 0) {
+        if (grad_h) {
+            int64_t total = 0;
+            for (int64_t l = 0; l < L; l++) {
+                add_gemm(&J, 0, 0, D, B, N[l], W[l], D, g[l], N[l], l > 0, grad_h, D, NULL);
+                total += N[l];
+            }
+            add_group(&J, 0, 0, blocking, B * total);
+        }
+        for (int64_t l = 0; l < L; l++) {
+            if (!grad_W[l]) continue;
+            int64_t first = J.num_gemms;
+            add_gemm(&J, 0, 1, D, N[l], B, h, D, g[l], N[l], 0, grad_W[l], D, NULL);
+            add_group(&J, first, 1, blocking, B * D);
+        }
+        rc = gemm_job_run(&J, blocking, num_threads);
+    }
+    gemm_job_free(&J);
+    return rc;
 }

@@ -17,9 +17,9 @@ parallel region of ``torch.get_num_threads()`` threads; the library's libgomp is
 torch already loaded (same soname), so these are torch's own intra-op threads (plain
 pthreads in a forked child, see ``_threads``). ctypes releases the GIL during a call.
 
-``gemm_blocks`` runs the HET head's dense-layer GEMMs (``models.het_fast.dense_layers``) in
-such a region, in blocks handed out dynamically, each block an sgemm of the MKL that torch
-carries (``blas``: its address, looked up in libtorch_cpu).
+``dense_forward`` and ``dense_backward`` run the HET head's dense-layer GEMMs
+(``models.het_fast.dense_layers``) in such a region, in blocks handed out dynamically, each
+block an sgemm of the MKL that torch carries (``blas``: its address, in libtorch_cpu).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ _SIGNATURES = {
     "het_loglik": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 5 + [_int],
     "het_moments": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 4 + [_int],
     "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 3,
-    "het_gemm_blocks": [_ptr] * 4 + [_i64, _int],
-    "het_gemm_fields": [],
+    "het_dense_forward": [_ptr] * 2 + [_i64] * 3 + [_ptr] * 6 + [_int],
+    "het_dense_backward": [_ptr] * 2 + [_i64] * 3 + [_ptr] * 7 + [_int],
 }
 _RETURNS = {"het_normals": None}
 
@@ -313,39 +313,6 @@ def _noise(eps_r, eps_k, batch, num, k, r):
 
 # -- the dense layers' GEMMs: blocks handed out dynamically ---------------------------------
 
-GEMM_FIELDS, GROUP_FIELDS = 13, 4  # int64 per sgemm and per group (checked at load)
-
-
-class Gemm(NamedTuple):
-    """One column-major BLAS ``sgemm`` over tensors' memory: C = op(A) op(B) (+ C when
-    ``accumulate``; + ``bias`` (m,) broadcast over C's n columns when given). Offsets are
-    in floats from each tensor's first element; the tensors must be float32, contiguous,
-    on the CPU (``gemm_blocks`` checks them) and outlive the call."""
-
-    transa: bool
-    transb: bool
-    m: int
-    n: int
-    k: int
-    a: torch.Tensor
-    lda: int
-    b: torch.Tensor
-    ldb: int
-    c: torch.Tensor
-    ldc: int
-    accumulate: bool = False
-    bias: torch.Tensor | None = None
-
-
-class GemmGroup(NamedTuple):
-    """GEMMs cut alike into blocks of ``block`` rows of C (or columns, ``columns``): their
-    m (n) must agree; block i of each, in order, is one task for one thread."""
-
-    gemms: list[Gemm]
-    columns: bool
-    block: int
-
-
 _blas_lock = threading.Lock()
 _blas: list[tuple[int, int] | None] = []  # [(sgemm_, MKL_Set_Num_Threads_Local)] once found
 
@@ -375,48 +342,82 @@ def _find_blas() -> tuple[int, int] | None:
     return (sgemm, set_threads) if sgemm and set_threads else None
 
 
-def gemm_blocks(groups: list[GemmGroup]) -> None:
-    """Every block of every group, on torch's intra-op threads: each thread takes the next
-    block from an atomic counter and runs its sgemm calls on one BLAS thread. Callers
-    check ``blas()`` first."""
-    lib, found = _library(), blas()
+class Blocking(NamedTuple):
+    """How het_kernel.c cuts the dense layers' GEMMs (see its dense-layer section): blocks
+    of at least ``task_fmas`` multiply-adds and ``min_units`` rows or columns, a multiple
+    of ``align``; a pass below ``parallel_fmas`` multiply-adds on the calling thread."""
+
+    task_fmas: int
+    align: int
+    min_units: int
+    parallel_fmas: int
+
+
+def dense_forward(h, weights, biases, outputs, blocking: Blocking) -> None:
+    """outputs[l] = h W_l^T + b_l (b_l None: none): h (B, D), W_l (N_l, D), outputs[l]
+    (B, N_l), float32 contiguous CPU tensors. Callers check ``blas()`` first."""
+    (b, d), widths = h.shape, [w.shape[0] for w in weights]
+    _check_dense(
+        [(h, (b, d))]
+        + [(w, (n, d)) for w, n in zip(weights, widths, strict=True)]
+        + [(t, (n,)) for t, n in zip(biases, widths, strict=True)]
+        + [(t, (b, n)) for t, n in zip(outputs, widths, strict=True)]
+    )
+    rc = _library().het_dense_forward(
+        *_blas_or_raise(), b, d, *_dense_layers(weights), _pointers(biases), h.data_ptr(),
+        _pointers(outputs), _blocking(blocking), _threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("het_dense_forward: out of memory")
+
+
+def dense_backward(h, weights, grads, grad_h, grad_weights, blocking: Blocking) -> None:
+    """From grads[l] = dloss/dy_l (B, N_l): grad_h = sum_l grads[l] W_l (B, D) and
+    grad_weights[l] = grads[l]^T h (N_l, D), each skipped where None."""
+    (b, d), widths = h.shape, [w.shape[0] for w in weights]
+    _check_dense(
+        [(h, (b, d)), (grad_h, (b, d))]
+        + [(w, (n, d)) for w, n in zip(weights, widths, strict=True)]
+        + [(t, (b, n)) for t, n in zip(grads, widths, strict=True)]
+        + [(t, (n, d)) for t, n in zip(grad_weights, widths, strict=True)]
+    )
+    rc = _library().het_dense_backward(
+        *_blas_or_raise(), b, d, *_dense_layers(weights), _pointers(grads), h.data_ptr(),
+        None if grad_h is None else grad_h.data_ptr(), _pointers(grad_weights),
+        _blocking(blocking), _threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("het_dense_backward: out of memory")
+
+
+def _blas_or_raise() -> tuple[int, int]:
+    found = blas()
     if found is None:
         raise RuntimeError("no MKL sgemm exported by torch here (check het_kernel.blas())")
-    if lib.het_gemm_fields() != GEMM_FIELDS * 100 + GROUP_FIELDS:
-        raise RuntimeError("het_kernel.c and het_kernel.py disagree on the GEMM fields")
-    gemm_rows: list[int] = []
-    group_rows: list[int] = []
-    for group in groups:
-        extents = {g.n if group.columns else g.m for g in group.gemms}
-        if len(extents) > 1 or group.block < 1:
-            raise ValueError(f"a group's GEMMs cut alike need one extent, got {extents}")
-        group_rows += [len(gemm_rows) // GEMM_FIELDS, len(group.gemms), group.columns, group.block]
-        for gemm in group.gemms:
-            gemm_rows += _gemm_row(gemm)
-    table = torch.tensor(gemm_rows, dtype=torch.int64)
-    group_table = torch.tensor(group_rows, dtype=torch.int64)
-    rc = lib.het_gemm_blocks(
-        *found, table.data_ptr(), group_table.data_ptr(), len(groups), _threads()
-    )
-    if rc != 0:
-        raise MemoryError("het_gemm_blocks: out of memory")
+    return found
 
 
-def _gemm_row(g: Gemm) -> list[int]:
-    """The G_* fields of het_kernel.c, after checking each operand holds its matrix."""
-
-    def address(t: torch.Tensor, rows: int, cols: int, ld: int) -> int:
+def _check_dense(expected: list) -> None:
+    """What het_kernel.c trusts: each (tensor or None, shape) a float32 contiguous CPU
+    tensor of that shape."""
+    for t, shape in expected:
+        if t is None:
+            continue
         if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-            raise TypeError("GEMM operands are contiguous float32 CPU tensors")
-        if rows and cols and (ld < rows or (cols - 1) * ld + rows > t.numel()):
-            raise ValueError(f"a {rows} x {cols} (ld {ld}) GEMM operand outside {tuple(t.shape)}")
-        return t.data_ptr()
+            raise TypeError("the dense layers take contiguous float32 CPU tensors")
+        if t.shape != shape:
+            raise ValueError(f"a dense-layer tensor of shape {tuple(t.shape)}, expected {shape}")
 
-    a_shape = (g.k, g.m) if g.transa else (g.m, g.k)
-    b_shape = (g.n, g.k) if g.transb else (g.k, g.n)
-    bias = 0 if g.bias is None else address(g.bias, g.m, 1, g.m)
-    return [
-        int(g.transa), int(g.transb), g.m, g.n, g.k,
-        address(g.a, *a_shape, g.lda), g.lda, address(g.b, *b_shape, g.ldb), g.ldb,
-        int(g.accumulate), address(g.c, g.m, g.n, g.ldc), g.ldc, bias,
-    ]  # fmt: skip
+
+def _dense_layers(weights) -> tuple[int, ctypes.Array, ctypes.Array]:
+    """L, the widths N_l and the weights' addresses."""
+    sizes = (ctypes.c_int64 * len(weights))(*(w.shape[0] for w in weights))
+    return len(weights), sizes, _pointers(weights)
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
+
+
+def _blocking(blocking: Blocking) -> ctypes.Array:
+    return (ctypes.c_int64 * 4)(*blocking)

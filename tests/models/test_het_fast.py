@@ -340,7 +340,7 @@ def test_kernel_entropy_has_no_padding_lane_term(num_classes, monkeypatch):
     torch.testing.assert_close(got, wide, rtol=0, atol=1e-9)
 
 
-# -- the dense layers as GEMM tasks (het_fast.dense_layers) --------------------------------
+# -- the dense layers as GEMM blocks (het_fast.dense_layers) ------------------------------
 
 needs_mkl = pytest.mark.skipif(
     het_kernel.load() is None or het_kernel.blas() is None,
@@ -353,6 +353,11 @@ DENSE_SHAPES = [  # (B, D, output widths, bias on the last layer)
     (33, 100, (7, 7, 35), False),  # a layer without bias (parameter-efficient v(x))
     (64, 48, (100, 100, 1000), True),
 ]
+BLOCKINGS = {  # every pass on all threads (parallel_fmas 0), cut three ways
+    "head": het_fast.DENSE_BLOCKING._replace(parallel_fmas=0),  # as the head cuts them
+    "aligned": het_kernel.Blocking(task_fmas=20000, align=16, min_units=16, parallel_fmas=0),
+    "single": het_kernel.Blocking(task_fmas=1, align=1, min_units=1, parallel_fmas=0),
+}
 
 
 def dense_case(b, d, widths, last_bias, seed=0):
@@ -364,7 +369,8 @@ def dense_case(b, d, widths, last_bias, seed=0):
 
 
 def float64_reference(layers, h, grads):
-    """The layers' outputs and the gradients of sum(out * grad) in float64."""
+    """The layers' outputs and the gradients of sum(out * grad) in float64: h's, then each
+    layer's weight and bias."""
     h64 = h.detach().double().requires_grad_()
     params = [p.detach().double().requires_grad_() for m in layers for p in m.parameters()]
     it = iter(params)
@@ -382,31 +388,9 @@ def assert_close32(got, want):
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=tol)
 
 
-@needs_mkl
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: f"B{s[0]}-D{s[1]}-N{s[2][-1]}")
-@pytest.mark.parametrize("blocks", ["default", "aligned", "single"])
-def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatch):
-    """Outputs and every gradient (h, weights, biases) as nn.Linear's, against float64,
-    with the GEMMs cut as the head cuts them, in blocks of 16 rows or columns (the last
-    one partial), or in blocks of one."""
-    if blocks == "aligned":
-        monkeypatch.setattr(het_fast, "DENSE_TASK_FMAS", 20000)
-        monkeypatch.setattr(het_fast, "DENSE_TASK_MIN", 16)
-    elif blocks == "single":
-        monkeypatch.setattr(het_fast, "DENSE_TASK_FMAS", 1)
-        monkeypatch.setattr(het_fast, "DENSE_TASK_ALIGN", 1)
-        monkeypatch.setattr(het_fast, "DENSE_TASK_MIN", 1)
-    layers, h = dense_case(*shape)
-    tasks_run = []
-    real = het_kernel.gemm_blocks
-
-    def counting(groups):
-        extents = [g.gemms[0].n if g.columns else g.gemms[0].m for g in groups]
-        tasks_run.append(sum(-(-e // g.block) for e, g in zip(extents, groups, strict=True)))
-        return real(groups)
-
-    monkeypatch.setattr(het_kernel, "gemm_blocks", counting)
+def dense_forward_backward(layers, h, threads):
+    """Outputs, the upstream gradients drawn for them, and d(sum out * grad) for h and every
+    parameter, by het_fast.dense_layers on ``threads`` threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -417,11 +401,21 @@ def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatc
         got = torch.autograd.grad(outs, [h, *params], grads)
     finally:
         torch.set_num_threads(previous)
+    return outs, grads, got
+
+
+@needs_mkl
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: f"B{s[0]}-D{s[1]}-N{s[2][-1]}")
+@pytest.mark.parametrize("blocks", list(BLOCKINGS))
+def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatch):
+    """Outputs and every gradient (h, weights, biases) as nn.Linear's, against float64,
+    with the GEMMs cut as the head cuts them, in blocks of 16 rows or columns (the last
+    one partial), or in blocks of one."""
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS[blocks])
+    layers, h = dense_case(*shape)
+    outs, grads, got = dense_forward_backward(layers, h, threads)
     want_outs, want_grads = float64_reference(layers, h, grads)
-    assert len(tasks_run) == 2  # forward, backward
-    if blocks == "single":  # a task per output column; per column of dh and of each dW
-        b, d, widths, _ = shape
-        assert tasks_run == [sum(widths), d + sum(widths)]
     for o, w in zip(outs, want_outs, strict=True):
         assert_close32(o, w)
     for g, w in zip(got, want_grads, strict=True):
@@ -429,12 +423,28 @@ def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatc
 
 
 @needs_mkl
+def test_small_dense_passes_on_the_calling_thread_give_the_same_numbers(monkeypatch):
+    """A pass below parallel_fmas runs on the calling thread alone, block by block: the
+    same numbers as on every thread."""
+    layers, h = dense_case(16, 64, (8, 8, 32), True)
+    results = []
+    for parallel_fmas in (1 << 40, 0):
+        blocking = het_kernel.Blocking(
+            task_fmas=1, align=1, min_units=5, parallel_fmas=parallel_fmas
+        )
+        monkeypatch.setattr(het_fast, "DENSE_BLOCKING", blocking)
+        torch.manual_seed(3)
+        outs, _, got = dense_forward_backward(layers, h, 2)
+        results.append([*outs, *got])
+    for serial, parallel in zip(*results, strict=True):
+        torch.testing.assert_close(serial, parallel, rtol=1e-6, atol=1e-6)
+
+
+@needs_mkl
 def test_dense_layers_skip_the_gradients_nobody_needs(monkeypatch):
     """h without requires_grad and a frozen layer: no gradient is formed for them, the
     others are right."""
-    monkeypatch.setattr(het_fast, "DENSE_TASK_FMAS", 1)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_ALIGN", 1)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_MIN", 1)
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS["single"])
     layers, h = dense_case(6, 20, (4, 4, 8), True)
     h = h.detach()
     layers[0].requires_grad_(False)
@@ -442,10 +452,10 @@ def test_dense_layers_skip_the_gradients_nobody_needs(monkeypatch):
     grads = [torch.randn_like(o) for o in outs]
     torch.autograd.backward(outs, grads)
     assert layers[0].weight.grad is None and layers[0].bias.grad is None
-    _, want = float64_reference(layers, h, grads)
-    # want: h, then weight and bias of each layer
-    assert_close32(layers[1].weight.grad, want[3])
-    assert_close32(layers[2].bias.grad, want[6])
+    _, want = float64_reference(layers, h, grads)  # h, then (weight, bias) per layer
+    for i, layer in enumerate(layers[1:], 1):
+        assert_close32(layer.weight.grad, want[1 + 2 * i])
+        assert_close32(layer.bias.grad, want[2 + 2 * i])
 
 
 @needs_mkl
@@ -453,11 +463,11 @@ def test_dense_layers_skip_the_gradients_nobody_needs(monkeypatch):
     ("r", "pe", "shared"), [(3, False, True), (3, True, False), (0, False, True)]
 )
 def test_head_with_dynamic_dense_layers_equals_the_static_ones(r, pe, shared, monkeypatch):
-    """HetHead's loss, every gradient, predict and moments: dense layers as GEMM tasks ==
+    """HetHead's loss, every gradient, predict and moments: dense layers as GEMM blocks ==
     torch's nn.Linear (same weights, same noise), float32, B = 13 cut into odd blocks."""
-    monkeypatch.setattr(het_fast, "DENSE_TASK_FMAS", 1000)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_ALIGN", 3)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_MIN", 3)
+    monkeypatch.setattr(
+        het_fast, "DENSE_BLOCKING", het_kernel.Blocking(1000, 3, 3, parallel_fmas=0)
+    )
     torch.manual_seed(2)
     b, d, k = 13, 40, 12
     spec = HeadSpec(
@@ -498,20 +508,21 @@ def test_dense_layers_not_taken_where_they_do_not_apply(monkeypatch):
 
 
 @needs_mkl
-def test_gemm_blocks_refuse_an_operand_outside_its_tensor():
-    a, b, c = torch.zeros(4, 4), torch.zeros(4, 3), torch.zeros(4, 4)
-    gemm = het_kernel.Gemm(False, False, 4, 4, 4, a, 4, b, 4, c, 4)  # b is 4 x 3
-    with pytest.raises(ValueError, match="outside"):
-        het_kernel.gemm_blocks([het_kernel.GemmGroup([gemm], False, 2)])
+def test_dense_kernel_refuses_tensors_of_the_wrong_shape():
+    h, w = torch.zeros(4, 5), torch.zeros(3, 5)
+    with pytest.raises(ValueError, match="expected"):  # an output of 4 x 2 for N = 3
+        het_kernel.dense_forward(h, [w], [None], [torch.zeros(4, 2)], het_fast.DENSE_BLOCKING)
+    with pytest.raises(TypeError, match="contiguous float32"):
+        het_kernel.dense_forward(
+            h, [w.t().contiguous().t()], [None], [torch.zeros(4, 3)], het_fast.DENSE_BLOCKING
+        )
 
 
 @needs_mkl
 def test_dense_layers_in_a_forked_child(monkeypatch):
-    """After the parent ran GEMM tasks on torch's OpenMP pool, a forked child runs them on
+    """After the parent ran GEMM blocks on torch's OpenMP pool, a forked child runs them on
     plain threads, one MKL thread each, to the same numbers, and does not hang."""
-    monkeypatch.setattr(het_fast, "DENSE_TASK_FMAS", 1)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_ALIGN", 1)
-    monkeypatch.setattr(het_fast, "DENSE_TASK_MIN", 1)
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS["single"])
     layers, h = dense_case(9, 30, (5, 5, 20), True)
 
     def compute():
