@@ -63,10 +63,14 @@ bound median.
 Contention (--contention): the same rounds again while a busy process started here
 spins (a Python loop, or a 1-thread numpy matmul loop with --load matmul), pinned to
 the last CPU unless --no-pin; each side's slowdown = contended median / quiet median.
+--static-dense adds a side: hetserve with torch's own dense-layer GEMMs (HetHead
+dynamic_dense=False, split statically over the threads), the path before the dense
+layers became GEMM blocks handed out dynamically, timed in the same rounds.
 
     .venv/bin/python bench/head_speed.py                 # all shapes, both modes, memory
     .venv/bin/python bench/head_speed.py --quick         # one shape, 7 rounds, no memory
     .venv/bin/python bench/head_speed.py --contention --json var/head_speed.json
+    .venv/bin/python bench/head_speed.py --contention --static-dense --no-memory
 """
 
 from __future__ import annotations
