@@ -324,6 +324,10 @@ class HetHead(nn.Module):
         task: "multiclass" (softmax) or "multilabel" (sigmoid).
         fast: estimate with ``models.het_fast`` (chunked, bounded memory); False: with
             the reference estimator over the whole (B, S, K) tensor.
+        dynamic_dense: fast path: the dense layers (mu, d and V from h) as GEMM tasks
+            the threads take dynamically (``het_fast.dense_layers``; float32 on a CPU
+            with torch's MKL), forward and backward; False: torch's own GEMMs, split
+            statically over the threads (slower beside a busy process).
         chunk_elements: fast path: cap on B x C x K elements processed at once. None:
             about a million (4 MB) on a CPU, where that keeps a chunk in cache and larger
             chunks are slower, and 16 million (64 MB) on a GPU, where fewer, larger
@@ -334,6 +338,7 @@ class HetHead(nn.Module):
 
     kind: Literal["het", "softmax"] = "het"
     fast = True
+    dynamic_dense = True
     # buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not
     temperature_bounds: torch.Tensor  # (lo, hi), a learned temperature only
     fixed_temperature: torch.Tensor
@@ -346,6 +351,7 @@ class HetHead(nn.Module):
         task: str = MULTICLASS,
         *,
         fast: bool = True,
+        dynamic_dense: bool = True,
         chunk_elements: int | None = None,
         initial_temperature: float = 1.0,
         min_scale: float = 1e-3,
@@ -369,6 +375,7 @@ class HetHead(nn.Module):
         self.share_samples_across_batch = spec.share_samples_across_batch
         self.min_scale = min_scale
         self.fast = fast
+        self.dynamic_dense = dynamic_dense
         self.chunk_elements = chunk_elements
         # Multiclass draws are laid out class-major with few classes (faster there).
         self.class_major = task == MULTICLASS and num_classes <= het_fast.CLASS_MAJOR_MAX_CLASSES
@@ -407,15 +414,18 @@ class HetHead(nn.Module):
         return self.fixed_temperature
 
     def latent(self, h: torch.Tensor) -> LogitGaussian:
-        mu = self.loc(h)
-        scale = F.softplus(self.diag(h)) + self.min_scale
-        if self.factor is None:
+        layers = [self.loc, self.diag] + ([] if self.factor is None else [self.factor])
+        if self.fast and self.dynamic_dense and het_fast.dense_applies(h, layers):
+            # the same GEMMs as tasks the threads take dynamically (see het_fast.dense_layers)
+            mu, pre_scale, *factor = het_fast.dense_layers(h, layers)
+        else:
+            mu, pre_scale, *factor = (layer(h) for layer in layers)
+        scale = F.softplus(pre_scale) + self.min_scale
+        if not factor:
             return LogitGaussian(mu, scale)
         if self.parameter_efficient:
-            return LogitGaussian(
-                mu, scale, factor_scale=self.factor(h), factor_basis=self.factor_basis
-            )
-        factors = self.factor(h).view(h.shape[0], self.num_classes, self.num_factors)
+            return LogitGaussian(mu, scale, factor_scale=factor[0], factor_basis=self.factor_basis)
+        factors = factor[0].view(h.shape[0], self.num_classes, self.num_factors)
         return LogitGaussian(mu, scale, factors=factors)
 
     forward = latent

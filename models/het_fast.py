@@ -43,6 +43,14 @@ formed; ``SeededNoise.materialise`` gives the same numbers as tensors for the re
 - **One GEMM.** mu + V eps_R is ``[1, eps_R] @ [mu; V^T]``, the stacked matrix built once
   and reused by every chunk; the parameter-efficient diag(v) J eps_R is v * (J eps_R).
 
+**The dense layers** (mu, d and V from the feature h; ``dense_layers``, used by
+``HetHead.latent`` where the kernel applies and torch carries MKL): the same GEMMs as
+``nn.Linear``'s, forward and backward, cut into blocks of rows or columns that torch's
+threads take from an atomic counter (``het_kernel.gemm_blocks``), each block one
+single-threaded MKL sgemm. A 2-thread BLAS GEMM splits statically, so beside a busy
+process the thread on the free core waits for the one on the busy core; here it takes
+more blocks instead.
+
 Both: **stable moments.** The std of the sampled probabilities is summed around the
 noise-free prediction softmax(mu / tau), so E[p^2] - E[p]^2 does not cancel in float32.
 """
@@ -493,3 +501,67 @@ def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
         total += p.sum(sd)
         total_sq += p.square_().sum(sd)
     return total, total_sq, total_ent
+
+
+# -- the dense layers ------------------------------------------------------------------
+
+# How the GEMMs are cut (het_kernel.c's dense-layer section): blocks of at least ~0.1 ms on
+# one thread and 128 rows or columns (thinner ones cost the BLAS its efficiency), a
+# multiple of 16 (whole vectors); passes below ~0.25 ms on the calling thread alone
+DENSE_BLOCKING = het_kernel.Blocking(
+    task_fmas=1 << 22, align=16, min_units=128, parallel_fmas=1 << 23
+)
+
+
+def dense_applies(h: torch.Tensor, layers: list[torch.nn.Linear]) -> bool:
+    """Whether ``dense_layers`` takes these layers: float32 on a CPU, the kernel and torch's
+    MKL sgemm found, and no tracing (export and torch.compile see the plain layers)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or h.dim() != 2:
+        return False
+    if type(h) is not torch.Tensor or not het_kernel.applies(h, *(m.weight for m in layers)):
+        return False
+    return het_kernel.blas() is not None
+
+
+def dense_layers(h: torch.Tensor, layers: list[torch.nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """(layer(h) for layer in layers), forward and backward as GEMM blocks that torch's
+    threads take dynamically (``het_kernel.dense_forward``): beside a busy process, the
+    thread on the free core does most of them, where a 2-thread BLAS GEMM splits the work
+    statically and then waits for the thread on the busy core."""
+    flat = [t for m in layers for t in (m.weight, m.bias)]
+    return _DenseLayers.apply(h, *flat)
+
+
+class _DenseLayers(torch.autograd.Function):
+    """y_l = h W_l^T + b_l for each layer l, h (B, D), W_l (N_l, D); dh and dW_l by the
+    kernel's GEMM blocks, db_l = sum_b dy_l by torch."""
+
+    @staticmethod
+    def forward(ctx, h, *flat):
+        h = h.contiguous()
+        weights, biases = flat[0::2], flat[1::2]
+        outputs = [h.new_empty(h.shape[0], w.shape[0]) for w in weights]
+        het_kernel.dense_forward(h, weights, biases, outputs, DENSE_BLOCKING)
+        ctx.save_for_backward(h, *weights)
+        ctx.has_bias = [bias is not None for bias in biases]
+        return tuple(outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *upstream):
+        h, *weights = ctx.saved_tensors
+        grads = [
+            h.new_zeros(h.shape[0], w.shape[0]) if g is None else g.contiguous()
+            for g, w in zip(upstream, weights, strict=True)
+        ]
+        wanted = ctx.needs_input_grad
+        grad_h = torch.empty_like(h) if wanted[0] else None
+        grad_weights = [
+            torch.empty_like(w) if wanted[1 + 2 * i] else None for i, w in enumerate(weights)
+        ]
+        het_kernel.dense_backward(h, weights, grads, grad_h, grad_weights, DENSE_BLOCKING)
+        grad_biases = [
+            g.sum(0) if has and wanted[2 + 2 * i] else None
+            for i, (g, has) in enumerate(zip(grads, ctx.has_bias, strict=True))
+        ]
+        return (grad_h, *(t for pair in zip(grad_weights, grad_biases, strict=True) for t in pair))

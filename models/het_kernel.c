@@ -609,6 +609,33 @@ static float *transpose_shared_noise(const job_t *J) {
     return out;
 }
 
+/* work(arg) on num_threads threads (at most max_threads), the calling thread among them.
+   num_threads > 0: an OpenMP parallel region. Loaded after torch, this library binds to
+   the libgomp torch already loaded (same soname), so the region runs on torch's own
+   intra-op threads: no second pool competing with torch's spinning workers on a busy
+   machine. num_threads < 0: |num_threads| plain pthreads, for a forked child, where
+   libgomp's pool (inherited from the parent) must not be used. */
+static void parallel(void *(*work)(void *), void *arg, int num_threads, int64_t max_threads) {
+    int use_openmp = num_threads > 0;
+    num_threads = num_threads < 0 ? -num_threads : num_threads;
+    if (num_threads > max_threads) num_threads = (int)max_threads;
+    if (num_threads < 1) num_threads = 1;
+    if (num_threads == 1) {
+        work(arg);
+    } else if (use_openmp) {
+#pragma omp parallel num_threads(num_threads)
+        work(arg);
+    } else {
+        pthread_t threads[64];
+        if (num_threads > 64) num_threads = 64;
+        int started = 0;
+        for (int i = 1; i < num_threads; i++)
+            if (pthread_create(&threads[started], NULL, work, arg) == 0) started++;
+        work(arg); /* the calling thread works too; the work of a failed start is taken here */
+        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    }
+}
+
 static int run(job_t *J, int num_threads) {
     float *noise_cm = NULL;
     if (J->K <= CLASS_MAJOR_MAX && J->eps_k && J->eps_k_stride == 0 &&
@@ -617,29 +644,7 @@ static int run(job_t *J, int num_threads) {
         if (!noise_cm) return -1;
         J->noise_cm = noise_cm;
     }
-    /* num_threads > 0: an OpenMP parallel region. Loaded after torch, this library binds to
-       the libgomp torch already loaded (same soname), so the region runs on torch's own
-       intra-op threads: no second pool competing with torch's spinning workers on a busy
-       machine. num_threads < 0: |num_threads| plain pthreads, for a forked child, where
-       libgomp's pool (inherited from the parent) must not be used. */
-    int use_openmp = num_threads > 0;
-    num_threads = num_threads < 0 ? -num_threads : num_threads;
-    if (num_threads > J->B) num_threads = (int)J->B;
-    if (num_threads < 1) num_threads = 1;
-    if (num_threads == 1) {
-        work(J);
-    } else if (use_openmp) {
-#pragma omp parallel num_threads(num_threads)
-        work(J);
-    } else {
-        pthread_t threads[64];
-        if (num_threads > 64) num_threads = 64;
-        int started = 0;
-        for (int i = 1; i < num_threads; i++)
-            if (pthread_create(&threads[started], NULL, work, J) == 0) started++;
-        work(J); /* the calling thread works too; examples of a failed start are taken here */
-        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
-    }
+    parallel(work, J, num_threads, J->B);
     free(noise_cm);
     return J->failed && J->next <= J->B ? -1 : 0;
 }
@@ -665,4 +670,213 @@ int het_moments(int64_t B, int64_t K, int64_t R, int64_t S, const float *mu, con
                .eps_r_stride = eps_r_stride, .eps_k_stride = eps_k_stride, .key = key,
                .shift = shift, .out0 = sum_p, .out1 = sum_sq, .out2 = sum_entropy, .mode = 2};
     return run(&J, num_threads);
+}
+
+/* -- the head's dense layers: BLAS GEMM blocks handed out dynamically -------------------
+
+   The dense layers y_l = h W_l^T + b_l (l < L; h (B, D), W_l (N_l, D), y_l (B, N_l), all
+   row-major) of models/het_fast.py's _DenseLayers, forward and backward, as GEMMs cut into
+   blocks of rows or columns of their output. The blocks go to the threads by an atomic
+   counter, as the examples above do, and each block's sgemm runs on the thread that took
+   it, on one BLAS thread (the BLAS's local thread count is set to 1 around the work). A
+   BLAS's own 2-thread GEMM splits the work statically: beside a busy process, one thread
+   then waits for the one on the busy core. The sgemm is the one torch carries (found by
+   models/het_kernel.py), so a block's arithmetic is torch's own.
+
+   BLAS is column-major: a row-major (r, c) matrix is its (c, r) transpose, so
+
+       forward   y_l^T (N_l x B)  = W_l (N_l x D) h^T (D x B) + b_l   blocks of N_l rows
+       backward  dh^T  (D x B)    = sum_l W_l^T (D x N_l) g_l^T      blocks of D rows, the
+                                                                     layers summed per block
+                 dW_l^T (D x N_l) = h^T (D x B) g_l (B x N_l)        blocks of N_l columns
+
+   (db_l = sum_b g_l is torch's). Block sizes: blocking = {task_fmas, align, min_units,
+   parallel_fmas}: a block of at least task_fmas multiply-adds and min_units rows or
+   columns, a multiple of align; a pass of fewer than parallel_fmas multiply-adds runs on
+   the calling thread alone (a parallel region waits at its end for every thread it woke:
+   beside a busy process, that is the busy core's next time slice, far more than the work).
+
+   Internally, a pass is a list of sgemm calls (G_FIELDS int64 each: BLAS's arguments,
+   pointers as integers, bias 0 for none: C's n columns then start as bias[0, m) and the
+   sgemm adds onto them) in groups (GR_FIELDS each): the calls of a group share the extent
+   cut (their m, or their n with GR_COLUMNS) and block i of every call of a group is one
+   task, run in order by one thread (so the calls may accumulate into one block). */
+
+typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *,
+                        const float *, const float *, const int *, const float *, const int *,
+                        const float *, float *, const int *);
+typedef int (*set_local_threads_t)(int);
+
+enum { G_TRANSA, G_TRANSB, G_M, G_N, G_K, G_A, G_LDA, G_B, G_LDB, G_ACCUMULATE, G_C, G_LDC,
+       G_BIAS, G_FIELDS };
+enum { GR_FIRST, GR_COUNT, GR_COLUMNS, GR_BLOCK, GR_FIELDS };
+
+typedef struct {
+    sgemm_t sgemm;
+    set_local_threads_t set_local_threads; /* MKL_Set_Num_Threads_Local */
+    int64_t *gemms, *groups, num_gemms, num_groups;
+    int64_t *task_end; /* task_end[g]: tasks of groups [0, g] */
+    int64_t next, fmas;
+} gemm_job_t;
+
+static void gemm_block(const gemm_job_t *J, const int64_t *f, int columns, int64_t start,
+                       int64_t stop) {
+    int64_t lda = f[G_LDA], ldb = f[G_LDB], ldc = f[G_LDC];
+    const float *a = (const float *)(intptr_t)f[G_A], *b = (const float *)(intptr_t)f[G_B];
+    const float *bias = (const float *)(intptr_t)f[G_BIAS];
+    float *c = (float *)(intptr_t)f[G_C];
+    int64_t m = f[G_M], n = f[G_N];
+    if (columns) { /* op(B) columns [start, stop): B's columns, or its rows if transposed */
+        b += f[G_TRANSB] ? start : start * ldb;
+        c += start * ldc;
+        n = stop - start;
+    } else { /* op(A) rows [start, stop): A's rows, or its columns if transposed */
+        a += f[G_TRANSA] ? start * lda : start;
+        c += start;
+        if (bias) bias += start;
+        m = stop - start;
+    }
+    int mi = (int)m, ni = (int)n, ki = (int)f[G_K], ldai = (int)lda, ldbi = (int)ldb;
+    int ldci = (int)ldc;
+    float alpha = 1.0f, beta = f[G_ACCUMULATE] ? 1.0f : 0.0f;
+    if (m <= 0 || n <= 0) return;
+    if (bias) {
+        for (int64_t j = 0; j < n; j++) memcpy(c + j * ldc, bias, (size_t)m * 4);
+        beta = 1.0f;
+    }
+    if (ki <= 0) {
+        if (beta == 0.0f)
+            for (int64_t j = 0; j < n; j++) memset(c + j * ldc, 0, (size_t)m * 4);
+        return;
+    }
+    J->sgemm(f[G_TRANSA] ? "T" : "N", f[G_TRANSB] ? "T" : "N", &mi, &ni, &ki, &alpha, a, &ldai,
+             b, &ldbi, &beta, c, &ldci);
+}
+
+static void *gemm_work(void *arg) {
+    gemm_job_t *J = arg;
+    int previous = J->set_local_threads(1);
+    int64_t total = J->num_groups ? J->task_end[J->num_groups - 1] : 0;
+    for (;;) {
+        int64_t t = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED), g = 0;
+        if (t >= total) break;
+        while (J->task_end[g] <= t) g++;
+        const int64_t *gr = J->groups + g * GR_FIELDS;
+        const int64_t *first = J->gemms + gr[GR_FIRST] * G_FIELDS;
+        int columns = (int)gr[GR_COLUMNS];
+        int64_t extent = first[columns ? G_N : G_M], block = gr[GR_BLOCK];
+        int64_t start = (t - (g ? J->task_end[g - 1] : 0)) * block;
+        int64_t stop = start + block < extent ? start + block : extent;
+        for (int64_t i = 0; i < gr[GR_COUNT]; i++)
+            gemm_block(J, first + i * G_FIELDS, columns, start, stop);
+    }
+    J->set_local_threads(previous);
+    return NULL;
+}
+
+static int gemm_job_alloc(gemm_job_t *J, void *sgemm, void *set_local_threads, int64_t L) {
+    memset(J, 0, sizeof *J);
+    J->sgemm = (sgemm_t)sgemm;
+    J->set_local_threads = (set_local_threads_t)set_local_threads;
+    J->gemms = malloc((size_t)(2 * L + 1) * G_FIELDS * 8);
+    J->groups = malloc((size_t)(L + 2) * GR_FIELDS * 8);
+    J->task_end = malloc((size_t)(L + 2) * 8);
+    return J->gemms && J->groups && J->task_end ? 0 : -1;
+}
+
+static void add_gemm(gemm_job_t *J, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                         const float *a, int64_t lda, const float *b, int64_t ldb, int accumulate,
+                         float *c, int64_t ldc, const float *bias) {
+    int64_t *f = J->gemms + J->num_gemms++ * G_FIELDS;
+    int64_t v[G_FIELDS] = {ta, tb, m, n, k, (intptr_t)a, lda, (intptr_t)b, ldb, accumulate,
+                           (intptr_t)c, ldc, (intptr_t)bias};
+    memcpy(f, v, sizeof v);
+    J->fmas += m * n * k;
+}
+
+/* Rows (columns) per block of a group, see blocking above; extent >= 1. */
+static int64_t block_size(const int64_t *blocking, int64_t extent, int64_t fmas_per_unit) {
+    int64_t per = fmas_per_unit > 0 ? fmas_per_unit : 1;
+    int64_t size = (blocking[0] + per - 1) / per, align = blocking[1] > 0 ? blocking[1] : 1;
+    size = round_up(size > 0 ? size : 1, align);
+    if (size < blocking[2]) size = blocking[2];
+    return size < extent ? size : extent;
+}
+
+static void add_group(gemm_job_t *J, int64_t first, int columns, const int64_t *blocking,
+                      int64_t fmas_per_unit) {
+    const int64_t *f = J->gemms + first * G_FIELDS;
+    int64_t extent = f[columns ? G_N : G_M];
+    if (extent <= 0 || J->num_gemms == first) return;
+    int64_t *gr = J->groups + J->num_groups++ * GR_FIELDS;
+    gr[GR_FIRST] = first;
+    gr[GR_COUNT] = J->num_gemms - first;
+    gr[GR_COLUMNS] = columns;
+    gr[GR_BLOCK] = block_size(blocking, extent, fmas_per_unit);
+}
+
+static int gemm_job_run(gemm_job_t *J, const int64_t *blocking, int num_threads) {
+    int64_t total = 0;
+    for (int64_t g = 0; g < J->num_groups; g++) {
+        const int64_t *gr = J->groups + g * GR_FIELDS;
+        const int64_t *f = J->gemms + gr[GR_FIRST] * G_FIELDS;
+        total += (f[gr[GR_COLUMNS] ? G_N : G_M] + gr[GR_BLOCK] - 1) / gr[GR_BLOCK];
+        J->task_end[g] = total;
+    }
+    parallel(gemm_work, J, J->fmas >= blocking[3] ? num_threads : 1, total);
+    return 0;
+}
+
+static void gemm_job_free(gemm_job_t *J) {
+    free(J->gemms);
+    free(J->groups);
+    free(J->task_end);
+}
+
+/* y[l] = h W[l]^T + bias[l] (bias[l] NULL: none). -1: out of memory. */
+int het_dense_forward(void *sgemm, void *set_local_threads, int64_t B, int64_t D, int64_t L,
+                      const int64_t *N, const float *const *W, const float *const *bias,
+                      const float *h, float *const *y, const int64_t *blocking,
+                      int num_threads) {
+    gemm_job_t J;
+    int rc = gemm_job_alloc(&J, sgemm, set_local_threads, L);
+    if (rc == 0) {
+        for (int64_t l = 0; l < L; l++) {
+            int64_t first = J.num_gemms;
+            add_gemm(&J, 1, 0, N[l], B, D, W[l], D, h, D, 0, y[l], N[l], bias[l]);
+            add_group(&J, first, 0, blocking, B * D);
+        }
+        rc = gemm_job_run(&J, blocking, num_threads);
+    }
+    gemm_job_free(&J);
+    return rc;
+}
+
+/* From g[l] = dloss/dy[l]: grad_h = sum_l g[l] W[l] (grad_h NULL: skipped) and
+   grad_W[l] = g[l]^T h (grad_W[l] NULL: skipped). -1: out of memory. */
+int het_dense_backward(void *sgemm, void *set_local_threads, int64_t B, int64_t D, int64_t L,
+                       const int64_t *N, const float *const *W, const float *const *g,
+                       const float *h, float *grad_h, float *const *grad_W,
+                       const int64_t *blocking, int num_threads) {
+    gemm_job_t J;
+    int rc = gemm_job_alloc(&J, sgemm, set_local_threads, L);
+    if (rc == 0) {
+        if (grad_h) {
+            int64_t total = 0;
+            for (int64_t l = 0; l < L; l++) {
+                add_gemm(&J, 0, 0, D, B, N[l], W[l], D, g[l], N[l], l > 0, grad_h, D, NULL);
+                total += N[l];
+            }
+            add_group(&J, 0, 0, blocking, B * total);
+        }
+        for (int64_t l = 0; l < L; l++) {
+            if (!grad_W[l]) continue;
+            int64_t first = J.num_gemms;
+            add_gemm(&J, 0, 1, D, N[l], B, h, D, g[l], N[l], 0, grad_W[l], D, NULL);
+            add_group(&J, first, 1, blocking, B * D);
+        }
+        rc = gemm_job_run(&J, blocking, num_threads);
+    }
+    gemm_job_free(&J);
+    return rc;
 }

@@ -16,6 +16,10 @@ check what the C side trusts (float32, contiguous, CPU, shapes). Each call is on
 parallel region of ``torch.get_num_threads()`` threads; the library's libgomp is the one
 torch already loaded (same soname), so these are torch's own intra-op threads (plain
 pthreads in a forked child, see ``_threads``). ctypes releases the GIL during a call.
+
+``dense_forward`` and ``dense_backward`` run the HET head's dense-layer GEMMs
+(``models.het_fast.dense_layers``) in such a region, in blocks handed out dynamically, each
+block an sgemm of the MKL that torch carries (``blas``: its address, in libtorch_cpu).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,7 +51,10 @@ _SIGNATURES = {
     "het_loglik": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 5 + [_int],
     "het_moments": [_i64] * 4 + [_ptr] * 4 + [_i64, _ptr, _i64, _u64] + [_ptr] * 4 + [_int],
     "het_normals": [_u64] + [_i64] * 5 + [_ptr] * 3,
+    "het_dense_forward": [_ptr] * 2 + [_i64] * 3 + [_ptr] * 6 + [_int],
+    "het_dense_backward": [_ptr] * 2 + [_i64] * 3 + [_ptr] * 7 + [_int],
 }
+_RETURNS = {"het_normals": None}
 
 
 _forked = False  # in a child forked after this module was imported
@@ -157,7 +165,7 @@ def load() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(_build(cc)))
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = argtypes, (None if name == "het_normals" else _int)
+                fn.argtypes, fn.restype = argtypes, _RETURNS.get(name, _int)
         except Exception as exc:  # noqa: BLE001 - any failure means: use the torch path
             if switch == "kernel":
                 raise
@@ -301,3 +309,115 @@ def _noise(eps_r, eps_k, batch, num, k, r):
         return eps, num * width
 
     return one(eps_r, r), one(eps_k, k)
+
+
+# -- the dense layers' GEMMs: blocks handed out dynamically ---------------------------------
+
+_blas_lock = threading.Lock()
+_blas: list[tuple[int, int] | None] = []  # [(sgemm_, MKL_Set_Num_Threads_Local)] once found
+
+
+def blas() -> tuple[int, int] | None:
+    """The addresses of torch's own ``sgemm_`` and ``MKL_Set_Num_Threads_Local`` (the MKL
+    linked into libtorch_cpu, exported by the x86-64 wheels), or None where torch has no
+    MKL or does not export them (the dense layers then stay torch's).
+
+    MKL only: its local thread count makes each call one-threaded for sure, where another
+    BLAS might start its own threads inside the kernel's parallel region."""
+    with _blas_lock:
+        if not _blas:
+            _blas.append(_find_blas())
+        return _blas[0]
+
+
+def _find_blas() -> tuple[int, int] | None:
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        functions = lib.sgemm_, lib.MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    sgemm, set_threads = (ctypes.cast(f, ctypes.c_void_p).value for f in functions)
+    return (sgemm, set_threads) if sgemm and set_threads else None
+
+
+class Blocking(NamedTuple):
+    """How het_kernel.c cuts the dense layers' GEMMs (see its dense-layer section): blocks
+    of at least ``task_fmas`` multiply-adds and ``min_units`` rows or columns, a multiple
+    of ``align``; a pass below ``parallel_fmas`` multiply-adds on the calling thread."""
+
+    task_fmas: int
+    align: int
+    min_units: int
+    parallel_fmas: int
+
+
+def dense_forward(h, weights, biases, outputs, blocking: Blocking) -> None:
+    """outputs[l] = h W_l^T + b_l (b_l None: none): h (B, D), W_l (N_l, D), outputs[l]
+    (B, N_l), float32 contiguous CPU tensors. Callers check ``blas()`` first."""
+    (b, d), widths = h.shape, [w.shape[0] for w in weights]
+    _check_dense(
+        [(h, (b, d))]
+        + [(w, (n, d)) for w, n in zip(weights, widths, strict=True)]
+        + [(t, (n,)) for t, n in zip(biases, widths, strict=True)]
+        + [(t, (b, n)) for t, n in zip(outputs, widths, strict=True)]
+    )
+    rc = _library().het_dense_forward(
+        *_blas_or_raise(), b, d, *_dense_layers(weights), _pointers(biases), h.data_ptr(),
+        _pointers(outputs), _blocking(blocking), _threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("het_dense_forward: out of memory")
+
+
+def dense_backward(h, weights, grads, grad_h, grad_weights, blocking: Blocking) -> None:
+    """From grads[l] = dloss/dy_l (B, N_l): grad_h = sum_l grads[l] W_l (B, D) and
+    grad_weights[l] = grads[l]^T h (N_l, D), each skipped where None."""
+    (b, d), widths = h.shape, [w.shape[0] for w in weights]
+    _check_dense(
+        [(h, (b, d)), (grad_h, (b, d))]
+        + [(w, (n, d)) for w, n in zip(weights, widths, strict=True)]
+        + [(t, (b, n)) for t, n in zip(grads, widths, strict=True)]
+        + [(t, (n, d)) for t, n in zip(grad_weights, widths, strict=True)]
+    )
+    rc = _library().het_dense_backward(
+        *_blas_or_raise(), b, d, *_dense_layers(weights), _pointers(grads), h.data_ptr(),
+        None if grad_h is None else grad_h.data_ptr(), _pointers(grad_weights),
+        _blocking(blocking), _threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("het_dense_backward: out of memory")
+
+
+def _blas_or_raise() -> tuple[int, int]:
+    found = blas()
+    if found is None:
+        raise RuntimeError("no MKL sgemm exported by torch here (check het_kernel.blas())")
+    return found
+
+
+def _check_dense(expected: list) -> None:
+    """What het_kernel.c trusts: each (tensor or None, shape) a float32 contiguous CPU
+    tensor of that shape."""
+    for t, shape in expected:
+        if t is None:
+            continue
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise TypeError("the dense layers take contiguous float32 CPU tensors")
+        if t.shape != shape:
+            raise ValueError(f"a dense-layer tensor of shape {tuple(t.shape)}, expected {shape}")
+
+
+def _dense_layers(weights) -> tuple[int, ctypes.Array, ctypes.Array]:
+    """L, the widths N_l and the weights' addresses."""
+    sizes = (ctypes.c_int64 * len(weights))(*(w.shape[0] for w in weights))
+    return len(weights), sizes, _pointers(weights)
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
+
+
+def _blocking(blocking: Blocking) -> ctypes.Array:
+    return (ctypes.c_int64 * 4)(*blocking)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.spec import HeadSpec
 from models import het_fast, het_kernel
@@ -252,27 +253,21 @@ def test_kernel_normals_are_standard_normal_and_independent(monkeypatch):
     assert abs(corr) < 5 / eps_k.numel() ** 0.5
 
 
-def test_kernel_in_a_forked_child(monkeypatch):
-    """After the parent used the kernel (OpenMP on torch's pool), a forked child still gets
-    the same numbers on two threads (plain pthreads there: libgomp's pool inherited from
-    the parent must not be used) and does not hang. The child calls the kernel alone:
-    torch's own parallel ops are not fork safe either (a child sets 1 thread for those)."""
-    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
-    torch.manual_seed(0)
-    b, k, r, s = 6, 100, 3, 40
-    mu, scale, factors = torch.randn(b, k), torch.rand(b, k) + 0.5, torch.randn(b, k, r)
-    eps_r, eps_k, y = torch.randn(s, r), torch.randn(s, k), torch.randint(0, k, (b,))
+def in_forked_child(compute) -> torch.Tensor:
+    """compute() (a list of float32 tensors) in a child forked with 2 torch threads set,
+    returned flattened and concatenated; fails the test if the child hangs. The child calls
+    the kernel alone: torch's own parallel ops are not fork safe either (a child sets 1
+    thread for those)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        parent = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: compute, report, exit without running pytest's teardown
             try:
                 assert het_kernel._threads() == -2  # plain threads, two of them
-                child = het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True)
-                os.write(write_end, torch.cat([t.flatten() for t in child]).numpy().tobytes())
+                got = compute()
+                os.write(write_end, torch.cat([t.flatten() for t in got]).numpy().tobytes())
             finally:
                 os._exit(0)
     finally:
@@ -289,7 +284,29 @@ def test_kernel_in_a_forked_child(monkeypatch):
     while chunk := os.read(read_end, 1 << 16):
         got += chunk
     os.close(read_end)
-    child = torch.frombuffer(bytearray(got), dtype=torch.float32)
+    return torch.frombuffer(bytearray(got), dtype=torch.float32)
+
+
+def test_kernel_in_a_forked_child(monkeypatch):
+    """After the parent used the kernel (OpenMP on torch's pool), a forked child still gets
+    the same numbers on two threads (plain pthreads there: libgomp's pool inherited from
+    the parent must not be used) and does not hang."""
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "kernel")
+    torch.manual_seed(0)
+    b, k, r, s = 6, 100, 3, 40
+    mu, scale, factors = torch.randn(b, k), torch.rand(b, k) + 0.5, torch.randn(b, k, r)
+    eps_r, eps_k, y = torch.randn(s, r), torch.randn(s, k), torch.randint(0, k, (b,))
+
+    def compute():
+        return list(het_kernel.loglik(mu, scale, factors, eps_r, eps_k, y, True))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = compute()
+    finally:
+        torch.set_num_threads(threads)
+    child = in_forked_child(compute)
     torch.testing.assert_close(child, torch.cat([t.flatten() for t in parent]), rtol=0, atol=0)
 
 
@@ -321,3 +338,197 @@ def test_kernel_entropy_has_no_padding_lane_term(num_classes, monkeypatch):
     got, wide = entropy(num_classes), entropy(padded)
     assert len(calls) == 2, "the kernel was not used"
     torch.testing.assert_close(got, wide, rtol=0, atol=1e-9)
+
+
+# -- the dense layers as GEMM blocks (het_fast.dense_layers) ------------------------------
+
+needs_mkl = pytest.mark.skipif(
+    het_kernel.load() is None or het_kernel.blas() is None,
+    reason="no fused kernel or no MKL sgemm exported by torch here",
+)
+
+DENSE_SHAPES = [  # (B, D, output widths, bias on the last layer)
+    (1, 8, (3, 3, 6), True),  # one example
+    (5, 37, (10, 10, 30), True),  # B, D, N all odd: blocks end mid-vector
+    (33, 100, (7, 7, 35), False),  # a layer without bias (parameter-efficient v(x))
+    (64, 48, (100, 100, 1000), True),
+]
+BLOCKINGS = {  # every pass on all threads (parallel_fmas 0), cut three ways
+    "head": het_fast.DENSE_BLOCKING._replace(parallel_fmas=0),  # as the head cuts them
+    "aligned": het_kernel.Blocking(task_fmas=20000, align=16, min_units=16, parallel_fmas=0),
+    "single": het_kernel.Blocking(task_fmas=1, align=1, min_units=1, parallel_fmas=0),
+}
+
+
+def dense_case(b, d, widths, last_bias, seed=0):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(d, n) for n in widths[:-1]]
+    layers.append(torch.nn.Linear(d, widths[-1], bias=last_bias))
+    h = torch.randn(b, d, requires_grad=True)
+    return layers, h
+
+
+def float64_reference(layers, h, grads):
+    """The layers' outputs and the gradients of sum(out * grad) in float64: h's, then each
+    layer's weight and bias."""
+    h64 = h.detach().double().requires_grad_()
+    params = [p.detach().double().requires_grad_() for m in layers for p in m.parameters()]
+    it = iter(params)
+    outs = []
+    for m in layers:
+        w = next(it)
+        b = next(it) if m.bias is not None else None
+        outs.append(F.linear(h64, w, b))
+    got = torch.autograd.grad(outs, [h64, *params], [g.double() for g in grads])
+    return outs, got
+
+
+def assert_close32(got, want):
+    tol = 2e-6 * want.abs().max().item() + 1e-6
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=tol)
+
+
+def dense_forward_backward(layers, h, threads):
+    """Outputs, the upstream gradients drawn for them, and d(sum out * grad) for h and every
+    parameter, by het_fast.dense_layers on ``threads`` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert het_fast.dense_applies(h, layers)
+        outs = het_fast.dense_layers(h, layers)
+        grads = [torch.randn_like(o) for o in outs]
+        params = [p for m in layers for p in m.parameters()]
+        got = torch.autograd.grad(outs, [h, *params], grads)
+    finally:
+        torch.set_num_threads(previous)
+    return outs, grads, got
+
+
+@needs_mkl
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: f"B{s[0]}-D{s[1]}-N{s[2][-1]}")
+@pytest.mark.parametrize("blocks", list(BLOCKINGS))
+def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatch):
+    """Outputs and every gradient (h, weights, biases) as nn.Linear's, against float64,
+    with the GEMMs cut as the head cuts them, in blocks of 16 rows or columns (the last
+    one partial), or in blocks of one."""
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS[blocks])
+    layers, h = dense_case(*shape)
+    outs, grads, got = dense_forward_backward(layers, h, threads)
+    want_outs, want_grads = float64_reference(layers, h, grads)
+    for o, w in zip(outs, want_outs, strict=True):
+        assert_close32(o, w)
+    for g, w in zip(got, want_grads, strict=True):
+        assert_close32(g, w)
+
+
+@needs_mkl
+def test_small_dense_passes_on_the_calling_thread_give_the_same_numbers(monkeypatch):
+    """A pass below parallel_fmas runs on the calling thread alone, block by block: the
+    same numbers as on every thread."""
+    layers, h = dense_case(16, 64, (8, 8, 32), True)
+    results = []
+    for parallel_fmas in (1 << 40, 0):
+        blocking = het_kernel.Blocking(
+            task_fmas=1, align=1, min_units=5, parallel_fmas=parallel_fmas
+        )
+        monkeypatch.setattr(het_fast, "DENSE_BLOCKING", blocking)
+        torch.manual_seed(3)
+        outs, _, got = dense_forward_backward(layers, h, 2)
+        results.append([*outs, *got])
+    for serial, parallel in zip(*results, strict=True):
+        torch.testing.assert_close(serial, parallel, rtol=1e-6, atol=1e-6)
+
+
+@needs_mkl
+def test_dense_layers_skip_the_gradients_nobody_needs(monkeypatch):
+    """h without requires_grad and a frozen layer: no gradient is formed for them, the
+    others are right."""
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS["single"])
+    layers, h = dense_case(6, 20, (4, 4, 8), True)
+    h = h.detach()
+    layers[0].requires_grad_(False)
+    outs = het_fast.dense_layers(h, layers)
+    grads = [torch.randn_like(o) for o in outs]
+    torch.autograd.backward(outs, grads)
+    assert layers[0].weight.grad is None and layers[0].bias.grad is None
+    _, want = float64_reference(layers, h, grads)  # h, then (weight, bias) per layer
+    for i, layer in enumerate(layers[1:], 1):
+        assert_close32(layer.weight.grad, want[1 + 2 * i])
+        assert_close32(layer.bias.grad, want[2 + 2 * i])
+
+
+@needs_mkl
+@pytest.mark.parametrize(
+    ("r", "pe", "shared"), [(3, False, True), (3, True, False), (0, False, True)]
+)
+def test_head_with_dynamic_dense_layers_equals_the_static_ones(r, pe, shared, monkeypatch):
+    """HetHead's loss, every gradient, predict and moments: dense layers as GEMM blocks ==
+    torch's nn.Linear (same weights, same noise), float32, B = 13 cut into odd blocks."""
+    monkeypatch.setattr(
+        het_fast, "DENSE_BLOCKING", het_kernel.Blocking(1000, 3, 3, parallel_fmas=0)
+    )
+    torch.manual_seed(2)
+    b, d, k = 13, 40, 12
+    spec = HeadSpec(
+        num_factors=r, parameter_efficient=pe, share_samples_across_batch=shared, eval_noise="mc"
+    )
+    heads = {flag: HetHead(spec, d, k, MULTICLASS, dynamic_dense=flag) for flag in (True, False)}
+    heads[False].load_state_dict(heads[True].state_dict())
+    h = torch.randn(b, d)
+    y = torch.randint(0, k, (b,))
+    noise = heads[True].draw_noise(b, 64, "cpu", torch.Generator().manual_seed(5))
+    calls = []
+    real = het_fast.dense_layers
+    monkeypatch.setattr(het_fast, "dense_layers", lambda *a: calls.append(1) or real(*a))
+    results = {}
+    for flag, head in heads.items():
+        loss, grads = loss_and_grads(head, h, y, noise)
+        results[flag] = (loss, grads, head.predict(h, noise=noise), head.moments(h, noise=noise))
+    assert len(calls) == 3  # loss, predict, moments: only the dynamic head
+    (loss, grads, probs, m), (ref_loss, ref_grads, ref_probs, ref_m) = results[True], results[False]
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    assert_grads_close(grads, ref_grads)
+    torch.testing.assert_close(probs, ref_probs, rtol=1e-5, atol=1e-6)
+    for name in ("probs", "prob_std", "expected_entropy"):
+        torch.testing.assert_close(m[name], ref_m[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dense_layers_not_taken_where_they_do_not_apply(monkeypatch):
+    """float64, no MKL sgemm, the kernel switched off: the plain layers."""
+    layers, h = dense_case(4, 8, (3, 3, 6), True)
+    assert not het_fast.dense_applies(h.double(), [m.double() for m in layers])
+    layers, h = dense_case(4, 8, (3, 3, 6), True)
+    monkeypatch.setattr(het_kernel, "blas", lambda: None)
+    assert not het_fast.dense_applies(h, layers)
+    monkeypatch.undo()
+    monkeypatch.setenv("HETSERVE_HET_KERNEL", "torch")
+    assert not het_fast.dense_applies(h, layers)
+
+
+@needs_mkl
+def test_dense_kernel_refuses_tensors_of_the_wrong_shape():
+    h, w = torch.zeros(4, 5), torch.zeros(3, 5)
+    with pytest.raises(ValueError, match="expected"):  # an output of 4 x 2 for N = 3
+        het_kernel.dense_forward(h, [w], [None], [torch.zeros(4, 2)], het_fast.DENSE_BLOCKING)
+    with pytest.raises(TypeError, match="contiguous float32"):
+        het_kernel.dense_forward(
+            h, [w.t().contiguous().t()], [None], [torch.zeros(4, 3)], het_fast.DENSE_BLOCKING
+        )
+
+
+@needs_mkl
+def test_dense_layers_in_a_forked_child(monkeypatch):
+    """After the parent ran GEMM blocks on torch's OpenMP pool, a forked child runs them on
+    plain threads, one MKL thread each, to the same numbers, and does not hang."""
+    monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS["single"])
+    layers, h = dense_case(9, 30, (5, 5, 20), True)
+
+    def compute():
+        with torch.no_grad():
+            return list(het_fast.dense_layers(h, layers))
+
+    parent = compute()
+    child = in_forked_child(compute)
+    torch.testing.assert_close(child, torch.cat([t.flatten() for t in parent]), rtol=0, atol=0)
