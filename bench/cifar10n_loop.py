@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from core.corrections import from_findings
+
 HEADS = ("softmax", "HET, MC predictive", "HET, noise-free")
 
 
@@ -68,20 +70,22 @@ def hetserve_round(
     """One round of hetserve's suggestions: the corrected dataset from the HET model's
     findings, trained with ``spec``; what it changed, scored against the clean labels."""
     child = client.correct_from_model(dataset_id, het_model_id, action, top=top)
-    # What the product changed, read back from the same findings it used: the first
-    # ``top`` flagged rows of GET /label-issues, most suspect first.
-    changed, suggested = [], []
-    offset = 0
-    while top is None or len(changed) < top:
-        page = client.label_issues(het_model_id, flagged=True, limit=10_000, offset=offset)
+    # What the product changed, from the same findings it used (GET /label-issues, most
+    # suspect first) through the same rule (core.corrections.from_findings).
+    entries: list[dict] = []
+    while True:
+        page = client.label_issues(het_model_id, flagged=True, limit=10_000, offset=len(entries))
         if not page["issues"]:
             break
-        for entry in page["issues"]:
-            changed.append(entry["index"])
-            suggested.append(entry["suggested_label"])
-        offset += len(page["issues"])
-    changed_rows = np.asarray(changed[:top], dtype=np.int64)
-    new_labels = np.asarray(suggested[:top], dtype=np.int64)
+        entries += page["issues"]
+    findings = {
+        "index": np.asarray([e["index"] for e in entries], dtype=np.int64),
+        "suggested": np.asarray([e["suggested_label"] for e in entries], dtype=np.int64),
+        "flagged": np.ones(len(entries), dtype=bool),
+    }
+    corrections = from_findings(findings, action, top)
+    changed_rows = np.asarray(sorted(corrections.drop | corrections.relabel.keys()), np.int64)
+    new_labels = np.asarray([corrections.relabel.get(int(r), -1) for r in changed_rows])
     labels = tree.given.copy()
     kept = np.ones(len(labels), dtype=bool)
     if action == "relabel":

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MAX_OTHER_CORES = 0.2  # over this, a round is busy (issue #24)
+MAX_OTHER_CORES = 0.2  # over this, a round is busy: other work disturbed it
 MIN_WINDOW_S = 0.5  # ~100 ticks on 2 CPUs: a tick of error is ~0.02 core
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
