@@ -610,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-subset", type=int, default=None, help="stratified test images")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--backbone", default="cnn")
-    p.add_argument("--seeds", type=int, default=2, help="seeds 0 .. N-1, one job each")
+    p.add_argument("--seeds", type=int, default=2, help="N seeds, one job each")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first .. first + N - 1")
     p.add_argument("--device", default="auto")
     p.add_argument("--temperature", default="auto", help='a number, "auto" or "learned"')
     p.add_argument("--temperature-grid", default="1,2")
@@ -687,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                 sub = build_tree(data, labels, folder, rows, test_rows)
                 return client.register_dataset(sub.uri)["id"]
 
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 print(f"seed {seed}: training", file=sys.stderr, flush=True)
                 runs.append(run_seed(args, client, service, tree, dataset["id"], seed))
                 print(json.dumps(runs[-1]["test"]), file=sys.stderr, flush=True)

@@ -511,14 +511,31 @@ def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
 DENSE_BLOCKING = het_kernel.Blocking(
     task_fmas=1 << 22, align=16, min_units=128, parallel_fmas=1 << 23
 )
+# Below this many multiply-adds a forward pass is torch's own GEMM: measured beside a busy
+# core (bench/head_speed.py --contention), a dynamic split gained nothing on passes this
+# short and its task set-up cost up to 0.1 ms on the quiet machine. The backward pass,
+# two to three times longer, keeps the dynamic split at every size.
+DENSE_DYNAMIC_FORWARD_FMAS = 1 << 28
+
+
+def dense_forward_fmas(h: torch.Tensor, weights) -> int:
+    """Multiply-adds of h (B, D) times each W_l (N_l, D) transposed."""
+    return h.shape[0] * h.shape[1] * sum(w.shape[0] for w in weights)
 
 
 def dense_applies(h: torch.Tensor, layers: list[torch.nn.Linear]) -> bool:
     """Whether ``dense_layers`` takes these layers: float32 on a CPU, the kernel and torch's
-    MKL sgemm found, and no tracing (export and torch.compile see the plain layers)."""
+    MKL sgemm found, and no tracing (export and torch.compile see the plain layers). A
+    forward pass without autograd below DENSE_DYNAMIC_FORWARD_FMAS is the plain layers:
+    the Function's bookkeeping would be all it adds."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or h.dim() != 2:
         return False
-    if type(h) is not torch.Tensor or not het_kernel.applies(h, *(m.weight for m in layers)):
+    weights = [m.weight for m in layers]
+    if dense_forward_fmas(h, weights) < DENSE_DYNAMIC_FORWARD_FMAS and not (
+        torch.is_grad_enabled() and (h.requires_grad or any(w.requires_grad for w in weights))
+    ):
+        return False
+    if type(h) is not torch.Tensor or not het_kernel.applies(h, *weights):
         return False
     return het_kernel.blas() is not None
 
@@ -534,14 +551,18 @@ def dense_layers(h: torch.Tensor, layers: list[torch.nn.Linear]) -> tuple[torch.
 
 class _DenseLayers(torch.autograd.Function):
     """y_l = h W_l^T + b_l for each layer l, h (B, D), W_l (N_l, D); dh and dW_l by the
-    kernel's GEMM blocks, db_l = sum_b dy_l by torch."""
+    kernel's GEMM blocks, db_l = sum_b dy_l by torch. The forward pass takes the blocks from
+    DENSE_DYNAMIC_FORWARD_FMAS multiply-adds up, torch's GEMM below."""
 
     @staticmethod
     def forward(ctx, h, *flat):
         h = h.contiguous()
         weights, biases = flat[0::2], flat[1::2]
-        outputs = [h.new_empty(h.shape[0], w.shape[0]) for w in weights]
-        het_kernel.dense_forward(h, weights, biases, outputs, DENSE_BLOCKING)
+        if dense_forward_fmas(h, weights) < DENSE_DYNAMIC_FORWARD_FMAS:
+            outputs = [F.linear(h, w, b) for w, b in zip(weights, biases, strict=True)]
+        else:
+            outputs = [h.new_empty(h.shape[0], w.shape[0]) for w in weights]
+            het_kernel.dense_forward(h, weights, biases, outputs, DENSE_BLOCKING)
         ctx.save_for_backward(h, *weights)
         ctx.has_bias = [bias is not None for bias in biases]
         return tuple(outputs)

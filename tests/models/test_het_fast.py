@@ -411,8 +411,9 @@ def dense_forward_backward(layers, h, threads):
 def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatch):
     """Outputs and every gradient (h, weights, biases) as nn.Linear's, against float64,
     with the GEMMs cut as the head cuts them, in blocks of 16 rows or columns (the last
-    one partial), or in blocks of one."""
+    one partial), or in blocks of one; the forward pass as blocks at every size."""
     monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS[blocks])
+    monkeypatch.setattr(het_fast, "DENSE_DYNAMIC_FORWARD_FMAS", 0)
     layers, h = dense_case(*shape)
     outs, grads, got = dense_forward_backward(layers, h, threads)
     want_outs, want_grads = float64_reference(layers, h, grads)
@@ -426,6 +427,7 @@ def test_dense_layers_equal_the_linear_layers(shape, threads, blocks, monkeypatc
 def test_small_dense_passes_on_the_calling_thread_give_the_same_numbers(monkeypatch):
     """A pass below parallel_fmas runs on the calling thread alone, block by block: the
     same numbers as on every thread."""
+    monkeypatch.setattr(het_fast, "DENSE_DYNAMIC_FORWARD_FMAS", 0)
     layers, h = dense_case(16, 64, (8, 8, 32), True)
     results = []
     for parallel_fmas in (1 << 40, 0):
@@ -459,14 +461,26 @@ def test_dense_layers_skip_the_gradients_nobody_needs(monkeypatch):
 
 
 @needs_mkl
+@pytest.mark.parametrize("small_forward", ["blocks", "torch"])
 @pytest.mark.parametrize(
     ("r", "pe", "shared"), [(3, False, True), (3, True, False), (0, False, True)]
 )
-def test_head_with_dynamic_dense_layers_equals_the_static_ones(r, pe, shared, monkeypatch):
+def test_head_with_dynamic_dense_layers_equals_the_static_ones(
+    r, pe, shared, small_forward, monkeypatch
+):
     """HetHead's loss, every gradient, predict and moments: dense layers as GEMM blocks ==
-    torch's nn.Linear (same weights, same noise), float32, B = 13 cut into odd blocks."""
+    torch's nn.Linear (same weights, same noise), float32, B = 13 cut into odd blocks.
+    "torch": the shipped threshold, under which this small a forward pass is torch's GEMM
+    and predict / moments (no autograd) take the plain layers."""
     monkeypatch.setattr(
         het_fast, "DENSE_BLOCKING", het_kernel.Blocking(1000, 3, 3, parallel_fmas=0)
+    )
+    if small_forward == "blocks":
+        monkeypatch.setattr(het_fast, "DENSE_DYNAMIC_FORWARD_FMAS", 0)
+    forwards = []
+    real_forward = het_kernel.dense_forward
+    monkeypatch.setattr(
+        het_kernel, "dense_forward", lambda *a: forwards.append(1) or real_forward(*a)
     )
     torch.manual_seed(2)
     b, d, k = 13, 40, 12
@@ -485,7 +499,9 @@ def test_head_with_dynamic_dense_layers_equals_the_static_ones(r, pe, shared, mo
     for flag, head in heads.items():
         loss, grads = loss_and_grads(head, h, y, noise)
         results[flag] = (loss, grads, head.predict(h, noise=noise), head.moments(h, noise=noise))
-    assert len(calls) == 3  # loss, predict, moments: only the dynamic head
+    # only the dynamic head: loss, predict, moments; under the threshold the loss alone
+    assert len(calls) == (3 if small_forward == "blocks" else 1)
+    assert len(forwards) == (3 if small_forward == "blocks" else 0)
     (loss, grads, probs, m), (ref_loss, ref_grads, ref_probs, ref_m) = results[True], results[False]
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys()
@@ -523,6 +539,7 @@ def test_dense_layers_in_a_forked_child(monkeypatch):
     """After the parent ran GEMM blocks on torch's OpenMP pool, a forked child runs them on
     plain threads, one MKL thread each, to the same numbers, and does not hang."""
     monkeypatch.setattr(het_fast, "DENSE_BLOCKING", BLOCKINGS["single"])
+    monkeypatch.setattr(het_fast, "DENSE_DYNAMIC_FORWARD_FMAS", 0)  # the blocks at any size
     layers, h = dense_case(9, 30, (5, 5, 20), True)
 
     def compute():
