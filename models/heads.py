@@ -304,6 +304,10 @@ class Head(Protocol):
 
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor: ...
 
+    def predict_with_log_likelihood(
+        self, h, y, num_samples=None, generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def moments(
         self, h, num_samples=None, generator=None, noise=None
     ) -> dict[str, torch.Tensor]: ...
@@ -506,6 +510,9 @@ class HetHead(nn.Module):
 
         S defaults to train_mc_samples in training mode, eval_mc_samples otherwise."""
         z, noise = self._tempered(h, num_samples, generator, noise, self.training)
+        return self._log_likelihood(z, y, noise, h)
+
+    def _log_likelihood(self, z, y, noise, h) -> torch.Tensor:
         if isinstance(noise, het_fast.SeededNoise):
             return het_fast.seeded_log_likelihood(z, y, noise)
         eps_r, eps_k = noise
@@ -520,6 +527,19 @@ class HetHead(nn.Module):
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         """p_hat = 1/S sum_s softmax(z_s) (sigmoid for multilabel), (B, K); S: eval_mc_samples."""
         z, noise = self._tempered(h, num_samples, generator, noise, training=False)
+        return self._predict(z, noise, h)
+
+    @torch.no_grad()
+    def predict_with_log_likelihood(
+        self, h, y, num_samples=None, generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predict, log_likelihood) in evaluation on the same draws: the tempered Gaussian
+        and the noise formed once, each estimator then run over them (the numbers of the
+        two calls from one generator state)."""
+        z, noise = self._tempered(h, num_samples, generator, None, training=False)
+        return self._predict(z, noise, h), self._log_likelihood(z, y, noise, h)
+
+    def _predict(self, z, noise, h) -> torch.Tensor:
         if isinstance(noise, het_fast.SeededNoise):
             return het_fast.seeded_moments(z, noise, second=False)["probs"]
         eps_r, eps_k = noise
@@ -636,6 +656,12 @@ class LinearHead(nn.Module):
     @torch.no_grad()
     def predict(self, h, num_samples=None, generator=None, noise=None) -> torch.Tensor:
         return self.moments(h)["probs"]
+
+    @torch.no_grad()
+    def predict_with_log_likelihood(
+        self, h, y, num_samples=None, generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predict(h), self.log_likelihood(h, y)
 
     @torch.no_grad()
     def noise_free_probs(self, h) -> torch.Tensor:

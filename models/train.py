@@ -490,27 +490,25 @@ def _predictive(
     rows = batch_rows or EVAL_BATCH
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    replay = torch.Generator(device=device)  # the batch's draws again, for the likelihood
     out, log_lik = [], []
     for start in range(0, len(x), rows):
         xb = torch.as_tensor(x[start : start + rows], device=device)
         h = model.features(xb)
-        replay.set_state(gen.get_state())
-        if noise_free:
-            probs = head.noise_free_probs(h)
-        else:
-            probs = head.predict(h, num_samples, generator=gen)
-        out.append(probs.float().cpu().numpy())
         if y is None:
+            probs = head.noise_free_probs(h) if noise_free else head.predict(h, num_samples, gen)
+            out.append(probs.float().cpu().numpy())
             continue
         yb = torch.as_tensor(np.asarray(y[start : start + rows]), device=device)
         if head.task == MULTICLASS:
             yb = yb.long()
         if noise_free:
+            probs = head.noise_free_probs(h)
             z = head.latent(h).scaled(1.0 / head.temperature).mu
             ll = noise_free_log_likelihood(z, yb, head.task)
         else:
-            ll = head.log_likelihood(h, yb, num_samples, generator=replay)
+            # one draw of the noise for both (the head forms the Gaussian and the noise once)
+            probs, ll = head.predict_with_log_likelihood(h, yb, num_samples, gen)
+        out.append(probs.float().cpu().numpy())
         log_lik.append(ll.double().cpu().numpy())
     return np.concatenate(out), (np.concatenate(log_lik) if y is not None else None)
 
