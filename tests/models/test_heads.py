@@ -287,6 +287,26 @@ def test_predict_is_the_mean_of_moments_on_the_same_noise(task):
     assert torch.allclose(head.moments(h, noise=noise)["probs"], explicit, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "task, shared, eval_noise",
+    [(MULTICLASS, True, "qmc"), (MULTICLASS, False, "mc"), (MULTILABEL, True, "mc")],
+)
+def test_predict_with_log_likelihood_is_both_calls_from_one_generator_state(
+    task, shared, eval_noise
+):
+    """The evaluation's one pass: the numbers of predict and log_likelihood drawn from the
+    same generator state (per-example multiclass noise: the kernel's seed)."""
+    head = make_head(k=5, r=2, task=task, share_samples_across_batch=shared, eval_noise=eval_noise)
+    head.eval()
+    h = torch.randn(4, 6)
+    y = torch.tensor([0, 3, 1, 4]) if task == MULTICLASS else torch.randint(0, 2, (4, 5))
+    probs, log_lik = head.predict_with_log_likelihood(h, y, 50, torch.Generator().manual_seed(3))
+    assert torch.equal(probs, head.predict(h, 50, torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        expected = head.log_likelihood(h, y, 50, torch.Generator().manual_seed(3))
+    assert torch.equal(log_lik, expected)
+
+
 def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
     """log p_s near -200 for every draw: the running-max sums must not underflow."""
     torch.manual_seed(0)
