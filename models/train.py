@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.dataset_files import ArrayDataset, standardisation, with_validation_split
-from core.datastore import ImageFiles
+from core.manifest import ImageFiles
 from core.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
