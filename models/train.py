@@ -47,7 +47,7 @@ from core.manifest import ImageFiles
 from core.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.heads import MULTICLASS, noise_free_log_likelihood
+from models.het_formula import MULTICLASS, noise_free_log_likelihood
 from models.image_cache import DecodedImages, decode_once
 from models.metrics import evaluate, reliability_diagram
 from models.streaming import streamed_batches

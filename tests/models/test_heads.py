@@ -1,4 +1,4 @@
-"""The HET head against the formulas of models/heads.py, checked within Monte Carlo error."""
+"""The HET head against the formulas of models/het_formula.py, checked within Monte Carlo error."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from core.spec import HeadSpec
-from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead, LogitGaussian, build_head
+from models.heads import HetHead, LinearHead, build_head
+from models.het_formula import MULTICLASS, MULTILABEL, LogitGaussian
 
 TUNING = ("fast", "chunk_elements", "initial_temperature", "min_scale")
 
@@ -409,7 +410,7 @@ def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
     export traces) gives the sample std of the same draws in float64 to 1e-3, and that
     is within MC error of the population std (float64, 2^20 draws). E[p^2] - E[p]^2 gave
     exactly 0 for class 0 here."""
-    from models.heads import reference_moments
+    from models.het_formula import reference_moments
 
     num = 1000
     eps = torch.randn(num, 10, generator=torch.Generator().manual_seed(3))
@@ -429,7 +430,7 @@ def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
 def test_mc_stderr_is_nan_from_one_draw(groups):
     """S = 1: no spread to measure, so the standard error is undefined (NaN, null in the
     API), not 0; prob_std stays its S = 1 value 0. The head's fast path agrees."""
-    from models.heads import reference_moments
+    from models.het_formula import reference_moments
 
     latent = confident_latent(mu0=1.0, scale=1.0)
     eps = torch.randn(1, 10, generator=torch.Generator().manual_seed(5))
