@@ -27,7 +27,8 @@ from app.store import Dataset
 from app.uploads import CanonicalDataset
 from core.corrections import Corrections, corrected_arrays, corrected_manifest
 from core.dataset_files import load_dataset
-from core.datastore import content_digest, open_manifest
+from core.datastore import content_digest
+from core.manifest import open_manifest
 
 MAX_NAME = 255
 

@@ -1,6 +1,6 @@
 """Datasets by reference: a ``file://`` URI (or ``s3://bucket/prefix`` with the s3 extra)
-under HETSERVE_DATASET_ROOTS, validated in place (numpy + Pillow, core.datastore, listing
-through fsspec) and recorded as a manifest: every file's relative path, label, size and
+under HETSERVE_DATASET_ROOTS, validated in place (numpy + Pillow, core.dataset_scan,
+listing through fsspec) and recorded as a manifest: every file's relative path, label, size and
 stamp (mtime on disk, ETag in object storage), so a worker can tell that the data
 changed under a job.
 """
@@ -13,7 +13,8 @@ from urllib.parse import unquote, urlsplit
 from app.schemas import DatasetReference
 from app.settings import Settings
 from core.dataset_files import DatasetError
-from core.datastore import NotAllowed, scan_reference
+from core.dataset_scan import scan_reference
+from core.datastore import NotAllowed
 
 
 class ReferenceRefused(Exception):

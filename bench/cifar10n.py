@@ -423,7 +423,7 @@ def out_of_fold_probs(tree: Tree, spec: dict, folds: int, seed: int) -> np.ndarr
     """Softmax probabilities of every training row from the fold model that did not see
     it: ``folds`` trainings with models/ directly, the job's backbone and train spec."""
     from core.dataset_files import ArrayDataset
-    from core.datastore import ImageFiles
+    from core.manifest import ImageFiles
     from core.spec import RunSpec
     from models.image_cache import decode_files
     from models.label_issues import noise_free_probs

@@ -72,7 +72,7 @@ def parse_run(text: str) -> dict:
 def main() -> int:
     from bench.label_scoring import detection
     from core.dataset_files import ArrayDataset
-    from core.datastore import ImageFiles
+    from core.manifest import ImageFiles
     from core.spec import RunSpec
     from models.image_cache import decode_files
     from models.train import predict_proba, train

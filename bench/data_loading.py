@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 from bench.export_speed import time_round_robin  # noqa: E402
 from bench.stream_memory import SIZE, make_folder  # noqa: E402
-from core.datastore import open_manifest, scan_reference  # noqa: E402
+from core.dataset_scan import scan_reference  # noqa: E402
+from core.manifest import open_manifest  # noqa: E402
 from models.streaming import streamed_batches  # noqa: E402
 
 BATCH = 64

@@ -51,7 +51,8 @@ import torch  # noqa: E402
 
 from bench.cifar10n import CLASS_NAMES, build_tree, from_shared, shared_dir  # noqa: E402
 from bench.quiet import OtherCores, mark, quiet_rounds  # noqa: E402
-from core.datastore import open_manifest, scan_reference  # noqa: E402
+from core.dataset_scan import scan_reference  # noqa: E402
+from core.manifest import open_manifest  # noqa: E402
 from core.spec import RunSpec  # noqa: E402
 from models import image_cache  # noqa: E402
 from models.backbones import augment_images  # noqa: E402

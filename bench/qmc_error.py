@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from models import het_fast, qmc
-from models.heads import LogitGaussian, grouped_stderr
+from models.het_formula import LogitGaussian, grouped_stderr
 
 
 def trained_digits_head(rows: int, seed: int = 0, labels: bool = False):

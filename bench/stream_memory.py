@@ -3,9 +3,9 @@ a folder 10x larger: the streamed path's peak RSS must not grow with the dataset
 
 Each run is a fresh subprocess: it writes nothing but reads a folder of random
 64x64 PNGs (made once per size under a temporary folder), opens it the way the worker
-does (core.datastore.scan_reference -> open_manifest, ImageFiles), and trains one epoch of
-a small CNN with a HET head (models.train.train_run: streaming DataLoader, validation,
-final evaluation). Peak RSS: ru_maxrss of the process (and, separately, of its largest
+does (core.dataset_scan.scan_reference -> core.manifest.open_manifest, ImageFiles), and
+trains one epoch of a small CNN with a HET head (models.train.train_run: streaming
+DataLoader, validation, final evaluation). Peak RSS: ru_maxrss of the process (and, separately, of its largest
 DataLoader worker). For contrast, ``--in-memory`` decodes the same folder whole first
 (what an array dataset costs).
 
@@ -55,7 +55,8 @@ def make_folder(root: Path, n: int, classes: int = 4) -> Path:
 def child(folder: str, workers: int, in_memory: bool) -> dict:
     import torch
 
-    from core.datastore import open_manifest, scan_reference
+    from core.dataset_scan import scan_reference
+    from core.manifest import open_manifest
     from core.spec import RunSpec
     from models.train import Callbacks, train_run
 

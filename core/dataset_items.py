@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from core.dataset_files import DatasetError, read_npy_header
-from core.datastore import ImageFiles, split_images, store_for_root
+from core.datastore import store_for_root
+from core.manifest import ImageFiles, split_images
 
 THUMBNAIL_SIDE = 128  # the largest side of an item's PNG
 # The formats of a dataset registered by reference: its artifact is a manifest.

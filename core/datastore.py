@@ -1,55 +1,31 @@
-"""Datasets by reference: image folders and ``.npz`` files that stay where they are, on
-local disk or in object storage (``s3://``, the s3 extra), read through one filesystem
-interface (``DataStore``: fsspec's local or S3 filesystem under a root).
+"""Datasets by reference, where they are: one filesystem interface (``DataStore``:
+fsspec's local or S3 filesystem under a root) for image folders and ``.npz`` files on
+local disk or in object storage (``s3://``, the s3 extra).
 
-Why one module of ~700 lines: the layout walk, the manifest and the checked reads are
-one contract for both backends (local and s3); each check is where the read it guards is.
+A store lists a folder (``listdir``, the layout walk's one primitive), gives each file's
+size and stamp (mtime_ns on disk, the ETag of an object), opens a file checked against
+what a manifest recorded (``open_checked``, ``check_content``) and, on disk, confines
+every open to the allowed roots again (``LocalStore.open``): a file swapped for a symlink
+after registration is refused, not read. ``locate`` and ``store_for_root`` give the
+store of a reference and of a manifest's root.
 
-``scan_reference`` walks and validates a reference once and returns its manifest (every
-file with its size and stamp, and the sha256 of what a backend's stamp does not pin down:
-an ``.npz``, and each image of a folder on disk); ``check_manifest`` tells whether the
-files changed since; ``open_manifest`` opens it as an ``ArrayDataset`` whose image splits
-are ``ImageFiles``, decoded on access with ``core.dataset_files.decode_image``. On disk
-every open is confined to the allowed roots again (``LocalStore.open``): a file swapped
-for a symlink after registration is refused, not read. The API (registration,
-``app/dataset_refs.py``) and the worker (training) share these functions. numpy, Pillow
-and fsspec only: no torch.
+Built on it: ``core.dataset_scan`` (a reference walked and validated into its manifest)
+and ``core.manifest`` (a manifest checked and opened as a dataset). numpy, Pillow and
+fsspec only: no torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
+from core.dataset_files import DatasetError
 
-from core.dataset_files import (
-    IMAGE_SUFFIXES,
-    MAX_EXPANDED_BYTES,
-    MAX_IMAGE_SIZE,
-    SPLITS,
-    ArrayDataset,
-    DatasetError,
-    TooLarge,
-    channel_stats,
-    decode_image,
-    from_arrays,
-    load_dataset,
-    read_npz,
-    standardisation_rows,
-)
-
-# 2: the sha256 of an .npz ("file"), and of every image of a folder on disk (the split's
-# "sha256" column); a version-1 manifest has neither and is checked by size and stamp only.
-MANIFEST_VERSION = 2
-DEFAULT_SAMPLE_DECODE = 32
-MAX_FOLDER_FILES = 10_000_000
 # check_manifest in object storage: a HEAD per object up to this many, else one listing
 HEAD_AT_MOST = 8
 S3_EXTRA = "s3:// datasets need the s3 extra: install hetserve[s3] (s3fs)"
@@ -407,283 +383,3 @@ def locate(
     if not real.is_dir():
         raise DatasetError(f"{path} is neither a folder nor a .npz file")
     return LocalStore(str(real), real_roots), None
-
-
-def scan_reference(
-    path: str | Path,
-    roots: Sequence[str | Path],
-    *,
-    image_size: int = 32,
-    grayscale: bool = False,
-    sample: int = DEFAULT_SAMPLE_DECODE,
-    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
-    s3_endpoint_url: str | None = None,
-) -> dict[str, Any]:
-    """Validate a dataset in place and return its manifest: an image-folder tree
-    (``train/<class>/*.png|jpg``, optional ``val/`` and ``test/``) or an ``.npz`` file,
-    a local path or an ``s3://bucket/prefix`` URI. ``roots`` may hold both kinds.
-    NotAllowed (403) for a path outside ``roots`` or a symlink leading out of them;
-    DatasetError (422) for a bad layout or an undecodable sample image; MissingExtra
-    (422) for s3:// without s3fs."""
-    store, name = locate(path, roots, s3_endpoint_url)
-    if name is not None:
-        if not name.lower().endswith(".npz"):
-            raise DatasetError(f"{path} is a file but not a .npz: give a .npz or a folder")
-        return _scan_npz(store, name, max_expanded_bytes)
-    return _scan_folder(store, image_size, grayscale, sample)
-
-
-def _scan_npz(store: DataStore, name: str, max_expanded_bytes: int) -> dict[str, Any]:
-    entry = store.info(name)  # before the read: a change after it fails the job, never passes
-    if entry.size > max_expanded_bytes:  # refused from its size, never read
-        raise TooLarge(
-            f"{name} is {entry.size} bytes, at most {max_expanded_bytes} are accepted "
-            "(HETSERVE_MAX_EXPANDED_BYTES)"
-        )
-    with store.open(name) as f:
-        data = f.read()
-    ds = from_arrays(*read_npz(data, max_expanded_bytes=max_expanded_bytes))
-    return {
-        "version": MANIFEST_VERSION,
-        "format": "npz-ref",
-        "root": store.uri,
-        "file": {
-            "path": name,
-            "size": entry.size,
-            store.stamp_key: entry.stamp,
-            "sha256": content_digest(data),
-        },
-        "class_names": ds.class_names,
-        "task": ds.task,
-        "input_shape": ds.input_shape,
-        "counts": ds.counts(),
-    }
-
-
-def _scan_folder(store: DataStore, size: int, grayscale: bool, sample: int) -> dict[str, Any]:
-    if not 4 <= size <= MAX_IMAGE_SIZE:
-        raise DatasetError(f"image_size must be between 4 and {MAX_IMAGE_SIZE}, got {size}")
-    top = {e.name: e for e in store.listdir("")}
-    if "train" not in top or top["train"].kind != "directory":
-        raise DatasetError(f"{store.uri} has no train/ folder (train/<class>/*.png|jpg)")
-    unknown = sorted(set(top) - set(SPLITS))
-    if unknown:
-        raise DatasetError(f"{store.uri} holds {unknown}: only train/, val/ and test/ are read")
-    splits: dict[str, dict[str, Any]] = {}
-    total = 0
-    # On disk an mtime can be set back (os.utime): each image's sha256 is recorded, one
-    # read of the folder (no decode) at registration. In object storage the ETag, which
-    # every read is made conditional on (If-Match), stands for the content.
-    hashed = isinstance(store, LocalStore)
-    class_names: list[str] = []
-    for split in SPLITS:
-        if split not in top:
-            continue
-        if top[split].kind != "directory":
-            raise DatasetError(f"{split} is not a folder")
-        classes = store.listdir(split)
-        for e in classes:
-            if e.kind != "directory":
-                raise DatasetError(
-                    f"{split}/{e.name} is not a class folder (<split>/<class>/<image>)"
-                )
-        if split == "train":
-            class_names = [e.name for e in classes]
-            if len(class_names) < 2:
-                raise DatasetError(f"need at least 2 classes, train/ has {len(class_names)}")
-        index = {name: i for i, name in enumerate(class_names)}
-        cols: dict[str, list[Any]] = {"paths": [], "labels": [], "sizes": [], store.stamps_key: []}
-        if hashed:
-            cols["sha256"] = []
-        for e in classes:
-            if e.name not in index:
-                raise DatasetError(f"{split}/ has a class not in train/: {e.name!r}")
-            images = store.listdir(f"{split}/{e.name}")
-            if not images and split == "train":
-                raise DatasetError(f"train/{e.name}/ holds no images")
-            for image in images:
-                rel = f"{split}/{e.name}/{image.name}"
-                if image.kind != "file":
-                    raise DatasetError(f"{rel} is not <split>/<class>/<image> (a folder?)")
-                if not image.name.lower().endswith(IMAGE_SUFFIXES):
-                    raise DatasetError(f"{rel} is not a .png or .jpg image")
-                cols["paths"].append(rel)
-                cols["labels"].append(index[e.name])
-                cols["sizes"].append(image.size)
-                cols[store.stamps_key].append(image.stamp)
-                if hashed:
-                    with store.open(rel) as f:
-                        cols["sha256"].append(content_digest(f.read()))
-        total += len(cols["paths"])
-        if total > MAX_FOLDER_FILES:
-            raise DatasetError(f"more than {MAX_FOLDER_FILES} images: not accepted")
-        if cols["paths"]:
-            splits[split] = cols
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "format": "imagefolder",
-        "root": store.uri,
-        "image_size": size,
-        "grayscale": grayscale,
-        "class_names": class_names,
-        "task": "multiclass",
-        "input_shape": [1 if grayscale else 3, size, size],
-        "counts": {f"num_{s}": len(splits.get(s, {"paths": []})["paths"]) for s in SPLITS},
-        "splits": splits,
-    }
-    # A sample spread over every split must decode, as training will decode it.
-    everything = [p for s in splits.values() for p in s["paths"]]
-    for i in np.unique(
-        np.linspace(0, len(everything) - 1, min(sample, len(everything))).astype(int)
-    ):
-        with store.open(everything[i]) as f:
-            decode_image(f, size, grayscale, everything[i])
-    return manifest
-
-
-def manifest_files(
-    manifest: dict[str, Any], store: DataStore | None = None
-) -> Iterator[tuple[str, int, int | str | None]]:
-    """(relative path, size, stamp) of every file a manifest records."""
-    store = store or store_for_root(manifest["root"])
-    if manifest["format"] == "npz-ref":
-        f = manifest["file"]
-        yield f["path"], f["size"], f[store.stamp_key]
-        return
-    for cols in manifest["splits"].values():
-        yield from zip(cols["paths"], cols["sizes"], cols[store.stamps_key], strict=True)
-
-
-def check_manifest(manifest: dict[str, Any], s3_endpoint_url: str | None = None) -> None:
-    """DatasetError naming the first file that is missing or changed (size, or mtime_ns
-    on disk, ETag in object storage) since the dataset was registered. Nothing read: one
-    stat per file on disk, one listing per 1000 objects."""
-    store = store_for_root(manifest["root"], s3_endpoint_url)
-    files = list(manifest_files(manifest, store))
-    now = store.stamps([rel for rel, _, _ in files])
-    for rel, size, stamp in files:
-        current = now[rel]
-        if current is None:
-            raise store.missing(rel)
-        if current != (size, stamp):
-            raise store.changed(rel, (size, stamp), current)
-
-
-class ImageFiles:
-    """Images in a DataStore, decoded on demand, standing in for an [N, C, H, W] array:
-    ``x[i:j]`` decodes those rows (float32 in [0, 1], resized as at predict), ``x[index
-    array]`` is a lazy subset, ``x.load(i)`` one image. Given the manifest's ``sizes``
-    and ``stamps`` (and ``digests``, the sha256 of each), each file is checked as it is
-    opened and read (DatasetError naming it)."""
-
-    ndim = 4
-
-    def __init__(
-        self,
-        root: str | Path | DataStore,
-        paths: list[str],
-        size: int,
-        grayscale: bool,
-        *,
-        sizes: list[int] | None = None,
-        stamps: list[int | str | None] | None = None,
-        digests: Sequence[str] | np.ndarray | None = None,
-    ):
-        self.store = root if isinstance(root, DataStore) else LocalStore(str(root))
-        self.paths = list(paths)
-        self.sizes, self.stamps = sizes, stamps
-        # Fixed-width bytes, not a million str objects (copied into every loader process).
-        self.digests = None if digests is None else np.asarray(digests, dtype="S64")
-        self.size, self.grayscale = size, grayscale
-        self.num_workers = 0  # the worker sets its DataLoader processes
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), 1 if self.grayscale else 3, self.size, self.size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, i: int) -> np.ndarray:
-        rel = self.paths[i]
-        if self.sizes is None or self.stamps is None:
-            f = self.store.open(rel)
-        else:
-            f = self.store.open_checked(rel, self.sizes[i], self.stamps[i])
-        try:
-            with f:
-                if self.digests is None:
-                    return decode_image(f, self.size, self.grayscale, rel)
-                data = self.store.check_content(rel, f.read(), self.digests[i].decode())
-            return decode_image(io.BytesIO(data), self.size, self.grayscale, rel)
-        except OSError as exc:  # e.g. the object changed between its head and its read
-            raise DatasetError(f"dataset file {rel} under {self.store.uri}: {exc}") from None
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, slice):
-            rows = range(len(self))[key]
-            if not rows:
-                return np.zeros((0, *self.shape[1:]), np.float32)
-            return np.stack([self.load(i) for i in rows])
-        if isinstance(key, (int, np.integer)):
-            return self.load(int(key))
-        picked = [int(i) for i in np.asarray(key)]
-        subset = ImageFiles(
-            self.store,
-            [self.paths[i] for i in picked],
-            self.size,
-            self.grayscale,
-            sizes=None if self.sizes is None else [self.sizes[i] for i in picked],
-            stamps=None if self.stamps is None else [self.stamps[i] for i in picked],
-            digests=None if self.digests is None else self.digests[picked],
-        )
-        subset.num_workers = self.num_workers
-        return subset
-
-    def standardisation(self, limit: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std (C, 1, 1) over up to ``limit`` images, one at a time."""
-        c = self.shape[1]
-        rows = standardisation_rows(len(self), limit, seed)
-        return channel_stats(self.load(int(i)).reshape(c, -1) for i in rows)
-
-
-def split_images(
-    store: DataStore, manifest: dict[str, Any], split: str, *, digests: bool
-) -> ImageFiles:
-    """One split of an image-folder manifest as ImageFiles on ``store``: each file's size
-    and stamp (with ``digests``, also its sha256 where the manifest has one) checked
-    against the manifest as it is opened."""
-    cols = manifest["splits"][split]
-    return ImageFiles(
-        store,
-        cols["paths"],
-        manifest["image_size"],
-        manifest["grayscale"],
-        sizes=cols["sizes"],
-        stamps=cols[store.stamps_key],
-        digests=cols.get("sha256") if digests else None,
-    )
-
-
-def open_manifest(
-    manifest: dict[str, Any],
-    s3_endpoint_url: str | None = None,
-    roots: Sequence[str | Path] = (),
-) -> ArrayDataset:
-    """The dataset a manifest describes, after check_manifest: an ``.npz`` is read
-    whole (and its sha256 compared); an image folder becomes ImageFiles (decoded as
-    training streams it, each file checked against the manifest as it is opened and
-    read). On disk every open is confined to ``roots`` (the allowed dataset roots; the
-    dataset's own folder when none is given)."""
-    check_manifest(manifest, s3_endpoint_url)
-    store = store_for_root(manifest["root"], s3_endpoint_url, roots)
-    if manifest["format"] == "npz-ref":
-        f = manifest["file"]
-        with store.open_checked(f["path"], f["size"], f[store.stamp_key]) as opened:
-            data = store.check_content(f["path"], opened.read(), f.get("sha256"))
-        return load_dataset(data, "npz")
-    arrays: dict[str, Any] = {}
-    for split, cols in manifest["splits"].items():
-        arrays[f"x_{split}"] = split_images(store, manifest, split, digests=True)
-        arrays[f"y_{split}"] = np.asarray(cols["labels"], dtype=np.int64)
-    return ArrayDataset(**arrays, class_names=list(manifest["class_names"]))

@@ -1,7 +1,7 @@
-"""The HET head's fast estimators: the same numbers as the reference in ``models.heads``.
+"""The HET head's fast estimators: the same numbers as the reference in ``models.het_formula``.
 
 ``log_likelihood``, ``predict`` and ``moments`` here compute exactly what
-``models.heads.reference_log_likelihood`` and ``reference_moments`` compute from the same
+``models.het_formula.reference_log_likelihood`` and ``reference_moments`` compute from the same
 tempered Gaussian and the same noise (to floating-point rounding; gradients included).
 ``tests/models/test_het_fast.py`` checks it for both paths below: the torch path in
 float64 (multiclass and multilabel, parameter-efficient or not, R = 0, shared or

@@ -1,6 +1,6 @@
 """An image folder decoded once, held in memory as uint8 pixels.
 
-A registered image folder (``core.datastore.ImageFiles``) holds paths; streaming it
+A registered image folder (``core.manifest.ImageFiles``) holds paths; streaming it
 (models.streaming) decodes every image again on every epoch and every evaluation. When
 the decoded pixels fit in memory, ``decode_once`` reads each file once, through the
 same checked open and the same preprocessing as streaming (``ImageFiles.load``: the
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.dataset_files import ArrayDataset, channel_stats, standardisation_rows
-from core.datastore import ImageFiles
+from core.manifest import ImageFiles
 
 MEMORY_FRACTION = 0.25
 DECODE_BATCH = 256

@@ -204,7 +204,7 @@ def noise_free_probs(model: Any, x: np.ndarray, batch_size: int = 512) -> np.nda
     """
     import torch
 
-    from models.heads import MULTICLASS
+    from models.het_formula import MULTICLASS
 
     model.eval()
     device = model.input_mean.device

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from core.dataset_files import ArrayDataset
-from core.datastore import ImageFiles
+from core.manifest import ImageFiles
 from models.heads import LinearHead
 from models.label_issues import find_label_issues_in_chunks, noise_free_probs
 from models.noise_report import NoNoiseModel, noise_report

@@ -42,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.heads import MULTICLASS, LinearHead
+from models.heads import LinearHead
+from models.het_formula import MULTICLASS
 
 MAX_MATRIX_CLASSES = 100
 TOP_PAIRS = 20

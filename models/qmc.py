@@ -21,7 +21,7 @@ gain stops growing there).
 
 Honest error bars. Under QMC the S draws are not independent, so prob_std / sqrt(S)
 overstates the error. The M group means are independent, so the standard error of
-p_hat comes from their spread (``models.heads.grouped_stderr``)::
+p_hat comes from their spread (``models.het_formula.grouped_stderr``)::
 
     se(p_hat) = sqrt( G / (G - 1) * sum_g (n_g / S)^2 (m_g - p_hat)^2 ),   G = min(S, M)
 

@@ -2,7 +2,7 @@
 folder whose decoded pixels do not fit in memory (models.image_cache decodes the others
 once, through ``ImageFilesDataset`` too).
 
-The dataset a registered image folder becomes (``core.datastore.ImageFiles``) holds paths,
+The dataset a registered image folder becomes (``core.manifest.ImageFiles``) holds paths,
 not pixels: each item is opened through the folder's fsspec store (a local folder, or
 an ``s3://`` prefix: each loader process opens its own s3fs client), checked against
 the manifest (size and mtime on disk, size and ETag in object storage: a changed or
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.datastore import ImageFiles
+from core.manifest import ImageFiles
 
 
 class ImageFilesDataset(Dataset):

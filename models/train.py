@@ -1,8 +1,8 @@
 """The training loop: a plain function (no Celery, no HTTP).
 
-Why one module of ~700 lines: one training run's steps (split, seed, loop, validation,
-checkpoint, temperature sweep, DDP ranks) share its state; split apart they would
-pass it around.
+Why one module of ~600 lines: one training run's steps (split, seed, loop, validation,
+checkpoint, temperature sweep) share its state; split apart they would pass it around.
+Spawning and relaying for several processes is models.ddp's.
 
     result = train(spec, dataset, callbacks=Callbacks(...), checkpoint_dir=...)
 
@@ -21,10 +21,8 @@ pass it around.
 - CUDA: the backbone under bf16 autocast, image backbones channels-last; the head's
   sampling in float32 (mixed_precision, TrainingLoss).
 - ``train.devices: N`` > 1: DDP over N local ranks spawned from this process
-  (train_run_ddp): nccl, one GPU per rank, on CUDA; gloo on CPU (at most 2). Every rank
-  takes its share of each global batch of ``batch_size`` rows and draws its own noise;
-  rank 0 validates, checkpoints (with every rank's generator states, so a resumed run
-  continues each rank's streams) and reports.
+  (models.ddp.train_run_ddp), each running train_run on its share of every global
+  batch; rank 0 validates, checkpoints and reports.
 """
 
 from __future__ import annotations
@@ -32,30 +30,24 @@ from __future__ import annotations
 import copy
 import math
 import os
-import pickle
-import queue
-import sys
-import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.dataset_files import ArrayDataset, standardisation, with_validation_split
-from core.datastore import ImageFiles
-from core.spec import EVAL_BATCH_ROWS, MAX_CPU_DEVICES, RunSpec, temperature_label
+from core.manifest import ImageFiles
+from core.spec import EVAL_BATCH_ROWS, RunSpec, temperature_label
 from models.backbones import augment_images
 from models.classifier import Classifier, build_classifier
-from models.heads import MULTICLASS, noise_free_log_likelihood
+from models.het_formula import MULTICLASS, noise_free_log_likelihood
 from models.image_cache import DecodedImages, decode_once
 from models.metrics import evaluate, reliability_diagram
 from models.streaming import streamed_batches
@@ -123,6 +115,9 @@ def train(
     data = decode_once(with_validation_split(data, spec.train.val_fraction, spec.train.seed))
     run: Callable[..., TrainResult | None] = train_run
     if spec.train.devices > 1:
+        # imported here: models.ddp imports this module (its ranks run train_run)
+        from models.ddp import check_devices, train_run_ddp
+
         check_devices(spec.train.devices, resolve_device(spec.train.device))
         run = train_run_ddp
     if not spec.auto_temperature:
@@ -147,152 +142,6 @@ def train(
     chosen = results[best]
     chosen.candidates = table
     return chosen
-
-
-class DeviceError(ValueError):
-    """train.devices asks for more devices than this worker has."""
-
-
-def check_devices(devices: int, device: torch.device) -> None:
-    if device.type == "cuda":
-        available = torch.cuda.device_count()
-        if devices > available:
-            raise DeviceError(
-                f"train.devices={devices} but this worker sees {available} GPU(s): run the job "
-                "on a worker with that many GPUs, or lower train.devices"
-            )
-    elif devices > MAX_CPU_DEVICES:
-        raise DeviceError(
-            f"train.devices={devices} on CPU: at most {MAX_CPU_DEVICES} processes (gloo)"
-        )
-
-
-def train_run_ddp(
-    spec: RunSpec,
-    data: ArrayDataset,
-    callbacks: Callbacks,
-    checkpoint_path: Path | None = None,
-    candidate: tuple[int, int] = (0, 1),
-) -> TrainResult:
-    """train_run over ``train.devices`` local ranks with DDP (nccl on CUDA, one GPU per
-    rank; gloo on CPU), spawned from this process, which stays the one the callbacks
-    run in: rank 0's progress comes back through a queue, and a cancel (or any
-    exception the callbacks raise) reaches every rank through a shared event. Rank 0's
-    result comes back through a file; an exception on any rank stops the others and is
-    raised here."""
-    world = spec.train.devices
-    ctx = mp.get_context("spawn")
-    events, stop = ctx.Queue(), ctx.Event()
-    with tempfile.TemporaryDirectory(prefix="hetserve-ddp-") as tmp:
-        result_path = Path(tmp) / "result.pt"
-        rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
-        procs = mp.start_processes(
-            _rank_main,
-            args=(
-                world,
-                rendezvous,
-                spec,
-                data,
-                checkpoint_path,
-                candidate,
-                events,
-                stop,
-                result_path,
-                callbacks.step_every,
-            ),
-            nprocs=world,
-            join=False,
-            start_method="spawn",
-        )
-        try:
-            while not procs.join(timeout=0.1):
-                _relay(events, callbacks)
-                if callbacks.should_cancel and callbacks.should_cancel():
-                    stop.set()
-            _relay(events, callbacks)
-        except BaseException:
-            stop.set()
-            for p in procs.processes:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs.processes:
-                p.join(10)
-            raise
-        return torch.load(result_path, weights_only=False)
-
-
-def _relay(events, callbacks: Callbacks) -> None:
-    """Rank 0's progress to this process's callbacks; a rank's exception raised here."""
-    while True:
-        try:
-            kind, payload = events.get_nowait()
-        except queue.Empty:
-            return
-        if kind == "raised":
-            raise payload
-        handler = callbacks.on_step if kind == "step" else callbacks.on_epoch_end
-        if handler:
-            handler(payload)
-
-
-def _rank_main(
-    rank,
-    world,
-    rendezvous,
-    spec,
-    data,
-    checkpoint_path,
-    candidate,
-    events,
-    stop,
-    result_path,
-    step_every,
-) -> None:
-    device = resolve_device(spec.train.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(rank)
-    else:  # the ranks share the machine's cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo",
-        init_method=rendezvous,
-        rank=rank,
-        world_size=world,
-        # Rank 0 validates alone at each epoch's end while the others wait for it.
-        timeout=timedelta(hours=2),
-    )
-    if rank == 0:
-        callbacks = Callbacks(
-            on_step=lambda p: events.put(("step", p)),
-            on_epoch_end=lambda p: events.put(("epoch", p)),
-            should_cancel=stop.is_set,
-            step_every=step_every,
-        )
-    else:
-        callbacks = Callbacks(should_cancel=stop.is_set)
-    try:
-        result = train_run(spec, data, callbacks, checkpoint_path, candidate, Ranks(rank, world))
-        if result is not None:
-            _save_atomic(result, result_path)
-        # Every rank leaves the group together: a rank that tears gloo down while rank 0
-        # still evaluates and saves can abort a peer's gloo threads.
-        dist.barrier()
-    except BaseException as exc:
-        try:
-            pickle.dumps(exc)
-        except Exception:
-            exc = RuntimeError(f"rank {rank}: {type(exc).__name__}: {exc}")
-        events.put(("raised", exc))
-    finally:
-        dist.destroy_process_group()
-    # A spawned child would now finalise the interpreter, and with it C++ statics that
-    # gloo's threads may still touch ("terminate called without an active exception",
-    # SIGABRT, seen about once in ten runs). Flush what rank 0 queued and leave without it.
-    events.close()
-    events.join_thread()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def select_temperature(candidates: list[tuple[float, dict]]) -> tuple[int, list[dict]]:
@@ -392,10 +241,10 @@ def train_run(
 ) -> TrainResult | None:
     """One training run at one (fixed or learned) temperature.
 
-    Under DDP (``ranks.world`` > 1, a process group set up by train_run_ddp) each rank
-    trains on its share of every global batch of ``train.batch_size`` rows (DDP averages
-    the gradients), draws its own noise, and rank 0 alone validates, checkpoints and
-    reports; it returns the result, the other ranks None."""
+    Under DDP (``ranks.world`` > 1, a process group set up by models.ddp.train_run_ddp)
+    each rank trains on its share of every global batch of ``train.batch_size`` rows (DDP
+    averages the gradients), draws its own noise, and rank 0 alone validates, checkpoints
+    and reports; it returns the result, the other ranks None."""
     data = with_validation_split(data, spec.train.val_fraction, spec.train.seed)
     device = resolve_device(spec.train.device)
     if device.type == "cuda" and ranks.world > 1:
@@ -548,7 +397,7 @@ def train_run(
         if val["nll"] < best["nll"]:
             best = {"nll": val["nll"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         if checkpoint_path is not None:
-            _save_atomic(
+            save_atomic(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -641,27 +490,25 @@ def _predictive(
     rows = batch_rows or EVAL_BATCH
     device = model.input_mean.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    replay = torch.Generator(device=device)  # the batch's draws again, for the likelihood
     out, log_lik = [], []
     for start in range(0, len(x), rows):
         xb = torch.as_tensor(x[start : start + rows], device=device)
         h = model.features(xb)
-        replay.set_state(gen.get_state())
-        if noise_free:
-            probs = head.noise_free_probs(h)
-        else:
-            probs = head.predict(h, num_samples, generator=gen)
-        out.append(probs.float().cpu().numpy())
         if y is None:
+            probs = head.noise_free_probs(h) if noise_free else head.predict(h, num_samples, gen)
+            out.append(probs.float().cpu().numpy())
             continue
         yb = torch.as_tensor(np.asarray(y[start : start + rows]), device=device)
         if head.task == MULTICLASS:
             yb = yb.long()
         if noise_free:
+            probs = head.noise_free_probs(h)
             z = head.latent(h).scaled(1.0 / head.temperature).mu
             ll = noise_free_log_likelihood(z, yb, head.task)
         else:
-            ll = head.log_likelihood(h, yb, num_samples, generator=replay)
+            # one draw of the noise for both (the head forms the Gaussian and the noise once)
+            probs, ll = head.predict_with_log_likelihood(h, yb, num_samples, gen)
+        out.append(probs.float().cpu().numpy())
         log_lik.append(ll.double().cpu().numpy())
     return np.concatenate(out), (np.concatenate(log_lik) if y is not None else None)
 
@@ -715,7 +562,7 @@ def _should_stop(callbacks: Callbacks, ranks: Ranks, device: torch.device) -> bo
     return stop
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
     # A worker killed mid-write must never leave a truncated checkpoint behind. Written
     # through a Python file: a full disk is then OSError ENOSPC (torch's own writer says
     # only "unexpected pos"), and the partial file is removed.

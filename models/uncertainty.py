@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from core.onnx_contract import TOP_CLASSES, rank_pairs
-from models.heads import MULTICLASS, Head
+from models.heads import Head
+from models.het_formula import MULTICLASS
 
 
 def entropy_of(probs: torch.Tensor, task: str) -> torch.Tensor:

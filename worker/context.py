@@ -13,7 +13,7 @@ from app.settings import Settings
 from app.store import DatasetStore, JobStore
 from core.dataset_files import ArrayDataset, load_dataset
 from core.dataset_items import REFERENCE_FORMATS
-from core.datastore import ImageFiles, open_manifest
+from core.manifest import ImageFiles, open_manifest
 from core.spec import RunSpec, validate_run
 from models.backbones import resolve_weights
 from worker.units import Unit, job_units

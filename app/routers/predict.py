@@ -253,7 +253,7 @@ async def served_model(
     return resolved_id, model
 
 
-# the output that is NaN, by design, from one draw (models.heads: no spread to measure)
+# the output that is NaN, by design, from one draw (models.het_formula: no spread to measure)
 UNDEFINED_AT_ONE_SAMPLE = "mc_stderr"
 ROWS, NON_FINITE = "_rows", "_non_finite"  # answer_rows' outputs (no graph output's names)
 

@@ -3,7 +3,7 @@ with the noise as a graph input (the sampler in ``models.export.sampler`` replac
 
 The HET core computes its outputs with the head's own code: ``HetHead.latent``,
 ``LogitGaussian.scaled`` (1/tau folded into the (B, K) tensors) and
-``models.heads.reference_moments`` (one pass over S, so batch and S stay dynamic in the
+``models.het_formula.reference_moments`` (one pass over S, so batch and S stay dynamic in the
 graph), then the exact per-example fields of ``models.uncertainty`` and the noise-free
 predictive softmax(mu / tau). The MC moments sit in a ``torch.cond`` on num_samples > 0,
 exported as an ONNX ``If``, so a call with S = 0 costs only the deterministic parts.
@@ -20,9 +20,9 @@ from torch import nn
 from core.onnx_contract import OUTPUT_NAMES, OUTPUTS, SAMPLED_OUTPUTS
 from models import qmc
 from models.classifier import Classifier
-from models.heads import (
+from models.heads import HetHead
+from models.het_formula import (
     MULTICLASS,
-    HetHead,
     LogitGaussian,
     noise_free_from_logits,
     reference_moments,

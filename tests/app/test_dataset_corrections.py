@@ -15,7 +15,7 @@ from app.artifacts import ArtifactStore
 from app.store import JobStore, ModelStore
 from core import label_issues_file
 from core.dataset_files import load_dataset
-from core.datastore import open_manifest
+from core.manifest import open_manifest
 from tests.support.folder_datasets import image_folder
 from tests.support.service_client import (
     AUTH,

@@ -11,7 +11,7 @@ import pytest
 
 from core import datastore
 from core.dataset_files import DatasetError
-from core.datastore import check_manifest
+from core.manifest import check_manifest, open_manifest
 from tests.support.folder_datasets import image_folder
 from tests.support.service_client import (
     AUTH,
@@ -212,7 +212,7 @@ def test_a_file_swapped_for_a_symlink_out_of_the_roots_is_refused_when_opened(
             return readlink(path, *args, **kwargs)
 
         monkeypatch.setattr(datastore.os, "readlink", no_proc)
-    data = datastore.open_manifest(manifest, roots=settings.dataset_root_list)
+    data = open_manifest(manifest, roots=settings.dataset_root_list)
     index = data.x_train.paths.index("train/dog/1.png")
     target = folder / "train" / "dog" / "1.png"
     inside = roots[0] / "copy.png"

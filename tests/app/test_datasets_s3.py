@@ -21,7 +21,7 @@ moto_server = pytest.importorskip(
 from app.db import session_scope  # noqa: E402
 from app.store import JobStore  # noqa: E402
 from core.dataset_files import DatasetError  # noqa: E402
-from core.datastore import check_manifest, open_manifest  # noqa: E402
+from core.manifest import check_manifest, open_manifest  # noqa: E402
 from tests.support.folder_datasets import (  # noqa: E402
     COLORS,  # noqa: E402
     FOLDER_SPEC,

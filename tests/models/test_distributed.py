@@ -12,7 +12,8 @@ import torch
 from core.dataset_files import ArrayDataset, validate
 from core.spec import BackboneSpec, HeadSpec, RunSpec, TrainSpec
 from models.classifier import build_classifier
-from models.train import Callbacks, DeviceError, TrainingLoss, check_devices, mixed_precision, train
+from models.ddp import DeviceError, check_devices
+from models.train import Callbacks, TrainingLoss, mixed_precision, train
 
 
 def blobs(n, d=5, k=3, seed=0) -> ArrayDataset:

@@ -37,7 +37,7 @@ from models.export import (
     sampler_normals,
 )
 from models.export import core as export_core
-from models.heads import LogitGaussian, reference_moments
+from models.het_formula import LogitGaussian, reference_moments
 from models.uncertainty import predictive_uncertainty, top_correlations
 
 D = 6

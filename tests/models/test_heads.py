@@ -1,4 +1,4 @@
-"""The HET head against the formulas of models/heads.py, checked within Monte Carlo error."""
+"""The HET head against the formulas of models/het_formula.py, checked within Monte Carlo error."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from core.spec import HeadSpec
-from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead, LogitGaussian, build_head
+from models.heads import HetHead, LinearHead, build_head
+from models.het_formula import MULTICLASS, MULTILABEL, LogitGaussian
 
 TUNING = ("fast", "chunk_elements", "initial_temperature", "min_scale")
 
@@ -287,6 +288,26 @@ def test_predict_is_the_mean_of_moments_on_the_same_noise(task):
     assert torch.allclose(head.moments(h, noise=noise)["probs"], explicit, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "task, shared, eval_noise",
+    [(MULTICLASS, True, "qmc"), (MULTICLASS, False, "mc"), (MULTILABEL, True, "mc")],
+)
+def test_predict_with_log_likelihood_is_both_calls_from_one_generator_state(
+    task, shared, eval_noise
+):
+    """The evaluation's one pass: the numbers of predict and log_likelihood drawn from the
+    same generator state (per-example multiclass noise: the kernel's seed)."""
+    head = make_head(k=5, r=2, task=task, share_samples_across_batch=shared, eval_noise=eval_noise)
+    head.eval()
+    h = torch.randn(4, 6)
+    y = torch.tensor([0, 3, 1, 4]) if task == MULTICLASS else torch.randint(0, 2, (4, 5))
+    probs, log_lik = head.predict_with_log_likelihood(h, y, 50, torch.Generator().manual_seed(3))
+    assert torch.equal(probs, head.predict(h, 50, torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        expected = head.log_likelihood(h, y, 50, torch.Generator().manual_seed(3))
+    assert torch.equal(log_lik, expected)
+
+
 def test_gradient_of_a_confidently_wrong_example_matches_the_naive_formula():
     """log p_s near -200 for every draw: the running-max sums must not underflow."""
     torch.manual_seed(0)
@@ -389,7 +410,7 @@ def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
     export traces) gives the sample std of the same draws in float64 to 1e-3, and that
     is within MC error of the population std (float64, 2^20 draws). E[p^2] - E[p]^2 gave
     exactly 0 for class 0 here."""
-    from models.heads import reference_moments
+    from models.het_formula import reference_moments
 
     num = 1000
     eps = torch.randn(num, 10, generator=torch.Generator().manual_seed(3))
@@ -409,7 +430,7 @@ def test_prob_std_of_a_confident_input_does_not_cancel_in_float32():
 def test_mc_stderr_is_nan_from_one_draw(groups):
     """S = 1: no spread to measure, so the standard error is undefined (NaN, null in the
     API), not 0; prob_std stays its S = 1 value 0. The head's fast path agrees."""
-    from models.heads import reference_moments
+    from models.het_formula import reference_moments
 
     latent = confident_latent(mu0=1.0, scale=1.0)
     eps = torch.randn(1, 10, generator=torch.Generator().manual_seed(5))

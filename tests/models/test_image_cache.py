@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.datastore import open_manifest, scan_reference
+from core.dataset_scan import scan_reference
+from core.manifest import open_manifest
 from core.spec import RunSpec
 from models import image_cache
 from models.image_cache import DecodedImages, decode_files, decode_once

@@ -9,7 +9,8 @@ import torch
 
 from core.onnx_contract import rank_pairs
 from core.spec import HeadSpec
-from models.heads import MULTICLASS, MULTILABEL, HetHead, LinearHead
+from models.heads import HetHead, LinearHead
+from models.het_formula import MULTICLASS, MULTILABEL
 from models.uncertainty import predictive_uncertainty, top_correlations
 
 
