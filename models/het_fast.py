@@ -511,10 +511,10 @@ def _moment_sums(latent, eps_r, eps_k, multiclass, chunk, class_major, shift):
 DENSE_BLOCKING = het_kernel.Blocking(
     task_fmas=1 << 22, align=16, min_units=128, parallel_fmas=1 << 23
 )
-# Below this many multiply-adds a forward pass is torch's own GEMM: measured beside a busy
-# core (bench/head_speed.py --contention), a dynamic split gained nothing on passes this
-# short and its task set-up cost up to 0.1 ms on the quiet machine. The backward pass,
-# two to three times longer, keeps the dynamic split at every size.
+# Below this many multiply-adds a forward pass is torch's own GEMM: in the contention runs
+# that introduced the split (bench/head_speed.py --contention), passes this short gained
+# nothing from it while its task set-up cost up to 0.1 ms on a quiet machine. The backward
+# pass, two to three times longer, keeps the dynamic split at every size.
 DENSE_DYNAMIC_FORWARD_FMAS = 1 << 28
 
 
