@@ -18,8 +18,10 @@ import pickle
 import queue
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -67,20 +69,13 @@ def train_run_ddp(
     with tempfile.TemporaryDirectory(prefix="hetserve-ddp-") as tmp:
         result_path = Path(tmp) / "result.pt"
         rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
+        job = RankJob(
+            world, rendezvous, spec, data, checkpoint_path, candidate, events, stop,
+            result_path, callbacks.step_every,
+        )  # fmt: skip
         procs = mp.start_processes(
             _rank_main,
-            args=(
-                world,
-                rendezvous,
-                spec,
-                data,
-                checkpoint_path,
-                candidate,
-                events,
-                stop,
-                result_path,
-                callbacks.step_every,
-            ),
+            args=(job,),
             nprocs=world,
             join=False,
             start_method="spawn",
@@ -116,19 +111,25 @@ def _relay(events, callbacks: Callbacks) -> None:
             handler(payload)
 
 
-def _rank_main(
-    rank,
-    world,
-    rendezvous,
-    spec,
-    data,
-    checkpoint_path,
-    candidate,
-    events,
-    stop,
-    result_path,
-    step_every,
-) -> None:
+@dataclass(frozen=True)
+class RankJob:
+    """What every rank is handed (pickled to the spawned processes): the run, where the
+    ranks meet, and the channels back to this process."""
+
+    world: int
+    rendezvous: str  # file:// URL of torch.distributed's rendezvous file
+    spec: RunSpec
+    data: ArrayDataset
+    checkpoint_path: Path | None
+    candidate: tuple[int, int]
+    events: Any  # an mp Queue: rank 0's ("step" | "epoch" | "raised", payload)
+    stop: Any  # an mp Event: a cancel, or a failure on any rank
+    result_path: Path  # rank 0's TrainResult
+    step_every: int
+
+
+def _rank_main(rank: int, job: RankJob) -> None:
+    world, spec, events, stop = job.world, job.spec, job.events, job.stop
     device = resolve_device(spec.train.device)
     if device.type == "cuda":
         torch.cuda.set_device(rank)
@@ -136,7 +137,7 @@ def _rank_main(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",
-        init_method=rendezvous,
+        init_method=job.rendezvous,
         rank=rank,
         world_size=world,
         # Rank 0 validates alone at each epoch's end while the others wait for it.
@@ -147,14 +148,16 @@ def _rank_main(
             on_step=lambda p: events.put(("step", p)),
             on_epoch_end=lambda p: events.put(("epoch", p)),
             should_cancel=stop.is_set,
-            step_every=step_every,
+            step_every=job.step_every,
         )
     else:
         callbacks = Callbacks(should_cancel=stop.is_set)
     try:
-        result = train_run(spec, data, callbacks, checkpoint_path, candidate, Ranks(rank, world))
+        result = train_run(
+            spec, job.data, callbacks, job.checkpoint_path, job.candidate, Ranks(rank, world)
+        )
         if result is not None:
-            save_atomic(result, result_path)
+            save_atomic(result, job.result_path)
         # Every rank leaves the group together: a rank that tears gloo down while rank 0
         # still evaluates and saves can abort a peer's gloo threads.
         dist.barrier()
