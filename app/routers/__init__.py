@@ -25,6 +25,10 @@ Responses = dict[int | str, dict[str, Any]]
 
 AUTH_ERRORS: Responses = {401: {"description": "missing or invalid API key"}}
 MODEL_NOT_FOUND: Responses = {404: {"description": "no model with that id or alias"}}
+# A model file served for download is checked against its recorded sha256 first.
+MODEL_FILE_CHANGED: Responses = {
+    409: {"description": "the file does not match its recorded sha256"}
+}
 # FastAPI answers 400 when it cannot parse a body at all (JSON that is not UTF-8, a
 # broken multipart form), before any route runs.
 BODY_UNPARSEABLE: Responses = {

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep, require_api_key
-from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.routers import AUTH_ERRORS, MODEL_FILE_CHANGED, MODEL_NOT_FOUND
 from app.routers.models import find_model
 from app.routers.predict import (
     UNDEFINED_AT_ONE_SAMPLE,
@@ -110,8 +110,8 @@ v2_models = APIRouter(prefix="/v2/models", tags=["kserve"], route_class=Protocol
     responses={
         **AUTH_ERRORS,
         **MODEL_NOT_FOUND,
+        **MODEL_FILE_CHANGED,
         200: {"content": {"application/zip": {}}},
-        409: {"description": "the file does not match its recorded sha256"},
     },
 )
 def get_triton_repository(

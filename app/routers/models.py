@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app import disk_space
 from app.deps import ArtifactsDep, RuntimeDep, SessionDep, SettingsDep
 from app.retention import deletion
-from app.routers import AUTH_ERRORS, MODEL_NOT_FOUND
+from app.routers import AUTH_ERRORS, MODEL_FILE_CHANGED, MODEL_NOT_FOUND
 from app.routers.predict import ServingRoute
 from app.serving.schemas import ModelOut
 from app.store import Job, Model, ModelStore
@@ -90,8 +90,8 @@ def get_model(request: Request, model_id: ModelRef, session: SessionDep) -> Mode
     responses={
         **AUTH_ERRORS,
         **MODEL_NOT_FOUND,
+        **MODEL_FILE_CHANGED,
         200: {"content": {"application/octet-stream": {}}},
-        409: {"description": "the file does not match its recorded sha256"},
     },
 )
 def get_onnx(
