@@ -634,6 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--loop-top", default="all", help='rows each round corrects: "all" flagged, or N, or both'
     )
+    p.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        help="after the first job, its label-issue table filtered to dogs the model calls "
+        "cats, as the dashboard shows it (bench/dashboard_screenshot.py)",
+    )
     args = p.parse_args(argv)
 
     if args.folds:
@@ -692,6 +699,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: training", file=sys.stderr, flush=True)
                 runs.append(run_seed(args, client, service, tree, dataset["id"], seed))
                 print(json.dumps(runs[-1]["test"]), file=sys.stderr, flush=True)
+                if args.screenshot and len(runs) == 1:
+                    from bench.dashboard_screenshot import label_issue_table
+
+                    job_id = runs[0]["job_id"]
+                    label_issue_table(service.url, API_KEY, job_id, "dog", "cat", args.screenshot)
                 if args.loop:
                     print(f"seed {seed}: corrections and retrains", file=sys.stderr, flush=True)
                     loops.append(

@@ -75,7 +75,7 @@ export function labelIssues(modelId, job, dataset, classNames, signal) {
     urls.forEach((u) => URL.revokeObjectURL(u));
     urls = [];
     const total = r.num_matching ?? r.num_flagged;
-    summary.textContent = `${r.num_flagged} of ${r.num_examples} training rows flagged as likely mislabeled, most likely first (row = row of the uploaded x_train).`;
+    summary.textContent = `${r.num_flagged} of ${r.num_examples} training rows flagged as likely mislabeled, most likely first (row = ${images ? "the training image's index in the dataset, as the CSV export names it" : "row of the uploaded x_train"}).`;
     filter.replaceChildren(state.pair
       ? h("span.pill", {}, `given ${name(state.pair.given)}, suggested ${name(state.pair.suggested)}: ${total} rows `,
         h("button.link", { type: "button", title: "show every flagged row", onclick: () => showPair(null) }, "×"))
