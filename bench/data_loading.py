@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import calibrate  # noqa: E402
 from bench.export_speed import time_round_robin  # noqa: E402
 from bench.stream_memory import SIZE, make_folder  # noqa: E402
 from core.dataset_scan import scan_reference  # noqa: E402
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(calibrate.line(calibrate.measure()))
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "folder", args.images)

@@ -33,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench import calibrate
 from bench.quiet import MAX_OTHER_CORES, RoundWindows, mark, others_summary, quiet_rounds
 from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
@@ -174,8 +175,9 @@ def main() -> None:
     print(
         f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} thread(s), "
         f"S={args.samples}, R={R}, MLP {D}-256-256, median of {args.repeats} rounds (the quiet "
-        f"ones: others' CPU at most {MAX_OTHER_CORES} core)\n"
+        f"ones: others' CPU at most {MAX_OTHER_CORES} core)"
     )
+    print(calibrate.line(calibrate.measure()) + "\n")
     print(
         "| K | B | graph ms | noise in ms | graph / noise in | torch ms | graph / torch "
         "| softmax ms | torch softmax ms | graph / softmax | row per call / graph "

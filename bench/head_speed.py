@@ -96,6 +96,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench import calibrate  # noqa: E402
 from bench.quiet import (  # noqa: E402
     MAX_OTHER_CORES,
     RoundWindows,
@@ -773,11 +774,13 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "samples": SAMPLES,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "speed": calibrate.measure(),
     }
     print(
         f"{report['machine']['date']}, machine: {report['machine']['cpu']}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+    print(calibrate.line(report["machine"]["speed"]))
     e2 = report["edward2"]
     print(
         f"edward2 {e2['edward2']}, tensorflow {e2['tensorflow']}, tfp {e2['tensorflow_probability']}, "

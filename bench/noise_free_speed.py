@@ -31,6 +31,7 @@ import onnxruntime as ort
 import torch
 from export_speed import D, R, make_model, session, time_round_robin  # bench/: run as a script
 
+from bench import calibrate
 from core.spec import HeadSpec
 from models.export import build_onnx
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
+    print(calibrate.line(calibrate.measure()))
     torch.set_num_threads(args.threads)
     k, s = args.classes, args.samples
 

@@ -61,6 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import calibrate  # noqa: E402
 from bench.quiet import (  # noqa: E402
     MAX_OTHER_CORES,
     OtherCores,
@@ -639,6 +640,7 @@ def main() -> None:
         }
         print(report(results, args))
         return
+    print(calibrate.line(calibrate.measure()))
     print(report(run(args), args))
 
 
