@@ -74,8 +74,17 @@ def read_head(path: str | Path, limit: int, offset: int = 0) -> dict[str, Any]:
     "suggested_label", "score", "flagged"}, ...]}``: ``limit`` entries from entry
     ``offset`` of the most-suspect-first order (a page; ``read_selection`` unfiltered)."""
     selection = read_selection(path, offset=offset, limit=limit)
-    arrays = selection["arrays"]
-    issues = [
+    return {
+        "num_examples": selection["num_examples"],
+        "num_flagged": selection["num_flagged"],
+        "issues": issues(selection["arrays"]),
+    }
+
+
+def issues(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """``[{"index", "given_label", "suggested_label", "score", "flagged"}, ...]``, plain
+    Python numbers, from a selection's arrays (``read_selection``)."""
+    return [
         {
             "index": int(i),
             "given_label": int(g),
@@ -92,11 +101,6 @@ def read_head(path: str | Path, limit: int, offset: int = 0) -> dict[str, Any]:
             strict=True,
         )
     ]
-    return {
-        "num_examples": selection["num_examples"],
-        "num_flagged": selection["num_flagged"],
-        "issues": issues,
-    }
 
 
 def read_selection(

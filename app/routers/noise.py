@@ -154,21 +154,10 @@ def get_label_issues(
         offset=offset,
         issues=[
             LabelIssue(
-                index=int(i),
-                given_label=int(g),
-                given_name=names[g],
-                suggested_label=int(s),
-                suggested_name=names[s],
-                score=float(sc),
-                flagged=bool(f),
+                **issue,
+                given_name=names[issue["given_label"]],
+                suggested_name=names[issue["suggested_label"]],
             )
-            for i, g, s, sc, f in zip(
-                arrays["index"],
-                arrays["given"],
-                arrays["suggested"],
-                arrays["score"],
-                arrays["flagged"],
-                strict=True,
-            )
+            for issue in label_issues_file.issues(arrays)
         ],
     )
