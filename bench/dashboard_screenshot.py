@@ -71,7 +71,7 @@ def label_issue_table(
         card = driver.find_element(By.ID, "label-issues").screenshot_as_png
     finally:
         driver.quit()
-    _save_cropped(card, out)
+    save_cropped(card, out)
     return out
 
 
@@ -81,7 +81,7 @@ def _index(names: list[str], name: str) -> int:
     return names.index(name)
 
 
-def _save_cropped(png: bytes, out: Path) -> None:
+def save_cropped(png: bytes, out: Path) -> None:
     """The card cut to the width its content takes (the card spans the page)."""
     import numpy as np
     from PIL import Image

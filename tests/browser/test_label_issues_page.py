@@ -62,18 +62,11 @@ def rows(driver) -> list[dict]:
 
 
 def save_table_screenshot(driver) -> None:
-    """The label-issue card, cut to the width its content takes (the card spans the
-    page; its text and table, a third of it)."""
-    import io
+    """The label-issue card, cut to the width its content takes."""
+    from bench.dashboard_screenshot import save_cropped
 
-    import numpy as np
-    from PIL import Image
-
-    shot = Image.open(io.BytesIO(driver.find_element(By.ID, "label-issues").screenshot_as_png))
-    pixels = np.asarray(shot.convert("L"))[4:-4, 4:-4]  # inside the card's border
-    used = np.flatnonzero((pixels < 250).any(axis=0))
-    right = min(shot.width, int(used.max()) + 4 + 24) if used.size else shot.width
-    shot.crop((0, 0, right, shot.height)).save(SCREENSHOTS / "label-issues.png")
+    png = driver.find_element(By.ID, "label-issues").screenshot_as_png
+    save_cropped(png, SCREENSHOTS / "label-issues.png")
 
 
 def thumbnails_drawn(driver) -> list[dict] | None:
@@ -153,11 +146,16 @@ def test_a_corrections_csv_uploaded_from_the_page(page, origin, service, tmp_pat
         with service.client() as client:
             return len(client.get("/v1/datasets").json())
 
+    def upload(form, csv_file) -> None:
+        chooser = form.find_element(By.NAME, "file")
+        chooser.clear()
+        chooser.send_keys(str(csv_file))
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
     before = datasets()
     bad = tmp_path / "bad.csv"
     bad.write_text(f"index,label\n{flagged[0]['index']},{flagged[0]['suggested']}\n99999,cat\n")
-    form.find_element(By.NAME, "file").send_keys(str(bad))
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    upload(form, bad)
     refusal = wait(
         page,
         lambda d: css(d, "#label-issues .fix-result p.error"),
@@ -168,9 +166,7 @@ def test_a_corrections_csv_uploaded_from_the_page(page, origin, service, tmp_pat
 
     good = tmp_path / "good.csv"
     good.write_text("index,label\n" + "".join(f"{r['index']},{r['suggested']}\n" for r in flagged))
-    form.find_element(By.NAME, "file").clear()
-    form.find_element(By.NAME, "file").send_keys(str(good))
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    upload(form, good)
     wait(
         page,
         lambda d: "by a corrections CSV" in d.find_element(By.ID, "label-issues").text,
