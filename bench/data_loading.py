@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench import calibrate  # noqa: E402
+from bench import calibrate, run_record  # noqa: E402
 from bench.export_speed import time_round_robin  # noqa: E402
 from bench.stream_memory import SIZE, make_folder  # noqa: E402
 from core.dataset_scan import scan_reference  # noqa: E402
@@ -50,9 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--json", type=Path, help="write the run's record here (bench/run_record.py)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(calibrate.line(calibrate.measure()))
+    machine = run_record.machine()
+    print(calibrate.line(machine["speed"]))
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "folder", args.images)
@@ -99,6 +103,17 @@ def main() -> None:
         f"--rounds {args.rounds}"
     )
     np.testing.assert_equal(x.shape, (n, 3, SIZE, SIZE))
+    if args.json:
+        ratios = {  # images/s against the in-memory path's, as the table's last column
+            f"{name}: images/s vs in-memory": anchor / sec
+            for name, sec in medians.items()
+            if name != "in-memory (decoded beforehand)"
+        }
+        images_per_s = {name: n / sec for name, sec in medians.items()}
+        settings = {"images": args.images, "rounds": args.rounds}
+        run_record.write(
+            args.json, "data_loading", machine, ratios, settings=settings, images_per_s=images_per_s
+        )
 
 
 if __name__ == "__main__":

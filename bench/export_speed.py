@@ -28,12 +28,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench import calibrate
+from bench import calibrate, run_record
 from bench.quiet import MAX_OTHER_CORES, RoundWindows, mark, others_summary, quiet_rounds
 from core.spec import BackboneSpec, HeadSpec, RunSpec
 from models.classifier import build_classifier
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument(
+        "--json", type=Path, help="write the run's record here (bench/run_record.py)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -177,7 +181,10 @@ def main() -> None:
         f"S={args.samples}, R={R}, MLP {D}-256-256, median of {args.repeats} rounds (the quiet "
         f"ones: others' CPU at most {MAX_OTHER_CORES} core)"
     )
-    print(calibrate.line(calibrate.measure()) + "\n")
+    machine = run_record.machine()
+    print(calibrate.line(machine["speed"]) + "\n")
+    ratios: dict[str, float] = {}
+    medians_ms: dict[str, dict[str, float]] = {}
     print(
         "| K | B | graph ms | noise in ms | graph / noise in | torch ms | graph / torch "
         "| softmax ms | torch softmax ms | graph / softmax | row per call / graph "
@@ -189,6 +196,14 @@ def main() -> None:
             cell = bench_cell(num_classes, batch, args.samples, args.threads, args.repeats)
             t = cell.medians
             ms = {k: v * 1e3 for k, v in t.items()}
+            where = f"K={num_classes} B={batch}"
+            medians_ms[where] = ms
+            ratios |= {
+                f"{where}: graph / noise in": t["graph"] / t["noise in"],
+                f"{where}: graph / torch": t["graph"] / t["torch"],
+                f"{where}: graph / softmax": t["graph"] / t["softmax"],
+                f"{where}: row per call / graph": t["row per call"] / t["graph"],
+            }
             print(
                 f"| {num_classes} | {batch} | {ms['graph']:.2f} | {ms['noise in']:.2f} "
                 f"| {t['graph'] / t['noise in']:.2f}x | {ms['torch']:.2f} | {t['graph'] / t['torch']:.2f}x "
@@ -196,6 +211,12 @@ def main() -> None:
                 f"| {t['row per call'] / t['graph']:.2f}x | {cell.others_note()} |",
                 flush=True,
             )
+
+    if args.json:
+        settings = {"threads": args.threads, "samples": args.samples, "repeats": args.repeats}
+        run_record.write(
+            args.json, "export_speed", machine, ratios, settings=settings, medians_ms=medians_ms
+        )
 
 
 if __name__ == "__main__":

@@ -82,13 +82,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import venv
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +94,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench import calibrate  # noqa: E402
+from bench import calibrate, run_record  # noqa: E402
 from bench.quiet import (  # noqa: E402
     MAX_OTHER_CORES,
     RoundWindows,
@@ -602,6 +600,15 @@ def run_ratios(run: dict) -> dict:
     return figures
 
 
+def flat_ratios(run: dict) -> dict[str, float]:
+    """run_ratios as one level, for bench/run_record.py: {"B/D/K/R noise: name": value}."""
+    return {
+        f"{shape} {mode}: {name}": value
+        for (shape, mode), row in run_ratios(run).items()
+        for name, value in row.items()
+    }
+
+
 def spreads(runs: list[dict]) -> dict:
     """{(shape, mode): {ratio name: Spread of that ratio over the runs}} (each run's ratio
     is of its medians)."""
@@ -697,16 +704,6 @@ def run_json(run: dict) -> dict:
     }
 
 
-def describe_cpu() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -768,13 +765,10 @@ def main() -> None:
 
     worker = Edward2Worker(python)
     report: dict = {"edward2": worker.request(cmd="info")}
-    report["machine"] = {
-        "cpu": describe_cpu(),
+    report["machine"] = run_record.machine() | {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "samples": SAMPLES,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "speed": calibrate.measure(),
     }
     print(
         f"{report['machine']['date']}, machine: {report['machine']['cpu']}; "
@@ -833,17 +827,19 @@ def main() -> None:
             print(f"| {mode} | " + " | ".join(f"{v:.0f}" for v in row) + " |")
 
     if args.json:
+        per_run = [flat_ratios(run) for run in runs]
         report.update(
             run_json(runs[-1]),  # the last run, where a single run's figures always were
             runs=[run_json(run) for run in runs],
+            ratios_per_run=per_run,
             spread={
                 f"{s} {m}": {name: sp.as_dict() for name, sp in row.items()}
                 for (s, m), row in spread.items()
             },
             peak_memory_mb=memory,
         )
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        machine = report.pop("machine")
+        run_record.write(args.json, "head_speed", machine, per_run[-1], **report)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,14 @@ processes used in each round beside it on stderr: bench/export_speed.time_round_
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from export_speed import D, R, make_model, session, time_round_robin  # bench/: run as a script
 
-from bench import calibrate
+from bench import calibrate, run_record
 from core.spec import HeadSpec
 from models.export import build_onnx
 
@@ -46,8 +47,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=51)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--json", type=Path, help="write the run's record here (bench/run_record.py)"
+    )
     args = parser.parse_args()
-    print(calibrate.line(calibrate.measure()))
+    machine = run_record.machine()
+    print(calibrate.line(machine["speed"]))
     torch.set_num_threads(args.threads)
     k, s = args.classes, args.samples
 
@@ -89,6 +94,23 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, sec in t.items():
         print(f"| {name} | {sec * 1e3:.3f} | {sec / t['softmax']:.2f}x |")
+    qmc_vs_mc = t[f"het MC S={before_s}"] / t[f"het QMC S={s}"]
+    print(f"\nMC S={before_s} / QMC S={s}: {qmc_vs_mc:.2f}x")
+    if args.json:
+        ratios = {
+            f"{name} / softmax": sec / t["softmax"] for name, sec in t.items() if name != "softmax"
+        }
+        ratios[f"het MC S={before_s} / het QMC S={s}"] = qmc_vs_mc
+        settings = {
+            "threads": args.threads,
+            "classes": k,
+            "batch": args.batch,
+            "repeats": args.repeats,
+        }
+        medians_ms = {name: sec * 1e3 for name, sec in t.items()}
+        run_record.write(
+            args.json, "noise_free_speed", machine, ratios, settings=settings, medians_ms=medians_ms
+        )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import calibrate  # noqa: E402
+from bench import calibrate, run_record  # noqa: E402
 from bench.quiet import (  # noqa: E402
     MAX_OTHER_CORES,
     OtherCores,
@@ -502,21 +502,71 @@ def run(args) -> dict:
                             results.setdefault((k, n), {}).setdefault(name, []).append(got)
                             log(f"  {n:>2} rows: {json.dumps(got)}")
                             if args.json:  # after every round: a run cut short keeps its rounds
-                                save(results, args.json)
+                                save(results, args)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({f"K={k} rows={n}": v for (k, n), v in results.items()}, indent=1))
+def save(results: dict, args) -> None:
+    """The run's record (bench/run_record.py): hetserve / best anchor per K and request
+    size, and every round under "rounds" (what --from-json reads back)."""
+    ratios = {}
+    for (k, n), servers in sorted(results.items()):
+        versus = versus_best_anchor(servers, args.anchors, args.max_other_cores)
+        if versus:
+            ratios[f"K={k} rows={n}: hetserve / best anchor req/s"] = versus.ratio
+    rounds = {f"K={k} rows={n}": v for (k, n), v in results.items()}
+    run_record.write(args.json, "serve_load", args.machine, ratios, rounds=rounds)
+
+
+def load(path: Path) -> dict:
+    """{(K, rows): {server: [rounds]}} from a --json record (or an older bare dump)."""
+    saved = json.loads(path.read_text())
+    saved = saved["rounds"] if "bench" in saved else saved  # older runs: the rounds alone
+    return {
+        tuple(int(part.split("=")[1]) for part in key.split()): rounds
+        for key, rounds in saved.items()
+    }
 
 
 def median_of(rounds: list[dict], key: str, max_other: float) -> float:
     """The median of ``key`` over the quiet rounds (all of them if none is quiet)."""
     kept = quiet_rounds([r["other_cores"] for r in rounds], max_other)
     return statistics.median(kept.pick([r[key] for r in rounds]))
+
+
+@dataclass(frozen=True)
+class VersusBest:
+    """hetserve against the anchor with the most requests/s (medians over clean passes)."""
+
+    best: str
+    ratio: float
+    p99: float
+    best_p99: float
+    per_pass: Spread  # each pass's hetserve req/s over that same pass's best anchor's
+
+
+def versus_best_anchor(servers: dict, anchors: list[str], flag: float) -> VersusBest | None:
+    timed = {a: servers[a] for a in anchors if a in servers}
+    if "hetserve" not in servers or not timed:
+        return None
+    best = max(timed, key=lambda a: median_of(timed[a], "rps", flag))
+    # Per pass: hetserve against the best anchor of that same pass (the passes are the
+    # runs whose spread the docs quote).
+    passes = min(len(rounds) for rounds in (servers["hetserve"], *timed.values()))
+    return VersusBest(
+        best,
+        median_of(servers["hetserve"], "rps", flag) / median_of(timed[best], "rps", flag),
+        median_of(servers["hetserve"], "p99", flag),
+        median_of(timed[best], "p99", flag),
+        Spread.of(
+            [
+                servers["hetserve"][i]["rps"] / max(a[i]["rps"] for a in timed.values())
+                for i in range(passes)
+            ]
+        ),
+    )
 
 
 def report(results: dict, args) -> str:
@@ -568,27 +618,14 @@ def report(results: dict, args) -> str:
                 f"| {median_of(rounds, 'server_cpu_ms_per_request', flag):.2f} | {waited} "
                 f"| {per_call} |"
             )
-        anchors = {a: servers[a] for a in args.anchors if a in servers}
-        if "hetserve" in servers and anchors:
-            best = max(anchors, key=lambda a: median_of(anchors[a], "rps", flag))
-            het_rps = median_of(servers["hetserve"], "rps", flag)
-            het_p99 = median_of(servers["hetserve"], "p99", flag)
-            best_rps = median_of(anchors[best], "rps", flag)
-            best_p99 = median_of(anchors[best], "p99", flag)
-            # Per pass: hetserve against the best anchor of that same pass (the passes
-            # are the runs whose spread the docs quote).
-            passes = min(len(rounds) for rounds in (servers["hetserve"], *anchors.values()))
-            per_pass = Spread.of(
-                [
-                    servers["hetserve"][i]["rps"] / max(a[i]["rps"] for a in anchors.values())
-                    for i in range(passes)
-                ]
-            )
+        versus = versus_best_anchor(servers, args.anchors, flag)
+        if versus:
             lines += [
                 "",
-                f"hetserve / best anchor ({best}): {het_rps / best_rps:.2f}x requests/s, "
-                f"p99 {het_p99:.1f} vs {best_p99:.1f} ms; per pass against that pass's best "
-                f"anchor, min / median / max over {passes}: {per_pass.format(unit='x')}.",
+                f"hetserve / best anchor ({versus.best}): {versus.ratio:.2f}x requests/s, "
+                f"p99 {versus.p99:.1f} vs {versus.best_p99:.1f} ms; per pass against that "
+                f"pass's best anchor, min / median / max over {versus.per_pass.runs}: "
+                f"{versus.per_pass.format(unit='x')}.",
             ]
     return "\n".join(lines)
 
@@ -633,14 +670,10 @@ def main() -> None:
         name, extra = parse_variant(text)
         args.hetserve_variants[name] = (ROOT, extra)
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        results = {
-            tuple(int(part.split("=")[1]) for part in key.split()): rounds
-            for key, rounds in saved.items()
-        }
-        print(report(results, args))
+        print(report(load(args.from_json), args))
         return
-    print(calibrate.line(calibrate.measure()))
+    args.machine = run_record.machine()
+    print(calibrate.line(args.machine["speed"]))
     print(report(run(args), args))
 
 

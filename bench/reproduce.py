@@ -1,0 +1,215 @@
+"""Do the docs' timing ratios reproduce? Run every ratio-bearing bench once, as its table's
+command gives it, and compare each ratio with its spread over the recorded runs.
+
+    .venv/bin/python bench/reproduce.py run docs/bench-runs/<date>-<vm>      # ~20 min, quiet
+    .venv/bin/python bench/reproduce.py check var/repro/new --against docs/bench-runs/*
+    .venv/bin/python bench/reproduce.py spread docs/bench-runs/*             # min / median / max
+
+A run directory holds one record per bench (bench/run_record.py: every ratio the bench's
+tables print, the date, the VM's boot id and bench/calibrate.py's reading) and the
+bench's printed tables beside it (<bench>.md). A ratio *reproduces* when the new run's
+value lies within the min-max of the recorded runs' values (each run's ratio of its own
+medians, as the docs' spreads are). `check` prints every ratio that does not, with the
+calibration readings of the runs compared, since a ratio of a memory-bound call to a
+compute-bound one moves with the host (docs/benchmarks.md, "Do the tables reproduce?").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench import calibrate, run_record  # noqa: E402
+from bench.quiet import Spread  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each bench as the docs' tables run it (--json is added).
+BENCHES: dict[str, list[str]] = {
+    "head_speed": ["bench/head_speed.py", "--contention", "--runs", "1", "--no-memory"],
+    "export_speed": ["bench/export_speed.py", "--repeats", "11"],
+    "noise_free_speed": ["bench/noise_free_speed.py", "--repeats", "201"],
+    "data_loading": ["bench/data_loading.py", "--images", "2000", "--rounds", "3"],
+    "serve_load": ["bench/serve_load.py", "--passes", "3"],
+}
+
+
+def run(out: Path, only: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in only:
+        command = [sys.executable, *BENCHES[name], "--json", str(out / f"{name}.json")]
+        print(f"{time.strftime('%H:%M:%S')} {' '.join(command[1:])}", flush=True)
+        with open(out / f"{name}.md", "w") as tables:
+            subprocess.run(command, cwd=ROOT, env=env, stdout=tables, check=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    vm: str  # the boot id: one per VM (bench/run_record.py)
+    ratios: dict[str, float]
+
+
+def records(directory: Path) -> dict[str, list[Run]]:
+    """{bench: [its runs]} of a run directory (a record with --runs N holds N runs)."""
+    found: dict[str, list[Run]] = {}
+    for path in sorted(directory.glob("*.json")):
+        record = run_record.read(path)
+        vm = record["machine"].get("boot_id") or str(directory)
+        found.setdefault(record["bench"], []).extend(
+            Run(vm, ratios) for ratios in record.get("ratios_per_run") or [record["ratios"]]
+        )
+    return found
+
+
+def pooled(directories: list[Path]) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """{bench: {ratio: [(vm, value) per run]}} over every run in the directories."""
+    pool: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    for directory in directories:
+        for bench, runs in records(directory).items():
+            for run_ in runs:
+                for name, value in run_.ratios.items():
+                    pool.setdefault(bench, {}).setdefault(name, []).append((run_.vm, value))
+    return pool
+
+
+# Student's t, 95th percentile (a two-sided 90 % interval), by degrees of freedom; past
+# these, 1.645 + 1.6 / df is within 0.01 of it
+T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833}
+
+
+def t95(df: int) -> float:
+    return T95.get(df, 1.645 + 1.6 / df)
+
+
+def prediction_interval(values: list[tuple[str, float]]) -> tuple[float, float] | None:
+    """Where a run on a *new* VM should land, 9 times in 10: each VM's runs averaged (in
+    log: a ratio's spread is multiplicative), then mean +- t * sd * sqrt(1 + 1/n) over
+    the n VMs, the VM being the unit that varies (runs on one VM agree more closely than
+    runs on two). None below two VMs: one VM says nothing of another."""
+    by_vm: dict[str, list[float]] = {}
+    for vm, value in values:
+        by_vm.setdefault(vm, []).append(math.log(value))
+    logs = [statistics.fmean(v) for v in by_vm.values()]
+    n = len(logs)
+    if n < 2:
+        return None
+    half = t95(n - 1) * statistics.stdev(logs) * math.sqrt(1 + 1 / n)
+    mean = statistics.fmean(logs)
+    return math.exp(mean - half), math.exp(mean + half)
+
+
+def machines(directory: Path) -> list[dict]:
+    return [run_record.read(path)["machine"] for path in sorted(directory.glob("*.json"))]
+
+
+def speed_line(directory: Path) -> str:
+    found = machines(directory)
+    if not found:
+        return f"{directory}: no records"
+    speeds = [m["speed"] for m in found]
+    median = {key: statistics.median(s[key] for s in speeds) for key in speeds[0]}
+    dates = sorted(m["date"] for m in found)
+    return f"{directory} ({dates[0]} .. {dates[-1]}): {calibrate.line(median)}"
+
+
+def check(new: Path, against: list[Path]) -> int:
+    """Print every ratio of ``new`` against the recorded runs; the number outside their
+    min-max.
+
+    Min-max is what the docs' tables state, but it is no promise: a new run exchangeable
+    with n recorded ones falls inside their min-max with probability (n - 1) / (n + 1)
+    (1/2 for three runs), so some ratios fall outside however well the tables were made;
+    the expected share is printed beside the observed one, and, from two VMs on, how
+    many fall inside the 90 % prediction interval for a new VM."""
+    stated = pooled(against)
+    print("calibration (median over each directory's records):")
+    for directory in [*against, new]:
+        print(f"  {speed_line(directory)}")
+    outside_total = 0
+    for bench, runs in records(new).items():
+        inside = expected = in_interval = with_interval = total = 0
+        rows = []
+        for name, value in runs[-1].ratios.items():
+            values = stated.get(bench, {}).get(name)
+            if not values:
+                rows.append(f"  {name}: {value:.3f} (no recorded run)")
+                continue
+            total += 1
+            spread = Spread.of([v for _, v in values])
+            ok = spread.low <= value <= spread.high
+            inside += ok
+            expected += (len(values) - 1) / (len(values) + 1)
+            interval = prediction_interval(values)
+            note = ""
+            if interval:
+                with_interval += 1
+                in_interval += interval[0] <= value <= interval[1]
+                note = f"; 90 % interval for a new VM {interval[0]:.3f}-{interval[1]:.3f}"
+            if not ok:
+                rows.append(
+                    f"  {name}: {value:.3f} outside {spread.format('.3f')} "
+                    f"({len(values)} runs{note})"
+                )
+        outside_total += total - inside
+        line = (
+            f"{bench}: {inside} of {total} ratios inside the recorded min-max "
+            f"(expected if runs were exchangeable: {expected:.1f})"
+        )
+        if with_interval:
+            line += f"; {in_interval} of {with_interval} inside the 90 % interval for a new VM"
+        print(line)
+        if rows:
+            print("\n".join(rows))
+    return outside_total
+
+
+def spread(directories: list[Path]) -> None:
+    for bench, ratios in pooled(directories).items():
+        print(f"\n{bench} (min / median / max over runs; 90 % interval for a new VM)\n")
+        print("| ratio | spread | runs | VMs | 90 % interval, new VM |")
+        print("|---|---|---:|---:|---|")
+        for name, values in ratios.items():
+            interval = prediction_interval(values)
+            shown = f"{interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
+            vms = len({vm for vm, _ in values})
+            print(
+                f"| {name} | {Spread.of([v for _, v in values]).format(unit='x')} "
+                f"| {len(values)} | {vms} | {shown} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run every bench into a directory")
+    run_p.add_argument("out", type=Path)
+    run_p.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    check_p = sub.add_parser("check", help="a new run against the recorded runs' spread")
+    check_p.add_argument("new", type=Path)
+    check_p.add_argument("--against", type=Path, nargs="+", required=True)
+    spread_p = sub.add_parser("spread", help="each ratio's spread over the recorded runs")
+    spread_p.add_argument("directories", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.out, args.only)
+    elif args.command == "check":
+        against = [d for d in args.against if d.resolve() != args.new.resolve()]
+        sys.exit(1 if check(args.new, against) else 0)
+    else:
+        spread(args.directories)
+
+
+if __name__ == "__main__":
+    main()

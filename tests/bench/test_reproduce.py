@@ -1,0 +1,132 @@
+"""bench/reproduce.py and bench/run_record.py: a new run's ratio counts as reproduced only
+inside the min-max of the recorded runs' values, every run of a multi-run record counts,
+and serving's hetserve / best-anchor ratio is taken against the anchor with the most
+requests/s, each pass against that pass's best."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from bench import reproduce, run_record, serve_load
+
+MACHINE = {
+    "date": "2026-12-07 16:00 UTC",
+    "host": "vm",
+    "boot_id": "b",
+    "cpu": "cpu",
+    "speed": {"gemm_gflops": 100.0, "copy_gb_s": 30.0, "python_msteps": 50.0},
+}
+
+
+def record(directory, bench, ratios, per_run=None):
+    figures = {"ratios_per_run": per_run} if per_run else {}
+    run_record.write(directory / f"{bench}.json", bench, MACHINE, ratios, **figures)
+
+
+def test_a_ratio_reproduces_only_inside_the_recorded_min_max(tmp_path, capsys):
+    first, second, new = tmp_path / "first", tmp_path / "second", tmp_path / "new"
+    record(first, "export_speed", {"K=10 B=1: graph / torch": 1.0})
+    record(second, "export_speed", {"K=10 B=1: graph / torch": 2.0})
+    record(new, "export_speed", {"K=10 B=1: graph / torch": 1.5, "K=99: new cell": 9.0})
+    assert reproduce.check(new, [first, second]) == 0
+    out = capsys.readouterr().out
+    assert "export_speed: 1 of 1 ratios inside" in out
+    assert "K=99: new cell: 9.000 (no recorded run)" in out
+
+    record(new, "export_speed", {"K=10 B=1: graph / torch": 2.01})
+    assert reproduce.check(new, [first, second]) == 1
+    assert "2.010 outside 1.000 / 1.500 / 2.000 (2 runs)" in capsys.readouterr().out
+    # one recorded run is a spread of one value: anything else is outside it
+    assert reproduce.check(new, [second]) == 1
+
+
+def test_every_run_of_a_multi_run_record_is_pooled(tmp_path):
+    recorded, new = tmp_path / "recorded", tmp_path / "new"
+    runs = [{"128/512/100/10 shared: edward2 / hetserve predict": v} for v in (3.0, 5.0, 4.0)]
+    record(recorded, "head_speed", runs[-1], per_run=runs)
+    assert reproduce.pooled([recorded]) == {
+        "head_speed": {
+            "128/512/100/10 shared: edward2 / hetserve predict": [
+                ("b", 3.0),
+                ("b", 5.0),
+                ("b", 4.0),
+            ]
+        }
+    }
+    record(new, "head_speed", {"128/512/100/10 shared: edward2 / hetserve predict": 3.1})
+    assert reproduce.check(new, [recorded]) == 0  # inside 3..5, though only 4.0 was last
+
+
+def test_the_interval_for_a_new_vm_takes_each_vm_once():
+    assert reproduce.prediction_interval([("a", 2.0), ("a", 3.0)]) is None  # one VM only
+    two_vms = [("a", 2.0), ("b", 8.0)]
+    low, high = reproduce.prediction_interval(two_vms)
+    # log mean ln 4, sd ln 4 / sqrt 2 over the two VMs, t(1 df) = 6.314, sqrt(1 + 1/2)
+    half = 6.314 * math.log(4) / math.sqrt(2) * math.sqrt(1.5)
+    assert (low, high) == pytest.approx((4 * math.exp(-half), 4 * math.exp(half)))
+    # more runs on VM "a" at its own value do not narrow what a new VM may do
+    assert reproduce.prediction_interval([*two_vms, ("a", 2.0), ("a", 2.0)]) == pytest.approx(
+        (low, high)
+    )
+    three = reproduce.prediction_interval([("a", 2.0), ("b", 8.0), ("c", 4.0)])
+    assert three[0] < 4 < three[1] and three[1] - three[0] < high - low
+    assert reproduce.t95(30) == pytest.approx(1.697, abs=0.01)
+
+
+def test_a_file_that_is_not_a_run_record_is_refused(tmp_path):
+    (tmp_path / "serve_load.json").write_text('{"K=10 rows=1": {}}')  # an older bare dump
+    with pytest.raises(ValueError, match="not a run record"):
+        reproduce.records(tmp_path)
+
+
+def rounds(rps):
+    return [{"rps": r, "p99": 1000 / r, "other_cores": 0.0} for r in rps]
+
+
+def test_serving_is_against_the_best_anchor_and_each_pass_against_its_own_best():
+    servers = {
+        "hetserve": rounds([100, 200, 150]),
+        "triton": rounds([50, 100, 300]),  # median 100: the best anchor
+        "fastapi": rounds([80, 90, 95]),
+        "hetserve, tuned": rounds([1000, 1000, 1000]),  # not an anchor
+    }
+    versus = serve_load.versus_best_anchor(servers, ["triton", "fastapi"], 0.2)
+    assert versus is not None
+    assert versus.best == "triton"
+    assert versus.ratio == pytest.approx(150 / 100)
+    assert versus.p99 == pytest.approx(1000 / 150)
+    # pass 1 against fastapi (80 > 50), passes 2 and 3 against triton
+    assert (versus.per_pass.low, versus.per_pass.median, versus.per_pass.high) == pytest.approx(
+        (0.5, 100 / 80, 2.0)
+    )
+    assert serve_load.versus_best_anchor({"triton": servers["triton"]}, ["triton"], 0.2) is None
+
+
+def test_a_busy_pass_is_left_out_of_the_medians():
+    servers = {"hetserve": rounds([100, 200, 150]), "triton": rounds([100, 100, 100])}
+    servers["hetserve"][1]["other_cores"] = 0.9  # the 200 was measured beside other work
+    versus = serve_load.versus_best_anchor(servers, ["triton"], 0.2)
+    assert versus is not None and versus.ratio == pytest.approx(125 / 100)
+
+
+def test_serving_record_round_trips_through_from_json(tmp_path):
+    results = {
+        (10, 1): {"hetserve": rounds([300]), "triton": rounds([200])},
+        (100, 16): {"hetserve": rounds([40]), "fastapi": rounds([50])},
+    }
+    args = argparse.Namespace(
+        json=tmp_path / "serve_load.json",
+        anchors=["triton", "fastapi"],
+        max_other_cores=0.2,
+        machine=MACHINE,
+    )
+    serve_load.save(results, args)
+    saved = run_record.read(args.json)
+    assert saved["ratios"] == {
+        "K=10 rows=1: hetserve / best anchor req/s": pytest.approx(1.5),
+        "K=100 rows=16: hetserve / best anchor req/s": pytest.approx(0.8),
+    }
+    assert serve_load.load(args.json) == results
