@@ -38,7 +38,7 @@ def test_a_ratio_reproduces_only_inside_the_recorded_min_max(tmp_path, capsys):
 
     record(new, "export_speed", {"K=10 B=1: graph / torch": 2.01})
     assert reproduce.check(new, [first, second]) == 1
-    assert "2.010 outside 1.000 / 1.500 / 2.000 (2 runs)" in capsys.readouterr().out
+    assert "2.010 outside 1.000 / 1.500 / 2.000 (2 runs; 90 % interval" in capsys.readouterr().out
     # one recorded run is a spread of one value: anything else is outside it
     assert reproduce.check(new, [second]) == 1
 
@@ -60,20 +60,29 @@ def test_every_run_of_a_multi_run_record_is_pooled(tmp_path):
     assert reproduce.check(new, [recorded]) == 0  # inside 3..5, though only 4.0 was last
 
 
-def test_the_interval_for_a_new_vm_takes_each_vm_once():
-    assert reproduce.prediction_interval([("a", 2.0), ("a", 3.0)]) is None  # one VM only
-    two_vms = [("a", 2.0), ("b", 8.0)]
-    low, high = reproduce.prediction_interval(two_vms)
-    # log mean ln 4, sd ln 4 / sqrt 2 over the two VMs, t(1 df) = 6.314, sqrt(1 + 1/2)
+def test_the_interval_for_a_new_run_is_students_t_in_log():
+    assert reproduce.prediction_interval([2.0]) is None  # one run says nothing of the next
+    low, high = reproduce.prediction_interval([2.0, 8.0])
+    # log mean ln 4, sd ln 4 / sqrt 2, t(1 df) = 6.314, sqrt(1 + 1/2)
     half = 6.314 * math.log(4) / math.sqrt(2) * math.sqrt(1.5)
     assert (low, high) == pytest.approx((4 * math.exp(-half), 4 * math.exp(half)))
-    # more runs on VM "a" at its own value do not narrow what a new VM may do
-    assert reproduce.prediction_interval([*two_vms, ("a", 2.0), ("a", 2.0)]) == pytest.approx(
-        (low, high)
-    )
-    three = reproduce.prediction_interval([("a", 2.0), ("b", 8.0), ("c", 4.0)])
-    assert three[0] < 4 < three[1] and three[1] - three[0] < high - low
+    assert low * high == pytest.approx(16)  # symmetric in log, around the geometric mean
+    # a third run at the centre narrows it (more degrees of freedom, smaller sd)
+    three = reproduce.prediction_interval([2.0, 8.0, 4.0])
+    assert low < three[0] < 4 < three[1] < high
     assert reproduce.t95(30) == pytest.approx(1.697, abs=0.01)
+
+
+def test_check_counts_runs_inside_the_interval(tmp_path, capsys):
+    recorded, new = tmp_path / "recorded", tmp_path / "new"
+    record(recorded, "data_loading", {"a": 2.0}, per_run=[{"a": 2.0}, {"a": 8.0}])
+    record(new, "data_loading", {"a": 30.0})
+    assert reproduce.check(new, [recorded]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "0 of 1 ratios inside the recorded min-max (expected if runs were exchangeable: 0.3)" in out
+    )
+    assert "1 of 1 inside the 90 % interval for a new run" in out  # 30 < 4 * e^6.0
 
 
 def test_a_file_that_is_not_a_run_record_is_refused(tmp_path):
@@ -130,3 +139,11 @@ def test_serving_record_round_trips_through_from_json(tmp_path):
         "K=100 rows=16: hetserve / best anchor req/s": pytest.approx(0.8),
     }
     assert serve_load.load(args.json) == results
+
+
+def test_the_recorded_runs_readme_is_what_spread_prints(capsys):
+    """docs/bench-runs/README.md is generated from the records beside it: regenerate it
+    (the command in its first lines) after adding a run."""
+    runs = reproduce.ROOT / "docs" / "bench-runs"
+    reproduce.spread(sorted(d for d in runs.iterdir() if d.is_dir()))
+    assert (runs / "README.md").read_text() == capsys.readouterr().out
