@@ -1,17 +1,18 @@
 """Do the docs' timing ratios reproduce? Run every ratio-bearing bench once, as its table's
-command gives it, and compare each ratio with its spread over the recorded runs.
+command gives it, and compare each ratio with the runs recorded before.
 
-    .venv/bin/python bench/reproduce.py run docs/bench-runs/<date>-<vm>      # ~20 min, quiet
-    .venv/bin/python bench/reproduce.py check var/repro/new --against docs/bench-runs/*
-    .venv/bin/python bench/reproduce.py spread docs/bench-runs/*             # min / median / max
+    .venv/bin/python bench/reproduce.py run docs/bench-runs/<date>-vm-<boot id>  # ~18 min, quiet
+    .venv/bin/python bench/reproduce.py check docs/bench-runs/<new> --against docs/bench-runs/*
+    .venv/bin/python bench/reproduce.py spread docs/bench-runs/* > docs/bench-runs/README.md
 
 A run directory holds one record per bench (bench/run_record.py: every ratio the bench's
 tables print, the date, the VM's boot id and bench/calibrate.py's reading) and the
-bench's printed tables beside it (<bench>.md). A ratio *reproduces* when the new run's
-value lies within the min-max of the recorded runs' values (each run's ratio of its own
-medians, as the docs' spreads are). `check` prints every ratio that does not, with the
-calibration readings of the runs compared, since a ratio of a memory-bound call to a
-compute-bound one moves with the host (docs/benchmarks.md, "Do the tables reproduce?").
+bench's printed tables beside it (<bench>.md). `check` counts a new run's ratios inside
+the recorded runs' min-max (the spread the docs' tables state) beside the count expected
+of exchangeable runs, (n - 1) / (n + 1) per ratio: a min-max of a few runs is no promise
+about the next one. What a table can promise is the 90 % interval for a new run
+(`prediction_interval`), and `check` counts the ratios inside it too
+(docs/benchmarks.md, "Do the tables reproduce?").
 """
 
 from __future__ import annotations
