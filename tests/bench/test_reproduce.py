@@ -48,13 +48,7 @@ def test_every_run_of_a_multi_run_record_is_pooled(tmp_path):
     runs = [{"128/512/100/10 shared: edward2 / hetserve predict": v} for v in (3.0, 5.0, 4.0)]
     record(recorded, "head_speed", runs[-1], per_run=runs)
     assert reproduce.pooled([recorded]) == {
-        "head_speed": {
-            "128/512/100/10 shared: edward2 / hetserve predict": [
-                ("b", 3.0),
-                ("b", 5.0),
-                ("b", 4.0),
-            ]
-        }
+        "head_speed": {"128/512/100/10 shared: edward2 / hetserve predict": [3.0, 5.0, 4.0]}
     }
     record(new, "head_speed", {"128/512/100/10 shared: edward2 / hetserve predict": 3.1})
     assert reproduce.check(new, [recorded]) == 0  # inside 3..5, though only 4.0 was last
