@@ -109,6 +109,13 @@ class Edward2Case:
         return (status_kb("VmHWM") - before) / 1024
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels (its default depends on the CPU)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--intra-op-threads", type=int, default=2)
@@ -161,7 +168,7 @@ def main() -> None:
                     "keras": tf.keras.__name__ if hasattr(tf.keras, "__name__") else "?",
                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-                    "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+                    "onednn": "on" if onednn_enabled() else "off",
                 }
             elif cmd == "quit":
                 protocol.write(json.dumps({"ok": True}) + "\n")

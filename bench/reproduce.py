@@ -111,7 +111,8 @@ def speed_line(directory: Path) -> str:
     speeds = [m["speed"] for m in found]
     median = {key: statistics.median(s[key] for s in speeds) for key in speeds[0]}
     dates = sorted(m["date"] for m in found)
-    return f"{directory} ({dates[0]} .. {dates[-1]}): {calibrate.line(median)}"
+    cpus = " / ".join(sorted({m["cpu"] for m in found}))
+    return f"{directory} ({dates[0]} .. {dates[-1]}; {cpus}): {calibrate.line(median)}"
 
 
 def check(new: Path, against: list[Path]) -> int:
@@ -124,7 +125,8 @@ def check(new: Path, against: list[Path]) -> int:
     the expected share is printed beside the observed one, and, from two recorded runs on, how
     many fall inside the 90 % prediction interval for a new run."""
     stated = pooled(against)
-    print("calibration (median over each directory's records):")
+    # A CPU generation apart, ratios move beyond any interval (docs/benchmarks.md).
+    print("CPU and calibration (median over each directory's records):")
     for directory in [*against, new]:
         print(f"  {speed_line(directory)}")
     outside_total = 0
@@ -176,15 +178,17 @@ def spread(directories: list[Path]) -> None:
         "of its own medians; the 90 % interval is where a new run should land if runs are "
         "exchangeable (bench/reproduce.py, `prediction_interval`).\n"
     )
-    print("| run | VM (boot id) | started | machine speed at the start (bench/calibrate.py) |")
-    print("|---|---|---|---|")
+    print(
+        "| run | VM (boot id) | CPU | started | machine speed at the start (bench/calibrate.py) |"
+    )
+    print("|---|---|---|---|---|")
     for directory in directories:
         found = machines(directory)
         if not found:
             continue
         first = min(found, key=lambda m: m["date"])
         print(
-            f"| {directory.name} | {first['boot_id'][:8]} | {first['date']} "
+            f"| {directory.name} | {first['boot_id'][:8]} | {first['cpu']} | {first['date']} "
             f"| {calibrate.line(first['speed']).split(': ', 1)[1]} |"
         )
     for bench, ratios in pooled(directories).items():

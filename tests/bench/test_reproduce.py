@@ -141,3 +141,15 @@ def test_the_recorded_runs_readme_is_what_spread_prints(capsys):
     runs = reproduce.ROOT / "docs" / "bench-runs"
     reproduce.spread(sorted(d for d in runs.iterdir() if d.is_dir()))
     assert (runs / "README.md").read_text() == capsys.readouterr().out
+
+
+def test_the_cpu_description_tells_two_generations_under_one_model_name_apart():
+    def cpuinfo(model, flags):
+        core = f"model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: {model}\nflags\t\t: {flags}\n"
+        return core + "\n" + core  # a second core repeats the fields: the first one counts
+
+    zen3 = run_record.describe_cpu(cpuinfo(1, "fpu sse avx avx2 fma"))
+    zen4 = run_record.describe_cpu(cpuinfo(17, "avx avx2 avx512f avx512_vnni avx512_bf16"))
+    assert zen3.startswith("AMD EPYC (family 25 model 1; avx2), ")
+    assert zen4.startswith("AMD EPYC (family 25 model 17; avx2 avx512f avx512_vnni avx512_bf16)")
+    assert run_record.describe_cpu("").endswith("cores visible")  # no /proc/cpuinfo
