@@ -109,11 +109,14 @@ class Edward2Case:
         return (status_kb("VmHWM") - before) / 1024
 
 
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its oneDNN kernels (its default depends on the CPU)."""
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
+def onednn_state() -> str:
+    """Whether TensorFlow runs its oneDNN kernels (its default depends on the CPU):
+    "on", "off", or "unknown" where this TensorFlow lacks the (private) query."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return "unknown"
+    return "on" if _pywrap_util_port.IsMklEnabled() else "off"
 
 
 def main() -> None:
@@ -168,7 +171,7 @@ def main() -> None:
                     "keras": tf.keras.__name__ if hasattr(tf.keras, "__name__") else "?",
                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-                    "onednn": "on" if onednn_enabled() else "off",
+                    "onednn": onednn_state(),
                 }
             elif cmd == "quit":
                 protocol.write(json.dumps({"ok": True}) + "\n")
