@@ -125,7 +125,8 @@ def check(new: Path, against: list[Path]) -> int:
     the expected share is printed beside the observed one, and, from two recorded runs on, how
     many fall inside the 90 % prediction interval for a new run."""
     stated = pooled(against)
-    # A CPU generation apart, ratios move beyond any interval (docs/benchmarks.md).
+    # An interval from one CPU generation covered ~80 % of a run on another, not 90 %
+    # (docs/benchmarks.md, "Checked across VMs"): the CPUs compared are printed.
     print("CPU and calibration (median over each directory's records):")
     for directory in [*against, new]:
         print(f"  {speed_line(directory)}")

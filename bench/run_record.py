@@ -22,9 +22,8 @@ from pathlib import Path
 from bench import calibrate
 
 # The vector extensions that change which kernels the libraries pick: TensorFlow turns
-# oneDNN on by default only where one of the last four is present (edward2 ran 3.6x
-# slower on an AVX2-only EPYC than on earlier VMs of the same name, which ran oneDNN), and
-# onnxruntime and torch choose AVX-512 kernels where they can.
+# oneDNN on by default only where one of the last four is present (bench/head_speed.py's
+# docstring), and onnxruntime and torch choose AVX-512 kernels where they can.
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
 
